@@ -1,0 +1,3 @@
+from nbremote.cli import main
+
+main()

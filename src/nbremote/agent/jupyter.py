@@ -1,0 +1,390 @@
+"""Find, start, list and stop the Jupyter servers this agent manages.
+
+A server is started detached (in tmux when there is one, else in a new session
+with setsid) so it outlives the SSH connection that asked for it. It listens
+on 127.0.0.1 only, on a port chosen here, with a token the client generated;
+the token travels in a 0600 config file, never on a command line, because any
+user on the server can read command lines through ``ps``.
+"""
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from . import state
+from .protocol import AgentError
+
+MODES = ("lab", "notebook")
+CONDA_ROOTS = ("miniconda3", "anaconda3", "miniforge3", "mambaforge", ".conda")
+LOG_TAIL_LINES = 15
+
+
+# --- where things are -------------------------------------------------------
+
+def resolve_directory(directory):
+    path = os.path.expanduser(directory or "~")
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.expanduser("~"), path)
+    path = os.path.realpath(path)
+    if not os.path.isdir(path):
+        raise AgentError(
+            "bad_dir",
+            "no directory %s on the server" % path,
+            hint="create it first, or pass an existing one with --dir",
+        )
+    return path
+
+
+def runtime_dir():
+    """Jupyter's default runtime dir, so `jupyter server list` there sees our servers."""
+    if os.environ.get("JUPYTER_RUNTIME_DIR"):
+        return os.environ["JUPYTER_RUNTIME_DIR"]
+    data = os.environ.get("JUPYTER_DATA_DIR")
+    if not data:
+        xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        data = os.path.join(xdg, "jupyter")
+    return os.path.join(data, "runtime")
+
+
+def _conda_bases():
+    bases = []
+    conda_exe = os.environ.get("CONDA_EXE") or shutil.which("conda")
+    if conda_exe:
+        bases.append(os.path.dirname(os.path.dirname(os.path.realpath(conda_exe))))
+    home = os.path.expanduser("~")
+    bases.extend(os.path.join(home, name) for name in CONDA_ROOTS)
+    bases.append("/opt/conda")
+    return bases
+
+
+def _conda_prefix(name):
+    for base in _conda_bases():
+        if name == "base" and os.path.isdir(os.path.join(base, "conda-meta")):
+            return base
+        prefix = os.path.join(base, "envs", name)
+        if os.path.isdir(prefix):
+            return prefix
+    return None
+
+
+def _install_hint(mode, env, prefix):
+    package = "jupyterlab" if mode == "lab" else "notebook"
+    if env is None:
+        return "on the server run `python3 -m pip install --user %s`" % package
+    if "/" in env or env.startswith((".", "~")):
+        return "on the server run `%s install %s`" % (shlex.quote(os.path.join(prefix, "bin", "pip")), package)
+    return "on the server run `conda install -n %s %s` (or `pip install %s` inside it)" % (
+        shlex.quote(env), package, package)
+
+
+def resolve_jupyter(mode, env):
+    """Return the absolute path of jupyter-lab or jupyter-notebook to run."""
+    program = "jupyter-lab" if mode == "lab" else "jupyter-notebook"
+    if env is None:
+        search = os.environ.get("PATH", "") + os.pathsep + os.path.expanduser("~/.local/bin")
+        found = shutil.which(program, path=search)
+        if found:
+            return found
+        what = "JupyterLab" if mode == "lab" else "Jupyter Notebook"
+        raise AgentError("no_jupyter", "no %s on the login PATH of the server" % what,
+                         hint=_install_hint(mode, None, None))
+    if "/" in env or env.startswith((".", "~")):
+        prefix = os.path.realpath(os.path.expanduser(env))
+        label = "the environment at %s" % prefix
+        if not os.path.isdir(prefix):
+            raise AgentError("no_env", "no environment at %s on the server" % prefix,
+                             hint="pass the directory of a venv or conda environment (the one holding bin/)")
+    else:
+        prefix = _conda_prefix(env)
+        label = 'the conda environment "%s"' % env
+        if prefix is None:
+            raise AgentError("no_env", 'no conda environment "%s" on the server' % env,
+                             hint="`conda env list` on the server shows the names; or pass a venv's path")
+    candidate = os.path.join(prefix, "bin", program)
+    if not os.access(candidate, os.X_OK):
+        raise AgentError("no_jupyter", "no Jupyter in %s" % label, hint=_install_hint(mode, env, prefix))
+    return candidate
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- talking to a running server ---------------------------------------------
+
+def api(port, token, method, path, timeout=2.0):
+    """Call Jupyter's REST API on loopback; http.client ignores proxy variables."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"Authorization": "token " + token})
+        response = conn.getresponse()
+        body = response.read()
+        try:
+            return response.status, json.loads(body) if body else None
+        except ValueError:
+            return response.status, None
+    except (OSError, http.client.HTTPException):
+        return None, None
+    finally:
+        conn.close()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process reusing the pid
+        return False
+    try:  # a zombie still answers kill(0)
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _runtime_file(pid):
+    return os.path.join(runtime_dir(), "jpserver-%d.json" % pid)
+
+
+def server_status(record):
+    """The live /api/status of a recorded server, or None when it is gone."""
+    if not _pid_alive(record["pid"]) or not os.path.exists(_runtime_file(record["pid"])):
+        return None
+    status, body = api(record["port"], record["token"], "GET", "/api/status")
+    return body if status == 200 and isinstance(body, dict) else None
+
+
+def kernel_summary(record):
+    status, body = api(record["port"], record["token"], "GET", "/api/kernels")
+    if status != 200 or not isinstance(body, list):
+        return None
+    busy = sum(1 for k in body if isinstance(k, dict) and k.get("execution_state") == "busy")
+    return {"kernels": len(body), "busy": busy}
+
+
+# --- starting -------------------------------------------------------------
+
+def _tmux_session(key):
+    return "nbremote-jupyter-" + key
+
+
+def _log_tail(path, offset):
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    return lines[-LOG_TAIL_LINES:]
+
+
+def _launch(argv, directory, env, key, log_path, use_tmux):
+    """Start argv detached; return (pid of Jupyter, Popen or None, launcher name)."""
+    if use_tmux:
+        session = _tmux_session(key)
+        subprocess.run(["tmux", "kill-session", "-t", "=" + session],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assignments = ["%s=%s" % (k, env[k]) for k in ("PATH", "JUPYTER_RUNTIME_DIR")]
+        # exec keeps the pane's pid for Jupyter itself, so pane_pid is the server's pid.
+        # stdin stays on the pane's terminal: once no process holds it, tmux closes the pane.
+        command = "exec %s >>%s 2>&1" % (
+            shlex.join(["env"] + assignments + argv), shlex.quote(log_path))
+        done = subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-c", directory, "-P", "-F", "#{pane_pid}", command],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env,
+        )
+        if done.returncode != 0 or not done.stdout.strip().isdigit():
+            raise AgentError("launch_failed", "tmux could not start Jupyter: %s" % done.stderr.strip())
+        return int(done.stdout.strip()), None, "tmux"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, cwd=directory, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process.pid, process, "setsid"
+
+
+def start(channel, key, directory, mode, env_spec, token, timeout):
+    program = resolve_jupyter(mode, env_spec)
+    logs = state.private_dir("logs")
+    log_path = os.path.join(logs, key + ".log")
+    config_path = os.path.join(state.private_dir("config"), key + ".json")
+    state.write_private(config_path, json.dumps({"IdentityProvider": {"token": token}}))
+    port = free_port()
+    argv = [program, "--no-browser", "--ip=127.0.0.1", "--port=%d" % port,
+            "--ServerApp.port_retries=0", "--config=" + config_path,
+            "--ServerApp.root_dir=" + directory]
+    if os.geteuid() == 0:
+        # Jupyter refuses root without this; containers and fresh VMs often only have root.
+        argv.append("--allow-root")
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(program) + os.pathsep + env.get("PATH", "")
+    env["JUPYTER_RUNTIME_DIR"] = runtime_dir()
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    offset = os.path.getsize(log_path)
+    use_tmux = shutil.which("tmux") is not None
+    pid, process, launcher = _launch(argv, directory, env, key, log_path, use_tmux)
+    record = {
+        "key": key, "dir": directory, "mode": mode, "env": env_spec, "jupyter": program,
+        "port": port, "pid": pid, "token": token, "launcher": launcher,
+        "tmux_session": _tmux_session(key) if launcher == "tmux" else None,
+        "log": log_path, "started": time.time(),
+    }
+    state.save_record(record)
+    channel.event("starting", port=port, pid=pid, launcher=launcher)
+    deadline = time.monotonic() + timeout
+    while True:
+        exited = process.poll() is not None if process else not _pid_alive(pid)
+        if exited:
+            state.forget(key)
+            raise AgentError("jupyter_exited", "Jupyter exited during start-up",
+                             hint="its log on the server is %s" % log_path,
+                             details=_log_tail(log_path, offset))
+        if server_status(record) is not None:
+            return record
+        if time.monotonic() > deadline:
+            _stop_pid(pid, record)
+            state.forget(key)
+            raise AgentError("jupyter_timeout", "Jupyter did not answer within %g s" % timeout,
+                             hint="its log on the server is %s" % log_path,
+                             details=_log_tail(log_path, offset))
+        time.sleep(0.03)
+
+
+# --- stopping -------------------------------------------------------------
+
+def _descendants(pid):
+    """Children first found through /proc; kernels run in sessions of their own."""
+    parents = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _wait_gone(pids, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_pid_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _signal_all(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _stop_pid(pid, record):
+    """Ask Jupyter to shut down, then TERM, then KILL it and what it started."""
+    family = [pid] + _descendants(pid)
+    if _pid_alive(pid):
+        api(record["port"], record["token"], "POST", "/api/shutdown", timeout=3)
+        if not _wait_gone([pid], 5):
+            _signal_all([pid], signal.SIGTERM)
+            if not _wait_gone([pid], 3):
+                _signal_all([pid], signal.SIGKILL)
+                _wait_gone([pid], 2)
+    leftovers = [p for p in family if _pid_alive(p)]
+    _signal_all(leftovers, signal.SIGTERM)
+    if not _wait_gone(leftovers, 2):
+        _signal_all(leftovers, signal.SIGKILL)
+    if record.get("tmux_session") and shutil.which("tmux"):
+        subprocess.run(["tmux", "kill-session", "-t", "=" + record["tmux_session"]],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A killed Jupyter leaves its runtime files; remove them or `jupyter server list` lies.
+    for suffix in (".json", "-open.html"):
+        try:
+            os.unlink(os.path.join(runtime_dir(), "jpserver-%d%s" % (pid, suffix)))
+        except OSError:
+            pass
+
+
+# --- operations -------------------------------------------------------------
+
+def _public(record, status=None):
+    view = {k: record[k] for k in ("dir", "mode", "env", "port", "pid", "token", "launcher", "started")}
+    view["tmux_session"] = record.get("tmux_session")
+    if status is not None:
+        view["last_activity"] = status.get("last_activity")
+        view["connections"] = status.get("connections")
+        summary = kernel_summary(record)
+        if summary:
+            view.update(summary)
+    return view
+
+
+def op_up(channel, dir=None, mode="lab", env=None, token=None, timeout=60):
+    if mode not in MODES:
+        raise AgentError("bad_request", "mode must be one of %s" % ", ".join(MODES))
+    if not isinstance(token, str) or not token.isalnum():
+        raise AgentError("bad_request", "a token of letters and digits is required")
+    directory = resolve_directory(dir)
+    key = state.key_for(directory)
+    with state.locked():
+        record = state.load_record(key)
+        replaced = None
+        if record is not None:
+            status = server_status(record)
+            if status is not None:
+                if env is not None and record.get("env") != env:
+                    raise AgentError(
+                        "env_conflict",
+                        "a Jupyter from %s is already running in %s" % (record.get("env") or "the login PATH", directory),
+                        hint="stop it first with `nbremote down` and the same --dir",
+                    )
+                return {"reused": True, "server": _public(record, status)}
+            replaced = record["pid"]
+            channel.event("stale", pid=replaced)
+            _stop_pid(record["pid"], record)
+            state.forget(key)
+        record = start(channel, key, directory, mode, env, token, float(timeout))
+        return {"reused": False, "replaced_pid": replaced, "server": _public(record)}
+
+
+def _select(dir, all):
+    if all:
+        return state.all_records()
+    key = state.key_for(resolve_directory(dir))
+    record = state.load_record(key)
+    return [record] if record else []
+
+
+def op_down(channel, dir=None, all=False):
+    stopped = []
+    with state.locked():
+        for record in _select(dir, all):
+            _stop_pid(record["pid"], record)
+            state.forget(record["key"])
+            stopped.append({"dir": record["dir"], "pid": record["pid"]})
+    return {"stopped": stopped}
+
+
+def op_ls(channel):
+    servers = []
+    for record in state.all_records():
+        status = server_status(record)
+        view = _public(record, status)
+        view["running"] = status is not None
+        servers.append(view)
+    return {"servers": servers}

@@ -1,0 +1,84 @@
+"""Wire format between client and agent: one JSON document per line.
+
+The agent first prints a hello line; the client skips anything before it (login
+banners, output of shell start-up files). Then, for each request line, the
+agent writes zero or more event lines and exactly one final line.
+"""
+import json
+import sys
+
+PROTOCOL_VERSION = 1
+HELLO_KEY = "nbremote_agent"
+
+
+class AgentError(Exception):
+    """A failure the client should show to the user as it is."""
+
+    def __init__(self, code, message, hint=None, details=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.details = details or []
+
+    def to_json(self):
+        return {"code": self.code, "message": self.message, "hint": self.hint, "details": self.details}
+
+
+class Channel:
+    def __init__(self, out, request_id):
+        self._out = out
+        self._id = request_id
+
+    def event(self, name, **data):
+        self._write({"id": self._id, "event": name, "data": data})
+
+    def _write(self, doc):
+        self._out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        self._out.flush()
+
+    def finish(self, result):
+        self._write({"id": self._id, "ok": True, "result": result})
+
+    def fail(self, error):
+        self._write({"id": self._id, "ok": False, "error": error.to_json()})
+
+
+def hello(agent_hash):
+    return {
+        HELLO_KEY: PROTOCOL_VERSION,
+        "hash": agent_hash,
+        "python": "%d.%d.%d" % sys.version_info[:3],
+    }
+
+
+def serve(stdin, stdout, handlers, agent_hash):
+    """Answer requests until stdin closes. Never raises for a bad request."""
+    stdout.write(json.dumps(hello(agent_hash)) + "\n")
+    stdout.flush()
+    for line in stdin:
+        if not line.strip():
+            continue
+        request_id = None
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("request is not an object")
+            request_id = request.get("id")
+            channel = Channel(stdout, request_id)
+            op = request.get("op")
+            handler = handlers.get(op)
+            if handler is None:
+                raise AgentError("bad_request", "unknown operation %r" % (op,))
+            args = request.get("args") or {}
+            if not isinstance(args, dict):
+                raise AgentError("bad_request", "arguments must be an object")
+            channel.finish(handler(channel, **args))
+        except AgentError as exc:
+            Channel(stdout, request_id).fail(exc)
+        except (ValueError, TypeError) as exc:
+            Channel(stdout, request_id).fail(AgentError("bad_request", "malformed request: %s" % exc))
+        except Exception as exc:  # the client must always get an answer it can show
+            Channel(stdout, request_id).fail(
+                AgentError("agent_crashed", "the agent failed: %s: %s" % (type(exc).__name__, exc))
+            )

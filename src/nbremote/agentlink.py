@@ -1,0 +1,229 @@
+"""Ship the agent to the server, run one request, read its replies.
+
+The agent's modules travel on the agent's stdin, zlib-compressed, ahead of the
+request, so nothing is installed on the server and a changed agent can never
+be stale there. The remote command is a short POSIX sh script; what it assumes
+of the server: /bin/sh, a `python3` (or `python` >= 3.8) on the login PATH.
+Exit code 97 means no Python was found, 255 is ssh's own failure.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+from nbremote.errors import ExitCode, NbremoteError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+NO_PYTHON_EXIT = 97
+
+# Loads the shipped modules as package nbremote_agent from memory, then runs it.
+# sys.stdin (text) still wraps the buffer read here, so the request lines that
+# follow the payload are not lost to read-ahead. Requests are ASCII JSON.
+BOOTSTRAP = """\
+import sys,json,zlib,importlib.abc,importlib.util
+r=sys.stdin.buffer;n=int(r.readline());b=json.loads(zlib.decompress(r.read(n)));S=b['src'];P='nbremote_agent'
+class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):
+ def find_spec(s,name,path,target=None):
+  k=name[len(P)+1:] if name.startswith(P+'.') else ('__init__' if name==P else None)
+  if k in S:return importlib.util.spec_from_loader(name,s,is_package=name==P)
+ def create_module(s,spec):return None
+ def exec_module(s,m):
+  k=m.__name__[len(P)+1:] or '__init__';exec(compile(S[k],'<agent:'+k+'>','exec'),m.__dict__)
+sys.meta_path.insert(0,L())
+import nbremote_agent.main as M;M.main(b['hash'])
+"""
+
+_REMOTE_SCRIPT = (
+    'for p in python3 python; do '
+    'if command -v "$p" >/dev/null 2>&1; then exec "$p" -c "$1"; fi; '
+    "done; echo 'nbremote: no python3 on the server' >&2; exit %d" % NO_PYTHON_EXIT
+)
+
+
+@functools.lru_cache(maxsize=1)
+def bundle() -> tuple[bytes, str]:
+    """The framed agent payload and its hash (first 12 hex digits)."""
+    folder = resources.files("nbremote.agent")
+    sources = {
+        entry.name[:-3]: entry.read_text(encoding="utf-8")
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".py")
+    }
+    digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:12]
+    packed = zlib.compress(json.dumps({"src": sources, "hash": digest}).encode(), 6)
+    return b"%d\n" % len(packed) + packed, digest
+
+
+def remote_command() -> str:
+    # A login shell, so the PATH is the one the user gets in a terminal there.
+    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP])
+
+
+def local_argv() -> list[str]:
+    return [sys.executable, "-c", BOOTSTRAP]
+
+
+@dataclass(frozen=True)
+class Hello:
+    protocol: int
+    hash: str
+    python: str
+
+
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def parse_hello(line: str) -> Hello | None:
+    """The agent's first line, or None for the noise a login shell may print first."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "nbremote_agent" not in doc:
+        return None
+    protocol, digest, python = doc.get("nbremote_agent"), doc.get("hash"), doc.get("python")
+    if protocol != PROTOCOL_VERSION or not isinstance(digest, str) or not isinstance(python, str) \
+            or not _VERSION.match(python):
+        raise NbremoteError(f"the agent on the server speaks another protocol ({line.strip()[:80]})",
+                            exit_code=ExitCode.AGENT_FAILED)
+    return Hello(protocol, digest, python)
+
+
+AGENT_ERROR_EXITS = {
+    "no_jupyter": ExitCode.NO_JUPYTER,
+    "no_env": ExitCode.NO_JUPYTER,
+    "bad_dir": ExitCode.REMOTE_DIR,
+    "jupyter_exited": ExitCode.JUPYTER_FAILED,
+    "jupyter_timeout": ExitCode.JUPYTER_FAILED,
+    "launch_failed": ExitCode.JUPYTER_FAILED,
+}
+
+
+def _agent_error(error: object, where: str) -> NbremoteError:
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return NbremoteError(f"the agent on {where} sent a malformed error", exit_code=ExitCode.AGENT_FAILED)
+    details = error.get("details")
+    hint = error.get("hint")
+    message = error["message"].replace("the server", where)
+    return NbremoteError(
+        message,
+        hint=hint if isinstance(hint, str) else None,
+        exit_code=AGENT_ERROR_EXITS.get(error.get("code"), ExitCode.AGENT_FAILED),
+        details=[str(d) for d in details][-20:] if isinstance(details, list) else [],
+    )
+
+
+def _pump(stream, sink: queue.Queue) -> None:
+    for line in iter(stream.readline, b""):
+        sink.put(line)
+    sink.put(None)
+
+
+class AgentCall:
+    """One agent process (over ssh or local) answering one request."""
+
+    def __init__(self, argv: list[str], *, where: str, on_ssh_failure: Callable[[str], NbremoteError] | None,
+                 hello_timeout: float | None, env: dict[str, str] | None = None):
+        self.argv = argv
+        self.where = where
+        self.on_ssh_failure = on_ssh_failure
+        self.hello_timeout = hello_timeout
+        self.env = env
+
+    def request(self, op: str, args: dict, on_event: Callable[[str, dict], None] | None = None,
+                timeout: float = 120.0) -> dict:
+        payload, _ = bundle()
+        line = json.dumps({"id": 1, "op": op, "args": args}).encode() + b"\n"
+        log.info("<agent: %s> via %s", op, self.where)
+        process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=self.env)
+        out: queue.Queue = queue.Queue()
+        err: list[bytes] = []
+        threading.Thread(target=_pump, args=(process.stdout, out), daemon=True).start()
+        err_thread = threading.Thread(target=lambda: err.extend(process.stderr), daemon=True)
+        err_thread.start()
+        try:
+            try:
+                process.stdin.write(payload + line)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            return self._read(process, out, err, err_thread, on_event, timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+    def _read(self, process, out, err, err_thread, on_event, timeout) -> dict:
+        started = time.monotonic()
+        hello = None
+        while True:
+            limit = self.hello_timeout if hello is None else timeout
+            remaining = None if limit is None else limit - (time.monotonic() - started)
+            try:
+                raw = out.get(timeout=remaining if remaining is None or remaining > 0 else 0.001)
+            except queue.Empty:
+                raise NbremoteError(f"no answer from {self.where} within {limit:g} s",
+                                    hint="check the network, or raise --timeout",
+                                    exit_code=ExitCode.UNREACHABLE if hello is None else ExitCode.AGENT_FAILED) from None
+            if raw is None:
+                return self._ended(process, err, err_thread)
+            text = raw.decode("utf-8", "replace")
+            if hello is None:
+                hello = parse_hello(text)
+                if hello is not None:
+                    log.debug("agent %s, python %s", hello.hash, hello.python)
+                continue
+            reply = self._parse(text)
+            if "event" in reply:
+                if on_event is not None:
+                    on_event(reply["event"], reply["data"])
+                continue
+            if reply.get("ok") is True:
+                return reply["result"]
+            raise _agent_error(reply.get("error"), self.where)
+
+    def _parse(self, text: str) -> dict:
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            raise NbremoteError(f"the agent on {self.where} sent a line that is not JSON",
+                                exit_code=ExitCode.AGENT_FAILED, details=[text.strip()[:200]]) from None
+        valid = isinstance(reply, dict) and (
+            (isinstance(reply.get("event"), str) and isinstance(reply.get("data"), dict))
+            or (reply.get("ok") is True and isinstance(reply.get("result"), dict))
+            or reply.get("ok") is False
+        )
+        if not valid:
+            raise NbremoteError(f"the agent on {self.where} sent a malformed reply",
+                                exit_code=ExitCode.AGENT_FAILED, details=[text.strip()[:200]])
+        return reply
+
+    def _ended(self, process, err, err_thread) -> dict:
+        code = process.wait()
+        err_thread.join(timeout=2)
+        stderr = b"".join(err).decode("utf-8", "replace")
+        if code == 255 and self.on_ssh_failure is not None:
+            raise self.on_ssh_failure(stderr)
+        if code == NO_PYTHON_EXIT:
+            raise NbremoteError(f"no python3 on {self.where}",
+                                hint="install it there (`sudo apt install python3`); nbremote needs 3.8 or newer",
+                                exit_code=ExitCode.NO_PYTHON)
+        tail = [line for line in stderr.splitlines() if line.strip()][-10:]
+        raise NbremoteError(f"the agent on {self.where} stopped without answering (exit status {code})",
+                            hint="run with --verbose for details", exit_code=ExitCode.AGENT_FAILED, details=tail)

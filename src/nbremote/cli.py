@@ -1,0 +1,162 @@
+"""The command line: parse, call one core function, render. Nothing else."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+
+from nbremote import __version__, session
+from nbremote.console import Console
+from nbremote.errors import ExitCode, NbremoteError
+
+TIMEOUT_HELP = "Seconds to wait for the host to answer."
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _ago(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    seconds = int(time.time() - epoch)
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nbremote")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step (ssh commands, agent calls) to stderr.")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+    """One command from your laptop to a persistent Jupyter on your server.
+
+    \b
+    nbremote up gpubox        start (or reattach to) Jupyter on gpubox and open it here
+    nbremote up               the same on this machine, no server needed
+    nbremote ls gpubox        the Jupyter servers nbremote runs there
+    nbremote down gpubox      stop it
+    """
+    ctx.obj = {"debug": debug}
+    if verbose or debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("host", required=False)
+@click.option("--dir", "directory", default="~", show_default=True,
+              help="Directory on the server to run Jupyter in (one server per directory).")
+@click.option("--lab/--notebook", "lab", default=True, help="JupyterLab (default) or the classic Notebook UI.")
+@click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, holding Jupyter.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the last one used, else free].")
+@click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
+@click.option("--detach", is_flag=True, help="Return at once and leave the forward in place.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) -> None:
+    """Start or reattach to Jupyter on HOST and forward it to a local port.
+
+    HOST is anything ssh accepts: an alias from ~/.ssh/config, user@host, or
+    ssh://user@host:port. Without HOST, Jupyter runs on this machine.
+    Jupyter keeps running after this command ends; `nbremote down` stops it.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    opts = session.UpOptions(host=host, dir=directory, mode="lab" if lab else "notebook", env=env,
+                             port=port, timeout=timeout)
+    result = session.up(opts, console, interactive=_interactive())
+    if as_json:
+        console.emit_json(result.to_json())
+    else:
+        console.result(f"  {result.url}")
+    if not no_browser:
+        opened = console.open_browser(result.url)
+        console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
+    stop = f"nbremote down {host}" if host else "nbremote down"
+    if detach:
+        console.note(f"the notebook keeps running; `{stop}` stops it.")
+        return
+    console.note(f"Ctrl-C stops {'the forwarding' if host else 'this view'}; the notebook keeps running. "
+                 f"`{stop}` stops it.")
+    session.hold(result, console, timeout=timeout, interactive=_interactive())
+
+
+@cli.command()
+@click.argument("host", required=False)
+@click.option("--dir", "directory", default="~", show_default=True, help="Directory whose Jupyter to stop.")
+@click.option("--all", "all_dirs", is_flag=True, help="Stop every Jupyter nbremote runs on HOST.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def down(host, directory, all_dirs, as_json, timeout) -> None:
+    """Stop Jupyter on HOST (this machine without HOST) and remove its forward."""
+    console = Console.for_terminal(json_mode=as_json)
+    stopped = session.down(host=host, directory=directory, all_dirs=all_dirs, timeout=timeout,
+                           console=console, interactive=_interactive())
+    if as_json:
+        console.emit_json({"stopped": stopped})
+        return
+    where = host or "this machine"
+    if not stopped:
+        console.note(f"no Jupyter of nbremote's was running in {'any directory' if all_dirs else directory} on {where}")
+    for item in stopped:
+        console.done(f"stopped Jupyter in {item.get('dir')} (pid {item.get('pid')}) on {where}")
+
+
+@cli.command(name="ls")
+@click.argument("host", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def ls_command(host, as_json, timeout) -> None:
+    """List the Jupyter servers nbremote runs on HOST (this machine without HOST)."""
+    console = Console.for_terminal(json_mode=as_json)
+    servers = session.ls(host=host, timeout=timeout, interactive=_interactive())
+    if as_json:
+        console.emit_json({"servers": servers})
+        return
+    if not servers:
+        console.result(f"no Jupyter of nbremote's on {host or 'this machine'}")
+        return
+    rows = [("DIR", "STATE", "PID", "FORWARD", "STARTED", "KERNELS", "LAST ACTIVITY")]
+    for s in servers:
+        kernels = "-" if s["kernels"] is None else f"{s['kernels']} ({s['busy']} busy)"
+        forward = f"localhost:{s['local_port']}" if s["local_port"] else f"remote :{s['remote_port']}"
+        rows.append((s["dir"], "running" if s["running"] else "stopped", str(s["pid"]), forward,
+                     _ago(s["started"]), kernels, s["last_activity"] or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _render_error(exc: NbremoteError, as_json: bool) -> None:
+    if as_json:
+        Console(json_mode=True).emit_json(exc.to_json())
+    click.echo(f"✗ {exc.message}", err=True)
+    for line in exc.details:
+        click.echo(f"  {line}", err=True)
+    if exc.hint:
+        click.echo(f"  hint: {exc.hint}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="nbremote", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("✗ interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except NbremoteError as exc:
+        if debug:
+            raise
+        _render_error(exc, "--json" in args)
+        sys.exit(exc.exit_code)
+    sys.exit(0)

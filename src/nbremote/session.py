@@ -1,0 +1,356 @@
+"""up / down / ls: the agent, the forward and the laptop's records, together.
+
+Core functions take keyword-only options, report through a Console and return
+plain results; they never print a result themselves and never exit.
+"""
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from nbremote import sessions
+from nbremote.console import Console
+from nbremote.errors import ExitCode, NbremoteError
+from nbremote.remote import Host, Place, ThisMachine, place_for
+from nbremote.sessions import SessionRecord
+
+log = logging.getLogger(__name__)
+
+MODES = ("lab", "notebook")
+URL_PATH = {"lab": "/lab", "notebook": "/tree"}
+_TOKEN = re.compile(r"^[A-Za-z0-9]{16,128}$")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    host: str | None
+    dir: str = "~"
+    mode: str = "lab"
+    env: str | None = None
+    port: int | None = None
+    timeout: float = 10.0
+    start_timeout: float = 90.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A server as the agent describes it, checked before anything uses it."""
+
+    dir: str
+    mode: str
+    port: int
+    pid: int
+    token: str
+    launcher: str
+    started: float
+    kernels: int | None = None
+    busy: int | None = None
+    last_activity: str | None = None
+
+
+@dataclass(frozen=True)
+class UpResult:
+    host: str | None
+    url: str
+    local_port: int
+    server: ServerInfo
+    reused: bool
+    replaced_pid: int | None
+    created_master: bool
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "host": self.host, "url": self.url, "local_port": self.local_port,
+            "remote_port": self.server.port, "pid": self.server.pid, "dir": self.server.dir,
+            "mode": self.server.mode, "launcher": self.server.launcher, "reused": self.reused,
+            "replaced_pid": self.replaced_pid, "seconds": round(self.seconds, 3),
+        }
+
+
+def validate_text(value: str, what: str) -> str:
+    """Paths and names go to the server as data, but control characters never do."""
+    if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise NbremoteError(f"{what} {value!r} is not valid: it is empty or has control characters",
+                            exit_code=ExitCode.USAGE)
+    return value
+
+
+def _int(doc: dict, name: str, low: int, high: int, where: str) -> int:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise NbremoteError(f"the agent on {where} sent an invalid {name}: {value!r}",
+                            exit_code=ExitCode.AGENT_FAILED)
+    return value
+
+
+def parse_server(doc: object, where: str) -> ServerInfo:
+    if not isinstance(doc, dict):
+        raise NbremoteError(f"the agent on {where} sent no server", exit_code=ExitCode.AGENT_FAILED)
+    token, directory, mode = doc.get("token"), doc.get("dir"), doc.get("mode")
+    if not isinstance(token, str) or not _TOKEN.match(token):
+        raise NbremoteError(f"the agent on {where} sent an invalid token", exit_code=ExitCode.AGENT_FAILED)
+    if not isinstance(directory, str) or mode not in MODES:
+        raise NbremoteError(f"the agent on {where} sent an invalid server", exit_code=ExitCode.AGENT_FAILED)
+    started = doc.get("started")
+    optional = {k: doc.get(k) if isinstance(doc.get(k), int) else None for k in ("kernels", "busy")}
+    activity = doc.get("last_activity")
+    return ServerInfo(
+        dir=validate_text(directory, "directory"), mode=mode,
+        port=_int(doc, "port", 1, 65535, where), pid=_int(doc, "pid", 1, 2**31, where), token=token,
+        launcher=str(doc.get("launcher")), started=float(started) if isinstance(started, (int, float)) else 0.0,
+        last_activity=activity if isinstance(activity, str) else None, **optional,
+    )
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # ssh binds with SO_REUSEADDR too: a port in TIME_WAIT is free for it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
+    """True once Jupyter answers /api/status with this token on local port."""
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(0.5, deadline - clock()))
+        try:
+            conn.request("GET", "/api/status", headers={"Authorization": f"token {token}"})
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if clock() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def url_for(port: int, mode: str, token: str) -> str:
+    return f"http://127.0.0.1:{port}{URL_PATH[mode]}?token={token}"
+
+
+class _Forwarder:
+    """Puts the forward up as soon as the agent names the port, and takes it down on failure."""
+
+    def __init__(self, place: Place, local_port: int):
+        self.place = place
+        self.local_port = local_port
+        self.remote_port: int | None = None
+
+    def to(self, remote_port: int) -> None:
+        if self.remote_port == remote_port:
+            return
+        self.undo()
+        if isinstance(self.place, Host):
+            self.place.connection.forward(self.local_port, remote_port)
+        self.remote_port = remote_port
+
+    def undo(self) -> None:
+        if self.remote_port is not None and isinstance(self.place, Host):
+            self.place.connection.cancel(self.local_port, self.remote_port)
+        self.remote_port = None
+
+
+def _choose_local_port(requested: int | None, previous: SessionRecord | None) -> int:
+    if requested is not None:
+        if not port_free(requested):
+            raise NbremoteError(f"local port {requested} is busy",
+                                hint="pick another with --port, or leave --port out to take a free one",
+                                exit_code=ExitCode.PORT_BUSY)
+        return requested
+    if previous is not None and port_free(previous.local_port):
+        return previous.local_port
+    return any_free_port()
+
+
+def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, console: Console,
+                   started: float) -> UpResult | None:
+    """With a live master and a remembered server: re-forward and check, no agent round trip."""
+    conn = place.connection
+    # Cancel first: only a forward we add ourselves proves the port is ours to send the token to.
+    conn.cancel(previous.local_port, previous.remote_port)
+    try:
+        conn.forward(previous.local_port, previous.remote_port)
+    except NbremoteError:
+        return None
+    if not probe(previous.local_port, previous.token, time.monotonic() + opts.timeout):
+        conn.cancel(previous.local_port, previous.remote_port)
+        return None
+    server = ServerInfo(dir=previous.remote_dir, mode=previous.mode, port=previous.remote_port,
+                        pid=previous.pid, token=previous.token, launcher="", started=0.0)
+    console.done(f"Jupyter already running in {server.dir} on {place.label} (pid {server.pid})",
+                 time.monotonic() - started)
+    return _finish(place, opts, previous.local_port, server, reused=True, replaced=None,
+                   created_master=False, started=started)
+
+
+def _finish(place: Place, opts: UpOptions, local_port: int, server: ServerInfo, *, reused: bool,
+            replaced: int | None, created_master: bool, started: float) -> UpResult:
+    mode = opts.mode if opts.mode in MODES else server.mode
+    sessions.save(SessionRecord(host=place.host, dir=opts.dir, remote_dir=server.dir, local_port=local_port,
+                                remote_port=server.port, token=server.token, pid=server.pid, mode=mode,
+                                updated=time.time()))
+    return UpResult(host=opts.host, url=url_for(local_port, mode, server.token), local_port=local_port,
+                    server=server, reused=reused, replaced_pid=replaced, created_master=created_master,
+                    seconds=time.monotonic() - started)
+
+
+def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpResult:
+    started = time.monotonic()
+    validate_text(opts.dir, "directory")
+    if opts.env is not None:
+        validate_text(opts.env, "environment")
+    place = place_for(opts.host, timeout=opts.timeout, interactive=interactive, persist=True)
+    previous = sessions.find(place.host, opts.dir)
+    had_master = isinstance(place, Host) and place.connection.master_alive()
+    if had_master and previous and opts.port in (None, previous.local_port) and opts.env is None:
+        result = _reattach_fast(place, previous, opts, console, started)
+        if result is not None:
+            return result
+    if isinstance(place, ThisMachine):
+        local_port = 0  # the server's own port is the one to open
+    else:
+        local_port = _choose_local_port(opts.port, previous)
+    forwarder = _Forwarder(place, local_port)
+    token = secrets.token_hex(24)
+    phase = {"connected": had_master or isinstance(place, ThisMachine)}
+
+    def on_event(name: str, data: dict) -> None:
+        if name == "starting":
+            if not phase["connected"]:
+                console.done(f"connected to {place.label}", time.monotonic() - started)
+                phase["connected"] = True
+            if isinstance(data.get("port"), int) and 0 < data["port"] < 65536 and local_port:
+                # Forward while Jupyter is still starting: the tunnel is ready when it is.
+                forwarder.to(data["port"])
+        elif name == "stale":
+            console.warn(f"the Jupyter nbremote started earlier (pid {data.get('pid')}) had stopped; starting a fresh one")
+
+    try:
+        with console.progress(f"starting Jupyter on {place.label}"):
+            reply = place.agent(hello_timeout=opts.timeout + 10).request(
+                "up", {"dir": opts.dir, "mode": opts.mode, "env": opts.env, "token": token,
+                       "timeout": opts.start_timeout},
+                on_event=on_event, timeout=opts.start_timeout + 30)
+        server = parse_server(reply.get("server"), place.label)
+        reused = reply.get("reused") is True
+        if not phase["connected"]:
+            console.done(f"connected to {place.label}", time.monotonic() - started)
+        what = "JupyterLab" if server.mode == "lab" else "Jupyter Notebook"
+        if reused:
+            console.done(f"{what} already running in {server.dir} (pid {server.pid})", time.monotonic() - started)
+        else:
+            console.done(f"{what} started in {server.dir} (pid {server.pid}, {server.launcher})",
+                         time.monotonic() - started)
+        if local_port:
+            forwarder.to(server.port)
+        port = local_port or server.port
+        if not probe(port, server.token, time.monotonic() + opts.timeout):
+            raise NbremoteError(f"Jupyter on {place.label} does not answer through localhost:{port}",
+                                hint="run with --verbose to see each step", exit_code=ExitCode.ERROR)
+    except BaseException:
+        forwarder.undo()
+        if isinstance(place, Host) and not had_master:
+            place.connection.close()
+        raise
+    if local_port:
+        console.done(f"localhost:{local_port} → {place.label}:{server.port}", time.monotonic() - started)
+    replaced = reply.get("replaced_pid")
+    return _finish(place, opts, port, server, reused=reused, replaced=replaced if isinstance(replaced, int) else None,
+                   created_master=isinstance(place, Host) and not had_master, started=started)
+
+
+def hold(result: UpResult, console: Console, *, timeout: float, interactive: bool,
+         sleep: Callable[[float], None] = time.sleep) -> None:
+    """Stay in the foreground until Ctrl-C, bringing the forward back if the master dies."""
+    place = place_for(result.host, timeout=timeout, interactive=interactive, persist=True)
+    began = time.monotonic()
+    try:
+        while True:
+            elapsed = int(time.monotonic() - began)
+            console.status(f"● serving {result.url.split('?')[0]} · {elapsed // 60} min {elapsed % 60:02d} s")
+            sleep(1.0)
+            if isinstance(place, Host) and elapsed % 5 == 0 and not place.connection.master_alive():
+                _reconnect(place, result, console, sleep)
+    except KeyboardInterrupt:
+        console.end_status()
+        stop = f"nbremote down {result.host}" if result.host else "nbremote down"
+        if isinstance(place, Host):
+            place.connection.cancel(result.local_port, result.server.port)
+            if result.created_master:
+                place.connection.close()
+            console.note(f"stopped forwarding; the notebook keeps running on {place.label}. `{stop}` stops it.")
+        else:
+            console.note(f"the notebook keeps running on this machine. `{stop}` stops it.")
+
+
+def _reconnect(place: Host, result: UpResult, console: Console, sleep: Callable[[float], None]) -> None:
+    attempt, delay = 0, 1.0
+    while True:
+        attempt += 1
+        console.status(f"reconnecting to {place.label} (attempt {attempt})…")
+        try:
+            place.agent(hello_timeout=place.connection.timeout + 10).request("ls", {})
+            place.connection.forward(result.local_port, result.server.port)
+            return
+        except NbremoteError as exc:
+            log.info("reconnect attempt %d failed: %s", attempt, exc.message)
+        sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+def down(*, host: str | None, directory: str, all_dirs: bool, timeout: float, console: Console,
+         interactive: bool = False) -> list[dict]:
+    validate_text(directory, "directory")
+    place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
+    mine = [r for r in sessions.for_host(place.host) if all_dirs or r.dir == directory]
+    with console.progress(f"stopping Jupyter on {place.label}"):
+        reply = place.agent(hello_timeout=timeout + 10).request("down", {"dir": directory, "all": all_dirs},
+                                                                timeout=60)
+    stopped = [s for s in reply.get("stopped", []) if isinstance(s, dict)]
+    stopped_dirs = {s.get("dir") for s in stopped}
+    mine += [r for r in sessions.for_host(place.host) if r.remote_dir in stopped_dirs and r not in mine]
+    if isinstance(place, Host):
+        for record in mine:
+            place.connection.cancel(record.local_port, record.remote_port)
+    sessions.remove(mine)
+    if isinstance(place, Host) and not sessions.for_host(place.host):
+        place.connection.close()
+    return stopped
+
+
+def ls(*, host: str | None, timeout: float, interactive: bool = False) -> list[dict]:
+    place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
+    reply = place.agent(hello_timeout=timeout + 10).request("ls", {}, timeout=60)
+    local = {r.remote_dir: r for r in sessions.for_host(place.host)}
+    servers = []
+    for doc in reply.get("servers", []):
+        info = parse_server(doc, place.label)
+        record = local.get(info.dir)
+        servers.append({
+            "dir": info.dir, "mode": info.mode, "pid": info.pid, "remote_port": info.port,
+            "local_port": record.local_port if record and isinstance(place, Host) else None,
+            "started": info.started, "running": doc.get("running") is True, "kernels": info.kernels,
+            "busy": info.busy, "last_activity": info.last_activity, "launcher": info.launcher,
+        })
+    return servers

@@ -1,0 +1,77 @@
+"""The laptop's memory of its sessions: which local port forwards to what.
+
+One JSON file, 0600 in the private state dir (it holds tokens, so a later
+`up` can reattach in a couple of round trips without asking the agent).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from nbremote import paths
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    host: str  # the host as the user typed it ("" for this machine)
+    dir: str  # --dir as typed, the lookup key
+    remote_dir: str  # resolved on the server
+    local_port: int
+    remote_port: int
+    token: str
+    pid: int
+    mode: str
+    updated: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}\0{self.dir}"
+
+
+def _path():
+    return paths.state_dir() / "sessions.json"
+
+
+def load_all() -> dict[str, SessionRecord]:
+    try:
+        raw = json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    records = {}
+    for key, value in raw.items() if isinstance(raw, dict) else []:
+        try:
+            records[key] = SessionRecord(**value)
+        except TypeError:
+            continue  # written by another version: forget it rather than fail
+    return records
+
+
+def _save_all(records: dict[str, SessionRecord]) -> None:
+    doc = {key: asdict(record) for key, record in records.items()}
+    paths.write_private(_path(), json.dumps(doc, indent=1, sort_keys=True))
+
+
+def find(host: str, directory: str) -> SessionRecord | None:
+    return load_all().get(f"{host}\0{directory}")
+
+
+def for_host(host: str) -> list[SessionRecord]:
+    return [r for r in load_all().values() if r.host == host]
+
+
+def save(record: SessionRecord) -> None:
+    records = load_all()
+    records[record.key] = record
+    _save_all(records)
+
+
+def remove(records: list[SessionRecord]) -> None:
+    current = load_all()
+    for record in records:
+        current.pop(record.key, None)
+    _save_all(current)
+
+
+def now() -> float:
+    return time.time()

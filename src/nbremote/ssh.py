@@ -1,0 +1,221 @@
+"""The one place that runs the OpenSSH client.
+
+Every step of a command reuses one authenticated connection: the first ssh
+becomes the master (ControlMaster=auto) and keeps running in the background
+(ControlPersist), so a password or 2FA prompt appears at most once, and each
+later step costs about one round trip. The user's ~/.ssh/config, agent,
+ProxyJump and known_hosts are honoured because we only add ``-o`` options.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from nbremote.errors import ExitCode, NbremoteError
+
+log = logging.getLogger(__name__)
+
+# Names ssh would read as an option, or that the shell would split, never reach argv.
+_DESTINATION = re.compile(r"^(?:[^\s@/\\'\"`$;&|<>()]+@)?[A-Za-z0-9_.:%\[\]-]+$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host as the user named it, reduced to what ssh takes."""
+
+    label: str
+    destination: str
+    port: int | None = None
+
+
+def parse_target(text: str) -> Target:
+    """Accept `host`, `user@host`, an ssh_config alias, or `ssh://user@host:port`."""
+    bad = NbremoteError(
+        f"{text!r} is not a host",
+        hint="give a name from ~/.ssh/config, user@host, or ssh://user@host:port",
+        exit_code=ExitCode.USAGE,
+    )
+    if text.startswith("ssh://"):
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            raise bad from None
+        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise bad
+        host = parts.hostname
+        destination = f"{parts.username}@{host}" if parts.username else host
+    else:
+        destination, port = text, None
+    if destination.startswith("-") or not _DESTINATION.match(destination):
+        raise bad
+    return Target(label=text, destination=destination, port=port)
+
+
+def _fingerprint_of_known_line(path: str, line_no: int) -> str | None:
+    try:
+        line = Path(path).read_text().splitlines()[line_no - 1]
+    except (OSError, IndexError):
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".pub") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        done = subprocess.run(["ssh-keygen", "-l", "-f", handle.name], capture_output=True, text=True)
+    fields = done.stdout.split()
+    return fields[1] if done.returncode == 0 and len(fields) > 1 else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    user: str
+    hostname: str
+    port: int
+
+
+class Connection:
+    """ssh to one target through a control socket in our private runtime dir.
+
+    Nothing connects in the constructor: the first ``run`` of a remote command
+    opens the master when none is alive.
+    """
+
+    def __init__(self, target: Target, *, control_dir: Path, timeout: float, batch: bool, persist: bool):
+        self.target = target
+        self.timeout = timeout
+        self.batch = batch
+        self.persist = persist
+        digest = hashlib.sha256(f"{target.destination}\0{target.port}".encode()).hexdigest()[:20]
+        self.control_path = control_dir / digest
+
+    def _options(self) -> list[str]:
+        options = [
+            "-o", f"ControlPath={self.control_path}",
+            "-o", f"ConnectTimeout={max(1, round(self.timeout))}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=3",
+            "-o", "ExitOnForwardFailure=yes",
+        ]
+        if self.batch:
+            options += ["-o", "BatchMode=yes"]
+        if self.target.port is not None:
+            options += ["-p", str(self.target.port)]
+        return options
+
+    def command_argv(self, remote_command: str) -> list[str]:
+        persist = "yes" if self.persist else "no"
+        return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}",
+                *self._options(), "--", self.target.destination, remote_command]
+
+    def _control(self, *args: str) -> subprocess.CompletedProcess:
+        argv = ["ssh", *self._options(), *args, "--", self.target.destination]
+        log.debug("run %s", " ".join(argv))
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=self.timeout + 5, env=ssh_env())
+
+    def master_alive(self) -> bool:
+        if not self.control_path.exists():
+            return False
+        return self._control("-O", "check").returncode == 0
+
+    def forward(self, local_port: int, remote_port: int) -> None:
+        done = self._control("-O", "forward", "-L", _spec(local_port, remote_port))
+        if done.returncode != 0:
+            raise NbremoteError(
+                f"local port {local_port} is busy",
+                hint="pick another with --port, or leave --port out to take a free one",
+                exit_code=ExitCode.PORT_BUSY,
+                details=[line for line in done.stderr.splitlines() if line.strip()],
+            )
+
+    def cancel(self, local_port: int, remote_port: int) -> bool:
+        return self._control("-O", "cancel", "-L", _spec(local_port, remote_port)).returncode == 0
+
+    def close(self) -> None:
+        if self.control_path.exists():
+            self._control("-O", "exit")
+
+    def endpoint(self) -> Endpoint:
+        """What ssh resolves the target to, read from `ssh -G` (no connection)."""
+        argv = ["ssh", "-G", *self._options(), "--", self.target.destination]
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=ssh_env())
+        values = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+        try:
+            port = int(values.get("port", "22"))
+        except ValueError:
+            port = 22
+        return Endpoint(values.get("user", ""), values.get("hostname", self.target.destination), port)
+
+    def failure(self, stderr: str) -> NbremoteError:
+        """Turn ssh's exit 255 and its stderr into the error a user can act on."""
+        return classify_ssh_failure(stderr, self.target, self.endpoint(), self.timeout)
+
+
+def _spec(local_port: int, remote_port: int) -> str:
+    return f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}"
+
+
+def ssh_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"  # ssh's messages are matched below
+    return env
+
+
+def classify_ssh_failure(stderr: str, target: Target, where: Endpoint, timeout: float) -> NbremoteError:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    text = "\n".join(lines)
+    name = target.label
+    address = f"{where.hostname}:{where.port}"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+        new = re.search(r"key sent by the remote host is\s*\n?\s*(SHA256:\S+?)\.?$", text, re.M)
+        offending = re.search(r"Offending \S+ key in (.+):(\d+)", text)
+        old = _fingerprint_of_known_line(offending.group(1), int(offending.group(2))) if offending else None
+        return NbremoteError(
+            f"the host key of {name} ({address}) has changed: refusing to connect",
+            hint="if the server was reinstalled, check the new key with its owner, then "
+            f"remove the old one with `ssh-keygen -R {where.hostname}`; otherwise someone may be "
+            "intercepting the connection",
+            exit_code=ExitCode.HOST_KEY,
+            details=[f"expected {old or 'the key in known_hosts'}", f"received {new.group(1) if new else 'a different key'}"],
+        )
+    if "Host key verification failed" in text:
+        return NbremoteError(
+            f"the host key of {name} ({address}) is not known",
+            hint=f"connect once with `ssh {target.destination}` to check and accept it",
+            exit_code=ExitCode.HOST_KEY,
+        )
+    if "Permission denied" in text or "Too many authentication failures" in text:
+        methods = re.search(r"Permission denied \(([^)]*)\)", text)
+        return NbremoteError(
+            f"{where.user}@{where.hostname} refused the login"
+            + (f" (offered: {methods.group(1)})" if methods else ""),
+            hint=f"`nbremote add {name}` sets up a key for this host; or check the user name",
+            exit_code=ExitCode.AUTH_FAILED,
+        )
+    for pattern, reason in (
+        ("Connection refused", "connection refused"),
+        ("timed out", f"no answer after {timeout:g} s"),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network is unreachable"),
+        ("Could not resolve hostname", "name not found"),
+        ("Connection closed by", "the server closed the connection"),
+        ("Connection reset", "the connection was reset"),
+    ):
+        if pattern in text:
+            return NbremoteError(
+                f"cannot reach {name} at {address} ({reason})",
+                hint="check that the server is on and sshd runs, and the address and port",
+                exit_code=ExitCode.UNREACHABLE,
+            )
+    return NbremoteError(
+        f"ssh to {name} failed" + (f": {lines[-1]}" if lines else ""),
+        hint="run with --verbose to see each step",
+        exit_code=ExitCode.ERROR,
+        details=lines[:-1][-5:],
+    )
