@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian/Ubuntu machine, then run it.
+# Runs as root: the lab builds network namespaces, test users and a private sshd.
+# Arguments are passed to pytest (e.g. `bash scripts/test.sh tests/unit -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# apt does not start daemons here (and must not on a dev machine): the lab starts its own sshd.
+apt-get install -y -qq --no-install-recommends \
+    openssh-server openssh-client tmux iproute2 nftables procps psmisc \
+    python3 python3-venv ca-certificates >/dev/null
+
+# The lab's users (the laptop and server accounts) must be able to read this venv,
+# so it lives outside root's home and is built from the system python3.
+venv=/opt/nbremote-lab/venv
+[ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -e '.[test,jupyter]'
+chmod -R a+rX /opt/nbremote-lab
+
+exec "$venv/bin/python" -m pytest "$@"
