@@ -3,8 +3,9 @@
 A server is started detached (in tmux when there is one, else in a new session
 with setsid) so it outlives the SSH connection that asked for it. It listens
 on 127.0.0.1 only, on a port chosen here, with a token the client generated;
-the token travels in a 0600 config file, never on a command line, because any
-user on the server can read command lines through ``ps``.
+the token travels in a 0600 file named by JUPYTER_TOKEN_FILE, never on a command
+line, because any user on the server can read command lines through ``ps``. (Not
+``--config``: that file would replace the user's own jupyter_server_config.)
 """
 import http.client
 import json
@@ -192,7 +193,7 @@ def _launch(argv, directory, env, key, log_path, use_tmux):
         session = _tmux_session(key)
         subprocess.run(["tmux", "kill-session", "-t", "=" + session],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assignments = ["%s=%s" % (k, env[k]) for k in ("PATH", "JUPYTER_RUNTIME_DIR")]
+        assignments = ["%s=%s" % (k, env[k]) for k in ("PATH", "JUPYTER_RUNTIME_DIR", "JUPYTER_TOKEN_FILE")]
         # exec keeps the pane's pid for Jupyter itself, so pane_pid is the server's pid.
         # stdin stays on the pane's terminal: once no process holds it, tmux closes the pane.
         command = "exec %s >>%s 2>&1" % (
@@ -214,11 +215,11 @@ def start(channel, key, directory, mode, env_spec, token, timeout):
     program = resolve_jupyter(mode, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
-    config_path = os.path.join(state.private_dir("config"), key + ".json")
-    state.write_private(config_path, json.dumps({"IdentityProvider": {"token": token}}))
+    token_path = os.path.join(state.private_dir("tokens"), key)
+    state.write_private(token_path, token)
     port = free_port()
     argv = [program, "--no-browser", "--ip=127.0.0.1", "--port=%d" % port,
-            "--ServerApp.port_retries=0", "--config=" + config_path,
+            "--ServerApp.port_retries=0",
             "--ServerApp.root_dir=" + directory]
     if os.geteuid() == 0:
         # Jupyter refuses root without this; containers and fresh VMs often only have root.
@@ -226,6 +227,8 @@ def start(channel, key, directory, mode, env_spec, token, timeout):
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(program) + os.pathsep + env.get("PATH", "")
     env["JUPYTER_RUNTIME_DIR"] = runtime_dir()
+    env["JUPYTER_TOKEN_FILE"] = token_path
+    env.pop("JUPYTER_TOKEN", None)  # it would win over the file
     os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     offset = os.path.getsize(log_path)
     use_tmux = shutil.which("tmux") is not None

@@ -5,7 +5,7 @@ every directory 0700 and every file 0600, because records hold Jupyter tokens:
 
     lock                 serialises find-or-start, so two clients get one server
     servers/KEY.json     what we started: dir, pid, port, token, launcher
-    config/KEY.json      Jupyter config carrying the token (never on a command line)
+    tokens/KEY           the token, for JUPYTER_TOKEN_FILE (never on a command line)
     logs/KEY.log         Jupyter's output, kept after it stops
 """
 import contextlib
@@ -86,6 +86,6 @@ def all_records():
 
 
 def forget(key):
-    for path in (record_path(key), os.path.join(private_dir("config"), key + ".json")):
+    for path in (record_path(key), os.path.join(private_dir("tokens"), key)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
