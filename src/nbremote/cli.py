@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from datetime import datetime
 
 import click
 
@@ -18,9 +19,16 @@ def _interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def _ago(epoch: float | None) -> str:
-    if not epoch:
+def _ago(when: float | str | None) -> str:
+    """Seconds since the epoch, or Jupyter's ISO time, as `3 min ago`."""
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return when
+    if not when:
         return "-"
+    epoch = when
     seconds = int(time.time() - epoch)
     if seconds < 60:
         return f"{seconds} s ago"
@@ -127,7 +135,7 @@ def ls_command(host, as_json, timeout) -> None:
         kernels = "-" if s["kernels"] is None else f"{s['kernels']} ({s['busy']} busy)"
         forward = f"localhost:{s['local_port']}" if s["local_port"] else f"remote :{s['remote_port']}"
         rows.append((s["dir"], "running" if s["running"] else "stopped", str(s["pid"]), forward,
-                     _ago(s["started"]), kernels, s["last_activity"] or "-"))
+                     _ago(s["started"]), kernels, _ago(s["last_activity"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -349,7 +349,7 @@ def ls(*, host: str | None, timeout: float, interactive: bool = False) -> list[d
         record = local.get(info.dir)
         servers.append({
             "dir": info.dir, "mode": info.mode, "pid": info.pid, "remote_port": info.port,
-            "local_port": record.local_port if record and isinstance(place, Host) else None,
+            "local_port": info.port if isinstance(place, ThisMachine) else record.local_port if record else None,
             "started": info.started, "running": doc.get("running") is True, "kernels": info.kernels,
             "busy": info.busy, "last_activity": info.last_activity, "launcher": info.launcher,
         })

@@ -23,7 +23,8 @@ from nbremote.errors import ExitCode, NbremoteError
 log = logging.getLogger(__name__)
 
 # Names ssh would read as an option, or that the shell would split, never reach argv.
-_DESTINATION = re.compile(r"^(?:[^\s@/\\'\"`$;&|<>()]+@)?[A-Za-z0-9_.:%\[\]-]+$")
+# \Z, not $: $ also matches before a final newline.
+_DESTINATION = re.compile(r"^(?:[^\s@/\\'\"`$;&|<>()]+@)?[A-Za-z0-9_.:%\[\]-]+\Z")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def parse_target(text: str) -> Target:
             port = parts.port
         except ValueError:
             raise bad from None
-        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        if not parts.hostname or port == 0 or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise bad
         host = parts.hostname
         destination = f"{parts.username}@{host}" if parts.username else host
