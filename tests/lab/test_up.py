@@ -125,3 +125,39 @@ def test_nothing_listens_beyond_loopback_and_the_token_stays_private(lab):
     assert state.returncode != 0 and token not in state.stdout
     tmux = lab.server_exec(["tmux", "list-panes", "-a", "-F", "#{pane_start_command}"], user=ALICE).stdout
     assert "jupyter-lab" in tmux and token not in tmux
+
+
+def _port_open_on_laptop(lab, port: int) -> bool:
+    done = lab.laptop_exec([str(LAB_PYTHON), "-c",
+                            f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"])
+    return done.returncode == 0
+
+
+def test_ctrl_c_removes_the_forward_and_leaves_the_notebook_running(lab):
+    client = lab.nbremote_popen("up", "server", "--no-browser", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = client.stdout.readline().strip()
+    port = int(re.search(r":(\d+)/", url).group(1))
+    assert _port_open_on_laptop(lab, port)
+    os.killpg(client.pid, signal.SIGINT)
+    assert client.wait(timeout=15) == 0
+    stderr = client.stderr.read()
+    assert "the notebook keeps running on server. `nbremote down server` stops it." in stderr
+    assert not _port_open_on_laptop(lab, port)
+    assert alice_pids(lab, "jupyter-lab"), "Ctrl-C must not stop the remote Jupyter"
+    # The master this run opened is closed too: nothing of ours stays on the laptop.
+    assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip())
+
+
+def test_up_again_over_the_live_master_keeps_the_local_port(lab):
+    first = up_json(lab, "server")
+    second = up_json(lab, "server")
+    assert (second["reused"], second["pid"], second["local_port"]) == (True, first["pid"], first["local_port"])
+    status = laptop_probe(lab, "status", f"http://127.0.0.1:{second['local_port']}", token_of(second["url"]))
+    assert status["with_token"] == 200
+
+
+def test_up_after_the_master_died_reattaches_to_the_same_jupyter(lab):
+    first = up_json(lab, "server")
+    lab.kill_user_processes(LAPTOP_USER)  # the master and its forward die; Jupyter must not
+    second = up_json(lab, "server")
+    assert (second["reused"], second["pid"], second["local_port"]) == (True, first["pid"], first["local_port"])
