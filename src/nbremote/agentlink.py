@@ -190,7 +190,7 @@ class AgentCall:
                     log.debug("agent %s, python %s", hello.hash, hello.python)
                 continue
             reply = self._parse(text)
-            if "event" in reply:
+            if isinstance(reply.get("event"), str) and isinstance(reply.get("data"), dict):
                 if on_event is not None:
                     on_event(reply["event"], reply["data"])
                 continue
