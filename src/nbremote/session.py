@@ -94,15 +94,19 @@ def parse_server(doc: object, where: str) -> ServerInfo:
     if not isinstance(doc, dict):
         raise NbremoteError(f"the agent on {where} sent no server", exit_code=ExitCode.AGENT_FAILED)
     token, directory, mode = doc.get("token"), doc.get("dir"), doc.get("mode")
-    if not isinstance(token, str) or not _TOKEN.match(token):
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):  # match() would allow a final \n
         raise NbremoteError(f"the agent on {where} sent an invalid token", exit_code=ExitCode.AGENT_FAILED)
     if not isinstance(directory, str) or mode not in MODES:
         raise NbremoteError(f"the agent on {where} sent an invalid server", exit_code=ExitCode.AGENT_FAILED)
+    if not directory or any(ord(c) < 32 or ord(c) == 127 for c in directory):
+        # validate_text would blame the user (USAGE) for the server's answer.
+        raise NbremoteError(f"the agent on {where} sent an invalid directory: {directory!r}",
+                            exit_code=ExitCode.AGENT_FAILED)
     started = doc.get("started")
     optional = {k: doc.get(k) if isinstance(doc.get(k), int) else None for k in ("kernels", "busy")}
     activity = doc.get("last_activity")
     return ServerInfo(
-        dir=validate_text(directory, "directory"), mode=mode,
+        dir=directory, mode=mode,
         port=_int(doc, "port", 1, 65535, where), pid=_int(doc, "pid", 1, 2**31, where), token=token,
         launcher=str(doc.get("launcher")), started=float(started) if isinstance(started, (int, float)) else 0.0,
         last_activity=activity if isinstance(activity, str) else None, **optional,

@@ -24,13 +24,9 @@ HELLO = json.dumps({"nbremote_agent": agentlink.PROTOCOL_VERSION, "hash": "01234
 
 
 @pytest.fixture
-def agent_env(tmp_path) -> dict[str, str]:
-    """An environment whose agent state lands in tmp_path, never in the real home."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "JUPYTER_"))}
-    env.update(HOME=str(home), XDG_STATE_HOME=str(tmp_path / "state"), XDG_DATA_HOME=str(tmp_path / "data"))
-    return env
+def agent_env(isolated) -> dict[str, str]:
+    """The agent's environment: conftest points HOME and XDG_* into tmp_path."""
+    return dict(os.environ)
 
 
 def _call(argv: list[str], env: dict[str, str] | None = None, **kw) -> AgentCall:
