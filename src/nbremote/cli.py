@@ -8,7 +8,7 @@ from datetime import datetime
 
 import click
 
-from nbremote import __version__, session
+from nbremote import __version__, keeper, session
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -88,11 +88,13 @@ def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) ->
         console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
     stop = f"nbremote down {host}" if host else "nbremote down"
     if detach:
+        if host:
+            keeper.spawn(result.host, directory)
         console.note(f"the notebook keeps running; `{stop}` stops it.")
         return
     console.note(f"Ctrl-C stops {'the forwarding' if host else 'this view'}; the notebook keeps running. "
                  f"`{stop}` stops it.")
-    session.hold(result, console, timeout=timeout, interactive=_interactive())
+    keeper.hold(result, console, timeout=timeout, interactive=_interactive())
 
 
 @cli.command()
@@ -134,6 +136,8 @@ def ls_command(host, as_json, timeout) -> None:
     for s in servers:
         kernels = "-" if s["kernels"] is None else f"{s['kernels']} ({s['busy']} busy)"
         forward = f"localhost:{s['local_port']}" if s["local_port"] else f"remote :{s['remote_port']}"
+        if s["keeper_pid"]:
+            forward += " (kept)"
         rows.append((s["dir"], "running" if s["running"] else "stopped", str(s["pid"]), forward,
                      _ago(s["started"]), kernels, _ago(s["last_activity"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

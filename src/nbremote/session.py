@@ -5,16 +5,14 @@ plain results; they never print a result themselves and never exit.
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import re
 import secrets
-import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
 
-from nbremote import sessions
+from nbremote import keeper, sessions
+from nbremote.localnet import any_free_port, port_free, probe
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, Place, ThisMachine, place_for
@@ -111,42 +109,6 @@ def parse_server(doc: object, where: str) -> ServerInfo:
         launcher=str(doc.get("launcher")), started=float(started) if isinstance(started, (int, float)) else 0.0,
         last_activity=activity if isinstance(activity, str) else None, **optional,
     )
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # ssh binds with SO_REUSEADDR too: a port in TIME_WAIT is free for it.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def any_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
-    """True once Jupyter answers /api/status with this token on local port."""
-    while True:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(0.5, deadline - clock()))
-        try:
-            conn.request("GET", "/api/status", headers={"Authorization": f"token {token}"})
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200:
-                return True
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        if clock() >= deadline:
-            return False
-        time.sleep(0.02)
 
 
 def url_for(port: int, mode: str, token: str) -> str:
@@ -284,45 +246,6 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
                    created_master=isinstance(place, Host) and not had_master, started=started)
 
 
-def hold(result: UpResult, console: Console, *, timeout: float, interactive: bool,
-         sleep: Callable[[float], None] = time.sleep) -> None:
-    """Stay in the foreground until Ctrl-C, bringing the forward back if the master dies."""
-    place = place_for(result.host, timeout=timeout, interactive=interactive, persist=True)
-    began = time.monotonic()
-    try:
-        while True:
-            elapsed = int(time.monotonic() - began)
-            console.status(f"● serving {result.url.split('?')[0]} · {elapsed // 60} min {elapsed % 60:02d} s")
-            sleep(1.0)
-            if isinstance(place, Host) and elapsed % 5 == 0 and not place.connection.master_alive():
-                _reconnect(place, result, console, sleep)
-    except KeyboardInterrupt:
-        console.end_status()
-        stop = f"nbremote down {result.host}" if result.host else "nbremote down"
-        if isinstance(place, Host):
-            place.connection.cancel(result.local_port, result.server.port)
-            if result.created_master:
-                place.connection.close()
-            console.note(f"stopped forwarding; the notebook keeps running on {place.label}. `{stop}` stops it.")
-        else:
-            console.note(f"the notebook keeps running on this machine. `{stop}` stops it.")
-
-
-def _reconnect(place: Host, result: UpResult, console: Console, sleep: Callable[[float], None]) -> None:
-    attempt, delay = 0, 1.0
-    while True:
-        attempt += 1
-        console.status(f"reconnecting to {place.label} (attempt {attempt})…")
-        try:
-            place.agent(hello_timeout=place.connection.timeout + 10).request("ls", {})
-            place.connection.forward(result.local_port, result.server.port)
-            return
-        except NbremoteError as exc:
-            log.info("reconnect attempt %d failed: %s", attempt, exc.message)
-        sleep(delay)
-        delay = min(delay * 2, 30.0)
-
-
 def down(*, host: str | None, directory: str, all_dirs: bool, timeout: float, console: Console,
          interactive: bool = False) -> list[dict]:
     validate_text(directory, "directory")
@@ -336,6 +259,7 @@ def down(*, host: str | None, directory: str, all_dirs: bool, timeout: float, co
     mine += [r for r in sessions.for_host(place.host) if r.remote_dir in stopped_dirs and r not in mine]
     if isinstance(place, Host):
         for record in mine:
+            keeper.stop(record.host, record.dir)  # or it would put the forward back
             place.connection.cancel(record.local_port, record.remote_port)
     sessions.remove(mine)
     if isinstance(place, Host) and not sessions.for_host(place.host):
@@ -356,5 +280,6 @@ def ls(*, host: str | None, timeout: float, interactive: bool = False) -> list[d
             "local_port": info.port if isinstance(place, ThisMachine) else record.local_port if record else None,
             "started": info.started, "running": doc.get("running") is True, "kernels": info.kernels,
             "busy": info.busy, "last_activity": info.last_activity, "launcher": info.launcher,
+            "keeper_pid": keeper.keeper_pid(record.host, record.dir) if record else None,
         })
     return servers

@@ -8,10 +8,12 @@ ProxyJump and known_hosts are honoured because we only add ``-o`` options.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -138,9 +140,45 @@ class Connection:
     def cancel(self, local_port: int, remote_port: int) -> bool:
         return self._control("-O", "cancel", "-L", _spec(local_port, remote_port)).returncode == 0
 
+    def open_master(self, connect_timeout: float | None = None) -> None:
+        """Log in and leave the master in the background, with no remote command."""
+        options = self._options()
+        if connect_timeout is not None:
+            options[options.index(f"ConnectTimeout={max(1, round(self.timeout))}")] = \
+                f"ConnectTimeout={max(1, round(connect_timeout))}"
+        argv = ["ssh", "-o", "ControlMaster=auto", "-o", "ControlPersist=yes", *options,
+                "-N", "-f", "--", self.target.destination]
+        log.debug("run %s", " ".join(argv))
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=(connect_timeout or self.timeout) + 10, env=ssh_env())
+        if done.returncode != 0:
+            raise self.failure(done.stderr)
+
     def close(self) -> None:
-        if self.control_path.exists():
-            self._control("-O", "exit")
+        """End the master and every forward in it; a wedged one is killed."""
+        if not self.control_path.exists():
+            return
+        try:
+            if self._control("-O", "exit").returncode == 0:
+                return
+        except subprocess.TimeoutExpired:
+            pass
+        # A master that does not answer on its socket still holds our local ports.
+        for pid in self._master_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.control_path.unlink(missing_ok=True)
+
+    def _master_pids(self) -> list[int]:
+        needle = f"ControlPath={self.control_path}".encode()
+        pids = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if proc.stat().st_uid == os.getuid() and needle in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        return pids
 
     def endpoint(self) -> Endpoint:
         """What ssh resolves the target to, read from `ssh -G` (no connection)."""

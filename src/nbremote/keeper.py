@@ -1,0 +1,219 @@
+"""Keeps a session's tunnel alive across network drops, on the same local port.
+
+`ssh -O check` only asks the local master process, and ServerAlive needs 45 s
+to give up on a dead path; so the keeper probes the whole path instead (one
+GET of /api/status through the forward, every second). After two failed
+probes it drops the master and logs in again, trying every second or so with
+a short connect timeout, so the tunnel is back within about a second plus
+one login of the network returning. Open browser tabs carry on because the
+local port does not change.
+
+It runs inside a foreground `nbremote up`, or for `up --detach` as a small
+background process per session (`python -m nbremote.keeper HOST DIR`) that
+`nbremote down` stops.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from nbremote import paths, sessions
+from nbremote.console import Console
+from nbremote.errors import NbremoteError
+from nbremote.remote import Host, place_for
+from nbremote.localnet import probe
+from nbremote.sessions import SessionRecord
+
+if TYPE_CHECKING:
+    from nbremote.session import UpResult
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 1.0
+FAILED_PROBES = 2
+PROBE_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2.0
+MAX_BACKOFF = 1.0
+
+
+@dataclass
+class Tunnel:
+    """What the keeper restores: a forward from local_port to the server's port."""
+
+    place: Host
+    local_port: int
+    remote_port: int
+    token: str
+
+
+class Keeper:
+    def __init__(self, tunnel: Tunnel, *, report: Callable[[str], None],
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.tunnel = tunnel
+        self.report = report
+        self.sleep = sleep
+        self.clock = clock
+        self.failures = 0
+
+    def healthy(self) -> bool:
+        return probe(self.tunnel.local_port, self.tunnel.token, self.clock() + PROBE_TIMEOUT, self.clock)
+
+    def check(self) -> None:
+        """One health check; rebuilds the tunnel after FAILED_PROBES failures in a row."""
+        if self.healthy():
+            self.failures = 0
+            return
+        self.failures += 1
+        log.info("probe through localhost:%d failed (%d)", self.tunnel.local_port, self.failures)
+        if self.failures >= FAILED_PROBES:
+            self.rebuild()
+            self.failures = 0
+
+    def rebuild(self) -> None:
+        conn = self.tunnel.place.connection
+        began = self.clock()
+        attempt, delay = 0, 0.25
+        conn.close()  # the dead master still holds the local port
+        while True:
+            attempt += 1
+            self.report(f"reconnecting to {self.tunnel.place.label} (attempt {attempt}, "
+                        f"{self.clock() - began:.0f} s)…")
+            try:
+                conn.open_master(connect_timeout=CONNECT_TIMEOUT)
+                conn.forward(self.tunnel.local_port, self.tunnel.remote_port)
+            except (NbremoteError, subprocess.TimeoutExpired) as exc:
+                log.info("attempt %d failed: %s", attempt, getattr(exc, "message", exc))
+                conn.close()
+                self.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            if self.healthy():
+                self.report(f"back: localhost:{self.tunnel.local_port} → {self.tunnel.place.label} "
+                            f"after {self.clock() - began:.1f} s")
+                return
+            raise NbremoteError(
+                f"the Jupyter on {self.tunnel.place.label} no longer answers (it was stopped or the server restarted)",
+                hint=f"`nbremote up {self.tunnel.place.label}` starts a fresh one")
+
+
+def hold(result: UpResult, console: Console, *, timeout: float, interactive: bool,
+         sleep: Callable[[float], None] = time.sleep) -> None:
+    """Stay in the foreground until Ctrl-C, keeping the tunnel up."""
+    place = place_for(result.host, timeout=timeout, interactive=interactive, persist=True)
+    keeper = None
+    if isinstance(place, Host):
+        keeper = Keeper(Tunnel(place, result.local_port, result.server.port, result.server.token),
+                        report=console.status, sleep=sleep)
+    began = time.monotonic()
+    try:
+        while True:
+            elapsed = int(time.monotonic() - began)
+            console.status(f"● serving {result.url.split('?')[0]} · {elapsed // 60} min {elapsed % 60:02d} s")
+            sleep(CHECK_EVERY)
+            if keeper is not None:
+                keeper.check()
+    except KeyboardInterrupt:
+        console.end_status()
+        stop = f"nbremote down {result.host}" if result.host else "nbremote down"
+        if isinstance(place, Host):
+            place.connection.cancel(result.local_port, result.server.port)
+            if result.created_master:
+                place.connection.close()
+            console.note(f"stopped forwarding; the notebook keeps running on {place.label}. `{stop}` stops it.")
+        else:
+            console.note(f"the notebook keeps running on this machine. `{stop}` stops it.")
+
+
+# --- the background keeper of `up --detach` -------------------------------------
+
+def _pid_file(host: str, directory: str) -> Path:
+    name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
+    folder = paths.state_dir() / "keepers"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{name}.pid"
+
+
+def keeper_pid(host: str, directory: str) -> int | None:
+    """The live keeper of a session, checked by its lock rather than trusted from the file."""
+    path = _pid_file(host, directory)
+    try:
+        with path.open() as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return int(handle.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def spawn(host: str, directory: str) -> None:
+    """Start the background keeper for a detached session (it exits if one runs)."""
+    log_path = paths.state_dir() / "keeper.log"
+    with open(log_path, "ab") as log_file:
+        os.chmod(log_path, 0o600)
+        subprocess.Popen([sys.executable, "-m", "nbremote.keeper", host, directory],
+                         stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+
+
+def stop(host: str, directory: str, wait: float = 5.0) -> None:
+    pid = keeper_pid(host, directory)
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and keeper_pid(host, directory) is not None:
+        time.sleep(0.05)
+
+
+def _serve(record: SessionRecord) -> None:
+    place = place_for(record.host, timeout=10, interactive=False, persist=True)
+    assert isinstance(place, Host)
+    keeper = Keeper(Tunnel(place, record.local_port, record.remote_port, record.token),
+                    report=lambda text: log.info("%s", text))
+    while True:
+        time.sleep(CHECK_EVERY)
+        current = sessions.find(record.host, record.dir)
+        if current is None or current.token != record.token:
+            log.info("session %s %s ended; keeper exits", record.host, record.dir)
+            return
+        keeper.check()
+
+
+def main(argv: list[str]) -> int:
+    host, directory = argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s keeper[%(process)d] %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with _pid_file(host, directory).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # this session has its keeper already
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        record = sessions.find(host, directory)
+        if record is None:
+            return 0
+        try:
+            _serve(record)
+        except NbremoteError as exc:
+            log.error("%s (%s)", exc.message, exc.hint)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
