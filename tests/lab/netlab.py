@@ -110,6 +110,11 @@ USER_STATE_PATHS = (
     ".local/share/jupyter/runtime",
 )
 
+# Per-uid directories in the shared /tmp: tmux sockets, and nbremote's
+# runtime dir (ControlMaster sockets) when XDG_RUNTIME_DIR is unset, as here.
+# They outlive the user, and uids are reused by the next build.
+USER_TMP_PATHS = ("tmux-{uid}", "nbremote-{uid}")
+
 ALICE_PROFILE_SNIPPET = f"""
 # nbremote lab: Jupyter is on the login PATH only, the way a user-level install
 # (pip --user, conda init, a module system) usually puts it.
@@ -425,6 +430,11 @@ def _del_blackhole(net: str) -> None:
         log.warning("blackhole route for %s was already gone", net)
 
 
+def _remove_tmp_state(uid: int) -> None:
+    for pattern in USER_TMP_PATHS:
+        shutil.rmtree(Path(tempfile.gettempdir(), pattern.format(uid=uid)), ignore_errors=True)
+
+
 def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -439,7 +449,7 @@ def _remove_user(name: str) -> None:
     except KeyError:
         return
     _kill_until_gone(lambda: _uid_pids(pw.pw_uid), f"user {name}")
-    shutil.rmtree(f"/tmp/tmux-{pw.pw_uid}", ignore_errors=True)
+    _remove_tmp_state(pw.pw_uid)
     # -f: a zombie whose parent has not reaped it yet still counts as "in use".
     r = _run(["userdel", "-r", "-f", name], check=False)
     # 12 = could not remove home; 6 is "no such user" (raced), both fine here
@@ -969,7 +979,7 @@ class Lab:
     def cleanup_between_tests(self) -> None:
         """Back to the just-built state, keeping sshd (and the link) up:
         kill every process of the lab users, remove their nbremote/Jupyter
-        state and tmux sockets, restore their ~/.ssh and the server's
+        state, tmux sockets and /tmp runtime dirs, restore their ~/.ssh and the server's
         /etc/ssh (reloading sshd if it had changed), restart sshd if dead.
         Raises LabError listing every step that failed."""
         errors = []
@@ -983,7 +993,7 @@ class Lab:
             try:
                 for rel in USER_STATE_PATHS:
                     shutil.rmtree(u.home / rel, ignore_errors=True)
-                shutil.rmtree(f"/tmp/tmux-{u.uid}", ignore_errors=True)
+                _remove_tmp_state(u.uid)
                 # ControlMaster sockets of killed masters, edited configs,
                 # keys a test added: all go back.
                 _restore_tree(u.home / ".ssh", self._ssh_snapshots[name], u.uid, u.gid)

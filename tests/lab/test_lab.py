@@ -72,7 +72,8 @@ def test_build_and_teardown_leave_host_untouched(build_lab):
                  and netlab._proc_uid_and_state(pid)[1] != "Z"]
         assert stray == []
         assert _lab_blackholes() == set()
-        assert not any(Path(f"/tmp/tmux-{uid}").exists() for uid in uids)
+        assert not any(Path(f"/tmp/{p.format(uid=uid)}").exists()
+                       for uid in uids for p in netlab.USER_TMP_PATHS)
 
 
 def test_island(lab):
@@ -195,6 +196,7 @@ def test_cleanup_between_tests_resets_users_not_sshd(lab):
     assert lab.ssh("tmux", "new", "-d", "-s", "t", "sleep", "100").returncode == 0
     master = lab.laptop_popen(["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=yes",
                                "-o", "ControlPath=~/.ssh/cm-%C", "-N", "server"])
+    lab.laptop_exec(["mkdir", "-m", "700", f"/tmp/nbremote-{laptop.uid}"])
     state = alice.home / ".local/state/nbremote"
     lab.server_exec(["mkdir", "-p", str(state), str(alice.home / ".local/share/jupyter/runtime")],
                     user=ALICE)
@@ -213,6 +215,7 @@ def test_cleanup_between_tests_resets_users_not_sshd(lab):
     assert not state.exists()
     assert not (alice.home / ".local/share/jupyter/runtime").exists()
     assert not Path(f"/tmp/tmux-{alice.uid}").exists()
+    assert not Path(f"/tmp/nbremote-{laptop.uid}").exists()
     assert not list((laptop.home / ".ssh").glob("cm-*"))
     assert "added-by-test" not in (laptop.home / ".ssh/config").read_text()
     assert lab.sshd_pid() == sshd
