@@ -43,7 +43,8 @@ class Console:
         self._line(f"  {text}")
 
     def warn(self, text: str) -> None:
-        self._line(f"! {text}")
+        # Even with --json: stdout stays one JSON document, and a warning must not be lost.
+        print(f"! {text}", file=self.err, flush=True)
 
     def result(self, text: str) -> None:
         if not self.json_mode:
