@@ -298,8 +298,21 @@ def _signal_all(pids, signum):
             pass
 
 
+def _is_ours(pid, record):
+    """After a reboot the recorded pid may belong to an unrelated process: never signal that."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return os.path.exists(_runtime_file(pid))  # no /proc: trust Jupyter's own file
+    return ("--port=%d" % record["port"]).encode() in argv
+
+
 def _stop_pid(pid, record):
     """Ask Jupyter to shut down, then TERM, then KILL it and what it started."""
+    if not _is_ours(pid, record):
+        _remove_runtime_files(pid)
+        return
     family = [pid] + _descendants(pid)
     if _pid_alive(pid):
         api(record["port"], record["token"], "POST", "/api/shutdown", timeout=3)
@@ -315,6 +328,10 @@ def _stop_pid(pid, record):
     if record.get("tmux_session") and shutil.which("tmux"):
         subprocess.run(["tmux", "kill-session", "-t", "=" + record["tmux_session"]],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _remove_runtime_files(pid)
+
+
+def _remove_runtime_files(pid):
     # A killed Jupyter leaves its runtime files; remove them or `jupyter server list` lies.
     for suffix in (".json", "-open.html"):
         try:
