@@ -1,0 +1,120 @@
+"""What up reports when it cannot start Jupyter, and that it leaves nothing behind each time."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from agentbox import VENV_BIN
+
+from nbremote.errors import ExitCode, NbremoteError
+
+
+def _up_error(box, **kw) -> NbremoteError:
+    with pytest.raises(NbremoteError) as caught:
+        box.up(**kw)
+    return caught.value
+
+
+def test_missing_directory(box):
+    missing = box.home / "no" / "such"
+    error = _up_error(box, directory=missing)
+    assert error.exit_code == ExitCode.REMOTE_DIR
+    assert error.message == f"no directory {missing} on this machine"
+    assert "--dir" in error.hint
+    box.assert_nothing_left()
+
+
+def test_relative_directory_is_under_home(box):
+    error = _up_error(box, directory="not-there")
+    assert error.message == f"no directory {os.path.realpath(box.home)}/not-there on this machine"
+
+
+def test_env_path_that_does_not_exist(box):
+    missing = box.root / "envs" / "nope"
+    error = _up_error(box, env=str(missing))
+    assert error.exit_code == ExitCode.NO_JUPYTER
+    assert error.message == f"no environment at {missing} on this machine"
+    assert "venv" in error.hint
+    box.assert_nothing_left()
+
+
+def test_conda_env_name_that_does_not_exist(box):
+    error = _up_error(box, env="nbremote-test-no-such-env")
+    assert error.exit_code == ExitCode.NO_JUPYTER
+    assert error.message == 'no conda environment "nbremote-test-no-such-env" on this machine'
+    assert "conda env list" in error.hint
+    box.assert_nothing_left()
+
+
+@pytest.mark.parametrize("mode, package", [("lab", "jupyterlab"), ("notebook", "notebook")])
+def test_env_without_jupyter(box, mode, package):
+    env = box.root / "emptyenv"
+    (env / "bin").mkdir(parents=True)
+    error = _up_error(box, env=str(env), mode=mode)
+    assert error.exit_code == ExitCode.NO_JUPYTER
+    assert error.message == f"no Jupyter in the environment at {env}"
+    assert f"{env}/bin/pip install {package}" in error.hint
+    box.assert_nothing_left()
+
+
+@pytest.mark.parametrize("mode, what, package", [("lab", "JupyterLab", "jupyterlab"),
+                                                 ("notebook", "Jupyter Notebook", "notebook")])
+def test_no_jupyter_on_the_path(box, mode, what, package):
+    # The agent still runs (its python is named by absolute path), but jupyter is nowhere on PATH.
+    environ = dict(box.env, PATH="/usr/bin:/bin")
+    assert not any(os.path.exists(os.path.join(d, f"jupyter-{mode}")) for d in ("/usr/bin", "/bin"))
+    error = _up_error(box, environ=environ, mode=mode)
+    assert error.exit_code == ExitCode.NO_JUPYTER
+    assert error.message == f"no {what} on the login PATH of this machine"
+    assert f"python3 -m pip install --user {package}" in error.hint
+    box.assert_nothing_left()
+
+
+@pytest.mark.slow
+def test_jupyter_in_home_local_bin_is_found(box):
+    # `pip install --user` puts it in ~/.local/bin, often missing from a non-login PATH.
+    local_bin = box.home / ".local" / "bin"
+    local_bin.mkdir(parents=True)
+    (local_bin / "jupyter-lab").symlink_to(VENV_BIN / "jupyter-lab")
+    environ = dict(box.env, PATH="/usr/bin:/bin")
+    error = _up_error(box, environ=environ, mode="notebook")
+    assert error.exit_code == ExitCode.NO_JUPYTER, "only jupyter-lab is there, not jupyter-notebook"
+    reply, _ = box.up(environ=environ, timeout=60)
+    assert reply["server"]["pid"] > 0
+    box.down()
+    box.assert_nothing_left()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, path", [("tmux", None), ("setsid", str(VENV_BIN))])
+def test_jupyter_that_exits_during_start_up(box, launcher, path):
+    # A real user config that makes Jupyter itself fail: proves the user's config is read, too.
+    config = box.home / ".jupyter"
+    config.mkdir()
+    (config / "jupyter_server_config.py").write_text("c.ServerApp.certfile = '/nonexistent/cert.pem'\n")
+    environ = dict(box.env, PATH=path) if path else None
+    events = []
+    with pytest.raises(NbremoteError) as caught:
+        box.call("up", {"dir": str(box.work), "token": "e" * 48, "timeout": 60}, environ=environ,
+                 on_event=lambda *e: events.append(e))
+    error = caught.value
+    assert error.exit_code == ExitCode.JUPYTER_FAILED
+    assert error.message == "Jupyter exited during start-up"
+    assert [(name, data["launcher"]) for name, data in events] == [("starting", launcher)]
+    assert any('certfile "/nonexistent/cert.pem" does not exist' in line for line in error.details), error.details
+    logs = list((box.agent_state / "logs").glob("*.log"))
+    assert len(logs) == 1 and str(logs[0]) in error.hint, "the log is kept and named"
+    box.assert_nothing_left()
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"mode": "classic"}, "mode must be one of lab, notebook"),
+    ({"token": "not-alnum-" * 4}, "a token of letters and digits is required"),
+    ({"token": None}, "a token of letters and digits is required"),
+    ({"surprise": 1}, "malformed request: op_up() got an unexpected keyword argument 'surprise'"),
+])
+def test_bad_requests_are_refused(box, args, message):
+    error = _up_error(box, **args)
+    assert error.exit_code == ExitCode.AGENT_FAILED
+    assert error.message == message
+    box.assert_nothing_left()
