@@ -1,6 +1,7 @@
 """up / ls / down against a real JupyterLab: tmux and setsid launchers, reuse, stale records, secrecy."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -203,3 +204,25 @@ def test_two_ups_at_once_give_one_server(box):
     assert len(box.records()) == 1
     jupyters = [p for p in box.processes() if is_jupyter(p)]
     assert jupyters == [results[0]["server"]["pid"]]
+
+
+@pytest.mark.slow
+def test_down_never_signals_a_recorded_pid_that_is_not_our_jupyter(box):
+    # After a reboot the recorded pid may be someone else's process: simulate that by pointing the record at one.
+    reply, _ = box.up()
+    jupyter = reply["server"]["pid"]
+    os.kill(jupyter, signal.SIGKILL)
+    assert wait_gone([jupyter], 5)
+    decoy = subprocess.Popen(["sleep", "60"], env=box.env)
+    try:
+        record_path = next((box.agent_state / "servers").glob("*.json"))
+        record = json.loads(record_path.read_text())
+        record_path.write_text(json.dumps({**record, "pid": decoy.pid}))
+
+        assert box.down()["stopped"] == [{"dir": os.path.realpath(box.work), "pid": decoy.pid}]
+
+        assert decoy.poll() is None, "the unrelated process must survive"
+        assert box.records() == []
+    finally:
+        decoy.kill()
+        decoy.wait()
