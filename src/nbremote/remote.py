@@ -29,7 +29,8 @@ class ThisMachine(Place):
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         env = dict(os.environ)
         # `nbremote` run from a venv without activating it: its jupyter is beside python.
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = os.pathsep.join([bindir] + [d for d in env.get("PATH", "").split(os.pathsep) if d != bindir])
         return agentlink.AgentCall(agentlink.local_argv(), where=self.label, on_ssh_failure=None,
                                    hello_timeout=hello_timeout, env=env)
 

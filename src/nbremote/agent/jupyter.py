@@ -225,7 +225,8 @@ def start(channel, key, directory, mode, env_spec, token, timeout):
         # Jupyter refuses root without this; containers and fresh VMs often only have root.
         argv.append("--allow-root")
     env = dict(os.environ)
-    env["PATH"] = os.path.dirname(program) + os.pathsep + env.get("PATH", "")
+    bindir = os.path.dirname(program)  # a conda env's kernels need its bin/ first too
+    env["PATH"] = os.pathsep.join([bindir] + [d for d in env.get("PATH", "").split(os.pathsep) if d != bindir])
     env["JUPYTER_RUNTIME_DIR"] = runtime_dir()
     env["JUPYTER_TOKEN_FILE"] = token_path
     env.pop("JUPYTER_TOKEN", None)  # it would win over the file
