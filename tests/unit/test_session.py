@@ -1,4 +1,4 @@
-"""session.py's pure parts, the laptop's session records, and its private directories."""
+"""session.py's pure parts, localnet's ports and probe, the laptop's session records, its private dirs."""
 from __future__ import annotations
 
 import http.server
@@ -14,8 +14,8 @@ import pytest
 
 from nbremote import paths, sessions
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.session import (ServerInfo, any_free_port, parse_server, port_free, probe, url_for,
-                              validate_text)
+from nbremote.localnet import any_free_port, port_free, probe
+from nbremote.session import ServerInfo, parse_server, url_for, validate_text
 from nbremote.sessions import SessionRecord
 
 TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef"
