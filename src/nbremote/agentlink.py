@@ -122,7 +122,7 @@ def _agent_error(error: object, where: str) -> NbremoteError:
     message = error["message"].replace("the server", where)
     return NbremoteError(
         message,
-        hint=hint if isinstance(hint, str) else None,
+        hint=hint.replace("the server", where) if isinstance(hint, str) else None,
         exit_code=AGENT_ERROR_EXITS.get(error.get("code"), ExitCode.AGENT_FAILED),
         details=[str(d) for d in details][-20:] if isinstance(details, list) else [],
     )
