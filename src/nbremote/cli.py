@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 import time
 from datetime import datetime
 
 import click
 
-from nbremote import __version__, keeper, session
+from nbremote import __version__, jobs, keeper, session, sessions, status
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -144,6 +146,179 @@ def ls_command(host, as_json, timeout) -> None:
     for row in rows:
         console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--name", help="Name of the job [default: from the command, e.g. python-1].")
+@click.option("--dir", "directory", default="~", show_default=True, help="Directory on the server to run in.")
+@click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, to run in.")
+@click.option("--follow", is_flag=True, help="Stream the output until the job ends; Ctrl-C detaches, it does not kill.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def run(host, command, name, directory, env, follow, as_json, timeout) -> None:
+    """Start COMMAND on HOST, detached: it keeps running after this ends.
+
+    \b
+    nbremote run gpubox --name resnet -- python train.py --epochs 90
+    Each argument reaches the server exactly as typed, with no shell in between.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    job = jobs.run(host=host, argv=list(command), name=name, directory=directory, env=env, timeout=timeout,
+                   interactive=_interactive())
+    if as_json:
+        console.emit_json(job.to_json())
+    else:
+        console.result(job.name)
+        console.note(f"started in {job.dir} on {host} ({job.launcher}); "
+                     f"`nbremote logs {host} {job.name} -f` follows it, `nbremote kill {host} {job.name}` stops it")
+    if follow:
+        _follow(host, job.name, console, timeout)
+
+
+def _follow(host, name, console, timeout, tail=None) -> None:
+    out = sys.stdout.buffer
+
+    def write(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+
+    try:
+        job = jobs.logs(host=host, name=name, tail=tail, follow=True, write=write, console=console,
+                        timeout=timeout, interactive=_interactive())
+    except KeyboardInterrupt:
+        console.note(f"detached; job {name} keeps running on {host or 'this machine'}")
+        return
+    console.note(f"job {name} {status.job_state(job)}")
+
+
+@cli.command(name="jobs")
+@click.argument("host")
+@click.option("--prune", is_flag=True, help="Forget finished jobs (their logs stay).")
+@click.option("--purge", is_flag=True, help="With --prune, delete their logs too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def jobs_command(host, prune, purge, as_json, timeout) -> None:
+    """List the jobs started with `nbremote run` on HOST."""
+    if purge and not prune:
+        raise click.UsageError("--purge goes with --prune")
+    console = Console.for_terminal(json_mode=as_json)
+    listed = jobs.list_jobs(host=host, prune=prune, purge=purge, timeout=timeout, interactive=_interactive())
+    if as_json:
+        console.emit_json({"jobs": [j.to_json() for j in listed.jobs], "pruned": listed.pruned, "gpu": listed.gpu})
+        return
+    for name in listed.pruned:
+        console.done(f"forgot {name}" + (" and its log" if purge else ""))
+    if not listed.jobs:
+        console.result(f"no jobs on {host}")
+        return
+    rows = [("NAME", "STATE", "STARTED", "DIR", "COMMAND") + (("GPU MEM",) if listed.gpu else ())]
+    for j in listed.jobs:
+        gpu = (f"{j.gpu_memory_mib / 1024:.1f} GB" if j.gpu_memory_mib else "-",) if listed.gpu else ()
+        rows.append((j.name, status.job_state(j), _ago(j.started), j.dir, shlex.join(j.argv)[:60]) + gpu)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends (reconnects if the network drops).")
+@click.option("--tail", type=click.IntRange(min=0), help="Start with the last N lines.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def logs(host, job, follow, tail, timeout) -> None:
+    """Print the output of JOB on HOST."""
+    console = Console.for_terminal()
+    if follow:
+        _follow(host, job, console, timeout, tail=tail)
+        return
+    out = sys.stdout.buffer
+    jobs.logs(host=host, name=job, tail=tail, follow=False, write=out.write, console=console, timeout=timeout,
+              interactive=_interactive())
+    out.flush()
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("job")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def attach(host, job, timeout) -> None:
+    """Open JOB's tmux session on HOST in this terminal.
+
+    Detaching (Ctrl-B d) leaves the job running. Jobs started without tmux
+    (setsid) have no session: follow them with `nbremote logs -f`.
+    """
+    argv = jobs.attach_argv(host=host, name=job, timeout=timeout, interactive=_interactive())
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@cli.command(name="kill")
+@click.argument("host")
+@click.argument("job")
+@click.option("--signal", "signal_name", type=click.Choice(jobs.SIGNALS), default="TERM", show_default=True,
+              help="Signal for the job's processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def kill_command(host, job, signal_name, as_json, timeout) -> None:
+    """Stop JOB on HOST (SIGTERM to its processes unless --signal says otherwise)."""
+    console = Console.for_terminal(json_mode=as_json)
+    result, signalled = jobs.kill(host=host, name=job, signal_name=signal_name, timeout=timeout,
+                                  interactive=_interactive())
+    if as_json:
+        console.emit_json({"job": result.to_json(), "signalled": signalled})
+    elif not signalled:
+        console.note(f"job {job} had already ended: {status.job_state(result)}")
+    elif result.state == "running":
+        console.warn(f"sent SIG{signal_name} to job {job}; it is still running "
+                     f"(`nbremote kill {host} {job} --signal KILL` forces it)")
+    else:
+        console.done(f"job {job} {status.job_state(result)}")
+
+
+@cli.command(name="status")
+@click.argument("hosts", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh in place, with a short history of each GPU.")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=5.0, show_default=True, help=TIMEOUT_HELP)
+def status_command(hosts, as_json, watch, interval, timeout) -> None:
+    """What every host is doing: load, memory, disk, GPUs, Jupyter, jobs.
+
+    Without HOST: every host nbremote has a session with, else this machine.
+    All hosts are asked at once: a dead one costs the timeout, not more.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    targets = list(hosts) or sorted({r.host for r in sessions.load_all().values() if r.host}) or [None]
+    if not watch:
+        results = status.gather(targets, timeout=timeout)
+        if as_json:
+            console.emit_json({"hosts": [r.to_json() for r in results]})
+        else:
+            for line in status.render(results):
+                console.result(line)
+        return
+    history = status.History()
+    drawn = 0
+    try:
+        while True:
+            results = status.gather(targets, timeout=timeout, keep_masters=True)
+            history.add(results)
+            if as_json:
+                console.emit_json({"hosts": [r.to_json() for r in results]})
+            else:
+                lines = status.render(results, history) + [f"  every {interval:g} s · Ctrl-C stops"]
+                # Back to the top of the previous screen and draw over it.
+                prefix = f"\x1b[{drawn}F" if drawn and sys.stdout.isatty() else ""
+                click.echo(prefix + "\n".join(line + "\x1b[K" for line in lines) + "\x1b[J")
+                drawn = len(lines)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        status.close_masters(targets, timeout=timeout)
 
 def _render_error(exc: NbremoteError, as_json: bool) -> None:
     if as_json:

@@ -13,9 +13,11 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -115,6 +117,21 @@ class Connection:
         persist = "yes" if self.persist else "no"
         return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}",
                 *self._options(), "--", self.target.destination, remote_command]
+
+    def interactive_argv(self, command: list[str]) -> list[str]:
+        """ssh with a terminal (-t) running argv there, through the master when one is up."""
+        return ["ssh", "-t", "-o", "ControlMaster=auto", "-o", "ControlPersist=no",
+                *self._options(), "--", self.target.destination, shlex.join(command)]
+
+    def round_trip(self) -> float:
+        """Seconds for a trivial command over the open master: one honest network round trip."""
+        argv = ["ssh", "-o", "ControlMaster=no", *self._options(), "--", self.target.destination, "true"]
+        started = time.monotonic()
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=self.timeout + 5, env=ssh_env())
+        if done.returncode != 0:
+            raise self.failure(done.stderr)
+        return time.monotonic() - started
 
     def _control(self, *args: str) -> subprocess.CompletedProcess:
         argv = ["ssh", *self._options(), *args, "--", self.target.destination]

@@ -1,12 +1,17 @@
 """Agent entry point: the bootstrap calls ``main`` once the modules are loaded."""
 import sys
 
-from . import jupyter, protocol
+from . import jobs, jupyter, protocol
 
 HANDLERS = {
     "up": jupyter.op_up,
     "down": jupyter.op_down,
     "ls": jupyter.op_ls,
+    "run": jobs.op_run,
+    "jobs": jobs.op_jobs,
+    "logs": jobs.op_logs,
+    "kill": jobs.op_kill,
+    "status": jobs.op_status,
 }
 
 

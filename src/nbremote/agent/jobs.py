@@ -1,0 +1,385 @@
+"""Long jobs: any command, started detached so it outlives the connection.
+
+Layout under the agent's state dir, 0700 directories and 0600 files:
+
+    jobs/NAME.json       what was asked: argv, dir, environment, launcher, pid
+    jobs/NAME.end.json   written once by the wrapper when the command ends
+    jobs/NAME.log        the command's stdout and stderr
+
+The argv arrives as a JSON list and reaches the command as a list: it is read
+from NAME.json by the wrapper, so no shell ever parses it. The wrapper (a few
+lines of stdlib Python, run in tmux when there is one, else with setsid) waits
+for the command, writes NAME.end.json atomically, and forwards the signals it
+gets to the command's process group, which is what `kill` sends.
+"""
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from . import jupyter, state, stats
+from .protocol import AgentError
+
+NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+SIGNALS = ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")
+CHUNK = 64 * 1024
+FOLLOW_POLL = 0.2
+# An idle follow still writes now and then: the write is how an agent whose
+# client went away finds out, instead of polling a log forever.
+HEARTBEAT = 5.0
+
+# Runs as `python3 -c WRAPPER JOBFILE`. In tmux, the command gets the pane as
+# its terminal (and the foreground, so Ctrl-C in `attach` reaches it), and the
+# wrapper copies the log to the pane so an attached user sees the output.
+WRAPPER = r"""
+import json,os,signal,subprocess,sys,time
+path=sys.argv[1]
+with open(path) as f:job=json.load(f)
+end=path[:-len('.json')]+'.end.json'
+def finish(doc):
+ tmp=end+'.tmp';fd=os.open(tmp,os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o600)
+ with os.fdopen(fd,'w') as f:json.dump(doc,f)
+ os.replace(tmp,end)
+tty=os.isatty(0)
+def pre():
+ os.setpgrp()
+ if tty:
+  signal.signal(signal.SIGTTOU,signal.SIG_IGN)
+  try:os.tcsetpgrp(0,os.getpgrp())
+  except OSError:pass
+  signal.signal(signal.SIGTTOU,signal.SIG_DFL)
+env=dict(job['env'])
+for k in ('TMUX','TMUX_PANE','TERM'):
+ if k in os.environ:env[k]=os.environ[k]
+log=open(job['log'],'ab',0)
+try:
+ child=subprocess.Popen(job['argv'],cwd=job['dir'],env=env,stdin=0 if tty else subprocess.DEVNULL,stdout=log,stderr=log,preexec_fn=pre)
+except OSError as e:
+ log.write(('nbremote: cannot run %s: %s\n'%(job['argv'][0],e.strerror)).encode())
+ finish({'exit_code':127,'ended':time.time(),'error':e.strerror});sys.exit(127)
+def forward(n,f):
+ try:os.killpg(child.pid,n)
+ except OSError:pass
+for s in (signal.SIGTERM,signal.SIGINT,signal.SIGHUP,signal.SIGQUIT,signal.SIGUSR1,signal.SIGUSR2):signal.signal(s,forward)
+src=open(job['log'],'rb') if tty else None
+if src:src.seek(0,2)
+while child.poll() is None:
+ if src:
+  data=src.read()
+  if data:os.write(1,data)
+ time.sleep(0.2)
+finish({'exit_code':child.returncode,'ended':time.time()})
+"""
+
+
+def validate_name(name):
+    if not isinstance(name, str) or not NAME.match(name) or name.endswith(".end"):
+        raise AgentError("bad_request", "job name %r is not valid" % (name,),
+                         hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'")
+    return name
+
+
+def _folder():
+    return state.private_dir("jobs")
+
+
+def _path(name, suffix):
+    return os.path.join(_folder(), name + suffix)
+
+
+def _load(name):
+    try:
+        with open(_path(name, ".json")) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _save(record):
+    state.write_private(_path(record["name"], ".json"), json.dumps(record, indent=1, sort_keys=True))
+
+
+def _end(name):
+    try:
+        with open(_path(name, ".end.json")) as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("exit_code"), int) else None
+
+
+def _names():
+    return sorted(n[: -len(".json")] for n in os.listdir(_folder())
+                  if n.endswith(".json") and not n.endswith(".end.json"))
+
+
+def _wrapper_alive(record):
+    pid = record.get("pid")
+    if not isinstance(pid, int) or not jupyter._pid_alive(pid):
+        return False
+    try:  # the pid may have been reused by now
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return os.fsencode(_path(record["name"], ".json")) in handle.read()
+    except OSError:
+        return True
+
+
+def _require(name):
+    validate_name(name)
+    record = _load(name)
+    if record is None:
+        raise AgentError("no_job", "no job named %s on the server" % name,
+                         hint="`nbremote jobs` lists the jobs there")
+    return record
+
+
+def view(record, gpu_memory=None):
+    """What the client sees of a job, with its state worked out now."""
+    end = _end(record["name"])
+    doc = {k: record.get(k) for k in ("name", "argv", "dir", "env_spec", "started", "launcher",
+                                      "tmux_session", "log", "pid")}
+    doc.update(state="running", exit_code=None, ended=None)
+    if end is not None:
+        killed = record.get("kill_requested") is not None or end["exit_code"] < 0
+        doc.update(state="killed" if killed else "exited", exit_code=end["exit_code"], ended=end.get("ended"))
+    elif not _wrapper_alive(record):
+        # The wrapper itself was killed (or the machine rebooted): the exit status is lost.
+        doc["state"] = "lost"
+    doc["signal"] = record.get("kill_requested")
+    ended = doc["ended"] if isinstance(doc["ended"], (int, float)) else time.time()
+    doc["runtime"] = max(0.0, ended - record.get("started", ended))
+    doc["gpu_memory_mib"] = gpu_memory
+    return doc
+
+
+def _family(pid):
+    return [pid] + jupyter._descendants(pid) if isinstance(pid, int) else []
+
+
+def gpu_usage(records, apps):
+    """Job name -> MiB its processes hold on GPUs (the wrapper's descendants)."""
+    by_pid = {}
+    for app in apps:
+        by_pid[app["pid"]] = by_pid.get(app["pid"], 0) + (app["memory_mib"] or 0)
+    usage = {}
+    for record in records:
+        pids = _family(record.get("pid"))
+        usage[record["name"]] = sum(by_pid.get(p, 0) for p in pids)
+    return usage
+
+
+def _environment(env_spec):
+    env = dict(os.environ)
+    # Output goes to a file, where Python would buffer it for minutes: logs -f
+    # would show nothing. A job that sets its own value keeps it.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if env_spec is None:
+        return env
+    if "/" in env_spec or env_spec.startswith((".", "~")):
+        prefix = os.path.realpath(os.path.expanduser(env_spec))
+        if not os.path.isdir(os.path.join(prefix, "bin")):
+            raise AgentError("no_env", "no environment at %s on the server" % prefix,
+                             hint="pass the directory of a venv or conda environment (the one holding bin/)")
+    else:
+        prefix = jupyter._conda_prefix(env_spec)
+        if prefix is None:
+            raise AgentError("no_env", 'no conda environment "%s" on the server' % env_spec,
+                             hint="`conda env list` on the server shows the names; or pass a venv's path")
+    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV" if os.path.exists(os.path.join(prefix, "pyvenv.cfg")) else "CONDA_PREFIX"] = prefix
+    return env
+
+
+def _auto_name(argv):
+    base = re.sub(r"[^A-Za-z0-9_-]", "", os.path.basename(argv[0]))[:40] or "job"
+    taken = set(_names())
+    number = 1
+    while "%s-%d" % (base, number) in taken:
+        number += 1
+    return "%s-%d" % (base, number)
+
+
+def _launch(record, use_tmux):
+    path = _path(record["name"], ".json")
+    wrapper = [sys.executable, "-c", WRAPPER, path]
+    if use_tmux:
+        # tmux shows '.' and ':' as '_' in session names; the record keeps the real one.
+        session = "nbremote-job-" + record["name"].replace(".", "_")
+        done = subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-c", record["dir"], "-P", "-F", "#{pane_pid}",
+             "exec " + shlex.join(wrapper)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        if done.returncode != 0 or not done.stdout.strip().isdigit():
+            raise AgentError("launch_failed", "tmux could not start the job: %s" % done.stderr.strip())
+        return int(done.stdout.strip()), session
+    with open(record["log"], "ab") as log:
+        process = subprocess.Popen(wrapper, cwd=record["dir"], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    return process.pid, None
+
+
+def op_run(channel, argv=None, name=None, dir=None, env=None):
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise AgentError("bad_request", "argv must be a non-empty list of strings")
+    if any("\0" in a for a in argv):
+        raise AgentError("bad_request", "an argument holds a NUL byte, which no program can receive")
+    directory = jupyter.resolve_directory(dir)
+    environment = _environment(env)
+    with state.locked():
+        name = validate_name(name) if name is not None else _auto_name(argv)
+        previous = _load(name)
+        if previous is not None:
+            busy = view(previous)["state"] == "running"
+            raise AgentError("job_exists", "a job named %s %s on the server" % (
+                name, "is running" if busy else "already exists"),
+                hint="pick another --name" + ("" if busy else ", or forget finished jobs with `nbremote jobs --prune`"))
+        log_path = _path(name, ".log")
+        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        use_tmux = shutil.which("tmux") is not None
+        record = {"name": name, "argv": argv, "dir": directory, "env_spec": env, "env": environment,
+                  "log": log_path, "started": time.time(), "launcher": "tmux" if use_tmux else "setsid",
+                  "tmux_session": None, "pid": None, "kill_requested": None}
+        _save(record)
+        try:
+            record["pid"], record["tmux_session"] = _launch(record, use_tmux)
+        except BaseException:
+            for suffix in (".json", ".log"):
+                os.unlink(_path(name, suffix))
+            raise
+        _save(record)
+    return {"job": view(record)}
+
+
+def op_jobs(channel, prune=False, purge=False):
+    records = [r for r in (_load(n) for n in _names()) if r is not None]
+    report = stats.gpu_report()
+    usage = gpu_usage(records, report["apps"]) if report["available"] else {}
+    views = [view(r, usage.get(r["name"])) for r in records]
+    pruned = []
+    if prune:
+        with state.locked():
+            for doc in views:
+                if doc["state"] != "running":
+                    suffixes = (".json", ".end.json") + ((".log",) if purge else ())
+                    for suffix in suffixes:
+                        try:
+                            os.unlink(_path(doc["name"], suffix))
+                        except FileNotFoundError:
+                            pass
+                    pruned.append(doc["name"])
+        views = [v for v in views if v["name"] not in pruned]
+    return {"jobs": views, "pruned": pruned, "gpu": report["available"]}
+
+
+def op_kill(channel, name=None, signal_name="TERM", wait=5.0):
+    record = _require(name)
+    if signal_name not in SIGNALS:
+        raise AgentError("bad_request", "signal %r is not one of %s" % (signal_name, ", ".join(SIGNALS)))
+    if view(record)["state"] != "running":
+        return {"job": view(record), "signalled": False}
+    with state.locked():
+        record["kill_requested"] = signal_name
+        _save(record)
+    signum = getattr(signal, "SIG" + signal_name)
+    if signum == signal.SIGKILL:
+        # The wrapper cannot catch KILL to pass it on: send it to the command's group itself.
+        targets = [p for p in jupyter._descendants(record["pid"]) if _parent(p) == record["pid"]]
+        for pid in targets:
+            try:
+                os.killpg(pid, signum)
+            except OSError:
+                pass
+    else:
+        try:
+            os.kill(record["pid"], signum)
+        except OSError:
+            pass
+    deadline = time.monotonic() + float(wait)
+    while time.monotonic() < deadline and view(record)["state"] == "running":
+        time.sleep(0.05)
+    return {"job": view(record), "signalled": True}
+
+
+def _parent(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tail_offset(path, lines):
+    """Where the last `lines` lines of the file begin."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        position, found = size, 0
+        while position > 0:
+            step = min(CHUNK, position)
+            position -= step
+            handle.seek(position)
+            block = handle.read(step)
+            end = len(block)
+            if position + end == size and block.endswith(b"\n"):
+                end -= 1  # the final newline ends the last line, it does not start one
+            index = block.rfind(b"\n", 0, end)
+            while index != -1:
+                found += 1
+                if found == lines:
+                    return position + index + 1
+                index = block.rfind(b"\n", 0, index)
+        return 0
+
+
+def op_logs(channel, name=None, offset=None, tail=None, follow=False):
+    record = _require(name)
+    path = record["log"]
+    if offset is None and isinstance(tail, int) and tail >= 0:
+        offset = _tail_offset(path, tail) if tail else os.path.getsize(path)
+    position = offset if isinstance(offset, int) and offset >= 0 else 0
+    channel.event("log", offset=position, size=os.path.getsize(path))
+    last_write = time.monotonic()
+    with open(path, "rb") as handle:
+        while True:
+            running = view(record)["state"] == "running"  # before reading, so no last chunk is missed
+            handle.seek(position)
+            data = handle.read(CHUNK)
+            if data:
+                channel.event("chunk", offset=position, data=base64.b64encode(data).decode("ascii"))
+                position += len(data)
+                last_write = time.monotonic()
+                continue
+            if not follow or not running:
+                break
+            if time.monotonic() - last_write > HEARTBEAT:
+                channel.event("waiting", offset=position)
+                last_write = time.monotonic()
+            time.sleep(FOLLOW_POLL)
+    return {"offset": position, "job": view(record)}
+
+
+def op_status(channel):
+    """Everything `nbremote status` shows of this machine, in one round trip."""
+    report = stats.gpu_report()
+    records = [r for r in (_load(n) for n in _names()) if r is not None]
+    usage = gpu_usage(records, report["apps"]) if report["available"] else {}
+    owners = {}
+    for record in records:
+        for pid in _family(record.get("pid")):
+            owners[pid] = "job %s" % record["name"]
+    servers = []
+    for server in jupyter.op_ls(channel)["servers"]:
+        server = {k: v for k, v in server.items() if k != "token"}  # status is for looking, not for connecting
+        servers.append(server)
+        for pid in _family(server.get("pid")):
+            owners.setdefault(pid, "Jupyter in %s" % server["dir"])
+    for app in report["apps"]:
+        app["owner"] = owners.get(app["pid"])
+    return {"machine": stats.machine(), "gpu": report, "servers": servers,
+            "jobs": [view(r, usage.get(r["name"])) for r in records]}

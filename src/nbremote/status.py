@@ -1,0 +1,253 @@
+"""status: every host at once, each in its own thread, so the whole screen costs
+about as much as the slowest host, and a dead one costs at most the timeout.
+
+`gather` returns plain results; `render` turns them into lines; the CLI prints.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from nbremote import jobs as jobs_core
+from nbremote.errors import NbremoteError
+from nbremote.remote import Host, place_for
+
+SPARK = "▁▂▃▄▅▆▇█"
+HISTORY = 20
+
+
+@dataclass
+class HostStatus:
+    host: str | None
+    label: str
+    reachable: bool
+    seconds: float
+    error: str | None = None
+    path: str | None = None
+    rtt: float | None = None
+    machine: dict = field(default_factory=dict)
+    gpu: dict = field(default_factory=dict)
+    servers: list = field(default_factory=list)
+    jobs: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"host": self.host, "label": self.label, "reachable": self.reachable, "error": self.error,
+                "path": self.path, "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 1),
+                "seconds": round(self.seconds, 3), "machine": self.machine, "gpu": self.gpu,
+                "servers": self.servers, "jobs": [j.to_json() for j in self.jobs]}
+
+
+def _num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _clean_machine(doc: object) -> dict:
+    doc = doc if isinstance(doc, dict) else {}
+    load = doc.get("load")
+    memory, disk = doc.get("memory"), doc.get("disk")
+    return {
+        "load": load if isinstance(load, list) and len(load) == 3 and all(map(_num, load)) else None,
+        "cpus": doc.get("cpus") if isinstance(doc.get("cpus"), int) else None,
+        "memory": memory if isinstance(memory, dict) and _num(memory.get("total")) and _num(memory.get("used"))
+        else None,
+        "disk": disk if isinstance(disk, dict) and _num(disk.get("free")) and isinstance(disk.get("path"), str)
+        else None,
+    }
+
+
+def _clean_gpu(doc: object) -> dict:
+    doc = doc if isinstance(doc, dict) else {}
+    gpus = [g for g in doc.get("gpus") or [] if isinstance(g, dict) and isinstance(g.get("index"), int)]
+    apps = [a for a in doc.get("apps") or [] if isinstance(a, dict) and isinstance(a.get("pid"), int)]
+    for gpu in gpus:
+        for key in ("utilization", "memory_used_mib", "memory_total_mib", "temperature_c"):
+            if not isinstance(gpu.get(key), int) or isinstance(gpu.get(key), bool):
+                gpu[key] = None
+        for key in ("name", "uuid", "error"):
+            if not isinstance(gpu.get(key), str):
+                gpu[key] = None
+    reason = doc.get("reason")
+    return {"available": doc.get("available") is True and bool(gpus), "gpus": gpus, "apps": apps,
+            "reason": reason if isinstance(reason, str) else None}
+
+
+def _clean_servers(items: object) -> list:
+    servers = []
+    for s in items if isinstance(items, list) else []:
+        if isinstance(s, dict) and isinstance(s.get("dir"), str) and isinstance(s.get("port"), int):
+            servers.append({k: s.get(k) for k in ("dir", "port", "pid", "running", "kernels", "busy", "mode")})
+    return servers
+
+
+def query(host: str | None, *, timeout: float, keep_master: bool = False) -> HostStatus:
+    """One host's status; failures become an unreachable HostStatus, never an exception."""
+    started = time.monotonic()
+    label = host or "this machine"
+    try:
+        place = place_for(host, timeout=timeout, interactive=False, persist=True)
+        label = place.label
+        had_master = isinstance(place, Host) and place.connection.master_alive()
+        try:
+            reply = place.agent(hello_timeout=timeout).request("status", {}, timeout=timeout + 20)
+            rtt = path = None
+            if isinstance(place, Host):
+                rtt = place.connection.round_trip()
+                where = place.connection.endpoint()
+                path = f"{where.hostname}:{where.port}"
+        finally:
+            if isinstance(place, Host) and not had_master and not keep_master:
+                place.connection.close()
+        jobs = [jobs_core.parse_job(doc, label) for doc in reply.get("jobs") or []]
+    except NbremoteError as exc:
+        return HostStatus(host=host, label=label, reachable=False, seconds=time.monotonic() - started,
+                          error=exc.message)
+    return HostStatus(host=host, label=label, reachable=True, seconds=time.monotonic() - started, path=path,
+                      rtt=rtt, machine=_clean_machine(reply.get("machine")), gpu=_clean_gpu(reply.get("gpu")),
+                      servers=_clean_servers(reply.get("servers")), jobs=jobs)
+
+
+def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False) -> list[HostStatus]:
+    """Query every host in parallel; the whole call is bounded by the timeout, not by the number of hosts."""
+    results: dict[int, HostStatus] = {}
+    started = time.monotonic()
+
+    def work(i: int, host: str | None) -> None:
+        results[i] = query(host, timeout=timeout, keep_master=keep_masters)
+
+    # Daemon threads: a host that hangs past the deadline must not hold the command open.
+    threads = [threading.Thread(target=work, args=(i, h), daemon=True) for i, h in enumerate(hosts)]
+    for thread in threads:
+        thread.start()
+    deadline = started + 2 * timeout + 10  # connect, then the agent's answer
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [results.get(i) or HostStatus(host=h, label=h or "this machine", reachable=False,
+                                         seconds=time.monotonic() - started,
+                                         error=f"no answer within {deadline - started:.0f} s")
+            for i, h in enumerate(hosts)]
+
+
+def close_masters(hosts: list[str | None], *, timeout: float) -> None:
+    for host in hosts:
+        if host:
+            try:
+                place = place_for(host, timeout=timeout, interactive=False, persist=True)
+            except NbremoteError:
+                continue
+            place.connection.close()
+
+
+class History:
+    """The last few samples of each GPU's utilisation and memory, for --watch."""
+
+    def __init__(self, size: int = HISTORY):
+        self.size = size
+        self.samples: dict[tuple, deque] = {}
+
+    def add(self, statuses: list[HostStatus]) -> None:
+        for status in statuses:
+            for gpu in status.gpu.get("gpus", []):
+                for kind, value in (("util", gpu["utilization"]), ("mem", _percent(gpu))):
+                    series = self.samples.setdefault((status.label, gpu["index"], kind), deque(maxlen=self.size))
+                    series.append(value)
+
+    def series(self, label: str, index: int, kind: str) -> list:
+        return list(self.samples.get((label, index, kind), []))
+
+
+def _percent(gpu: dict) -> int | None:
+    used, total = gpu.get("memory_used_mib"), gpu.get("memory_total_mib")
+    return None if used is None or not total else round(100 * used / total)
+
+
+def sparkline(values: list) -> str:
+    """Percentages as block characters; a missing sample is a space."""
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, max(0, int(v) * len(SPARK) // 101))]
+                   for v in values)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def job_state(job: jobs_core.Job) -> str:
+    if job.state == "running":
+        return f"running {duration(job.runtime)}"
+    if job.state == "exited":
+        return f"exited {job.exit_code} after {duration(job.runtime)}"
+    if job.state == "killed":
+        how = f"by SIG{job.signal}" if job.signal else f"by signal {-(job.exit_code or 0)}"
+        return f"killed {how} after {duration(job.runtime)}"
+    return "ended (exit status lost)"
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f}"
+
+
+def render(statuses: list[HostStatus], history: History | None = None) -> list[str]:
+    width = max((len(s.label) for s in statuses), default=0)
+    lines = []
+    for s in statuses:
+        head = s.label.ljust(width)
+        if not s.reachable:
+            lines.append(f"{head}  unreachable: {s.error}")
+            continue
+        parts = []
+        if s.path:
+            parts.append(f"via {s.path} {s.rtt * 1000:.0f} ms" if s.rtt is not None else f"via {s.path}")
+        m = s.machine
+        if m.get("load"):
+            parts.append(f"load {m['load'][0]:.2f}/{m.get('cpus') or '?'}")
+        if m.get("memory"):
+            parts.append(f"mem {_gb(m['memory']['used'])}/{_gb(m['memory']['total'])} GB")
+        if m.get("disk"):
+            parts.append(f"disk {m['disk']['path']} {_gb(m['disk']['free'])} GB free")
+        lines.append(f"{head}  " + "   ".join(parts))
+        lines.extend(_gpu_lines(s, history))
+        for server in s.servers:
+            kernels = "" if server.get("kernels") is None else \
+                f"  {server['kernels']} kernels ({server.get('busy') or 0} busy)"
+            state = "" if server.get("running") else "  (stopped)"
+            lines.append(f"  Jupyter  {server['dir']}  :{server['port']}{kernels}{state}")
+        if s.jobs:
+            lines.append("  jobs     " + "   ·   ".join(f"{j.name}  {job_state(j)}" for j in s.jobs))
+    return lines
+
+
+def _gpu_lines(s: HostStatus, history: History | None) -> list[str]:
+    gpu = s.gpu
+    if not gpu.get("available"):
+        reason = gpu.get("reason") or "none found"
+        return [f"  no GPU ({reason})" if reason in ("no nvidia-smi", "no GPU") else f"  no GPU: {reason}"]
+    lines = []
+    for g in gpu["gpus"]:
+        text = f"  GPU{g['index']} {g.get('name') or '?'}"
+        if g.get("error"):
+            lines.append(f"{text}  error: {g['error']}")
+            continue
+        util = "-" if g["utilization"] is None else f"{g['utilization']}%"
+        memory = "-" if g["memory_used_mib"] is None else \
+            f"{g['memory_used_mib'] / 1024:.1f}/{(g['memory_total_mib'] or 0) / 1024:.1f} GB"
+        temp = "" if g["temperature_c"] is None else f"  {g['temperature_c']}°C"
+        text += f"  {util:>4}  {memory}{temp}"
+        if history is not None:
+            text += f"  util {sparkline(history.series(s.label, g['index'], 'util'))}" \
+                    f"  mem {sparkline(history.series(s.label, g['index'], 'mem'))}"
+        users = [a for a in gpu["apps"] if g.get("uuid") and a.get("gpu_uuid") == g["uuid"]]
+        if users:
+            text += "  " + ", ".join(
+                f"{a.get('owner') or a.get('name') or 'pid'} (pid {a['pid']}"
+                + (f", {a['memory_mib'] / 1024:.1f} GB)" if isinstance(a.get("memory_mib"), int) else ")")
+                for a in users)
+        lines.append(text)
+    return lines
