@@ -10,7 +10,8 @@ apt-get update -qq
 # apt does not start daemons here (and must not on a dev machine): the lab starts its own sshd.
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client tmux iproute2 nftables procps psmisc \
-    python3 python3-venv ca-certificates >/dev/null
+    python3 python3-venv ca-certificates \
+    sshpass iptables miniupnpd miniupnpd-nftables >/dev/null
 
 # The lab's users (the laptop and server accounts) must be able to read this venv,
 # so it lives outside root's home and is built from the system python3.

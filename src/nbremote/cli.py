@@ -13,6 +13,7 @@ import click
 from nbremote import __version__, jobs, keeper, session, sessions, status
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.server import cli as server_cli
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
 
@@ -319,6 +320,9 @@ def status_command(hosts, as_json, watch, interval, timeout) -> None:
         pass
     finally:
         status.close_masters(targets, timeout=timeout)
+
+cli.add_command(server_cli.server)
+
 
 def _render_error(exc: NbremoteError, as_json: bool) -> None:
     if as_json:

@@ -1,0 +1,1 @@
+"""`nbremote server …`: run on the server by its owner (check, harden, firewall, expose, invite)."""
