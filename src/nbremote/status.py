@@ -90,7 +90,8 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False) -> Hos
         label = place.label
         had_master = isinstance(place, Host) and place.connection.master_alive()
         try:
-            reply = place.agent(hello_timeout=timeout).request("status", {}, timeout=timeout + 20)
+            # A little beyond ssh's own ConnectTimeout, so a dead host gets ssh's reason, not ours.
+            reply = place.agent(hello_timeout=timeout + 2).request("status", {}, timeout=timeout + 20)
             rtt = path = None
             if isinstance(place, Host):
                 rtt = place.connection.round_trip()

@@ -1,0 +1,108 @@
+"""`nbremote status` end to end: GPUs through a stand-in nvidia-smi serving real
+captures, a server without one, and three hosts of which one is dead."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from netlab import ALICE
+
+from test_up_errors import appended
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
+STAND_IN = """#!/bin/sh
+# Stand-in for nvidia-smi: replays real captures for the two queries nbremote makes.
+case "$*" in
+  *--query-gpu=*) exec cat "$(dirname "$0")/gpu.csv" ;;
+  *--query-compute-apps=*) exec cat "$(dirname "$0")/apps.csv" ;;
+esac
+echo "stand-in nvidia-smi: unexpected arguments: $*" >&2
+exit 2
+"""
+
+
+@contextmanager
+def nvidia_smi(lab, gpu_csv: str, apps_csv: str):
+    alice = lab.user(ALICE)
+    folder = alice.home / "fake-nvidia"
+    folder.mkdir()
+    (folder / "nvidia-smi").write_text(STAND_IN)
+    shutil.copy(FIXTURES / gpu_csv, folder / "gpu.csv")
+    shutil.copy(FIXTURES / apps_csv, folder / "apps.csv")
+    os.chmod(folder / "nvidia-smi", 0o755)
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, alice.uid, alice.gid)
+    try:
+        with appended(alice.home / ".profile", f'\nPATH="{folder}:$PATH"\n', alice):
+            yield
+    finally:
+        shutil.rmtree(folder)
+
+
+def status_json(lab, *hosts: str, timeout: str = "5") -> list[dict]:
+    done = lab.nbremote("status", *hosts, "--json", "--timeout", timeout, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["hosts"]
+
+
+def test_eight_gpus_are_listed_with_their_load(lab):
+    with nvidia_smi(lab, "v100x8.query-gpu.csv", "l40s-idle.compute-apps.csv"):
+        [host] = status_json(lab, "server")
+        text = lab.nbremote("status", "server").stdout
+    assert host["reachable"] is True and host["path"] == "192.168.77.2:22" and host["rtt_ms"] > 0
+    gpus = host["gpu"]["gpus"]
+    assert len(gpus) == 8 and gpus[6]["utilization"] == 100 and gpus[6]["memory_used_mib"] == 13928
+    assert "  GPU6 Tesla V100-SXM2-32GB  100%  13.6/32.0 GB  51°C" in text.splitlines()
+
+
+def test_a_gpu_in_an_error_state_is_shown_as_such(lab):
+    with nvidia_smi(lab, "reset-required.query-gpu.csv", "l40s-idle.compute-apps.csv"):
+        text = lab.nbremote("status", "server").stdout
+    assert "  GPU0 ?  error: GPU requires reset" in text.splitlines()
+
+
+def test_the_gpu_process_list_names_the_processes(lab):
+    with nvidia_smi(lab, "l40s-load.query-gpu.csv", "l40s-load.compute-apps.csv"):
+        text = lab.nbremote("status", "server").stdout
+    assert "  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  ffmpeg (pid 20037, 0.5 GB), ffmpeg (pid 20038, 0.7 GB)" \
+        in text.splitlines()
+
+
+def test_a_server_without_nvidia_smi_says_so_plainly(lab):
+    done = lab.nbremote("status", "server-bob")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == "  no GPU (no nvidia-smi)"
+
+
+def test_status_shows_jobs_and_jupyter(lab):
+    lab.nbremote("run", "server", "--name", "trainer", "--", "sleep", "60")
+    assert lab.nbremote("up", "server", "--no-browser", "--detach", timeout=120).returncode == 0
+    [host] = status_json(lab, "server")
+    assert [j["name"] for j in host["jobs"]] == ["trainer"] and host["jobs"][0]["state"] == "running"
+    assert [s["dir"] for s in host["servers"]] == ["/home/nbr-alice"]
+    text = lab.nbremote("status", "server").stdout
+    assert "  Jupyter  /home/nbr-alice  :" in text and "  jobs     trainer  running" in text
+
+
+def test_three_hosts_one_dead_costs_the_timeout_not_the_sum(lab):
+    started = time.monotonic()
+    hosts = status_json(lab, "server", "server-bob", "ssh://nbr-alice@192.168.77.99", timeout="3")
+    elapsed = time.monotonic() - started
+    assert [h["reachable"] for h in hosts] == [True, True, False]
+    assert hosts[2]["error"].startswith("cannot reach ssh://nbr-alice@192.168.77.99 at 192.168.77.99:22")
+    assert elapsed < 3 + 4, elapsed
+    text = lab.nbremote("status", "server", "ssh://nbr-alice@192.168.77.99", "--timeout", "2").stdout
+    assert "ssh://nbr-alice@192.168.77.99  unreachable: cannot reach" in text
+
+
+@pytest.mark.parametrize("hosts", [("server",), ("server", "server-bob")])
+def test_status_leaves_no_ssh_master_behind(lab, hosts):
+    from test_up import wait_until
+    from netlab import LAPTOP_USER
+    assert lab.nbremote("status", *hosts).returncode == 0
+    assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip())
