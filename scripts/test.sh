@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # apt does not start daemons here (and must not on a dev machine): the lab starts its own sshd.
 apt-get install -y -qq --no-install-recommends \
-    openssh-server openssh-client tmux iproute2 nftables procps psmisc \
+    openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
     sshpass iptables miniupnpd miniupnpd-nftables >/dev/null
 

@@ -11,6 +11,8 @@ from datetime import datetime
 import click
 
 from nbremote import __version__, jobs, keeper, session, sessions, status
+from nbremote import hosts as host_profiles
+from nbremote import profiles, sshfiles
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import cli as server_cli
@@ -62,9 +64,10 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 
 @cli.command()
 @click.argument("host", required=False)
-@click.option("--dir", "directory", default="~", show_default=True,
-              help="Directory on the server to run Jupyter in (one server per directory).")
-@click.option("--lab/--notebook", "lab", default=True, help="JupyterLab (default) or the classic Notebook UI.")
+@click.option("--dir", "directory",
+              help="Directory on the server to run Jupyter in (one server per directory) "
+              "[default: the host profile's, else ~].")
+@click.option("--lab/--notebook", "lab", default=None, help="JupyterLab (default) or the classic Notebook UI.")
 @click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, holding Jupyter.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the last one used, else free].")
 @click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
@@ -79,8 +82,11 @@ def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) ->
     Jupyter keeps running after this command ends; `nbremote down` stops it.
     """
     console = Console.for_terminal(json_mode=as_json)
-    opts = session.UpOptions(host=host, dir=directory, mode="lab" if lab else "notebook", env=env,
-                             port=port, timeout=timeout)
+    defaults = profiles.up_defaults(host)
+    directory = directory if directory is not None else defaults.dir or "~"
+    mode = (defaults.mode or "lab") if lab is None else ("lab" if lab else "notebook")
+    opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
+                             port=port or defaults.port, timeout=timeout)
     result = session.up(opts, console, interactive=_interactive())
     if as_json:
         console.emit_json(result.to_json())
@@ -102,13 +108,14 @@ def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) ->
 
 @cli.command()
 @click.argument("host", required=False)
-@click.option("--dir", "directory", default="~", show_default=True, help="Directory whose Jupyter to stop.")
+@click.option("--dir", "directory", help="Directory whose Jupyter to stop [default: the host profile's, else ~].")
 @click.option("--all", "all_dirs", is_flag=True, help="Stop every Jupyter nbremote runs on HOST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def down(host, directory, all_dirs, as_json, timeout) -> None:
     """Stop Jupyter on HOST (this machine without HOST) and remove its forward."""
     console = Console.for_terminal(json_mode=as_json)
+    directory = directory if directory is not None else profiles.up_defaults(host).dir or "~"
     stopped = session.down(host=host, directory=directory, all_dirs=all_dirs, timeout=timeout,
                            console=console, interactive=_interactive())
     if as_json:
@@ -322,6 +329,123 @@ def status_command(hosts, as_json, watch, interval, timeout) -> None:
         status.close_masters(targets, timeout=timeout)
 
 cli.add_command(server_cli.server)
+
+
+# --- host profiles -----------------------------------------------------------------
+
+def _split_addresses(text: str) -> list[str]:
+    return [a for a in text.replace(",", " ").split() if a]
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--address", "addresses", multiple=True, metavar="ADDR",
+              help="Address of the server, HOST or HOST:PORT; repeat it, best first (LAN, then WAN or VPN).")
+@click.option("--user", help="User on the server [default: ssh's, your local user name].")
+@click.option("--port", type=click.IntRange(1, 65535), help="ssh port for addresses without their own [default: 22].")
+@click.option("--key", metavar="PATH", help="Private key to use [default: ~/.ssh/id_ed25519 etc., made if none].")
+@click.option("--invite", metavar="LINE", help="The line `nbremote server invite` printed on the server.")
+@click.option("--dir", "directory", help="Default --dir for `nbremote up NAME`.")
+@click.option("--env", metavar="NAME_OR_PATH", help="Default --env for `nbremote up NAME`.")
+@click.option("--lab/--notebook", "lab", default=None, help="Default UI for `nbremote up NAME`.")
+@click.option("--local-port", type=click.IntRange(1, 65535), help="Default --port for `nbremote up NAME`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=5.0, show_default=True, help=TIMEOUT_HELP)
+def add(name, addresses, user, port, key, invite, directory, env, lab, local_port, as_json, timeout) -> None:
+    """Set up NAME once: your key on the server, its host key pinned, a Host entry.
+
+    \b
+    nbremote add gpubox --address 192.168.1.112 --address 203.0.113.7:22222 --user me
+    nbremote add gpubox --invite nbr1:me@192.168.1.112,203.0.113.7:22222#SHA256:…
+    Makes an ed25519 key if you have none, installs it with one password login,
+    and adds one Include line at the top of ~/.ssh/config, so `ssh gpubox`,
+    scp and rsync work too. Asks for what is missing on a terminal.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    interactive = _interactive()
+    if interactive and not addresses and not invite:
+        addresses = tuple(_split_addresses(click.prompt(
+            f"Addresses of {name}, best first (LAN, then WAN or VPN)", err=True)))
+        if user is None:
+            user = click.prompt(f"User on {name}", default=os.environ.get("USER", ""), err=True) or None
+
+    def confirm(question: str) -> bool:
+        if interactive:
+            return click.confirm(question, default=False, err=True)
+        console.note(f"{question} Yes: not on a terminal, so trusted on first use.")
+        return True
+
+    up_defaults = profiles.UpDefaults(dir=directory, env=env, port=local_port,
+                                      mode=None if lab is None else "lab" if lab else "notebook")
+    request = host_profiles.AddRequest(name=name, addresses=tuple(addresses), user=user, port=port, key=key,
+                                       invite=invite, up=up_defaults)
+    result = host_profiles.add(request, console, interactive=interactive, confirm=confirm, timeout=timeout)
+    if as_json:
+        console.emit_json(result.to_json())
+        return
+    console.done(f"added {name}: `nbremote up {name}`, or plain `ssh {name}`, scp and rsync")
+    console.note(f"profile in {profiles.profiles_path()}; ~/.ssh/config includes {sshfiles.our_config_path()}"
+                 + (f" (your old one is in {result.include_backup})" if result.include_backup else ""))
+
+
+@cli.command(name="hosts")
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def hosts_command(as_json) -> None:
+    """List host profiles, with the path `up` last took to each and when."""
+    console = Console.for_terminal(json_mode=as_json)
+    rows = host_profiles.listing()
+    if as_json:
+        console.emit_json({"hosts": rows})
+        return
+    if not rows:
+        console.result("no host profiles yet: `nbremote add NAME` makes one")
+        return
+    table = [("NAME", "USER", "ADDRESSES", "LAST PATH")]
+    for row in rows:
+        last = row["last_path"]
+        path = "-" if last is None else (
+            f"{last['kind']} {last['address']}"
+            + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "") + f" ({_ago(last['when'])})")
+        table.append((row["name"], row["user"] or "-", " ".join(row["addresses"]), path))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        console.result("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+def remove(name) -> None:
+    """Forget host profile NAME: its Host entry and pinned host key go too."""
+    console = Console.for_terminal()
+    host_profiles.remove(name)
+    console.done(f"removed {name} (profile, Host entry, pinned host key); "
+                 "your key stays authorized on the server")
+
+
+@cli.command(name="ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def ssh_command(name, command, timeout) -> None:
+    """Open a shell on host profile NAME (or run `-- CMD`) over its best address."""
+    console = Console.for_terminal()
+    started = time.monotonic()
+    argv, reached = host_profiles.ssh_argv(name, list(command), timeout=timeout, interactive=_interactive())
+    if reached is not None:
+        console.done(f"connected to {name} via {reached.describe()}", time.monotonic() - started)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@cli.group(name="config")
+def config_group() -> None:
+    """Where nbremote keeps its configuration."""
+
+
+@config_group.command(name="path")
+def config_path() -> None:
+    """Print the path of the host profiles file (TOML)."""
+    click.echo(str(profiles.profiles_path()))
 
 
 def _render_error(exc: NbremoteError, as_json: bool) -> None:

@@ -8,8 +8,14 @@ from __future__ import annotations
 import os
 import sys
 
-from nbremote import agentlink, paths
+import logging
+import time
+
+from nbremote import agentlink, paths, profiles, reach, sshfiles
+from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
+
+log = logging.getLogger(__name__)
 
 
 class Place:
@@ -52,7 +58,43 @@ class Host(Place):
                                    hello_timeout=None if self.interactive else hello_timeout)
 
 
+class ProfileHost(Host):
+    """A host profile: its connection races the profile's addresses (reach.PathConnection)."""
+
+    def __init__(self, profile: profiles.Profile, *, timeout: float, interactive: bool, persist: bool):
+        self.profile = profile
+        self.label = self.host = profile.name
+        self.interactive = interactive
+        recent = profiles.last_paths().get(profile.name)
+        self.connection = reach.PathConnection(
+            profile, sshfiles.connection_options, control_dir=paths.runtime_dir(), timeout=timeout,
+            interactive=interactive, persist=persist, preferred=recent.address if recent else None,
+            on_reached=self._remember)
+
+    def _remember(self, reached: reach.Reached) -> None:
+        profiles.record_path(self.profile.name, profiles.LastPath(
+            address=str(reached.address), kind=reached.kind, login_s=round(reached.login_s, 3),
+            rtt_ms=None if reached.rtt_s is None else round(reached.rtt_s * 1000, 1), when=time.time()))
+        try:
+            sshfiles.refresh_config(profiles.load())
+        except NbremoteError as exc:  # the session works; only plain `ssh NAME` keeps its old address
+            log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
+
+    def connect(self) -> reach.Reached | None:
+        """Race the addresses unless a master is up already (then None)."""
+        if self.connection.master_alive():
+            return None
+        return self.connection.open_master()
+
+    def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
+        self.connect()
+        return super().agent(hello_timeout)
+
+
 def place_for(host: str | None, *, timeout: float, interactive: bool, persist: bool) -> Place:
     if not host:
         return ThisMachine()
+    profile = profiles.find(host)
+    if profile is not None:
+        return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist)
     return Host(parse_target(host), timeout=timeout, interactive=interactive, persist=persist)

@@ -15,7 +15,7 @@ from nbremote import keeper, sessions
 from nbremote.localnet import any_free_port, port_free, probe
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.remote import Host, Place, ThisMachine, place_for
+from nbremote.remote import Host, Place, ProfileHost, ThisMachine, place_for
 from nbremote.sessions import SessionRecord
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,11 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     forwarder = _Forwarder(place, local_port)
     token = secrets.token_hex(24)
     phase = {"connected": had_master or isinstance(place, ThisMachine)}
+    if isinstance(place, ProfileHost) and not had_master:
+        reached = place.connect()
+        if reached is not None:
+            console.done(f"connected to {place.label} via {reached.describe()}", time.monotonic() - started)
+            phase["connected"] = True
 
     def on_event(name: str, data: dict) -> None:
         if name == "starting":

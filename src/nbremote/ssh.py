@@ -38,6 +38,8 @@ class Target:
     label: str
     destination: str
     port: int | None = None
+    # ssh_config settings passed as -o KEY=VALUE: a host profile's HostName, User, pinned key...
+    options: tuple[tuple[str, str], ...] = ()
 
 
 def parse_target(text: str) -> Target:
@@ -96,7 +98,8 @@ class Connection:
         self.timeout = timeout
         self.batch = batch
         self.persist = persist
-        digest = hashlib.sha256(f"{target.destination}\0{target.port}".encode()).hexdigest()[:20]
+        digest = hashlib.sha256(f"{target.destination}\0{target.port}".encode()
+                                + (repr(target.options).encode() if target.options else b"")).hexdigest()[:20]
         self.control_path = control_dir / digest
 
     def _options(self) -> list[str]:
@@ -111,6 +114,8 @@ class Connection:
             options += ["-o", "BatchMode=yes"]
         if self.target.port is not None:
             options += ["-p", str(self.target.port)]
+        for key, value in self.target.options:
+            options += ["-o", f"{key}={value}"]
         return options
 
     def command_argv(self, remote_command: str) -> list[str]:
@@ -132,6 +137,10 @@ class Connection:
         if done.returncode != 0:
             raise self.failure(done.stderr)
         return time.monotonic() - started
+
+    def ssh_argv(self, args: list[str]) -> list[str]:
+        """Plain ssh (a shell, or ARGS as ssh joins them) through the live master."""
+        return ["ssh", "-o", "ControlMaster=no", *self._options(), "--", self.target.destination, *args]
 
     def _control(self, *args: str) -> subprocess.CompletedProcess:
         argv = ["ssh", *self._options(), *args, "--", self.target.destination]
@@ -157,14 +166,28 @@ class Connection:
     def cancel(self, local_port: int, remote_port: int) -> bool:
         return self._control("-O", "cancel", "-L", _spec(local_port, remote_port)).returncode == 0
 
-    def open_master(self, connect_timeout: float | None = None) -> None:
-        """Log in and leave the master in the background, with no remote command."""
+    def master_argv(self, connect_timeout: float | None = None) -> list[str]:
+        """ssh that logs in, puts the master in the background and exits 0, or fails."""
         options = self._options()
         if connect_timeout is not None:
             options[options.index(f"ConnectTimeout={max(1, round(self.timeout))}")] = \
                 f"ConnectTimeout={max(1, round(connect_timeout))}"
-        argv = ["ssh", "-o", "ControlMaster=auto", "-o", "ControlPersist=yes", *options,
+        # A master opened for one short command (persist=False) still outlives it a little,
+        # so the next command reuses it, but never lingers for good.
+        persist = "yes" if self.persist else "60"
+        return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}", *options,
                 "-N", "-f", "--", self.target.destination]
+
+    def start_master(self, connect_timeout: float | None = None) -> subprocess.Popen:
+        """master_argv started, not waited for: a race of addresses kills the losers."""
+        argv = self.master_argv(connect_timeout)
+        log.debug("start %s", " ".join(argv))
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=ssh_env())
+
+    def open_master(self, connect_timeout: float | None = None) -> None:
+        """Log in and leave the master in the background, with no remote command."""
+        argv = self.master_argv(connect_timeout)
         log.debug("run %s", " ".join(argv))
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=(connect_timeout or self.timeout) + 10, env=ssh_env())
@@ -232,11 +255,17 @@ def classify_ssh_failure(stderr: str, target: Target, where: Endpoint, timeout: 
         new = re.search(r"key sent by the remote host is\s*\n?\s*(SHA256:\S+?)\.?$", text, re.M)
         offending = re.search(r"Offending \S+ key in (.+):(\d+)", text)
         old = _fingerprint_of_known_line(offending.group(1), int(offending.group(2))) if offending else None
+        hint = ("if the server was reinstalled, check the new key with its owner, then "
+                f"remove the old one with `ssh-keygen -R {where.hostname}`; otherwise someone may be "
+                "intercepting the connection")
+        if "HostKeyAlias" in dict(target.options):
+            hint = (f"if {name} was really reinstalled, check the new fingerprint with its owner "
+                    f"(`nbremote server invite` there prints it), then pin it again with "
+                    f"`nbremote remove {name}` and `nbremote add {name} --invite LINE`; "
+                    "otherwise someone may be intercepting the connection")
         return NbremoteError(
             f"the host key of {name} ({address}) has changed: refusing to connect",
-            hint="if the server was reinstalled, check the new key with its owner, then "
-            f"remove the old one with `ssh-keygen -R {where.hostname}`; otherwise someone may be "
-            "intercepting the connection",
+            hint=hint,
             exit_code=ExitCode.HOST_KEY,
             details=[f"expected {old or 'the key in known_hosts'}", f"received {new.group(1) if new else 'a different key'}"],
         )

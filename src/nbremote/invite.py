@@ -1,0 +1,97 @@
+"""The invite line: everything a laptop needs to add a server, in one copyable line.
+
+    nbr1:USER@ADDR1,ADDR2:PORT#SHA256:FINGERPRINT
+
+Addresses in order of preference (LAN first, then WAN or a DNS name, then a
+VPN address), IPv6 ones in brackets; one port for all of them (`server init`
+forwards the same port on the router); the SHA256 fingerprint of the host key
+as `ssh-keygen -l` prints it. The fingerprint is enough to pin the key without
+trusting on first use: `nbremote add --invite` fetches the key with
+ssh-keyscan and accepts it only if its fingerprint is this one.
+
+Both sides use these two pure functions: `nbremote server invite` / `init`
+render, `nbremote add --invite` parses.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from nbremote.addresses import Address, check_port, parse_address
+from nbremote.errors import ExitCode, NbremoteError
+
+PREFIX = "nbr1:"
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}\Z")
+
+
+@dataclass(frozen=True)
+class Invite:
+    user: str
+    hosts: tuple[str, ...]
+    port: int
+    fingerprint: str  # SHA256:… of the host key
+
+    @property
+    def addresses(self) -> list[Address]:
+        return [Address(host, self.port) for host in self.hosts]
+
+
+def valid_fingerprint(text: str) -> bool:
+    if not _FINGERPRINT.match(text):
+        return False
+    try:
+        return len(base64.b64decode(text[7:] + "=", validate=True)) == 32
+    except binascii.Error:
+        return False
+
+
+def render(invite: Invite) -> str:
+    check(invite)
+    hosts = ",".join(f"[{h}]" if ":" in h else h for h in invite.hosts)
+    return f"{PREFIX}{invite.user}@{hosts}:{invite.port}#{invite.fingerprint}"
+
+
+def check(invite: Invite) -> Invite:
+    """Every field valid, or a USAGE error naming the bad one."""
+    if not _USER.match(invite.user):
+        raise NbremoteError(f"invite: user {invite.user!r} is not a valid user name", exit_code=ExitCode.USAGE)
+    if not invite.hosts:
+        raise NbremoteError("invite: no address", exit_code=ExitCode.USAGE)
+    for host in invite.hosts:
+        if parse_address(f"[{host}]" if ":" in host else host).port is not None:
+            raise NbremoteError(f"invite: address {host!r} has a port of its own", exit_code=ExitCode.USAGE)
+    check_port(invite.port, "invite: port")
+    if not valid_fingerprint(invite.fingerprint):
+        raise NbremoteError(
+            f"invite: {invite.fingerprint!r} is not a SHA256 host key fingerprint",
+            hint="it looks like SHA256: and 43 characters; copy the whole line again",
+            exit_code=ExitCode.USAGE)
+    return invite
+
+
+def parse(text: str) -> Invite:
+    line = text.strip()
+    shown = line if len(line) <= 80 else line[:77] + "…"
+    bad = NbremoteError(
+        f"{shown!r} is not an nbremote invite",
+        hint="an invite looks like nbr1:USER@ADDRESS,…:PORT#SHA256:…; "
+        "on the server, `nbremote server invite` prints it (copy the whole line)",
+        exit_code=ExitCode.USAGE)
+    if not line.startswith(PREFIX) or "#" not in line or "@" not in line:
+        raise bad
+    body, fingerprint = line[len(PREFIX):].rsplit("#", 1)
+    user, _, where = body.partition("@")
+    match = re.fullmatch(r"(.+):(\d{1,5})", where)
+    if not match:
+        raise bad
+    hosts = []
+    for item in match.group(1).split(","):
+        address = parse_address(item)
+        if address.port is not None:
+            raise NbremoteError(f"invite: address {item!r} has a port of its own", exit_code=ExitCode.USAGE,
+                                hint="the one port goes after the last address")
+        hosts.append(address.host)
+    return check(Invite(user=user, hosts=tuple(hosts), port=int(match.group(2)), fingerprint=fingerprint))

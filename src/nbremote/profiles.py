@@ -1,0 +1,312 @@
+"""Host profiles: a TOML file in the config dir, validated on every read.
+
+    [hosts.gpubox]
+    addresses = ["192.168.1.112", "203.0.113.7:22222"]   # in order of preference
+    user = "houser"
+    port = 22                                             # for addresses without their own
+    key = "/home/me/.ssh/id_ed25519"
+
+    [hosts.gpubox.up]                                     # defaults for `nbremote up gpubox`
+    dir = "~/projects"
+    env = "torch"
+    mode = "lab"
+    port = 8890
+
+Errors name the file and line. The file is rewritten whole (atomic, 0600) by
+`add` and `remove`, so comments are not kept. What changes on every `up`
+(the last path used) lives in the state dir instead, in hosts.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nbremote import paths
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the same parser, before it joined the standard library
+    import tomli as tomllib
+from nbremote.addresses import Address, check_port, parse_address
+from nbremote.errors import ExitCode, NbremoteError
+
+# Also a valid ssh_config Host pattern and a bare-enough TOML key: no spaces,
+# slashes, wildcards or shell metacharacters.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
+MODES = ("lab", "notebook")
+HOST_KEYS = {"addresses", "user", "port", "key", "up"}
+UP_KEYS = {"dir", "env", "mode", "port"}
+
+
+@dataclass(frozen=True)
+class UpDefaults:
+    dir: str | None = None
+    env: str | None = None
+    mode: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    addresses: tuple[Address, ...]
+    user: str | None = None
+    port: int = 22
+    key: str | None = None
+    up: UpDefaults = field(default_factory=UpDefaults)
+
+    @property
+    def host_key_alias(self) -> str:
+        # One alias for every address: the LAN and the WAN address share the pinned key.
+        return f"nbremote.{self.name}"
+
+    def endpoints(self) -> list[Address]:
+        return [a.with_port(self.port) for a in self.addresses]
+
+
+def config_dir() -> Path:
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "nbremote"
+
+
+def profiles_path() -> Path:
+    return config_dir() / "hosts.toml"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise NbremoteError(
+            f"{name!r} is not a usable host name for a profile",
+            hint="use letters, digits, '.', '_' and '-' (no spaces, slashes or shell characters), "
+            "starting with a letter or digit",
+            exit_code=ExitCode.USAGE)
+    return name
+
+
+def check_user(user: str) -> str:
+    if not _USER.match(user):
+        raise NbremoteError(f"{user!r} is not a valid user name", exit_code=ExitCode.USAGE)
+    return user
+
+
+class _FileError(NbremoteError):
+    pass
+
+
+def _line_of(text: str, pattern: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(pattern, line):
+            return number
+    return None
+
+
+def _where(path: Path, text: str, table: str, key: str | None = None) -> str:
+    """file:line of a table header, or of a key after it (tomllib gives no positions)."""
+    parts = [re.escape(p) + '|"' + re.escape(p) + '"' for p in table.split(".")]
+    header = r"\s*\[\s*" + r"\s*\.\s*".join(f"(?:{p})" for p in parts) + r"\s*\]"
+    start = _line_of(text, header) or 1
+    line = start
+    if key is not None:
+        rest = "\n".join(text.splitlines()[start:])
+        found = _line_of(rest, rf"\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=")
+        line = start + found if found else start
+    return f"{path}:{line}"
+
+
+def _bad(path: Path, text: str, table: str, key: str | None, message: str) -> NbremoteError:
+    return _FileError(f"{_where(path, text, table, key)}: {message}",
+                      hint="fix the file, or remove the host with `nbremote remove`",
+                      exit_code=ExitCode.USAGE)
+
+
+def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
+    table = f"hosts.{name}"
+    if not isinstance(doc, dict):
+        raise _bad(path, text, "hosts", name, f"hosts.{name} must be a table")
+    try:
+        check_name(name)
+    except NbremoteError as exc:
+        raise _bad(path, text, table, None, exc.message) from None
+    unknown = sorted(set(doc) - HOST_KEYS)
+    if unknown:
+        raise _bad(path, text, table, unknown[0],
+                   f"unknown key {unknown[0]!r} in [{table}] (known: {', '.join(sorted(HOST_KEYS))})")
+
+    def field_error(key: str, exc: NbremoteError, sub: str = "") -> NbremoteError:
+        return _bad(path, text, table + sub, key, exc.message)
+
+    raw = doc.get("addresses")
+    if not isinstance(raw, list) or not raw or not all(isinstance(a, str) for a in raw):
+        raise _bad(path, text, table, "addresses", "addresses must be a non-empty list of strings")
+    try:
+        addresses = tuple(parse_address(a) for a in raw)
+    except NbremoteError as exc:
+        raise field_error("addresses", exc) from None
+    user = doc.get("user")
+    if user is not None:
+        try:
+            check_user(user if isinstance(user, str) else repr(user))
+        except NbremoteError as exc:
+            raise field_error("user", exc) from None
+    try:
+        port = check_port(doc.get("port", 22))
+    except NbremoteError as exc:
+        raise field_error("port", exc) from None
+    key = doc.get("key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise _bad(path, text, table, "key", "key must be the path of a private key")
+    up_doc = doc.get("up", {})
+    if not isinstance(up_doc, dict):
+        raise _bad(path, text, table, "up", "up must be a table")
+    unknown = sorted(set(up_doc) - UP_KEYS)
+    if unknown:
+        raise _bad(path, text, table + ".up", unknown[0],
+                   f"unknown key {unknown[0]!r} in [{table}.up] (known: {', '.join(sorted(UP_KEYS))})")
+    for name_ in ("dir", "env"):
+        value = up_doc.get(name_)
+        if value is not None and (not isinstance(value, str) or not value
+                                  or any(ord(c) < 32 for c in value)):
+            raise _bad(path, text, table + ".up", name_, f"{name_} must be a non-empty string")
+    mode = up_doc.get("mode")
+    if mode is not None and mode not in MODES:
+        raise _bad(path, text, table + ".up", "mode", f"mode {mode!r} is not one of {', '.join(MODES)}")
+    local_port = up_doc.get("port")
+    if local_port is not None:
+        try:
+            check_port(local_port)
+        except NbremoteError as exc:
+            raise field_error("port", exc, ".up") from None
+    return Profile(name=name, addresses=addresses, user=user, port=port, key=key,
+                   up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port))
+
+
+def load(path: Path | None = None) -> dict[str, Profile]:
+    """Every profile, or an error naming file and line; a missing file is no profiles."""
+    path = path or profiles_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NbremoteError(f"cannot read {path}: {exc}", exit_code=ExitCode.ERROR) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f"{path}:{match.group(1)}" if match else str(path)
+        raise NbremoteError(f"{where}: {exc}", hint="fix the TOML syntax there",
+                            exit_code=ExitCode.USAGE) from None
+    unknown = sorted(set(doc) - {"hosts"})
+    if unknown:
+        line = _line_of(text, r"\s*\[?\s*" + re.escape(unknown[0])) or 1
+        raise NbremoteError(f"{path}:{line}: unknown key {unknown[0]!r} (only [hosts.NAME] tables belong here)",
+                            exit_code=ExitCode.USAGE)
+    hosts = doc.get("hosts", {})
+    if not isinstance(hosts, dict):
+        raise NbremoteError(f"{path}: hosts must be a table", exit_code=ExitCode.USAGE)
+    return {name: _profile(name, value, path, text) for name, value in hosts.items()}
+
+
+def find(name: str) -> Profile | None:
+    """The profile called `name`, without reading the file for things that cannot be one."""
+    if not _NAME.match(name):
+        return None
+    return load().get(name)
+
+
+def up_defaults(host: str | None) -> UpDefaults:
+    """What `up` and `down` use for the options left out: the profile's, if HOST is one."""
+    profile = find(host) if host else None
+    return profile.up if profile is not None else UpDefaults()
+
+
+# --- writing ------------------------------------------------------------------
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _toml_value(value: object) -> str:
+    # JSON's string escapes (\" \\ \n \uXXXX) are all valid in TOML basic strings.
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"no TOML for {value!r}")
+    return json.dumps(value)
+
+
+def dumps(profiles: dict[str, Profile]) -> str:
+    lines = ["# nbremote host profiles: written by `nbremote add` and `nbremote remove`.",
+             "# Hand edits are read, but comments are not kept."]
+    for name in sorted(profiles):
+        p = profiles[name]
+        lines += ["", f"[hosts.{_toml_key(name)}]",
+                  f"addresses = {_toml_value([str(a) for a in p.addresses])}"]
+        if p.user is not None:
+            lines.append(f"user = {_toml_value(p.user)}")
+        lines.append(f"port = {p.port}")
+        if p.key is not None:
+            lines.append(f"key = {_toml_value(p.key)}")
+        up = {k: v for k, v in vars(p.up).items() if v is not None}
+        if up:
+            lines += ["", f"[hosts.{_toml_key(name)}.up]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(up.items())]
+    return "\n".join(lines) + "\n"
+
+
+def save(profiles: dict[str, Profile], path: Path | None = None) -> None:
+    path = path or profiles_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.write_private(path, dumps(profiles))
+
+
+# --- the last path used (state, not config) --------------------------------------
+
+@dataclass(frozen=True)
+class LastPath:
+    address: str
+    kind: str
+    rtt_ms: float | None
+    login_s: float
+    when: float
+
+
+def _state_path() -> Path:
+    return paths.state_dir() / "hosts.json"
+
+
+def last_paths() -> dict[str, LastPath]:
+    # Read where paths.state_dir() would put it, without creating the dir (as it does) on a read.
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    try:
+        raw = json.loads((Path(base) / "nbremote" / "hosts.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name, value in raw.items() if isinstance(raw, dict) else []:
+        try:
+            out[name] = LastPath(**value)
+        except TypeError:
+            continue  # another version's record: forget it
+    return out
+
+
+def record_path(name: str, path: LastPath) -> None:
+    records = last_paths()
+    records[name] = path
+    paths.write_private(_state_path(), json.dumps({k: vars(v) for k, v in records.items()}, indent=1))
+
+
+def forget_path(name: str) -> None:
+    records = last_paths()
+    if records.pop(name, None) is not None:
+        paths.write_private(_state_path(), json.dumps({k: vars(v) for k, v in records.items()}, indent=1))

@@ -1,0 +1,210 @@
+"""Reaching a host profile by whichever of its addresses works: Happy Eyeballs for ssh.
+
+Logins to the addresses start 250 ms apart in order of preference (the next
+one at once when all started ones have failed); the first to complete the ssh
+login wins and the others are killed. The preferred address wins whenever it
+works, and a dead one costs one stagger step, not a connect timeout.
+
+PathConnection stands in for ssh.Connection wherever a Host's connection is
+used (session, keeper, status): `open_master` races, everything else goes to
+the connection of the address that won (or whose master is still alive).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from nbremote import addresses
+from nbremote.addresses import Address
+from nbremote.errors import ExitCode, NbremoteError
+from nbremote.profiles import Profile
+from nbremote.ssh import Connection, Target
+
+log = logging.getLogger(__name__)
+
+STAGGER = 0.25
+
+
+@dataclass(frozen=True)
+class Reached:
+    address: Address
+    login_s: float  # from the start of the race to the completed login
+    rtt_s: float | None
+
+    @property
+    def kind(self) -> str:
+        return addresses.kind(self.address.host)
+
+    def describe(self) -> str:
+        rtt = f", {self.rtt_s * 1000:.0f} ms" if self.rtt_s is not None else ""
+        return f"{self.kind} {self.address}{rtt}"
+
+
+class LoginRefused(NbremoteError):
+    """sshd at candidate `index` answered but would not let us in (keys refused, host key wrong)."""
+
+    def __init__(self, error: NbremoteError, index: int):
+        super().__init__(error.message, hint=error.hint, exit_code=error.exit_code, details=error.details)
+        self.index = index
+
+
+@dataclass
+class _Attempt:
+    index: int
+    conn: Connection
+    proc: subprocess.Popen
+
+
+def race(candidates: list[tuple[Address, Connection]], *, connect_timeout: float,
+         stagger: float = STAGGER, clock: Callable[[], float] = time.monotonic) -> tuple[int, float]:
+    """Index of the first candidate whose master login completes, and seconds taken.
+
+    Raises the most useful failure when none does: one that reached sshd (a
+    refused login, a changed host key) over "cannot reach".
+    """
+    results: queue.Queue = queue.Queue()
+    attempts: list[_Attempt] = []
+    failures: dict[int, str] = {}
+    began = clock()
+    deadline = began + connect_timeout + 10  # a login that hangs after connecting
+    winner = None
+
+    def wait_for(attempt: _Attempt) -> None:
+        _, err = attempt.proc.communicate()
+        results.put((attempt.index, attempt.proc.returncode, err))
+
+    try:
+        while winner is None and len(failures) < len(candidates):
+            started = len(attempts)
+            due = began + started * stagger
+            if started < len(candidates) and (clock() >= due or len(failures) == started):
+                conn = candidates[started][1]
+                attempt = _Attempt(started, conn, conn.start_master(connect_timeout))
+                attempts.append(attempt)
+                threading.Thread(target=wait_for, args=(attempt,), daemon=True).start()
+                continue
+            until = (due if started < len(candidates) else deadline) - clock()
+            if clock() >= deadline:
+                break
+            try:
+                index, code, err = results.get(timeout=max(0.0, min(until, deadline - clock())))
+            except queue.Empty:
+                continue
+            if code == 0:
+                winner = index
+            else:
+                failures[index] = err
+                log.debug("%s failed: %s", candidates[index][0], err.strip())
+    finally:
+        for attempt in attempts:
+            if attempt.index != winner:
+                if attempt.proc.poll() is None:
+                    attempt.proc.kill()
+                    attempt.proc.wait()
+                # A loser may have logged in just as the winner did, or been killed after forking.
+                if attempt.conn.control_path.exists():
+                    attempt.conn.close()
+    if winner is not None:
+        return winner, clock() - began
+    for index in range(len(candidates)):
+        if index not in failures:
+            failures[index] = f"ssh: connect to host {candidates[index][0]}: Connection timed out"
+    errors = [candidates[i][1].failure(failures[i]) for i in range(len(candidates))]
+    for index, error in enumerate(errors):
+        if error.exit_code != ExitCode.UNREACHABLE:
+            raise LoginRefused(error, index)  # sshd answered: its word is what matters
+    raise _unreachable(candidates[0][1].target.label, errors, [a for a, _ in candidates])
+
+
+def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -> NbremoteError:
+    reasons = []
+    for address, error in zip(tried, errors):
+        reason = error.message.rsplit("(", 1)[-1].rstrip(")") if "(" in error.message else error.message
+        reasons.append(f"{address} ({reason})")
+    return NbremoteError(
+        f"cannot reach {name}",
+        details=["tried " + ", ".join(reasons)],
+        hint="check that the server is on and sshd runs; away from home the router must forward "
+        "the ssh port (`nbremote server expose` on the server), and the addresses are in "
+        "`nbremote hosts`",
+        exit_code=ExitCode.UNREACHABLE)
+
+
+class PathConnection:
+    """The ssh connection of a host profile: one Connection per address, one of them in use."""
+
+    def __init__(self, profile: Profile, options_for: Callable[[Profile, Address], tuple[tuple[str, str], ...]],
+                 *, control_dir: Path, timeout: float, interactive: bool, persist: bool,
+                 preferred: str | None = None, on_reached: Callable[[Reached], None] | None = None,
+                 stagger: float = STAGGER):
+        self.profile = profile
+        self.timeout = timeout
+        self.interactive = interactive
+        self.stagger = stagger
+        self.on_reached = on_reached
+        self.reached: Reached | None = None
+
+        def connection(address: Address, batch: bool) -> Connection:
+            target = Target(label=profile.name, destination=profile.name, options=options_for(profile, address))
+            return Connection(target, control_dir=control_dir, timeout=timeout, batch=batch, persist=persist)
+
+        self._connection = connection
+        # Concurrent password prompts would be nonsense: the race logs in with keys (or an agent) only.
+        self.candidates = [(a, connection(a, True)) for a in profile.endpoints()]
+        by_name = {str(a): c for a, c in self.candidates}
+        self._active: Connection | None = None
+        self._fallback = by_name.get(preferred or "", self.candidates[0][1])
+
+    def _current(self) -> Connection:
+        if self._active is None and not self.master_alive():
+            return self._fallback
+        assert self._active is not None
+        return self._active
+
+    def master_alive(self) -> bool:
+        for _, conn in self.candidates:
+            if conn.master_alive():
+                self._active = conn
+                return True
+        return False
+
+    def open_master(self, connect_timeout: float | None = None) -> Reached:
+        timeout = connect_timeout or self.timeout
+        try:
+            index, seconds = race(self.candidates, connect_timeout=timeout, stagger=self.stagger)
+        except LoginRefused as exc:
+            if not (self.interactive and exc.exit_code == ExitCode.AUTH_FAILED):
+                raise
+            # Keys alone were refused: on a terminal, one login that may ask (a passphrase, a password).
+            index, began = exc.index, time.monotonic()
+            address = self.candidates[index][0]
+            conn = self._connection(address, False)
+            conn.open_master(timeout)
+            self.candidates[index] = (address, conn)
+            seconds = time.monotonic() - began
+        address, conn = self.candidates[index]
+        self._active = conn
+        try:
+            rtt = conn.round_trip()
+        except (NbremoteError, subprocess.TimeoutExpired):
+            rtt = None
+        self.reached = Reached(address, seconds, rtt)
+        log.debug("reached %s via %s", self.profile.name, self.reached.describe())
+        if self.on_reached is not None:
+            self.on_reached(self.reached)
+        return self.reached
+
+    def close(self) -> None:
+        for _, conn in self.candidates:
+            conn.close()
+        self._active = None
+
+    def __getattr__(self, name: str):
+        # forward, cancel, command_argv, failure, endpoint, … of the address in use.
+        return getattr(self._current(), name)

@@ -1,0 +1,85 @@
+"""The address race: staggered starts, first login wins, losers killed, failures combined."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from nbremote import reach
+from nbremote.addresses import Address
+from nbremote.errors import ExitCode, NbremoteError
+from nbremote.ssh import Target
+
+
+class FakeConnection:
+    """start_master runs `sh -c 'sleep S; exit C'` in place of ssh."""
+
+    def __init__(self, seconds: float, code: int = 0, stderr: str = "ssh: connect to host x: Connection timed out",
+                 exit_code: ExitCode = ExitCode.UNREACHABLE):
+        self.seconds, self.code, self.stderr, self.exit_code = seconds, code, stderr, exit_code
+        self.target = Target(label="gpubox", destination="gpubox")
+        self.control_path = Path("/nonexistent/nbremote-test")
+        self.proc: subprocess.Popen | None = None
+        self.started_at: float | None = None
+
+    def start_master(self, connect_timeout):
+        self.started_at = time.monotonic()
+        script = f"sleep {self.seconds}; echo {self.stderr!r} >&2; exit {self.code}"
+        self.proc = subprocess.Popen(["sh", "-c", script], stderr=subprocess.PIPE, text=True)
+        return self.proc
+
+    def failure(self, stderr):
+        reason = "no answer after 5 s" if "timed out" in stderr else "connection refused"
+        return NbremoteError(f"cannot reach gpubox at x:22 ({reason})", exit_code=self.exit_code)
+
+    def close(self):
+        raise AssertionError("no master to close")
+
+
+def _candidates(*conns):
+    return [(Address(f"10.0.0.{i + 1}", 22), c) for i, c in enumerate(conns)]
+
+
+def test_dead_preferred_address_costs_one_stagger_step():
+    dead, good = FakeConnection(30), FakeConnection(0.05)
+    began = time.monotonic()
+    index, seconds = reach.race(_candidates(dead, good), connect_timeout=5, stagger=0.25)
+    assert index == 1
+    assert 0.25 <= good.started_at - began < 0.32
+    assert seconds < 0.25 + 0.05 + 0.1
+    assert dead.proc.poll() is not None, "the losing attempt must be killed"
+
+
+def test_preferred_address_wins_when_it_works_and_the_next_never_starts():
+    first, second = FakeConnection(0.1), FakeConnection(0.0)
+    index, _ = reach.race(_candidates(first, second), connect_timeout=5, stagger=0.25)
+    assert index == 0
+    assert second.proc is None
+
+
+def test_a_fast_failure_starts_the_next_at_once():
+    refused, good = FakeConnection(0.0, code=255, stderr="Connection refused"), FakeConnection(0.05)
+    began = time.monotonic()
+    index, _ = reach.race(_candidates(refused, good), connect_timeout=5, stagger=0.25)
+    assert index == 1
+    assert good.started_at - began < 0.2
+
+
+def test_all_unreachable_lists_every_address():
+    with pytest.raises(NbremoteError) as caught:
+        reach.race(_candidates(FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)),
+                   connect_timeout=5, stagger=0.05)
+    error = caught.value
+    assert error.exit_code == ExitCode.UNREACHABLE
+    assert error.message == "cannot reach gpubox"
+    assert error.details == ["tried 10.0.0.1:22 (connection refused), 10.0.0.2:22 (no answer after 5 s)"]
+
+
+def test_a_refused_login_beats_an_unreachable_address():
+    auth = FakeConnection(0, 255, "Permission denied (publickey)", exit_code=ExitCode.AUTH_FAILED)
+    with pytest.raises(reach.LoginRefused) as caught:
+        reach.race(_candidates(FakeConnection(0, 255), auth), connect_timeout=5, stagger=0.05)
+    assert caught.value.exit_code == ExitCode.AUTH_FAILED
+    assert caught.value.index == 1
