@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -37,6 +38,12 @@ class Invite:
     @property
     def addresses(self) -> list[Address]:
         return [Address(host, self.port) for host in self.hosts]
+
+
+def fingerprint(blob: str) -> str:
+    """SHA256:… of a base64 public key blob, as `ssh-keygen -l` prints it."""
+    digest = hashlib.sha256(base64.b64decode(blob)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def valid_fingerprint(text: str) -> bool:

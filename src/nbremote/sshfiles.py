@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbremote import paths, profiles
+from nbremote.invite import fingerprint
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import LastPath, Profile
@@ -181,12 +181,6 @@ def refresh_config(all_profiles: dict[str, Profile]) -> None:
 
 
 # --- host keys -------------------------------------------------------------------
-
-def fingerprint(blob: str) -> str:
-    """SHA256:… of a base64 public key blob, as `ssh-keygen -l` prints it."""
-    digest = hashlib.sha256(base64.b64decode(blob)).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
 
 @dataclass(frozen=True)
 class Scan:

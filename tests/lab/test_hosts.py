@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import ALICE, LAPTOP_USER, SERVER_ADDR
+from netlab import ALICE, LAB_PYTHON, LAPTOP_USER, SERVER_ADDR
 
 PASSWORD = "correct-horse-battery"
 SECOND_ADDR = "192.168.77.3"  # another address of the same server, in the same LAN
@@ -142,6 +142,19 @@ def test_add_invite_pins_the_key_without_asking(lab):
     server_key = (lab.server_etc_ssh / "ssh_host_ed25519_key.pub").read_text().split()[1]
     assert pinned == f"nbremote.gpubox ssh-ed25519 {server_key}\n"
     assert lab.ssh("true", host="gpubox").returncode == 0
+
+
+def test_server_invite_then_add_on_the_laptop(lab):
+    done = lab.server_exec([str(LAB_PYTHON), "-m", "nbremote", "server", "invite", "--user", ALICE,
+                            "--address", "gpubox.example.org"],
+                           env={"PYTHONPATH": str(lab.src_copy / "src"), "PYTHONDONTWRITEBYTECODE": "1",
+                                "NBREMOTE_STATE_DIR": str(lab.workdir / "server-state")})
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.split()[-1]
+    assert line == f"nbr1:{ALICE}@{SERVER_ADDR},gpubox.example.org:22#{host_fingerprint(lab)}"
+    done = lab.nbremote("add", "gpubox", "--invite", line, "--timeout", "1")
+    assert done.returncode == 0, done.stderr
+    assert lab.nbremote("ssh", "gpubox", "--", "true").returncode == 0
 
 
 def test_add_invite_refuses_a_swapped_host_key(lab):

@@ -82,8 +82,8 @@ def test_fingerprint_of_a_key_blob_is_ssh_keygens(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     listed = subprocess.run(["ssh-keygen", "-l", "-f", f"{key}.pub"], capture_output=True, text=True).stdout
     blob = (tmp_path / "k.pub").read_text().split()[1]
-    assert sshfiles.fingerprint(blob) == listed.split()[1]
-    assert invite.valid_fingerprint(sshfiles.fingerprint(blob))
+    assert invite.fingerprint(blob) == listed.split()[1]
+    assert invite.valid_fingerprint(invite.fingerprint(blob))
 
 
 # --- the profile file ----------------------------------------------------------------
@@ -208,3 +208,23 @@ def test_include_in_a_fresh_home(isolated):
     assert config.read_text() == f"Include {sshfiles.our_config_path()}\n"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+
+
+# --- the server side of the invite ----------------------------------------------------
+
+def test_server_invite_lists_lan_then_wan_then_extra(tmp_path):
+    from nbremote.server import invite_cmd
+
+    key = tmp_path / "host"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    line = (tmp_path / "host.pub").read_text()
+    made = invite_cmd.build(user="houser", lan=["192.168.1.112", "fd00::2", "10.8.0.1"], wan="203.0.113.7",
+                            extra=["gpubox.example.org", "192.168.1.112"], port=22222, host_key_line=line)
+    listed = subprocess.run(["ssh-keygen", "-l", "-f", f"{key}.pub"], capture_output=True, text=True).stdout
+    assert invite.render(made) == ("nbr1:houser@192.168.1.112,10.8.0.1,203.0.113.7,gpubox.example.org:22222#"
+                                   + listed.split()[1])
+    assert invite.parse(invite.render(made)) == made
+    with pytest.raises(NbremoteError, match="ed25519 host key"):
+        invite_cmd.build(user="houser", lan=[], wan=None, extra=[], port=22, host_key_line="ssh-rsa AAAA")
+    with pytest.raises(NbremoteError, match="no address"):
+        invite_cmd.build(user="houser", lan=[], wan=None, extra=[], port=22, host_key_line=line)

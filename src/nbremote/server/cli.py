@@ -156,3 +156,9 @@ def restore(as_json) -> None:
         console.done(f"restored {', '.join(restored)}; sshd reloaded")
     else:
         console.done("nothing to restore: harden has not changed this machine")
+
+
+# Its own module (issue #3, host profiles); imported last because it uses this module's helpers.
+from nbremote.server.invite_cmd import invite as _invite  # noqa: E402
+
+server.add_command(_invite)

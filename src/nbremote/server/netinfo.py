@@ -114,6 +114,8 @@ def lan_addresses() -> list[str]:
     addresses = []
     for link in json.loads(done.stdout or "[]"):
         for info in link.get("addr_info", []):
+            if "local" not in info:
+                continue  # `ip -j` lists `{}` for an interface with no address in the scope asked
             address = ipaddress.ip_address(info["local"])
             if not address.is_loopback and not address.is_link_local:
                 addresses.append(address)
