@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -80,3 +81,30 @@ def sshd_listening_ports(lab) -> set[int]:
 def as_json(done: subprocess.CompletedProcess) -> dict:
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+@contextlib.contextmanager
+def private_etc(lab, workdir: Path):
+    """The server gets its own copy of the host's /etc for a while, /etc/ssh still
+    the lab's: what the CLI writes there (nftables.conf) never reaches the host's.
+    A directory mount, not a file one: renaming onto a mounted file fails (EBUSY)."""
+    copy = workdir / "etc"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree("/etc", copy, symlinks=True, ignore=shutil.ignore_patterns("ssh"))
+    copy.joinpath("ssh").mkdir()
+    script = f"mount --bind {copy} /etc && mount --bind {lab.server_etc_ssh} /etc/ssh"
+    done = lab.server_exec(["sh", "-c", script])
+    assert done.returncode == 0, done.stderr
+    try:
+        yield copy
+    finally:
+        lab.server_exec(["umount", "/etc/ssh"])
+        lab.server_exec(["umount", "/etc"])
+
+
+def tcp_open(lab, port: int, addr: str = SERVER_ADDR, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection from the laptop to the server's port succeeds."""
+    code = ("import socket,sys\n"
+            f"try: socket.create_connection(({addr!r}, {port}), timeout={timeout}).close()\n"
+            "except OSError: sys.exit(1)\n")
+    return lab.laptop_exec(["python3", "-c", code], timeout=timeout + 10).returncode == 0

@@ -149,3 +149,21 @@ def test_sshd_not_installed_is_said_plainly(lab, state):
         assert lab.server_exec(["umount", "/usr/sbin/sshd"]).returncode == 0
     assert done.returncode == 1
     assert "sshd is not installed" in done.stderr and "apt-get install openssh-server" in done.stderr
+
+
+def test_check_fails_on_debians_defaults_passes_sshd_after_harden_and_says_what_needs_root(lab, state):
+    before = server_cli(lab, "check", "--json", "--timeout", "0.5", state_dir=state)
+    assert before.returncode == 1
+    rows = {r["name"]: r for r in json.loads(before.stdout)["checks"]}
+    assert rows["passwordauthentication"]["status"] == "fail"
+    assert rows["passwordauthentication"]["fix"].startswith("sudo nbremote server harden")
+    assert rows["macs"]["status"] == "warn" and "hmac-sha1" in rows["macs"]["detail"]
+    assert harden(lab, state).returncode == 0
+    after = json.loads(server_cli(lab, "check", "--json", "--timeout", "0.5", state_dir=state).stdout)
+    sshd_rows = {r["name"]: r["status"] for r in after["checks"]}
+    for name in ("passwordauthentication", "kbdinteractiveauthentication", "permitrootlogin", "allowusers",
+                 "kexalgorithms", "ciphers", "macs", "host keys", "port"):
+        assert sshd_rows[name] == "pass", name
+    user = server_cli(lab, "check", "--json", "--timeout", "0.5", state_dir=state, user=ALICE)
+    needs_root = [r["name"] for r in json.loads(user.stdout)["checks"] if r["status"] == "needs root"]
+    assert needs_root == ["sshd settings", "firewall"]

@@ -26,8 +26,10 @@ WHY_NO_JUPYTER = ("no Jupyter port opened: Jupyter listens on 127.0.0.1 and is r
                   "the ssh tunnel, so an open port would only show its login page to the network")
 
 
-def nft_table(port: int) -> str:
-    """Our table. Established traffic first so the ssh session that runs this survives."""
+def nft_table(port: int, also: tuple[int, ...] = ()) -> str:
+    """Our table. Established traffic first so the ssh session that runs this survives.
+    `also`: ports kept open for the moment harden moves sshd from one to the other."""
+    ports = ", ".join(str(p) for p in (port, *also))
     return (f"table inet {TABLE} {{\n"
             "\tchain input {\n"
             "\t\ttype filter hook input priority filter - 1; policy drop;\n"
@@ -35,7 +37,10 @@ def nft_table(port: int) -> str:
             "\t\tct state invalid drop\n"
             "\t\tiif \"lo\" accept\n"
             "\t\tmeta l4proto { icmp, ipv6-icmp } accept\n"
-            f"\t\ttcp dport {port} accept comment \"ssh (nbremote)\"\n"
+            # Replies to UPnP discovery (sent to a multicast address, so conntrack
+            # cannot tie them to it) come from the router: private sources only.
+            "\t\tip saddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } udp sport 1900 accept\n"
+            f"\t\ttcp dport {{ {ports} }} accept comment \"ssh (nbremote)\"\n"
             "\t}\n"
             "}\n")
 
@@ -44,11 +49,11 @@ def without_block(text: str) -> str:
     return re.sub(rf"\n?{re.escape(BEGIN)}\n.*?{re.escape(END)}\n", "", text, flags=re.S)
 
 
-def with_block(text: str, port: int) -> str:
+def with_block(text: str, port: int, also: tuple[int, ...] = ()) -> str:
     base = without_block(text)
     if base and not base.endswith("\n"):
         base += "\n"
-    return f"{base}\n{BEGIN}\n{nft_table(port)}{END}\n"
+    return f"{base}\n{BEGIN}\n{nft_table(port, also)}{END}\n"
 
 
 @dataclass
@@ -70,7 +75,7 @@ class Backend(Protocol):
 
     def preview(self, port: int) -> str: ...
 
-    def apply(self, port: int) -> Outcome: ...
+    def apply(self, port: int, also: tuple[int, ...] = ()) -> Outcome: ...
 
     def remove(self) -> Outcome: ...
 
@@ -94,7 +99,7 @@ class Nftables:
 
     def active_port(self) -> int | None:
         done = self.run(["nft", "list", "table", "inet", TABLE])
-        match = re.search(r"tcp dport (\d+) accept", done.stdout) if done.returncode == 0 else None
+        match = re.search(r"tcp dport \{? ?(\d+)", done.stdout) if done.returncode == 0 else None
         return int(match.group(1)) if match else None
 
     def _conf_text(self) -> str:
@@ -103,16 +108,16 @@ class Nftables:
     def preview(self, port: int) -> str:
         return nft_table(port)
 
-    def apply(self, port: int) -> Outcome:
-        new_conf = with_block(self._conf_text(), port)
-        if self.active_port() == port and self._conf_text() == new_conf:
+    def apply(self, port: int, also: tuple[int, ...] = ()) -> Outcome:
+        new_conf = with_block(self._conf_text(), port, also)
+        if not also and self.active_port() == port and self._conf_text() == new_conf:
             return Outcome(self.name, False, f"already active: allow {port}/tcp, drop other inbound")
         self._nft("-c", "-f", "-", script=new_conf)
         tx = Transaction()
         try:
             tx.write(self.conf, new_conf.encode())
             # Create-then-delete makes the replacement one atomic batch whether or not it existed.
-            self._nft("-f", "-", script=f"table inet {TABLE}\ndelete table inet {TABLE}\n{nft_table(port)}")
+            self._nft("-f", "-", script=f"table inet {TABLE}\ndelete table inet {TABLE}\n{nft_table(port, also)}")
         except BaseException:
             tx.rollback()
             raise
@@ -160,7 +165,9 @@ class Ufw:
     def preview(self, port: int) -> str:
         return f"ufw default deny incoming\nufw allow {port}/tcp comment nbremote\n"
 
-    def apply(self, port: int) -> Outcome:
+    def apply(self, port: int, also: tuple[int, ...] = ()) -> Outcome:
+        for extra in also:
+            self._ufw("allow", f"{extra}/tcp", "comment", "nbremote")
         old = self.active_port()
         if old == port and "deny (incoming)" in self._ufw("status", "verbose"):
             return Outcome(self.name, False, f"already active: allow {port}/tcp, deny other inbound")

@@ -515,7 +515,10 @@ class Sshd:
             changes.append(FileChange(dropin, old, new))
         return HardenPlan(hardening, changes, not Path(hardening.host_key).exists(), before, keys, supported)
 
-    def apply(self, plan: HardenPlan, *, step: Callable[[str], None] = lambda _: None) -> HardenResult:
+    def apply(self, plan: HardenPlan, *, step: Callable[[str], None] = lambda _: None,
+              before_reload: Callable[[], None] = lambda: None,
+              on_rollback: Callable[[], None] = lambda: None) -> HardenResult:
+        """before_reload/on_rollback: for a firewall that must let the new port in first."""
         started = time.monotonic()
         h = plan.hardening
         if plan.already_done:
@@ -546,6 +549,7 @@ class Sshd:
             raise
         step("sshd config validated and backed up")
         try:
+            before_reload()
             self._reload(h.port)
             step(f"sshd reloaded ({self.service.name})")
             verified = []
@@ -561,6 +565,10 @@ class Sshd:
                 self._reload(int(first(plan.before, "port", "22")))
             except NbremoteError as again:
                 failures.append(f"reload after restoring: {again.message}")
+            try:
+                on_rollback()
+            except NbremoteError as again:
+                failures.append(f"firewall: {again.message}")
             if isinstance(exc, NbremoteError):
                 exc.details.append("the previous config was restored and sshd reloaded with it"
                                    if not failures else f"restoring failed too: {'; '.join(failures)}")

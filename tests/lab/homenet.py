@@ -1,0 +1,221 @@
+"""A home network around the lab's server: a router with UPnP and a café on the internet.
+
+    home = HomeNet.build(lab)           # after netlab's Lab is built
+    home.cafe_exec(["ssh", ...])        # a client on the internet side
+    home.teardown()
+
+Topology, still an island (no veth touches the root namespace; netlab's
+blackhole routes cover both ranges)::
+
+    server netns  eth1 192.168.77.130/25 ── lan0 192.168.77.129/25  router netns
+                  default via .129                    wan0 11.22.33.1/24
+                                                        │
+    café netns    eth0 11.22.33.10/24  ─────────────────┘   (echo service on :80)
+
+The /25 is more specific than the lab's 192.168.77.0/24 on eth0, so the
+laptop (192.168.77.10) is still reached directly. The router forwards LAN to
+WAN with masquerade and drops new WAN-to-LAN traffic except what miniupnpd's
+chains let through; miniupnpd refuses reserved WAN addresses, hence 11.22.33/24.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from netlab import BLACKHOLE_NETS, LAPTOP_USER, LabError, _run, root_blackholes
+
+ROUTER_LAN, ROUTER_WAN, SERVER_LAN2, CAFE_ADDR = "192.168.77.129", "11.22.33.1", "192.168.77.130", "11.22.33.10"
+WAN_ADDR = ROUTER_WAN
+ECHO_URL = f"http://{CAFE_ADDR}/ip"
+
+ROUTER_RULES = """
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        ct status dnat accept
+        iifname "lan0" oifname "wan0" accept
+        jump miniupnpd
+    }
+    chain miniupnpd { }
+    chain prerouting {
+        type nat hook prerouting priority -100; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority 100; policy accept;
+        jump postrouting_miniupnpd
+        oifname "wan0" masquerade
+    }
+    chain prerouting_miniupnpd { }
+    chain postrouting_miniupnpd { }
+}
+"""
+
+MINIUPNPD_CONF = """ext_ifname=wan0
+listening_ip=lan0
+port=0
+enable_natpmp=no
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+lease_file={lease_file}
+uuid=3d9d6b1e-5c2b-4f45-9a5f-6e1c0a0b2c77
+upnp_table_name=filter
+upnp_nat_table_name=filter
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+allow 1024-65535 192.168.77.128/25 1-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+
+# A stand-in for the public "what is my IP" services: answers the caller's address.
+ECHO_SERVER = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (self.client_address[0] + "\n").encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
+"""
+
+
+class HomeNet:
+    def __init__(self, lab, workdir: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        tag = lab.tag
+        self.router_ns, self.cafe_ns = f"nbr-rtr-{tag}", f"nbr-cafe-{tag}"
+        self._namespaces: list[str] = []
+        self._procs: list[subprocess.Popen] = []
+        self.miniupnpd: subprocess.Popen | None = None
+        self.miniupnpd_log = workdir / "miniupnpd.log"
+
+    @classmethod
+    def build(cls, lab, workdir: Path) -> "HomeNet":
+        workdir.mkdir(parents=True, exist_ok=True)
+        home = cls(lab, workdir)
+        try:
+            home._build()
+        except BaseException:
+            home.teardown()
+            raise
+        return home
+
+    def _build(self) -> None:
+        for ns in (self.router_ns, self.cafe_ns):
+            _run(["ip", "netns", "add", ns])
+            self._namespaces.append(ns)
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        srv = self.lab.server_ns
+        # Both ends created inside the lab: the root namespace never holds one.
+        _run(["ip", "-n", self.router_ns, "link", "add", "lan0", "type", "veth", "peer", "name", "eth1", "netns", srv])
+        _run(["ip", "-n", self.router_ns, "link", "add", "wan0", "type", "veth", "peer", "name", "eth0",
+              "netns", self.cafe_ns])
+        for ns, dev, addr in ((self.router_ns, "lan0", f"{ROUTER_LAN}/25"), (srv, "eth1", f"{SERVER_LAN2}/25"),
+                              (self.router_ns, "wan0", f"{ROUTER_WAN}/24"), (self.cafe_ns, "eth0", f"{CAFE_ADDR}/24")):
+            _run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
+            _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        _run(["ip", "-n", srv, "route", "replace", "default", "via", ROUTER_LAN])
+        _run(["ip", "netns", "exec", self.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        rules = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=ROUTER_RULES)
+        if rules.returncode != 0:
+            raise LabError(f"router rules: {rules.stderr.strip()}")
+        self.assert_island()
+        self._procs.append(self._popen(self.cafe_ns, ["python3", "-c", ECHO_SERVER]))
+        self.start_miniupnpd()
+        self._wait(lambda: "0.0.0.0:80" in self.ns_exec(self.cafe_ns, ["ss", "-Htln"]).stdout, "echo service")
+
+    def _popen(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", *argv], stdin=subprocess.DEVNULL,
+                                start_new_session=True, **kw)
+
+    def ns_exec(self, ns: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        if "input" not in kw:
+            kw["stdin"] = subprocess.DEVNULL
+        return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "--", *argv], capture_output=True,
+                              text=True, timeout=kw.pop("timeout", 30), **kw)
+
+    def cafe_exec(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return self.ns_exec(self.cafe_ns, argv, **kw)
+
+    def cafe_laptop(self, argv: list[str], env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """argv as the laptop's user, the laptop being in the café (on the internet side)."""
+        u = self.lab.user(LAPTOP_USER)
+        return subprocess.run(["nsenter", f"--net=/run/netns/{self.cafe_ns}", "--", "setpriv", f"--reuid={u.uid}",
+                               f"--regid={u.gid}", "--init-groups", "--", *argv],
+                              env={**u.env(), **(env or {})}, cwd=str(u.home), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def cafe_ssh(self, port: int, *args: str) -> subprocess.CompletedProcess:
+        """The laptop's key login to the router's WAN address, from the café."""
+        return self.cafe_laptop(["ssh", "-o", "BatchMode=yes", "-o", f"HostName={WAN_ADDR}",
+                                 "-o", "HostKeyAlias=192.168.77.2", "-o", "ConnectTimeout=3",
+                                 "-p", str(port), "server", *args], timeout=30)
+
+    @staticmethod
+    def _wait(predicate, what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise LabError(f"{what} did not come up within {timeout} s")
+
+    def start_miniupnpd(self) -> None:
+        leases = self.workdir / "miniupnpd.leases"
+        leases.unlink(missing_ok=True)  # or old mappings come back
+        conf = self.workdir / "miniupnpd.conf"
+        conf.write_text(MINIUPNPD_CONF.format(lease_file=leases))
+        log = self.miniupnpd_log.open("ab")
+        self.miniupnpd = self._popen(self.router_ns, ["/usr/sbin/miniupnpd", "-d", "-f", str(conf),
+                                                      "-P", str(self.workdir / "miniupnpd.pid")],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        self._wait(lambda: "miniupnpd" in self.ns_exec(self.router_ns, ["ss", "-Htlnp"]).stdout, "miniupnpd")
+
+    def stop_miniupnpd(self) -> None:
+        if self.miniupnpd and self.miniupnpd.poll() is None:
+            os.killpg(self.miniupnpd.pid, signal.SIGTERM)
+            self.miniupnpd.wait(10)
+        self.miniupnpd = None
+
+    def forwarded_ports(self) -> str:
+        return self.ns_exec(self.router_ns, ["nft", "list", "chain", "inet", "filter", "prerouting_miniupnpd"]).stdout
+
+    def assert_island(self) -> None:
+        """netlab's island check, widened to the router and the café."""
+        lab_ns = {self.lab.server_ns, self.lab.laptop_ns, *self._namespaces}
+        for ns in lab_ns:
+            ids = {e["id"]: e["name"] for e in json.loads(_run(["ip", "-n", ns, "-j", "netns", "list"]).stdout or "[]")
+                   if "id" in e}
+            for link in json.loads(_run(["ip", "-n", ns, "-j", "link", "show"]).stdout):
+                if "link_netnsid" in link and ids.get(link["link_netnsid"]) not in lab_ns:
+                    raise AssertionError(f"{ns}/{link['ifname']} has its peer outside the lab")
+        root_ids = {e["id"]: e["name"] for e in json.loads(_run(["ip", "-j", "netns", "list"]).stdout or "[]")
+                    if "id" in e}
+        for link in json.loads(_run(["ip", "-j", "link", "show"]).stdout):
+            if root_ids.get(link.get("link_netnsid", -1)) in lab_ns:
+                raise AssertionError(f"root namespace's {link['ifname']} is a peer of a lab link")
+        missing = [net for net in BLACKHOLE_NETS if (net, 0) not in root_blackholes()]
+        if missing:
+            raise AssertionError(f"no blackhole route for {', '.join(missing)} in the root namespace")
+
+    def teardown(self) -> None:
+        self.stop_miniupnpd()
+        for proc in self._procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        srv = self.lab.server_ns
+        if Path("/run/netns", srv).exists():
+            _run(["ip", "-n", srv, "route", "del", "default"], check=False)
+        for ns in reversed(self._namespaces):
+            _run(["ip", "netns", "del", ns], check=False)  # takes the veths, eth1 included
+        self._namespaces.clear()
