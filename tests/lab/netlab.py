@@ -799,6 +799,12 @@ class Lab:
     def ensure_sshd(self) -> int:
         """Start sshd again if a test killed it; return its pid."""
         pid = self.sshd_pid()
+        # A reloading sshd re-execs and rewrites its pid file: give it a moment
+        # before deciding it is gone, or a second sshd fails on the busy port.
+        deadline = time.monotonic() + 1.0
+        while pid is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pid = self.sshd_pid()
         if pid is None:
             self._start_sshd()
             pid = self.sshd_pid()
