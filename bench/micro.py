@@ -187,6 +187,10 @@ def main() -> int:
         if lab is not None:
             lab.teardown()
         subprocess.run(["rm", "-rf", str(tmp)])
+        # control sockets of the masters above (they died with the lab users)
+        for sock in Path("/tmp").glob("nbr-micro-*"):
+            if sock.is_socket():
+                sock.unlink(missing_ok=True)
     return 0
 
 
