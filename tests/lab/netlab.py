@@ -807,7 +807,12 @@ class Lab:
             pid = self.sshd_pid()
         if pid is None:
             self._start_sshd()
+            # sshd logs that it listens before it writes its pid file.
+            deadline = time.monotonic() + 3.0
             pid = self.sshd_pid()
+            while pid is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pid = self.sshd_pid()
             if pid is None:
                 raise LabError(f"sshd started but {self.sshd_pidfile} has no live pid")
         return pid
