@@ -1,13 +1,20 @@
 """Ship the agent to the server, run one request, read its replies.
 
-The agent's modules travel on the agent's stdin, zlib-compressed, ahead of the
-request, so nothing is installed on the server and a changed agent can never
-be stale there. The remote command is a short POSIX sh script; what it assumes
-of the server: /bin/sh, a `python3` (or `python` >= 3.8) on the login PATH.
-Exit code 97 means no Python was found, 255 is ssh's own failure.
+The agent's modules travel zlib-compressed and base64-encoded as an argument
+of the remote command, with the request as the next argument, so nothing is
+installed on the server and a changed agent can never be stale there. Nothing
+goes on stdin: sshd opens a new session's window only once it has handled the
+exec request, so stdin data would cost every call one more round trip. Hence
+no secret may travel in a request (command lines show in `ps` on the server):
+the agent makes Jupyter's token itself and returns it over the channel.
+
+The remote command is a short POSIX sh script; what it assumes of the server:
+/bin/sh, a `python3` (or `python` >= 3.8) on the login PATH. Exit code 97 means
+no Python was found, 255 is ssh's own failure.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -31,12 +38,11 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 NO_PYTHON_EXIT = 97
 
-# Loads the shipped modules as package nbremote_agent from memory, then runs it.
-# sys.stdin (text) still wraps the buffer read here, so the request lines that
-# follow the payload are not lost to read-ahead. Requests are ASCII JSON.
+# Loads the shipped modules (argv[1]) as package nbremote_agent from memory, then
+# answers the request in argv[2].
 BOOTSTRAP = """\
-import sys,json,zlib,importlib.abc,importlib.util
-r=sys.stdin.buffer;n=int(r.readline());b=json.loads(zlib.decompress(r.read(n)));S=b['src'];P='nbremote_agent'
+import sys,json,zlib,base64,importlib.abc,importlib.util
+b=json.loads(zlib.decompress(base64.b64decode(sys.argv[1])));S=b['src'];P='nbremote_agent'
 class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):
  def find_spec(s,name,path,target=None):
   k=name[len(P)+1:] if name.startswith(P+'.') else ('__init__' if name==P else None)
@@ -45,19 +51,19 @@ class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):
  def exec_module(s,m):
   k=m.__name__[len(P)+1:] or '__init__';exec(compile(S[k],'<agent:'+k+'>','exec'),m.__dict__)
 sys.meta_path.insert(0,L())
-import nbremote_agent.main as M;M.main(b['hash'])
+import nbremote_agent.main as M;M.main(b['hash'],sys.argv[2])
 """
 
 _REMOTE_SCRIPT = (
     'for p in python3 python; do '
-    'if command -v "$p" >/dev/null 2>&1; then exec "$p" -c "$1"; fi; '
+    'if command -v "$p" >/dev/null 2>&1; then exec "$p" -c "$1" "$2" "$3"; fi; '
     "done; echo 'nbremote: no python3 on the server' >&2; exit %d" % NO_PYTHON_EXIT
 )
 
 
 @functools.lru_cache(maxsize=1)
-def bundle() -> tuple[bytes, str]:
-    """The framed agent payload and its hash (first 12 hex digits)."""
+def bundle() -> tuple[str, str]:
+    """The agent's modules packed for the command line, and their hash (12 hex digits)."""
     folder = resources.files("nbremote.agent")
     sources = {
         entry.name[:-3]: entry.read_text(encoding="utf-8")
@@ -65,17 +71,17 @@ def bundle() -> tuple[bytes, str]:
         if entry.name.endswith(".py")
     }
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:12]
-    packed = zlib.compress(json.dumps({"src": sources, "hash": digest}).encode(), 6)
-    return b"%d\n" % len(packed) + packed, digest
+    packed = zlib.compress(json.dumps({"src": sources, "hash": digest}).encode(), 9)
+    return base64.b64encode(packed).decode("ascii"), digest
 
 
-def remote_command() -> str:
-    # A login shell, so the PATH is the one the user gets in a terminal there.
-    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP])
+def remote_command(request: str) -> str:
+    """The command for ssh; a login shell, so the PATH is the one the user gets there."""
+    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP, bundle()[0], request])
 
 
-def local_argv() -> list[str]:
-    return [sys.executable, "-c", BOOTSTRAP]
+def local_argv(request: str) -> list[str]:
+    return [sys.executable, "-c", BOOTSTRAP, bundle()[0], request]
 
 
 @dataclass(frozen=True)
@@ -137,9 +143,10 @@ def _pump(stream, sink: queue.Queue) -> None:
 class AgentCall:
     """One agent process (over ssh or local) answering one request."""
 
-    def __init__(self, argv: list[str], *, where: str, on_ssh_failure: Callable[[str], NbremoteError] | None,
+    def __init__(self, command: Callable[[str], list[str]], *, where: str,
+                 on_ssh_failure: Callable[[str], NbremoteError] | None,
                  hello_timeout: float | None, env: dict[str, str] | None = None):
-        self.argv = argv
+        self.command = command  # argv that runs the agent on one request line
         self.where = where
         self.on_ssh_failure = on_ssh_failure
         self.hello_timeout = hello_timeout
@@ -147,10 +154,9 @@ class AgentCall:
 
     def request(self, op: str, args: dict, on_event: Callable[[str, dict], None] | None = None,
                 timeout: float = 120.0) -> dict:
-        payload, _ = bundle()
-        line = json.dumps({"id": 1, "op": op, "args": args}).encode() + b"\n"
+        line = json.dumps({"id": 1, "op": op, "args": args})
         log.info("<agent: %s> via %s", op, self.where)
-        process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        process = subprocess.Popen(self.command(line), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, env=self.env)
         out: queue.Queue = queue.Queue()
         err: list[bytes] = []
@@ -158,11 +164,6 @@ class AgentCall:
         err_thread = threading.Thread(target=lambda: err.extend(process.stderr), daemon=True)
         err_thread.start()
         try:
-            try:
-                process.stdin.write(payload + line)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
             return self._read(process, out, err, err_thread, on_event, timeout)
         finally:
             if process.poll() is None:

@@ -11,11 +11,16 @@ import json
 import sys
 import threading
 import time
-import webbrowser
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TextIO
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+def _open_in_browser(url: str) -> bool:
+    import webbrowser  # only `up` opens a browser: keep it out of every command's start-up
+
+    return webbrowser.open(url)
 
 
 @dataclass
@@ -24,7 +29,7 @@ class Console:
     err: TextIO = field(default_factory=lambda: sys.stderr)
     json_mode: bool = False
     tty: bool = False
-    open_browser: Callable[[str], bool] = webbrowser.open
+    open_browser: Callable[[str], bool] = _open_in_browser
     clock: Callable[[], float] = time.monotonic
 
     @classmethod

@@ -37,7 +37,7 @@ class ThisMachine(Place):
         # `nbremote` run from a venv without activating it: its jupyter is beside python.
         bindir = os.path.dirname(sys.executable)
         env["PATH"] = os.pathsep.join([bindir] + [d for d in env.get("PATH", "").split(os.pathsep) if d != bindir])
-        return agentlink.AgentCall(agentlink.local_argv(), where=self.label, on_ssh_failure=None,
+        return agentlink.AgentCall(agentlink.local_argv, where=self.label, on_ssh_failure=None,
                                    hello_timeout=hello_timeout, env=env)
 
 
@@ -51,9 +51,13 @@ class Host(Place):
         self.connection = Connection(target, control_dir=paths.runtime_dir(), timeout=timeout,
                                      batch=not interactive, persist=persist)
 
+    def connect(self) -> None:
+        """Log in now (the agent call would otherwise log in itself)."""
+        self.connection.open_master()
+
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         # While a person may be typing a password, only ssh's own timeouts apply.
-        return agentlink.AgentCall(self.connection.command_argv(agentlink.remote_command()),
+        return agentlink.AgentCall(lambda request: self.connection.command_argv(agentlink.remote_command(request)),
                                    where=self.label, on_ssh_failure=self.connection.failure,
                                    hello_timeout=None if self.interactive else hello_timeout)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -137,6 +137,23 @@ class _Forwarder:
         self.remote_port = None
 
 
+class _EarlyProbe:
+    """A probe started before the agent answers; a daemon thread, so a dead port never delays exit."""
+
+    def __init__(self, port: int, token: str, deadline: float):
+        self._done = threading.Event()
+        self._ok = False
+        threading.Thread(target=self._run, args=(port, token, deadline), daemon=True).start()
+
+    def _run(self, port: int, token: str, deadline: float) -> None:
+        self._ok = probe(port, token, deadline)
+        self._done.set()
+
+    def result(self) -> bool:
+        self._done.wait()
+        return self._ok
+
+
 def _choose_local_port(requested: int | None, previous: SessionRecord | None) -> int:
     if requested is not None:
         if not port_free(requested):
@@ -153,8 +170,8 @@ def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, consol
                    started: float) -> UpResult | None:
     """With a live master and a remembered server: re-forward and check, no agent round trip."""
     conn = place.connection
-    # Cancel first: only a forward we add ourselves proves the port is ours to send the token to.
-    conn.cancel(previous.local_port, previous.remote_port)
+    # The master accepts a forward it holds already and refuses a port another process holds,
+    # so success proves the port is ours to send the token to.
     try:
         conn.forward(previous.local_port, previous.remote_port)
     except NbremoteError:
@@ -198,30 +215,41 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     else:
         local_port = _choose_local_port(opts.port, previous)
     forwarder = _Forwarder(place, local_port)
-    token = secrets.token_hex(24)
     phase = {"connected": had_master or isinstance(place, ThisMachine)}
-    if isinstance(place, ProfileHost) and not had_master:
-        reached = place.connect()
-        if reached is not None:
-            console.done(f"connected to {place.label} via {reached.describe()}", time.monotonic() - started)
-            phase["connected"] = True
+    remembered = previous if previous is not None and local_port == previous.local_port else None
+    early: dict = {}  # a probe of the tunnel started before the agent answers, and for what
 
     def on_event(name: str, data: dict) -> None:
         if name == "starting":
             if not phase["connected"]:
                 console.done(f"connected to {place.label}", time.monotonic() - started)
                 phase["connected"] = True
-            if isinstance(data.get("port"), int) and 0 < data["port"] < 65536 and local_port:
-                # Forward while Jupyter is still starting: the tunnel is ready when it is.
-                forwarder.to(data["port"])
+            port, token = data.get("port"), data.get("token")
+            if isinstance(port, int) and 0 < port < 65536 and local_port:
+                # Forward while Jupyter is still starting, and check it through the tunnel from
+                # then on: the URL is out as soon as Jupyter answers there.
+                forwarder.to(port)
+                if isinstance(token, str) and _TOKEN.fullmatch(token):
+                    early["probe"] = _EarlyProbe(local_port, token, time.monotonic() + opts.start_timeout)
+                    early["for"] = (port, token)
         elif name == "stale":
             console.warn(f"the Jupyter nbremote started earlier (pid {data.get('pid')}) had stopped; starting a fresh one")
 
     try:
+        if isinstance(place, Host) and not had_master and (remembered or isinstance(place, ProfileHost)):
+            reached = place.connect()
+            via = f" via {reached.describe()}" if reached is not None else ""
+            console.done(f"connected to {place.label}{via}", time.monotonic() - started)
+            phase["connected"] = True
+            if remembered is not None:
+                # The laptop remembers this session: put its forward back and check it while
+                # the agent confirms the server, so a warm start costs a login and two round trips.
+                forwarder.to(remembered.remote_port)
+                early["probe"] = _EarlyProbe(local_port, remembered.token, time.monotonic() + opts.timeout)
+                early["for"] = (remembered.remote_port, remembered.token)
         with console.progress(f"starting Jupyter on {place.label}"):
             reply = place.agent(hello_timeout=opts.timeout + 10).request(
-                "up", {"dir": opts.dir, "mode": opts.mode, "env": opts.env, "token": token,
-                       "timeout": opts.start_timeout},
+                "up", {"dir": opts.dir, "mode": opts.mode, "env": opts.env, "timeout": opts.start_timeout},
                 on_event=on_event, timeout=opts.start_timeout + 30)
         server = parse_server(reply.get("server"), place.label)
         reused = reply.get("reused") is True
@@ -236,7 +264,8 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
         if local_port:
             forwarder.to(server.port)
         port = local_port or server.port
-        if not probe(port, server.token, time.monotonic() + opts.timeout):
+        confirmed = early.get("for") == (server.port, server.token) and early["probe"].result()
+        if not confirmed and not probe(port, server.token, time.monotonic() + opts.timeout):
             raise NbremoteError(f"Jupyter on {place.label} does not answer through localhost:{port}",
                                 hint="run with --verbose to see each step", exit_code=ExitCode.ERROR)
     except BaseException:

@@ -123,15 +123,14 @@ class AgentBox:
 
     def call(self, op: str, args: dict, *, environ: dict | None = None, on_event=None, timeout: float = 60) -> dict:
         """One request to a fresh agent process; environ replaces the box's own environment."""
-        agent = AgentCall(agentlink.local_argv(), where="this machine", on_ssh_failure=None,
+        agent = AgentCall(agentlink.local_argv, where="this machine", on_ssh_failure=None,
                           hello_timeout=30, env=environ or self.env)
         return agent.request(op, args, on_event=on_event, timeout=timeout)
 
-    def up(self, directory: str | Path | None = None, *, token: str = "t0ken" * 8, environ: dict | None = None,
-           **args) -> tuple[dict, list[tuple[str, dict]]]:
+    def up(self, directory: str | Path | None = None, *, environ: dict | None = None, **args) -> tuple[dict, list[tuple[str, dict]]]:
         """The reply and the events before it; args go to the agent (env=, mode=, timeout=)."""
         events: list[tuple[str, dict]] = []
-        args = {"dir": str(directory or self.work), "mode": "lab", "token": token, "timeout": 60, **args}
+        args = {"dir": str(directory or self.work), "mode": "lab", "timeout": 60, **args}
         reply = self.call("up", args, environ=environ, on_event=lambda name, data: events.append((name, data)))
         return reply, events
 

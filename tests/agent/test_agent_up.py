@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -16,7 +17,6 @@ from nbremote import remote
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.session import parse_server
 
-TOKEN = "a1b2c3d4" * 6
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def running(tmp_path_factory):
     """One JupyterLab started through tmux, shared by the read-only checks below."""
     box = AgentBox(tmp_path_factory.mktemp("running"))
     try:
-        reply, events = box.up(token=TOKEN)
+        reply, events = box.up()
         yield box, reply, events
     finally:
         box.cleanup()
@@ -35,26 +35,29 @@ def test_first_up_starts_jupyterlab_in_tmux(running):
     server = reply["server"]
     assert reply["reused"] is False and reply["replaced_pid"] is None
     assert server["launcher"] == "tmux"
-    assert server["token"] == TOKEN
+    # The agent makes the token (requests show in `ps`) and tells the client in `starting` first.
+    assert re.fullmatch(r"[0-9a-f]{48}", server["token"])
+    assert [data["token"] for name, data in events if name == "starting"] == [server["token"]]
     assert server["dir"] == os.path.realpath(box.work)
     assert server["mode"] == "lab" and server["env"] is None
     assert server["tmux_session"] in box.tmux_sessions()
     assert pid_alive(server["pid"])
     # The client's own validation accepts what the agent really sends.
     info = parse_server(server, "this machine")
-    assert (info.port, info.pid, info.token) == (server["port"], server["pid"], TOKEN)
+    assert (info.port, info.pid, info.token) == (server["port"], server["pid"], server["token"])
 
 
 def test_starting_event_comes_first_and_names_the_port(running):
     _, reply, events = running
     assert [name for name, _ in events] == ["starting"]
-    assert events[0][1] == {"port": reply["server"]["port"], "pid": reply["server"]["pid"], "launcher": "tmux"}
+    server = reply["server"]
+    assert events[0][1] == {"port": server["port"], "pid": server["pid"], "launcher": "tmux", "token": server["token"]}
 
 
 def test_api_needs_the_token(running):
     _, reply, _ = running
     port = reply["server"]["port"]
-    assert api(port, "/api/status", TOKEN)[0] == 200
+    assert api(port, "/api/status", reply["server"]["token"])[0] == 200
     assert api(port, "/api/status")[0] == 403
     assert api(port, "/api/status", "b" * 48)[0] == 403
 
@@ -66,18 +69,18 @@ def test_listens_on_loopback_only(running):
 
 def test_token_is_in_no_command_line_environment_or_log(running):
     box, reply, _ = running
-    pid, port = reply["server"]["pid"], reply["server"]["port"]
+    pid, port, token = reply["server"]["pid"], reply["server"]["port"], reply["server"]["token"]
     everything = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True).stdout
     assert f"--port={port}" in everything, "ps must show our Jupyter for this check to mean anything"
-    assert TOKEN not in everything
+    assert token not in everything
     panes = box.tmux("list-panes", "-a", "-F", "#{pane_pid} #{pane_start_command}").stdout
     assert f"{pid} " in panes and "jupyter-lab" in panes
-    assert TOKEN not in panes
-    assert TOKEN.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert token not in panes
+    assert token.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
     log = (box.agent_state / "logs").glob("*.log")
     text = "".join(p.read_text() for p in log)
     assert "Jupyter Server" in text
-    assert TOKEN not in text
+    assert token not in text
 
 
 def test_state_is_private(running):
@@ -92,17 +95,17 @@ def test_state_is_private(running):
 
 def test_up_again_reuses_the_server(running):
     box, reply, _ = running
-    again, events = box.up(token="c" * 48)
+    again, events = box.up()
     assert again["reused"] is True
     assert again["server"]["pid"] == reply["server"]["pid"]
-    assert again["server"]["token"] == TOKEN, "the running server's token, not the new one"
+    assert again["server"]["token"] == reply["server"]["token"], "the running server's token"
     assert events == []
 
 
 def test_up_with_another_env_refuses_to_replace_it(running):
     box, reply, _ = running
     with pytest.raises(NbremoteError) as caught:
-        box.up(token="c" * 48, env=str(VENV_BIN.parent))
+        box.up(env=str(VENV_BIN.parent))
     assert caught.value.exit_code == ExitCode.AGENT_FAILED
     assert caught.value.message == f"a Jupyter from the login PATH is already running in {os.path.realpath(box.work)}"
     assert "nbremote down" in caught.value.hint
@@ -127,9 +130,9 @@ def test_down_stops_jupyter_its_kernels_and_tmux(box, monkeypatch):
     for name, value in box.env.items():
         monkeypatch.setenv(name, value)
     agent = remote.ThisMachine().agent(hello_timeout=30)
-    reply = agent.request("up", {"dir": str(box.work), "mode": "lab", "token": TOKEN, "timeout": 60})
+    reply = agent.request("up", {"dir": str(box.work), "mode": "lab", "timeout": 60})
     pid, port = reply["server"]["pid"], reply["server"]["port"]
-    status, kernel = api(port, "/api/kernels", TOKEN, method="POST")
+    status, kernel = api(port, "/api/kernels", reply["server"]["token"], method="POST")
     assert status == 201, kernel
     kernel_pid = _kernel_pid(pid)
     runtime_file = box.runtime_dir() / f"jpserver-{pid}.json"
@@ -171,14 +174,14 @@ def test_a_killed_jupyter_is_replaced(box):
     assert wait_gone([old], 5)
     assert (box.runtime_dir() / f"jpserver-{old}.json").exists(), "a killed Jupyter leaves its runtime file"
 
-    second, events = box.up(token="d" * 48)
+    second, events = box.up()
 
     new = second["server"]["pid"]
     assert [name for name, _ in events] == ["stale", "starting"]
     assert events[0][1] == {"pid": old}
     assert second["reused"] is False and second["replaced_pid"] == old
     assert new != old and pid_alive(new)
-    assert api(second["server"]["port"], "/api/status", "d" * 48)[0] == 200
+    assert api(second["server"]["port"], "/api/status", second["server"]["token"])[0] == 200
     assert not (box.runtime_dir() / f"jpserver-{old}.json").exists()
     assert [r["pid"] for r in box.records()] == [new]
 
@@ -189,7 +192,7 @@ def test_two_ups_at_once_give_one_server(box):
 
     def up(i: int) -> None:
         try:
-            results[i] = box.up(token=f"{i}" * 48)[0]
+            results[i] = box.up()[0]
         except BaseException as exc:  # noqa: BLE001 (reported below)
             results[i] = exc
 

@@ -112,15 +112,17 @@ def test_bootstrap_runs_on_python_38(isolated):
     python = _python38()
     if python is None:
         pytest.skip("no python3.8 on this machine; the ast checks above still ran")
-    call = agentlink.AgentCall([python, "-I", "-c", agentlink.BOOTSTRAP], where="python 3.8", on_ssh_failure=None,
+    call = agentlink.AgentCall(lambda request: [python, "-I", "-c", agentlink.BOOTSTRAP, agentlink.bundle()[0], request],
+                               where="python 3.8", on_ssh_failure=None,
                                hello_timeout=20, env=dict(os.environ))
     assert call.request("ls", {}) == {"servers": []}
     # up without Jupyter on the PATH exercises jupyter.py's lookups before any process starts.
     env = dict(os.environ, PATH="/nonexistent")
-    call = agentlink.AgentCall([python, "-I", "-c", agentlink.BOOTSTRAP], where="python 3.8", on_ssh_failure=None,
+    call = agentlink.AgentCall(lambda request: [python, "-I", "-c", agentlink.BOOTSTRAP, agentlink.bundle()[0], request],
+                               where="python 3.8", on_ssh_failure=None,
                                hello_timeout=20, env=env)
     from nbremote.errors import ExitCode, NbremoteError
 
     with pytest.raises(NbremoteError) as caught:
-        call.request("up", {"dir": str(isolated.home), "mode": "lab", "token": "a" * 32})
+        call.request("up", {"dir": str(isolated.home), "mode": "lab"})
     assert caught.value.exit_code == ExitCode.NO_JUPYTER

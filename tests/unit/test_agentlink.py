@@ -5,6 +5,7 @@ are `sh -c` scripts that print exactly the lines a broken agent or shell would.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -29,24 +30,26 @@ def agent_env(isolated) -> dict[str, str]:
     return dict(os.environ)
 
 
-def _call(argv: list[str], env: dict[str, str] | None = None, **kw) -> AgentCall:
+def _call(argv, env: dict[str, str] | None = None, **kw) -> AgentCall:
+    """argv runs the bootstrap and gets the payload and request appended; a callable is used as is."""
     kw.setdefault("hello_timeout", 20)
-    return AgentCall(argv, where="this machine", on_ssh_failure=kw.pop("on_ssh_failure", None), env=env, **kw)
+    command = argv if callable(argv) else lambda request: [*argv, agentlink.bundle()[0], request]
+    return AgentCall(command, where="this machine", on_ssh_failure=kw.pop("on_ssh_failure", None), env=env, **kw)
 
 
-def _fake(*lines: str, exit_code: int = 0, stderr: str = "") -> list[str]:
-    """An agent that prints these lines (after draining its stdin) and exits."""
-    script = f"cat >/dev/null; err=$1; shift; printf '%s\\n' \"$@\"; printf %s \"$err\" >&2; exit {exit_code}"
-    return ["sh", "-c", script, "fake", stderr, *lines]
+def _fake(*lines: str, exit_code: int = 0, stderr: str = ""):
+    """An agent that prints these lines and exits, whatever the request."""
+    script = f"err=$1; shift; printf '%s\\n' \"$@\"; printf %s \"$err\" >&2; exit {exit_code}"
+    return lambda request: ["sh", "-c", script, "fake", stderr, *lines]
 
 
 # --- payload ----------------------------------------------------------------------
 
 def test_bundle_carries_every_agent_module_with_a_stable_hash():
     payload, digest = agentlink.bundle()
-    header, _, packed = payload.partition(b"\n")
-    assert int(header) == len(packed)
-    doc = json.loads(zlib.decompress(packed))
+    # It rides on the command line: ASCII, and well under Linux's 128 KiB limit for one argument.
+    assert payload.isascii() and len(payload) < 64 * 1024
+    doc = json.loads(zlib.decompress(base64.b64decode(payload)))
     expected = {p.stem: p.read_text(encoding="utf-8") for p in AGENT_DIR.glob("*.py")}
     assert {"__init__", "main", "protocol", "jupyter", "state"} <= set(expected)
     assert doc["src"] == expected
@@ -104,7 +107,8 @@ def test_bootstrap_answers_hello_and_a_request(agent_env):
 
 def test_bootstrap_reports_its_hash_and_python(agent_env):
     payload, digest = agentlink.bundle()
-    done = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP], input=payload, capture_output=True,
+    request = json.dumps({"id": 1, "op": "ls", "args": {}})
+    done = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP, payload, request], capture_output=True,
                           env=agent_env, timeout=20)
     hello = parse_hello(done.stdout.decode().splitlines()[0])
     assert hello.hash == digest
@@ -120,14 +124,14 @@ def test_bootstrap_reports_agent_errors(agent_env):
 
 
 def test_login_noise_before_hello_is_skipped(agent_env):
-    banner = 'echo "Welcome to gpubox"; echo "{\\"motd\\": 1}"; echo; echo 42; exec "$0" -I -c "$1"'
+    banner = 'echo "Welcome to gpubox"; echo "{\\"motd\\": 1}"; echo; echo 42; exec "$0" -I -c "$1" "$2" "$3"'
     reply = _call(["sh", "-c", banner, sys.executable, BOOTSTRAP], agent_env).request("ls", {})
     assert reply == {"servers": []}
 
 
 def test_local_argv_runs_the_bootstrap(agent_env):
-    assert agentlink.local_argv()[-1] == BOOTSTRAP
-    assert _call(agentlink.local_argv(), agent_env).request("ls", {}) == {"servers": []}
+    assert agentlink.local_argv("REQUEST")[2:] == [BOOTSTRAP, agentlink.bundle()[0], "REQUEST"]
+    assert _call(agentlink.local_argv, agent_env).request("ls", {}) == {"servers": []}
 
 
 # --- replies a client must not trust --------------------------------------------
@@ -247,10 +251,10 @@ def test_silence_after_hello_times_out_as_agent_failure():
 # --- the remote command --------------------------------------------------------------
 
 def test_remote_command_is_one_quoted_string():
-    command = agentlink.remote_command()
-    words = shlex.split(command)
+    request = json.dumps({"id": 1, "op": "up", "args": {"dir": "it's $(here); `x`"}})
+    words = shlex.split(agentlink.remote_command(request))
     assert words[:2] == ["/bin/sh", "-lc"]
-    assert words[3:] == ["sh", BOOTSTRAP]
+    assert words[3:] == ["sh", BOOTSTRAP, agentlink.bundle()[0], request]
     assert words[2].endswith("exit %d" % agentlink.NO_PYTHON_EXIT)
 
 
@@ -262,12 +266,12 @@ def _login_home(tmp_path: Path, agent_env: dict[str, str], path: str) -> dict[st
 
 def test_remote_command_without_python_exits_97(tmp_path, agent_env):
     env = _login_home(tmp_path, agent_env, "/nonexistent")
-    done = subprocess.run(["/bin/sh", "-c", agentlink.remote_command()], stdin=subprocess.DEVNULL,
+    done = subprocess.run(["/bin/sh", "-c", agentlink.remote_command("{}")], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, env=env, timeout=20)
     assert done.returncode == agentlink.NO_PYTHON_EXIT
     assert "no python3 on the server" in done.stderr
     with pytest.raises(NbremoteError) as caught:
-        _call(["/bin/sh", "-c", agentlink.remote_command()], env).request("ls", {})
+        _call(lambda request: ["/bin/sh", "-c", agentlink.remote_command(request)], env).request("ls", {})
     assert caught.value.exit_code == ExitCode.NO_PYTHON
 
 
@@ -277,4 +281,4 @@ def test_remote_command_finds_python_on_the_login_path(tmp_path, agent_env, name
     bin_dir.mkdir()
     (bin_dir / name).symlink_to(sys.executable)
     env = _login_home(tmp_path, agent_env, str(bin_dir))
-    assert _call(["/bin/sh", "-c", agentlink.remote_command()], env).request("ls", {}) == {"servers": []}
+    assert _call(lambda request: ["/bin/sh", "-c", agentlink.remote_command(request)], env).request("ls", {}) == {"servers": []}

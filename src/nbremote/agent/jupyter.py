@@ -2,13 +2,15 @@
 
 A server is started detached (in tmux when there is one, else in a new session
 with setsid) so it outlives the SSH connection that asked for it. It listens
-on 127.0.0.1 only, on a port chosen here, with a token the client generated;
+on 127.0.0.1 only, on a port chosen here, with a token made here (requests
+arrive on the agent's command line, which `ps` shows, so the client cannot send it);
 the token travels in a 0600 file named by JUPYTER_TOKEN_FILE, never on a command
 line, because any user on the server can read command lines through ``ps``. (Not
 ``--config``: that file would replace the user's own jupyter_server_config.)
 """
 import http.client
 import json
+import secrets
 import os
 import shlex
 import shutil
@@ -211,10 +213,11 @@ def _launch(argv, directory, env, key, log_path, use_tmux):
     return process.pid, process, "setsid"
 
 
-def start(channel, key, directory, mode, env_spec, token, timeout):
+def start(channel, key, directory, mode, env_spec, timeout):
     program = resolve_jupyter(mode, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
+    token = secrets.token_hex(24)
     token_path = os.path.join(state.private_dir("tokens"), key)
     state.write_private(token_path, token)
     port = free_port()
@@ -241,7 +244,8 @@ def start(channel, key, directory, mode, env_spec, token, timeout):
         "log": log_path, "started": time.time(),
     }
     state.save_record(record)
-    channel.event("starting", port=port, pid=pid, launcher=launcher)
+    # The token goes to the client over the ssh channel, so it can check the tunnel at once.
+    channel.event("starting", port=port, pid=pid, launcher=launcher, token=token)
     deadline = time.monotonic() + timeout
     while True:
         exited = process.poll() is not None if process else not _pid_alive(pid)
@@ -258,7 +262,7 @@ def start(channel, key, directory, mode, env_spec, token, timeout):
             raise AgentError("jupyter_timeout", "Jupyter did not answer within %g s" % timeout,
                              hint="its log on the server is %s" % log_path,
                              details=_log_tail(log_path, offset))
-        time.sleep(0.03)
+        time.sleep(0.01)
 
 
 # --- stopping -------------------------------------------------------------
@@ -355,11 +359,9 @@ def _public(record, status=None):
     return view
 
 
-def op_up(channel, dir=None, mode="lab", env=None, token=None, timeout=60):
+def op_up(channel, dir=None, mode="lab", env=None, timeout=60):
     if mode not in MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(MODES))
-    if not isinstance(token, str) or not token.isalnum():
-        raise AgentError("bad_request", "a token of letters and digits is required")
     directory = resolve_directory(dir)
     key = state.key_for(directory)
     with state.locked():
@@ -379,7 +381,7 @@ def op_up(channel, dir=None, mode="lab", env=None, token=None, timeout=60):
             channel.event("stale", pid=replaced)
             _stop_pid(record["pid"], record)
             state.forget(key)
-        record = start(channel, key, directory, mode, env, token, float(timeout))
+        record = start(channel, key, directory, mode, env, float(timeout))
         return {"reused": False, "replaced_pid": replaced, "server": _public(record)}
 
 

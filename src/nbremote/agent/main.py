@@ -15,5 +15,5 @@ HANDLERS = {
 }
 
 
-def main(agent_hash):
-    protocol.serve(sys.stdin, sys.stdout, HANDLERS, agent_hash)
+def main(agent_hash, request):
+    protocol.serve([request], sys.stdout, HANDLERS, agent_hash)

@@ -52,11 +52,11 @@ def hello(agent_hash):
     }
 
 
-def serve(stdin, stdout, handlers, agent_hash):
-    """Answer requests until stdin closes. Never raises for a bad request."""
+def serve(requests, stdout, handlers, agent_hash):
+    """Answer each request line in turn. Never raises for a bad request."""
     stdout.write(json.dumps(hello(agent_hash)) + "\n")
     stdout.flush()
-    for line in stdin:
+    for line in requests:
         if not line.strip():
             continue
         request_id = None
