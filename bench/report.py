@@ -209,7 +209,7 @@ def throughput_table(R: Results) -> str:
                      fmt(med(d.get("direct", [])), 0),
                      fmt_t(med(g.get("nbremote", []))), fmt_t(med(g.get("plain", [])))])
     return table(["RTT", "reps", "download MB/s: nbremote's forward", "plain `ssh -N -L`",
-                  "direct (server loopback)", f"GETs s: nbremote's forward", "plain `ssh -N -L`"], rows)
+                  "direct (server loopback)", "GETs s: nbremote's forward", "plain `ssh -N -L`"], rows)
 
 
 def _first_line_time(sample, needle):

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbremote import paths, profiles
-from nbremote.invite import fingerprint
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import LastPath, Profile

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 from netlab import ALICE
 

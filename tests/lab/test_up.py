@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import netlab
-import pytest
 from netlab import ALICE, BOB, LAB_PYTHON, LAPTOP_USER, SERVER_ADDR
 
 PROBE = (Path(__file__).with_name("jupyter_client_probe.py")).read_text()

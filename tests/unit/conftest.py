@@ -1,6 +1,7 @@
 """Every unit test runs with its own HOME and XDG dirs, so none can touch the real ones."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,21 @@ def isolated(tmp_path, monkeypatch) -> Isolated:
     for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_TOKEN", "TMUX"):
         monkeypatch.delenv(name, raising=False)
     return dirs
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError(f"started a process: {args[0] if args else kwargs}")
+
+
+@pytest.fixture
+def no_processes(monkeypatch):
+    """Fails the test if the code under test starts any process (ssh, the agent, a browser)."""
+    monkeypatch.setattr(subprocess, "Popen", _refuse)
+
+
+@pytest.fixture
+def nothing_runs(no_processes, isolated):
+    """No process, and nothing written to the state or runtime dir."""
+    yield
+    assert not isolated.state.exists(), "nothing may be written to the state dir"
+    assert list(isolated.runtime.iterdir()) == [], "nothing may be written to the runtime dir"

@@ -6,7 +6,6 @@ the state or runtime dirs. A fixture makes any child process fail the test.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import click
 import pytest
@@ -14,24 +13,10 @@ import pytest
 from nbremote import cli
 from nbremote.errors import ExitCode
 
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as caught:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return caught.value.code, out, err
+from clirun import run_main
 
 
-@pytest.fixture
-def nothing_runs(monkeypatch, isolated):
-    """Fails the test if the CLI starts any process (ssh, the agent, a browser)."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"started a process: {args[0] if args else kwargs}")
 
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    yield
-    assert not isolated.state.exists(), "nothing may be written to the state dir"
-    assert list(isolated.runtime.iterdir()) == [], "nothing may be written to the runtime dir"
 
 
 COMMANDS = sorted(cli.cli.commands)

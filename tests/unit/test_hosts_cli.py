@@ -2,33 +2,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from nbremote import cli, profiles
+from nbremote import profiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode
 from nbremote.profiles import Profile
+
+from clirun import run_main
 
 FP = "SHA256:" + "q8Zk" * 10 + "abc"
 USER_CONFIG = b"Host server\n    HostName 192.168.77.2\n\nHost *\n    ServerAliveInterval 30\n"
 
 
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as caught:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return caught.value.code, out, err
-
-
 @pytest.fixture
-def homes(monkeypatch, isolated):
+def homes(no_processes, isolated):
     """A ~/.ssh/config and a profile file that must stay byte for byte; no process may start."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"started a process: {args[0] if args else kwargs}")
-
-    monkeypatch.setattr(subprocess, "Popen", refuse)
     ssh = isolated.home / ".ssh"
     ssh.mkdir()
     (ssh / "config").write_bytes(USER_CONFIG)

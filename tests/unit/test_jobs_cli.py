@@ -1,30 +1,16 @@
 """run / jobs / logs / kill / attach / status refuse bad input before anything runs."""
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 
-from nbremote import cli, jobs
+from nbremote import jobs
 from nbremote.errors import ExitCode, NbremoteError
 
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as caught:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return caught.value.code, out, err
+from clirun import run_main
 
 
-@pytest.fixture
-def nothing_runs(monkeypatch, isolated):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"started a process: {args[0] if args else kwargs}")
 
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    yield
-    assert not isolated.state.exists(), "nothing may be written to the state dir"
-    assert list(isolated.runtime.iterdir()) == [], "nothing may be written to the runtime dir"
 
 
 @pytest.mark.parametrize("name", ["../etc", ".hidden", "a b", "x" * 65, "naïve", "a/b", "job.end", ""])

@@ -62,7 +62,7 @@ def test_invite_round_trip():
     ("nbr1:houser@192.168.1.112:22#MD5:aa:bb", "'MD5:aa:bb'"),  # wrong fingerprint format
     (f"nbr1:houser@192.168.1.112:22#{FP[:-5]}", repr(FP[:-5])),  # truncated
     (f"nbr1:houser@192.168.1.112:22#{FP[:-1]}!", repr(FP[:-1] + "!")),  # tampered
-    (f"nbr1:houser@192.168.1.112:22", "'nbr1:houser@192.168.1.112:22'"),  # truncated before the key
+    ("nbr1:houser@192.168.1.112:22", "'nbr1:houser@192.168.1.112:22'"),  # truncated before the key
     (f"nbr1:houser@192.168.1.112#{FP}", "'nbr1:houser@192.168.1.112#"),  # no port
     (f"nbr2:houser@192.168.1.112:22#{FP}", "'nbr2:"),
     (f"nbr1:hou ser@192.168.1.112:22#{FP}", "'hou ser'"),
