@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 
@@ -137,23 +136,6 @@ class _Forwarder:
         self.remote_port = None
 
 
-class _EarlyProbe:
-    """A probe started before the agent answers; a daemon thread, so a dead port never delays exit."""
-
-    def __init__(self, port: int, token: str, deadline: float):
-        self._done = threading.Event()
-        self._ok = False
-        threading.Thread(target=self._run, args=(port, token, deadline), daemon=True).start()
-
-    def _run(self, port: int, token: str, deadline: float) -> None:
-        self._ok = probe(port, token, deadline)
-        self._done.set()
-
-    def result(self) -> bool:
-        self._done.wait()
-        return self._ok
-
-
 def _choose_local_port(requested: int | None, previous: SessionRecord | None) -> int:
     if requested is not None:
         if not port_free(requested):
@@ -179,12 +161,18 @@ def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, consol
     if not probe(previous.local_port, previous.token, time.monotonic() + opts.timeout):
         conn.cancel(previous.local_port, previous.remote_port)
         return None
+    return _resumed(place, previous, opts, console, started, created_master=False)
+
+
+def _resumed(place: Host, previous: SessionRecord, opts: UpOptions, console: Console, started: float, *,
+             created_master: bool) -> UpResult:
+    """The remembered server answered to its token through the forward: it is that very Jupyter."""
     server = ServerInfo(dir=previous.remote_dir, mode=previous.mode, port=previous.remote_port,
                         pid=previous.pid, token=previous.token, launcher="", started=0.0)
     console.done(f"Jupyter already running in {server.dir} on {place.label} (pid {server.pid})",
                  time.monotonic() - started)
     return _finish(place, opts, previous.local_port, server, reused=True, replaced=None,
-                   created_master=False, started=started)
+                   created_master=created_master, started=started)
 
 
 def _finish(place: Place, opts: UpOptions, local_port: int, server: ServerInfo, *, reused: bool,
@@ -217,36 +205,33 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     forwarder = _Forwarder(place, local_port)
     phase = {"connected": had_master or isinstance(place, ThisMachine)}
     remembered = previous if previous is not None and local_port == previous.local_port else None
-    early: dict = {}  # a probe of the tunnel started before the agent answers, and for what
 
     def on_event(name: str, data: dict) -> None:
         if name == "starting":
             if not phase["connected"]:
                 console.done(f"connected to {place.label}", time.monotonic() - started)
                 phase["connected"] = True
-            port, token = data.get("port"), data.get("token")
+            port = data.get("port")
             if isinstance(port, int) and 0 < port < 65536 and local_port:
-                # Forward while Jupyter is still starting, and check it through the tunnel from
-                # then on: the URL is out as soon as Jupyter answers there.
+                # Forward while Jupyter is still starting: the tunnel is ready when it is.
                 forwarder.to(port)
-                if isinstance(token, str) and _TOKEN.fullmatch(token):
-                    early["probe"] = _EarlyProbe(local_port, token, time.monotonic() + opts.start_timeout)
-                    early["for"] = (port, token)
         elif name == "stale":
             console.warn(f"the Jupyter nbremote started earlier (pid {data.get('pid')}) had stopped; starting a fresh one")
 
     try:
         if isinstance(place, Host) and not had_master and (remembered or isinstance(place, ProfileHost)):
+            began = time.monotonic()
             reached = place.connect()
+            login = time.monotonic() - began
             via = f" via {reached.describe()}" if reached is not None else ""
             console.done(f"connected to {place.label}{via}", time.monotonic() - started)
             phase["connected"] = True
             if remembered is not None:
-                # The laptop remembers this session: put its forward back and check it while
-                # the agent confirms the server, so a warm start costs a login and two round trips.
+                # The laptop remembers this session: put its forward back and ask the server
+                # there with its token. A dead one costs at most about one login's time more.
                 forwarder.to(remembered.remote_port)
-                early["probe"] = _EarlyProbe(local_port, remembered.token, time.monotonic() + opts.timeout)
-                early["for"] = (remembered.remote_port, remembered.token)
+                if probe(local_port, remembered.token, time.monotonic() + max(0.3, login)):
+                    return _resumed(place, remembered, opts, console, started, created_master=True)
         with console.progress(f"starting Jupyter on {place.label}"):
             reply = place.agent(hello_timeout=opts.timeout + 10).request(
                 "up", {"dir": opts.dir, "mode": opts.mode, "env": opts.env, "timeout": opts.start_timeout},
@@ -264,8 +249,7 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
         if local_port:
             forwarder.to(server.port)
         port = local_port or server.port
-        confirmed = early.get("for") == (server.port, server.token) and early["probe"].result()
-        if not confirmed and not probe(port, server.token, time.monotonic() + opts.timeout):
+        if not probe(port, server.token, time.monotonic() + opts.timeout):
             raise NbremoteError(f"Jupyter on {place.label} does not answer through localhost:{port}",
                                 hint="run with --verbose to see each step", exit_code=ExitCode.ERROR)
     except BaseException:

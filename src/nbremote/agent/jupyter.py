@@ -2,11 +2,12 @@
 
 A server is started detached (in tmux when there is one, else in a new session
 with setsid) so it outlives the SSH connection that asked for it. It listens
-on 127.0.0.1 only, on a port chosen here, with a token made here (requests
-arrive on the agent's command line, which `ps` shows, so the client cannot send it);
-the token travels in a 0600 file named by JUPYTER_TOKEN_FILE, never on a command
-line, because any user on the server can read command lines through ``ps``. (Not
-``--config``: that file would replace the user's own jupyter_server_config.)
+on 127.0.0.1 only, on a port chosen here, with a token made here. Any user on
+the server can read command lines through ``ps``, so the token is never on one:
+requests reach the agent on its command line, so the client cannot send it; it
+goes back in the reply, over the ssh channel, and to Jupyter in a 0600 file named
+by JUPYTER_TOKEN_FILE. (Not ``--config``: that file would replace the user's own
+jupyter_server_config.)
 """
 import http.client
 import json
@@ -244,8 +245,7 @@ def start(channel, key, directory, mode, env_spec, timeout):
         "log": log_path, "started": time.time(),
     }
     state.save_record(record)
-    # The token goes to the client over the ssh channel, so it can check the tunnel at once.
-    channel.event("starting", port=port, pid=pid, launcher=launcher, token=token)
+    channel.event("starting", port=port, pid=pid, launcher=launcher)
     deadline = time.monotonic() + timeout
     while True:
         exited = process.poll() is not None if process else not _pid_alive(pid)
