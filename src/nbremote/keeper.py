@@ -100,6 +100,10 @@ class Keeper:
                 self.sleep(max(0.0, delay - (self.clock() - tried)))
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
+            with contextlib.suppress(NbremoteError, subprocess.TimeoutExpired):
+                # sshd turns TCP_NODELAY on only when it sets up a session; without one, every
+                # tunnelled request of the browser would wait on Nagle (a round trip more).
+                conn.round_trip()
             if self.healthy():
                 self.report(f"back: localhost:{self.tunnel.local_port} → {self.tunnel.place.label} "
                             f"after {self.clock() - began:.1f} s")
