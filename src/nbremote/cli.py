@@ -465,7 +465,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="nbremote", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
+        code = ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
+        if "--json" in args:  # scripts get a JSON document for usage errors too
+            Console(json_mode=True).emit_json(NbremoteError(exc.format_message(), exit_code=code).to_json())
+        sys.exit(code)
     except (KeyboardInterrupt, click.Abort):
         click.echo("✗ interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)

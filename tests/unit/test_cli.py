@@ -95,6 +95,7 @@ def test_error_lines_show_message_then_hint(capsys, nothing_runs):
     (["up", "--json", "--dir", "a\nb"], "directory 'a\\nb' is not valid: it is empty or has control characters"),
     (["down", "--json", "--", "-oProxyCommand=x"], "'-oProxyCommand=x' is not a host"),
     (["ls", "--json", "--", "-x"], "'-x' is not a host"),
+    (["up", "--json", "--port", "0"], "Invalid value for '--port': 0 is not in the range 1<=x<=65535."),
 ])
 def test_json_errors_are_one_json_document_on_stdout(capsys, nothing_runs, args, message):
     code, out, err = run_main(capsys, *args)
