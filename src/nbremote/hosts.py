@@ -91,25 +91,25 @@ def _pin(profile: Profile, scans: list[sshfiles.Scan], fingerprint: str | None,
     answered = [s for s in scans if s.keys]
     if fingerprint is not None:
         for scan in answered:
-            matching = [k for k in scan.keys if sshfiles.fingerprint(k[1]) == fingerprint]
+            matching = [k for k in scan.keys if invites.fingerprint(k[1]) == fingerprint]
             if not matching:
                 raise NbremoteError(
                     f"the host key of {profile.name} at {scan.address} does not match the invite: refusing",
                     details=[f"expected {fingerprint} (from the invite)"]
-                    + [f"received {sshfiles.fingerprint(blob)} ({kind})" for kind, blob in scan.keys],
+                    + [f"received {invites.fingerprint(blob)} ({kind})" for kind, blob in scan.keys],
                     hint="if the server was reinstalled, ask its owner for a fresh invite "
                     "(`nbremote server invite` on the server); otherwise someone may be intercepting "
                     "the connection",
                     exit_code=ExitCode.HOST_KEY)
         return matching, "invite"
     kind, blob = answered[0].keys[0]
-    shown = sshfiles.fingerprint(blob)
+    shown = invites.fingerprint(blob)
     for scan in answered[1:]:
         if (kind, blob) not in scan.keys:
             raise NbremoteError(
                 f"the addresses of {profile.name} are not the same server: refusing",
                 details=[f"{answered[0].address}: {shown}"]
-                + [f"{scan.address}: {sshfiles.fingerprint(scan.keys[0][1])}"],
+                + [f"{scan.address}: {invites.fingerprint(scan.keys[0][1])}"],
                 hint="check the addresses, or use an invite from the server (`nbremote server invite`)",
                 exit_code=ExitCode.HOST_KEY)
     if not confirm(f"{profile.name} at {answered[0].address} has the {kind} key {shown}. Trust it?"):
@@ -177,7 +177,7 @@ def add(req: AddRequest, console: Console, *, interactive: bool, confirm: Callab
                             hint="check the address and that sshd runs there",
                             exit_code=ExitCode.UNREACHABLE)
     pins, pinned_from = _pin(profile, scans, fingerprint, confirm, console)
-    shown = sshfiles.fingerprint(pins[0][1])
+    shown = invites.fingerprint(pins[0][1])
     console.done(f"{profile.name} answers at {answered[0].address}; host key {shown} "
                  f"({'matches the invite' if pinned_from == 'invite' else 'trusted on first use'})",
                  time.monotonic() - started)
