@@ -204,7 +204,8 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
         local_port = _choose_local_port(opts.port, previous)
     forwarder = _Forwarder(place, local_port)
     phase = {"connected": had_master or isinstance(place, ThisMachine)}
-    remembered = previous if previous is not None and local_port == previous.local_port else None
+    # With --env the agent must see the request: a server from another environment is a conflict.
+    remembered = previous if previous and local_port == previous.local_port and opts.env is None else None
 
     def on_event(name: str, data: dict) -> None:
         if name == "starting":
