@@ -7,14 +7,20 @@ exit code.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
+import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import pytest
+
+from nbremote.agentlink import AGENT_ERROR_EXITS
+from nbremote.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -102,3 +108,171 @@ def test_example_is_accepted_by_the_command(path, line, monkeypatch):
         return  # an eager option: it answers and stops before any command runs
     assert ran and ran[-1].startswith(_title(path)), (
         f"docs/examples.toml [{path!r}]: {line!r} runs {ran[-1] if ran else 'nothing'}, not `{_title(path)}`")
+
+
+# --- troubleshooting: every error under its exit code ----------------------------------
+
+SRC = REPO / "src" / "nbremote"
+TROUBLE = DOCS / "troubleshooting.md"
+HOLE = object()  # a part of the message filled in at run time
+# Calls that build an NbremoteError from their own `message` argument, with the exit code they give it.
+WRAPPERS = {"_usage": ExitCode.USAGE}
+# Raise sites whose message is not in the source; each is documented by hand.
+NOT_LITERAL = {
+    # main() re-raises click's usage errors as JSON for --json: click's messages, documented under exit 2.
+    ("cli.py", "exc.format_message()"),
+    # The client shows the agent's own errors: each AgentError(...) in agent/ is a site checked here.
+    ("agentlink.py", "message"),
+}
+TOO_VAGUE = 6  # letters: a message with fewer of its own (like "…: …") is found through its hint too
+
+
+@dataclass
+class RaiseSite:
+    where: str  # file:line
+    parts: list  # literal strings and HOLE
+    hint: list | None
+    exit_codes: set[int]
+    prefix: str = "✗ "  # how the CLI prints it: click's usage errors start with "Error: "
+
+    def shown(self) -> str:
+        return "".join("…" if p is HOLE else p for p in self.parts)
+
+
+def _parts(node: ast.expr, agent: bool, percent: bool = False) -> list | None:
+    """The message as literal pieces and holes, or None when it is not built from literals."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        # %-format holes; and "the server" in the agent's messages, which the client replaces by the host's name.
+        holes = "|".join(([r"%[-0-9.]*[srdgf]"] if percent else []) + (["the server"] if agent else []))
+        pieces: list = []
+        for i, chunk in enumerate(re.split(holes, node.value) if holes else [node.value]):
+            pieces += ([HOLE] if i else []) + ([chunk] if chunk else [])
+        return pieces
+    if isinstance(node, ast.JoinedStr):
+        return [value.value if isinstance(value, ast.Constant) else HOLE for value in node.values]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        return _parts(node.left, agent, percent=True)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _parts(node.left, agent, percent), _parts(node.right, agent, percent)
+        return None if left is None else left + (right if right is not None else [HOLE])
+    return None
+
+
+def _codes(node: ast.expr | None) -> set[int]:
+    if node is None:
+        return {int(ExitCode.ERROR)}
+    return {int(ExitCode[n.attr]) for n in ast.walk(node)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ExitCode"}
+
+
+def raise_sites() -> tuple[list[RaiseSite], list[str]]:
+    """Every raise site of an error the user can see, and the sites this scan cannot read."""
+    sites, unreadable = [], []
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        rel = path.relative_to(REPO)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            keywords = {k.arg: k.value for k in node.keywords}
+            prefix = "✗ "
+            where = f"{rel}:{node.lineno}"
+            if name == "NbremoteError" or name in WRAPPERS:
+                if not node.args:
+                    continue
+                message, agent = node.args[0], False
+                codes = {int(WRAPPERS[name])} if name in WRAPPERS else _codes(keywords.get("exit_code"))
+                hint = keywords.get("hint", node.args[1] if name in WRAPPERS and len(node.args) > 1 else None)
+            elif name == "AgentError" and len(node.args) >= 2:
+                code = node.args[0].value if isinstance(node.args[0], ast.Constant) else None
+                message, agent = node.args[1], True
+                codes = {int(AGENT_ERROR_EXITS.get(code, ExitCode.AGENT_FAILED))}
+                hint = keywords.get("hint", node.args[2] if len(node.args) > 2 else None)
+            elif name in ("UsageError", "BadParameter") and node.args:
+                message, agent, codes, hint = node.args[0], False, {int(ExitCode.USAGE)}, None
+                prefix = "Error: "
+            else:
+                continue
+            parts = _parts(message, agent)
+            if parts is None:
+                if (path.name, ast.unparse(message)) in NOT_LITERAL:
+                    continue
+                if name not in WRAPPERS and isinstance(message, ast.Name):
+                    # A helper passing its own parameter on (e.g. hosts._usage): its callers are the sites.
+                    enclosing = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef,))
+                                 and f.lineno <= node.lineno <= f.end_lineno
+                                 and message.id in [a.arg for a in f.args.args]]
+                    if enclosing and enclosing[-1].name in WRAPPERS:
+                        continue
+                unreadable.append(f"{where}: {ast.unparse(message)}")
+                continue
+            hint_parts = _parts(hint, agent) if hint is not None else None
+            sites.append(RaiseSite(where, parts, hint_parts, codes, prefix))
+    return sites, unreadable
+
+
+def _pattern(parts: list) -> re.Pattern:
+    """A hole matches any text: the docs write it as a capitalised placeholder (HOST, PORT…)."""
+    return re.compile("".join(".*?" if p is HOLE else re.escape(p) for p in parts))
+
+
+def _sections() -> dict[int, list[str]]:
+    """Exit code -> the error lines (`✗ …`) and hint lines (`hint: …`) under its `## Exit code N` heading."""
+    sections: dict[int, list[str]] = {}
+    current = None
+    for line in TROUBLE.read_text().splitlines():
+        heading = re.match(r"## Exit code (\d+)\b", line)
+        if heading:
+            current = sections.setdefault(int(heading.group(1)), [])
+        elif line.startswith("## "):
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    return sections
+
+
+SITES, UNREADABLE = raise_sites()
+
+
+def test_every_error_message_is_written_out():
+    assert not UNREADABLE, (
+        "these errors take their message from a variable, so docs/troubleshooting.md cannot be checked for "
+        "them; write the message as a string or f-string at the raise site (or, for a helper that passes "
+        "its argument on, add it to WRAPPERS in tests/unit/test_docs.py):\n" + "\n".join(UNREADABLE))
+
+
+def test_raise_sites_are_found():
+    """The scan itself: it must see the errors this test is about, or it checks nothing."""
+    shown = {s.shown() for s in SITES}
+    assert "invite: no address" in shown and "no python3 on …" in shown
+    assert any(s.shown().startswith("no conda environment") and int(ExitCode.NO_JUPYTER) in s.exit_codes
+               for s in SITES)
+    assert len(SITES) > 80
+
+
+def test_every_exit_code_has_a_section():
+    sections = _sections()
+    missing = [f"{int(c)} ({c.name})" for c in ExitCode if int(c) not in sections]
+    assert not missing, f"docs/troubleshooting.md has no `## Exit code N` section for {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("site", SITES, ids=[s.where for s in SITES])
+def test_every_error_is_in_troubleshooting(site):
+    sections = _sections()
+    lines = [line for code in site.exit_codes for line in sections.get(code, [])]
+    errors = [line[len(site.prefix):] for line in lines if line.startswith(site.prefix)]
+    hints = [line[6:] for line in lines if line.startswith("hint: ")]
+    message = _pattern(site.parts)
+    headings = " or ".join(f"`## Exit code {c}`" for c in sorted(site.exit_codes))
+    assert any(message.fullmatch(e) for e in errors), (
+        f"{site.where} raises {site.shown()!r} (exit {'/'.join(map(str, sorted(site.exit_codes)))}), "
+        f"but docs/troubleshooting.md has no `{site.prefix}` line for it under {headings}: add one there, in a text block, "
+        "with each … written as a placeholder such as HOST or PORT, then its cause and the fix")
+    own_letters = sum(ch.isalpha() for p in site.parts if p is not HOLE for ch in p)
+    if own_letters < TOO_VAGUE:
+        assert site.hint is not None, f"{site.where}: {site.shown()!r} says too little to be documented alone: give it a hint"
+        hint = _pattern(site.hint)
+        assert any(hint.fullmatch(h) for h in hints), (
+            f"{site.where}: {site.shown()!r} is too short to find on its own: docs/troubleshooting.md needs its "
+            f"hint {''.join('…' if p is HOLE else p for p in site.hint)!r} as a `hint: ` line under {headings}")
