@@ -3,7 +3,8 @@
 The command reference is generated (docs/cli_reference.py through cog) and must be current;
 every command needs help text and an example (docs/examples.toml) that the real command tree
 accepts; every error nbremote can raise needs an entry in docs/troubleshooting.md under its
-exit code.
+exit code; the diagram must be rendered from its source; every `$ nbremote …` line the pages
+show must be accepted by the command line.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,3 +278,52 @@ def test_every_error_is_in_troubleshooting(site):
         assert any(hint.fullmatch(h) for h in hints), (
             f"{site.where}: {site.shown()!r} is too short to find on its own: docs/troubleshooting.md needs its "
             f"hint {''.join('…' if p is HOLE else p for p in site.hint)!r} as a `hint: ` line under {headings}")
+
+
+# --- the diagram and the commands shown in the pages -------------------------------------
+
+def test_diagram_is_rendered_from_its_source():
+    """how-it-works.svg shows exactly the nodes, edges and label lines of how-it-works.dot."""
+    source = (DOCS / "how-it-works.dot").read_text()
+    source = re.sub(r"^\s*//.*$", "", source, flags=re.M)
+    svg = ET.parse(DOCS / "how-it-works.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    titles = {t.text for t in svg.iter(f"{ns}title")}
+    texts = {t.text for t in svg.iter(f"{ns}text")}
+    nodes = set(re.findall(r"^\s*(\w+)\s*\[", source, re.M)) - {"graph", "node", "edge"}
+    edges = {f"{a}->{b}" for a, b in re.findall(r"^\s*(\w+)\s*->\s*(\w+)", source, re.M)}
+    labels = {line for label in re.findall(r'label="((?:[^"\\]|\\.)*)"', source) for line in label.split("\\n")}
+    drawn = {t for t in titles if not t.startswith("cluster_") and t != "nbremote"}
+    regenerate = "regenerate it: dot -Tsvg docs/how-it-works.dot -o docs/how-it-works.svg"
+    assert drawn == nodes | edges, f"docs/how-it-works.svg is stale ({sorted(drawn ^ (nodes | edges))}): {regenerate}"
+    assert labels <= texts, f"docs/how-it-works.svg lacks the labels {sorted(labels - texts)}: {regenerate}"
+
+
+def _shown_commands() -> list[tuple[str, str]]:
+    """Every `$ nbremote …` line in the README and docs pages: (page, command line)."""
+    found = []
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for line in page.read_text().splitlines():
+            match = re.match(r"\$ (?:sudo )?(?:\S*/)?(nbremote(?: .*)?)$", line.strip())
+            if match:
+                found.append((str(page.relative_to(REPO)), match.group(1)))
+    return found
+
+
+SHOWN = _shown_commands()
+
+
+def test_pages_show_commands():
+    pages = {page for page, _ in SHOWN}
+    assert {"README.md", "docs/quickstart.md"} <= pages
+
+
+@pytest.mark.parametrize("page,line", SHOWN, ids=[f"{p}: {c}" for p, c in SHOWN])
+def test_command_shown_in_the_docs_is_accepted(page, line, monkeypatch):
+    for _, command, _ in COMMANDS:
+        if command.callback is not None:
+            monkeypatch.setattr(command, "callback", lambda *a, **k: None)
+    try:
+        reference.cli.main(args=shlex.split(line)[1:], prog_name="nbremote", standalone_mode=False)
+    except click.ClickException as exc:
+        pytest.fail(f"{page} shows `{line}`, which nbremote refuses: {exc.format_message()}")
