@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import re
 import shlex
 import subprocess
@@ -63,7 +64,8 @@ def test_reference_has_an_entry(path):
 
 @pytest.mark.parametrize("path,command", [(p, c) for p, c, _ in COMMANDS], ids=lambda x: x if isinstance(x, str) else "")
 def test_every_command_and_option_has_help(path, command):
-    where = "src/nbremote/server/cli.py" if path.startswith("server") else "src/nbremote/cli.py"
+    where = Path(inspect.getsourcefile(inspect.unwrap(command.callback))) if command.callback else REPO
+    where = where.relative_to(REPO) if where.is_relative_to(REPO) else where
     assert (command.help or "").strip(), f"`{_title(path)}` has no help: give its function a docstring ({where})"
     for param in command.params:
         if isinstance(param, click.Option) and not param.hidden:
