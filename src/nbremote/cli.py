@@ -10,7 +10,7 @@ from datetime import datetime
 
 import click
 
-from nbremote import __version__, jobs, keeper, session, sessions, status
+from nbremote import __version__, completion, jobs, keeper, session, sessions, status
 from nbremote import hosts as host_profiles
 from nbremote import profiles, sshfiles
 from nbremote.console import Console
@@ -63,7 +63,7 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=completion.complete_host)
 @click.option("--dir", "directory",
               help="Directory on the server to run Jupyter in (one server per directory) "
               "[default: the host profile's, else ~].")
@@ -107,7 +107,7 @@ def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) ->
 
 
 @cli.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=completion.complete_host)
 @click.option("--dir", "directory", help="Directory whose Jupyter to stop [default: the host profile's, else ~].")
 @click.option("--all", "all_dirs", is_flag=True, help="Stop every Jupyter nbremote runs on HOST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -129,7 +129,7 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
 
 
 @cli.command(name="ls")
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=completion.complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def ls_command(host, as_json, timeout) -> None:
@@ -156,7 +156,7 @@ def ls_command(host, as_json, timeout) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("host")
+@click.argument("host", shell_complete=completion.complete_host)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--name", help="Name of the job [default: from the command, e.g. python-1].")
 @click.option("--dir", "directory", default="~", show_default=True, help="Directory on the server to run in.")
@@ -201,7 +201,7 @@ def _follow(host, name, console, timeout, tail=None) -> None:
 
 
 @cli.command(name="jobs")
-@click.argument("host")
+@click.argument("host", shell_complete=completion.complete_host)
 @click.option("--prune", is_flag=True, help="Forget finished jobs (their logs stay).")
 @click.option("--purge", is_flag=True, help="With --prune, delete their logs too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
@@ -230,8 +230,8 @@ def jobs_command(host, prune, purge, as_json, timeout) -> None:
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("job")
+@click.argument("host", shell_complete=completion.complete_host)
+@click.argument("job", shell_complete=completion.complete_job)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends (reconnects if the network drops).")
 @click.option("--tail", type=click.IntRange(min=0), help="Start with the last N lines.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
@@ -248,8 +248,8 @@ def logs(host, job, follow, tail, timeout) -> None:
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("job")
+@click.argument("host", shell_complete=completion.complete_host)
+@click.argument("job", shell_complete=completion.complete_job)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def attach(host, job, timeout) -> None:
     """Open JOB's tmux session on HOST in this terminal.
@@ -263,8 +263,8 @@ def attach(host, job, timeout) -> None:
 
 
 @cli.command(name="kill")
-@click.argument("host")
-@click.argument("job")
+@click.argument("host", shell_complete=completion.complete_host)
+@click.argument("job", shell_complete=completion.complete_job)
 @click.option("--signal", "signal_name", type=click.Choice(jobs.SIGNALS), default="TERM", show_default=True,
               help="Signal for the job's processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
@@ -286,7 +286,7 @@ def kill_command(host, job, signal_name, as_json, timeout) -> None:
 
 
 @cli.command(name="status")
-@click.argument("hosts", nargs=-1)
+@click.argument("hosts", nargs=-1, shell_complete=completion.complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh in place, with a short history of each GPU.")
 @click.option("--interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
@@ -413,7 +413,7 @@ def hosts_command(as_json) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_profile)
 def remove(name) -> None:
     """Forget host profile NAME: its Host entry and pinned host key go too."""
     console = Console.for_terminal()
@@ -423,7 +423,7 @@ def remove(name) -> None:
 
 
 @cli.command(name="ssh", context_settings={"ignore_unknown_options": True})
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_profile)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def ssh_command(name, command, timeout) -> None:
@@ -446,6 +446,23 @@ def config_group() -> None:
 def config_path() -> None:
     """Print the path of the host profiles file (TOML)."""
     click.echo(str(profiles.profiles_path()))
+
+
+# --- the laptop itself: shell completion, doctor ---------------------------------------
+
+@cli.command(name="completion")
+@click.argument("shell", type=click.Choice(completion.SHELLS))
+def completion_command(shell) -> None:
+    """Print the script that makes SHELL (bash, zsh or fish) complete nbremote.
+
+    \b
+    eval "$(nbremote completion bash)"     in ~/.bashrc
+    eval "$(nbremote completion zsh)"      in ~/.zshrc, after compinit
+    nbremote completion fish > ~/.config/fish/completions/nbremote.fish
+    Completes commands, options, host names (profiles and ~/.ssh/config) and the
+    job names that run, jobs and status last saw on a host; it never connects.
+    """
+    click.echo(completion.script(cli, shell), nl=False)
 
 
 def _render_error(exc: NbremoteError, as_json: bool) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from nbremote import completion
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, place_for
@@ -110,7 +111,9 @@ def run(*, host: str | None, argv: list[str], name: str | None, directory: str, 
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
     reply = place.agent(hello_timeout=timeout + 10).request(
         "run", {"argv": argv, "name": name, "dir": directory, "env": env}, timeout=60)
-    return parse_job(reply.get("job"), place.label)
+    job = parse_job(reply.get("job"), place.label)
+    completion.remember_jobs(host, [job.name], complete=False)
+    return job
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,9 @@ def list_jobs(*, host: str | None, prune: bool, purge: bool, timeout: float, int
     pruned = reply.get("pruned")
     if not isinstance(jobs, list) or not isinstance(pruned, list) or not all(isinstance(p, str) for p in pruned):
         raise _bad(place.label, "job list")
-    return JobList([parse_job(doc, place.label) for doc in jobs], pruned, reply.get("gpu") is True)
+    listed = JobList([parse_job(doc, place.label) for doc in jobs], pruned, reply.get("gpu") is True)
+    completion.remember_jobs(host, [job.name for job in listed.jobs], complete=True)
+    return listed
 
 
 def kill(*, host: str | None, name: str, signal_name: str, timeout: float,
