@@ -10,11 +10,12 @@ from datetime import datetime
 
 import click
 
-from nbremote import __version__, completion, jobs, keeper, session, sessions, status
+from nbremote import __version__, completion, doctor, jobs, keeper, session, sessions, status
 from nbremote import hosts as host_profiles
 from nbremote import profiles, sshfiles
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.server import checks as server_checks
 from nbremote.server import cli as server_cli
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
@@ -463,6 +464,30 @@ def completion_command(shell) -> None:
     job names that run, jobs and status last saw on a host; it never connects.
     """
     click.echo(completion.script(cli, shell), nl=False)
+
+
+@cli.command(name="doctor")
+@click.argument("hosts", nargs=-1, shell_complete=completion.complete_host)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=5.0, show_default=True, help=TIMEOUT_HELP)
+def doctor_command(hosts, as_json, timeout) -> None:
+    """Check this laptop and each host, with the fix for anything wrong.
+
+    OpenSSH and its control sockets, a key, the profiles file, the Include in
+    ~/.ssh/config; then each HOST (without HOST: every profile), all at once:
+    a key login (never a prompt) and the agent answering. Exit 1 on any fail.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    with console.progress("checking"):
+        rows = doctor.diagnose(list(hosts), timeout=timeout)
+    counts = server_checks.summary(rows)
+    if as_json:
+        console.emit_json({"checks": [r.to_json() for r in rows], "summary": counts})
+    else:
+        server_cli.render_checks(console, rows)
+        console.result(f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")
+    if counts["fail"]:
+        sys.exit(ExitCode.ERROR)
 
 
 def _render_error(exc: NbremoteError, as_json: bool) -> None:
