@@ -25,19 +25,10 @@ SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_NBREMOTE_COMPLETE"
 MAX_JOBS_PER_HOST = 200
 
-INSTALL = {
-    "bash": 'eval "$(nbremote completion bash)"   # in ~/.bashrc',
-    "zsh": 'eval "$(nbremote completion zsh)"    # in ~/.zshrc, after compinit',
-    "fish": "nbremote completion fish > ~/.config/fish/completions/nbremote.fish",
-}
-
 
 def script(command: click.Command, shell: str) -> str:
-    """The script that, sourced by `shell`, completes `nbremote`."""
-    completer = get_completion_class(shell)
-    if completer is None:  # click.Choice in the CLI keeps other names out; this is for callers
-        raise NbremoteError(f"no completion for the shell {shell!r}", hint=f"use one of {', '.join(SHELLS)}")
-    return completer(command, {}, "nbremote", COMPLETE_VAR).source()
+    """The script that, sourced by `shell` (one of SHELLS), completes `nbremote`."""
+    return get_completion_class(shell)(command, {}, "nbremote", COMPLETE_VAR).source()
 
 
 # --- host names --------------------------------------------------------------------
