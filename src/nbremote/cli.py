@@ -467,7 +467,7 @@ def completion_command(shell) -> None:
 
 
 @cli.command(name="doctor")
-@click.argument("hosts", nargs=-1, shell_complete=completion.complete_host)
+@click.argument("hosts", nargs=-1, metavar="[HOST]...", shell_complete=completion.complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=5.0, show_default=True, help=TIMEOUT_HELP)
 def doctor_command(hosts, as_json, timeout) -> None:
