@@ -10,7 +10,7 @@ def test_job_names_seen_by_run_and_jobs_are_completed(lab):
         asked = lab.nbremote(env={"_NBREMOTE_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(words),
                                   "COMP_CWORD": str(len(words) - 1)})
         assert asked.returncode == 0, asked.stderr
-        return [line.split(",", 1)[1] for line in asked.stdout.splitlines()]
+        return [line.split(",", 1)[1] for line in asked.stdout.splitlines() if line]
 
     assert tab("nbremote", "logs", "server", "") == ["train"]
     assert tab("nbremote", "kill", "server", "t") == ["train"]
