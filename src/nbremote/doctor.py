@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -82,7 +83,8 @@ def multiplexing_check() -> Check:
         return Check("multiplexing", FAIL, exc.message, exc.hint)
     # Bind a socket with the longest name ssh will use there: it fails for the
     # same reasons a ControlMaster would (path too long, a filesystem without sockets).
-    probe = folder / ("d" * CONTROL_NAME_LENGTH + "." + "x" * (CONTROL_TEMP_SUFFIX - 1))
+    # A random name, so two doctors at once do not collide.
+    probe = folder / (secrets.token_hex(CONTROL_NAME_LENGTH // 2) + "." + "x" * (CONTROL_TEMP_SUFFIX - 1))
     length = len(os.fsencode(probe)) + 1
     if length > SOCKET_PATH_MAX:
         return Check("multiplexing", FAIL,
