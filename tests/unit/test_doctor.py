@@ -264,7 +264,7 @@ def test_an_unreachable_host_fails_with_the_reason_and_the_fix(isolated, runtime
     assert list((runtime / "nbremote").iterdir()) == []  # no master left behind
 
 
-def test_hosts_are_tried_at_once(isolated):
+def test_every_host_asked_for_gets_its_row_in_order(isolated):
     port = closed_port()
     names = [f"box{i}" for i in range(4)]
     profiles.save({name: profile(name, f"127.0.0.1:{port}") for name in names})
