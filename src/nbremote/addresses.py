@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from nbremote.errors import ExitCode, NbremoteError
 
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-# Tailscale and other overlay networks hand out addresses from the CGNAT range.
-_VPN_NET = ipaddress.ip_network("100.64.0.0/10")
+# Tailscale and other overlay networks hand out addresses from the CGNAT range; Tailscale's
+# IPv6 addresses come from its own ULA prefix, which must not be taken for a LAN's.
+_VPN_NETS = tuple(ipaddress.ip_network(n) for n in ("100.64.0.0/10", "fd7a:115c:a1e0::/48"))
 # Not ipaddress's is_private: that also counts the documentation ranges (203.0.113.0/24), which
 # stand for WAN addresses in examples.
 _LAN_NETS = tuple(ipaddress.ip_network(n) for n in (
@@ -96,7 +97,9 @@ def kind(host: str) -> str:
         if name.endswith(_VPN_SUFFIXES):
             return "VPN"
         return "LAN" if name.endswith(_LAN_SUFFIXES) or "." not in name else "WAN"
-    if ip.version == 4 and ip in _VPN_NET:
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:192.168.1.112 is that LAN address
+    if any(ip.version == net.version and ip in net for net in _VPN_NETS):
         return "VPN"
     if any(ip.version == net.version and ip in net for net in _LAN_NETS):
         return "LAN"

@@ -41,6 +41,8 @@ def test_parse_address_rejects_naming_the_value(text):
     ("192.168.1.112", "LAN"), ("10.1.2.3", "LAN"), ("gpubox.local", "LAN"), ("gpubox", "LAN"),
     ("203.0.113.7", "WAN"), ("11.22.33.1", "WAN"), ("gpubox.example.org", "WAN"),
     ("100.101.102.103", "VPN"), ("gpubox.tail1234.ts.net", "VPN"), ("fd00::1", "LAN"),
+    ("fd7a:115c:a1e0::1234", "VPN"), ("::ffff:192.168.1.112", "LAN"), ("::ffff:11.22.33.1", "WAN"),
+    ("2001:db8::7", "WAN"), ("192.168.77.2", "LAN"),
 ])
 def test_kind(host, expected):
     assert kind(host) == expected
