@@ -3,10 +3,12 @@
 `ssh -O check` only asks the local master process, and ServerAlive needs 45 s
 to give up on a dead path; so the keeper probes the whole path instead (one
 GET of /api/status through the forward, every second). After two failed
-probes it drops the master and logs in again, trying every second or so with
-a 1 s connect timeout, so the tunnel is back within about a second plus
-one login of the network returning. Open browser tabs carry on because the
-local port does not change.
+probes it drops the master and logs in again, racing the profile's addresses
+anew (the laptop may have moved from the home LAN to a café: the WAN address
+wins then), with a 1 s connect timeout and a pause that starts at 0.25 s and
+doubles up to 1 s; so the tunnel is back within about a second plus one login
+of the network returning. Open browser tabs carry on because the local port
+does not change.
 
 It runs inside a foreground `nbremote up`, or for `up --detach` as a small
 background process per session (`python -m nbremote.keeper HOST DIR`) that
@@ -27,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from nbremote import paths, sessions
+from nbremote import paths, profiles, sessions
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
-from nbremote.remote import Host, place_for
 from nbremote.localnet import probe
+from nbremote.reach import Reached
+from nbremote.remote import Host, ProfileHost, place_for
 from nbremote.sessions import SessionRecord
 
 if TYPE_CHECKING:
@@ -43,7 +46,17 @@ CHECK_EVERY = 1.0
 FAILED_PROBES = 2
 PROBE_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
+FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 1.0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds between the start of failed attempt N (from 1) and the next one.
+
+    Fast at first, for a blip; capped at 1 s, because the cost of trying is one
+    SYN per address and every second waited is a second the browser waits.
+    """
+    return min(FIRST_BACKOFF * 2 ** (attempt - 1), MAX_BACKOFF)
 
 
 @dataclass
@@ -57,10 +70,20 @@ class Tunnel:
 
 
 class Keeper:
-    def __init__(self, tunnel: Tunnel, *, report: Callable[[str], None],
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    """Checks the tunnel and rebuilds it when it fails.
+
+    `report` gets the passing state, redrawn on a status line (`reconnecting
+    (attempt 3, 4 s)…`); `announce` gets the changes worth a line of their own
+    (the tunnel lost, the tunnel back and by which path).
+    """
+
+    def __init__(self, tunnel: Tunnel, *, report: Callable[[str], None], announce: Callable[[str], None],
+                 via: str | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self.tunnel = tunnel
         self.report = report
+        self.announce = announce
+        self.via = via  # the path in use as `KIND ADDRESS`, when the host is a profile
         self.sleep = sleep
         self.clock = clock
         self.failures = 0
@@ -80,37 +103,51 @@ class Keeper:
             self.failures = 0
 
     def rebuild(self) -> None:
-        conn = self.tunnel.place.connection
+        place, port = self.tunnel.place, self.tunnel.local_port
+        conn = place.connection
         began = self.clock()
-        attempt, delay = 0, 0.25
+        attempt = 0
+        was = f" via {self.via}" if self.via else ""
+        self.announce(f"lost the connection to {place.label}{was}; reconnecting")
         conn.close()  # the dead master still holds the local port
         while True:
             attempt += 1
-            self.report(f"reconnecting to {self.tunnel.place.label} (attempt {attempt}, "
-                        f"{self.clock() - began:.0f} s)…")
+            self.report(f"reconnecting (attempt {attempt}, {self.clock() - began:.0f} s)…")
             tried = self.clock()
             try:
-                conn.open_master(connect_timeout=CONNECT_TIMEOUT)
-                conn.forward(self.tunnel.local_port, self.tunnel.remote_port)
+                # A profile races its addresses again here: the laptop may be on another network.
+                reached = conn.open_master(connect_timeout=CONNECT_TIMEOUT)
+                conn.forward(port, self.tunnel.remote_port)
             except (NbremoteError, subprocess.TimeoutExpired) as exc:
                 log.info("attempt %d failed: %s", attempt, getattr(exc, "message", exc))
                 conn.close()
                 # An attempt that timed out has waited already: a fresh SYN then goes out
                 # every CONNECT_TIMEOUT, so the path is found within that of its return.
-                self.sleep(max(0.0, delay - (self.clock() - tried)))
-                delay = min(delay * 2, MAX_BACKOFF)
+                self.sleep(max(0.0, backoff(attempt) - (self.clock() - tried)))
                 continue
             with contextlib.suppress(NbremoteError, subprocess.TimeoutExpired):
                 # sshd turns TCP_NODELAY on only when it sets up a session; without one, every
                 # tunnelled request of the browser would wait on Nagle (a round trip more).
                 conn.round_trip()
             if self.healthy():
-                self.report(f"back: localhost:{self.tunnel.local_port} → {self.tunnel.place.label} "
-                            f"after {self.clock() - began:.1f} s")
+                path = ""
+                if isinstance(reached, Reached):
+                    self.via = f"{reached.kind} {reached.address}"
+                    path = f" via {reached.describe()}"
+                self.announce(f"back{path} after {self.clock() - began:.1f} s: "
+                              f"localhost:{port} → {place.label} again")
                 return
             raise NbremoteError(
-                f"the Jupyter on {self.tunnel.place.label} no longer answers (it was stopped or the server restarted)",
-                hint=f"`nbremote up {self.tunnel.place.label}` starts a fresh one")
+                f"the Jupyter on {place.label} no longer answers (it was stopped or the server restarted)",
+                hint=f"`nbremote up {place.label}` starts a fresh one")
+
+
+def last_via(place: Host) -> str | None:
+    """The path `up` took to a profile (`LAN 192.168.1.112:22`), as it recorded it."""
+    if not isinstance(place, ProfileHost):
+        return None
+    recent = profiles.last_paths().get(place.profile.name)
+    return f"{recent.kind} {recent.address}" if recent else None
 
 
 def hold(result: UpResult, console: Console, *, timeout: float, interactive: bool,
@@ -119,13 +156,18 @@ def hold(result: UpResult, console: Console, *, timeout: float, interactive: boo
     place = place_for(result.host, timeout=timeout, interactive=interactive, persist=True)
     keeper = None
     if isinstance(place, Host):
+        def announce(text: str) -> None:
+            console.end_status()
+            console.note(text)
+
         keeper = Keeper(Tunnel(place, result.local_port, result.server.port, result.server.token),
-                        report=console.status, sleep=sleep)
+                        report=console.status, announce=announce, via=last_via(place), sleep=sleep)
     began = time.monotonic()
     try:
         while True:
             elapsed = int(time.monotonic() - began)
-            console.status(f"● serving {result.url.split('?')[0]} · {elapsed // 60} min {elapsed % 60:02d} s")
+            via = f" · via {keeper.via}" if keeper is not None and keeper.via else ""
+            console.status(f"● serving {result.url.split('?')[0]}{via} · {elapsed // 60} min {elapsed % 60:02d} s")
             sleep(CHECK_EVERY)
             if keeper is not None:
                 keeper.check()
@@ -188,7 +230,8 @@ def _serve(record: SessionRecord) -> None:
     place = place_for(record.host, timeout=10, interactive=False, persist=True)
     assert isinstance(place, Host)
     keeper = Keeper(Tunnel(place, record.local_port, record.remote_port, record.token),
-                    report=lambda text: log.info("%s", text))
+                    report=lambda text: log.info("%s", text), announce=lambda text: log.warning("%s", text),
+                    via=last_via(place))
     while True:
         time.sleep(CHECK_EVERY)
         current = sessions.find(record.host, record.dir)
@@ -200,7 +243,9 @@ def _serve(record: SessionRecord) -> None:
 
 def main(argv: list[str]) -> int:
     host, directory = argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s keeper[%(process)d] %(message)s")
+    # One log for every keeper: each line names its session.
+    session = f"{host} {directory}".replace("%", "%%")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s keeper[%(process)d] {session}: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with _pid_file(host, directory).open("a+") as handle:
         try:

@@ -42,7 +42,7 @@ class Reached:
         return addresses.kind(self.address.host)
 
     def describe(self) -> str:
-        rtt = f", {self.rtt_s * 1000:.0f} ms" if self.rtt_s is not None else ""
+        rtt = f" ({self.rtt_s * 1000:.0f} ms)" if self.rtt_s is not None else ""
         return f"{self.kind} {self.address}{rtt}"
 
 

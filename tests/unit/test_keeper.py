@@ -1,0 +1,211 @@
+"""The keeper: when it rebuilds, how fast it retries, what it says, and that the port stays."""
+from __future__ import annotations
+
+import io
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from nbremote import keeper
+from nbremote.addresses import Address
+from nbremote.console import Console
+from nbremote.errors import ExitCode, NbremoteError
+from nbremote.reach import Reached
+from nbremote.remote import Host
+from nbremote.session import ServerInfo, UpResult
+
+LOCAL, REMOTE = 8890, 38119
+WAN = Reached(Address("11.22.33.1", 22022), login_s=0.3, rtt_s=0.041)
+UNREACHABLE = NbremoteError("cannot reach gpubox", exit_code=ExitCode.UNREACHABLE)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 3))
+        self.now += seconds
+
+
+class FakeConnection:
+    """Each open_master takes `attempt_s` of the clock and gives the next outcome in turn."""
+
+    def __init__(self, clock: Clock, outcomes: list, attempt_s: float = 0.0, forward_fails: int = 0):
+        self.clock, self.outcomes, self.attempt_s = clock, list(outcomes), attempt_s
+        self.forward_fails = forward_fails
+        self.calls: list = []
+
+    def close(self):
+        self.calls.append("close")
+
+    def open_master(self, connect_timeout=None):
+        assert connect_timeout == keeper.CONNECT_TIMEOUT
+        self.calls.append("open")
+        self.clock.now += self.attempt_s
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def forward(self, local_port, remote_port):
+        self.calls.append(("forward", local_port, remote_port))
+        if self.forward_fails:
+            self.forward_fails -= 1
+            raise NbremoteError(f"local port {local_port} is busy", exit_code=ExitCode.PORT_BUSY)
+
+    def round_trip(self):
+        return 0.041
+
+    def cancel(self, local_port, remote_port):
+        self.calls.append(("cancel", local_port, remote_port))
+        return True
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """The answers of the probe through the forward, in turn (then healthy for good)."""
+    answers: list[bool] = []
+    monkeypatch.setattr(keeper, "probe", lambda port, token, deadline, clock: answers.pop(0) if answers else True)
+    return answers
+
+
+def make_keeper(conn, clock, via="LAN 192.168.1.112:22"):
+    said: list[tuple[str, str]] = []
+    place = SimpleNamespace(label="gpubox", connection=conn)
+    kept = keeper.Keeper(keeper.Tunnel(place, LOCAL, REMOTE, "t" * 32),
+                         report=lambda text: said.append(("status", text)),
+                         announce=lambda text: said.append(("line", text)),
+                         via=via, sleep=clock.sleep, clock=clock)
+    return kept, said
+
+
+def test_backoff_is_fast_at_first_and_capped():
+    assert [keeper.backoff(n) for n in range(1, 7)] == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_reconnect_backs_off_reports_each_attempt_and_the_new_path(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [UNREACHABLE, UNREACHABLE, UNREACHABLE, WAN])
+    kept, said = make_keeper(conn, clock)
+    kept.rebuild()
+    assert clock.sleeps == [0.25, 0.5, 1.0]
+    assert said == [
+        ("line", "lost the connection to gpubox via LAN 192.168.1.112:22; reconnecting"),
+        ("status", "reconnecting (attempt 1, 0 s)…"),
+        ("status", "reconnecting (attempt 2, 0 s)…"),
+        ("status", "reconnecting (attempt 3, 1 s)…"),
+        ("status", "reconnecting (attempt 4, 2 s)…"),
+        ("line", "back via WAN 11.22.33.1:22022 (41 ms) after 1.8 s: localhost:8890 → gpubox again"),
+    ]
+    # The dead master goes first (it holds the local port), then each failed attempt's leftovers.
+    assert conn.calls == ["close"] + ["open", "close"] * 3 + ["open", ("forward", LOCAL, REMOTE)]
+    assert kept.via == "WAN 11.22.33.1:22022"
+
+
+def test_an_attempt_that_timed_out_is_retried_at_once(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [UNREACHABLE, UNREACHABLE, subprocess.TimeoutExpired("ssh", 1), WAN],
+                          attempt_s=1.0)
+    kept, said = make_keeper(conn, clock)
+    kept.rebuild()
+    assert clock.sleeps == [0.0, 0.0, 0.0]
+    assert [text for kind, text in said if kind == "status"] == [
+        f"reconnecting (attempt {n}, {n - 1} s)…" for n in range(1, 5)]
+
+
+def test_a_local_port_still_held_is_retried_on_the_same_port(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN, WAN], forward_fails=1)
+    kept, said = make_keeper(conn, clock)
+    kept.rebuild()
+    forwards = [c for c in conn.calls if isinstance(c, tuple)]
+    assert forwards == [("forward", LOCAL, REMOTE)] * 2
+    assert said[-1][1].startswith("back via WAN 11.22.33.1:22022")
+
+
+def test_a_host_without_a_profile_comes_back_without_a_path(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [None])  # ssh.Connection.open_master returns nothing
+    kept, said = make_keeper(conn, clock, via=None)
+    kept.rebuild()
+    assert said == [("line", "lost the connection to gpubox; reconnecting"),
+                    ("status", "reconnecting (attempt 1, 0 s)…"),
+                    ("line", "back after 0.0 s: localhost:8890 → gpubox again")]
+    assert kept.via is None
+
+
+def test_one_failed_probe_is_not_enough_two_in_a_row_rebuild(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    kept, _ = make_keeper(conn, clock)
+    probes.extend([False, True, False])
+    kept.check()
+    kept.check()
+    kept.check()
+    assert conn.calls == []
+    probes.extend([False, True])  # the second failure in a row, then the rebuilt tunnel answers
+    kept.check()
+    assert conn.calls == ["close", "open", ("forward", LOCAL, REMOTE)]
+    assert kept.failures == 0
+
+
+def test_a_jupyter_that_no_longer_answers_after_reconnecting_is_an_error(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    kept, _ = make_keeper(conn, clock)
+    probes.append(False)
+    with pytest.raises(NbremoteError) as caught:
+        kept.rebuild()
+    assert caught.value.message == ("the Jupyter on gpubox no longer answers "
+                                    "(it was stopped or the server restarted)")
+    assert "`nbremote up gpubox`" in caught.value.hint
+
+
+def _result() -> UpResult:
+    server = ServerInfo(dir="/home/me", mode="lab", port=REMOTE, pid=41873, token="t" * 32, launcher="tmux",
+                        started=0.0)
+    return UpResult(host="gpubox", url=f"http://127.0.0.1:{LOCAL}/lab?token={'t' * 32}", local_port=LOCAL,
+                    server=server, reused=True, replaced_pid=None, created_master=False, seconds=0.1)
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_hold_shows_reconnecting_on_the_status_line_and_the_move_on_lines_of_its_own(monkeypatch, probes, tty):
+    clock = Clock()
+    conn = FakeConnection(clock, [UNREACHABLE, WAN])
+    place = Host.__new__(Host)  # no ssh: only what hold and the keeper use
+    place.label = place.host = "gpubox"
+    place.connection = conn
+    monkeypatch.setattr(keeper, "place_for", lambda *args, **kwargs: place)
+    monkeypatch.setattr(keeper, "last_via", lambda place: "LAN 192.168.1.112:22")
+    probes.extend([False, False])
+    ticks = []
+
+    def sleep(seconds):
+        ticks.append(seconds)
+        if len(ticks) > 3:
+            raise KeyboardInterrupt
+
+    err = io.StringIO()
+    keeper.hold(_result(), Console(err=err, tty=tty), timeout=5, interactive=False, sleep=sleep)
+    text = err.getvalue()
+    lines = ("  lost the connection to gpubox via LAN 192.168.1.112:22; reconnecting\n",
+             "  back via WAN 11.22.33.1:22022 (41 ms) after ")
+    assert all(line in text for line in lines)
+    if tty:
+        assert "\r● serving http://127.0.0.1:8890/lab · via LAN 192.168.1.112:22 · 0 min 00 s\x1b[K" in text
+        assert "\rreconnecting (attempt 1, 0 s)…\x1b[K" in text
+        assert "\rreconnecting (attempt 2, 0 s)…\x1b[K" in text
+        # Each line of its own starts on a cleared status line, and the status line shows the new path.
+        assert "\r\x1b[K  back via WAN" in text
+        assert "· via WAN 11.22.33.1:22022 ·" in text.split("back via WAN")[1]
+    else:
+        assert "reconnecting (attempt" not in text and "serving" not in text and "\r" not in text
+    assert text.endswith("  stopped forwarding; the notebook keeps running on gpubox. "
+                         "`nbremote down gpubox` stops it.\n")
+    assert ("cancel", LOCAL, REMOTE) in conn.calls
