@@ -2,6 +2,8 @@
 
     home = HomeNet.build(lab)           # after netlab's Lab is built
     home.cafe_exec(["ssh", ...])        # a client on the internet side
+    home.forward_port(22022)            # the router's WAN 22022 to the server's sshd
+    home.laptop_uplink()                # the laptop gets a second way out, through the café
     home.teardown()
 
 Topology, still an island (no veth touches the root namespace; netlab's
@@ -12,8 +14,15 @@ blackhole routes cover both ranges)::
                                                         │
     café netns    eth0 11.22.33.10/24  ─────────────────┘   (echo service on :80)
 
+    laptop netns  wan1 11.22.33.66/26 ── up0 11.22.33.65/26  café netns   (laptop_uplink)
+                  default via .65               masquerade out of eth0
+
 The /25 is more specific than the lab's 192.168.77.0/24 on eth0, so the
-laptop (192.168.77.10) is still reached directly. The router forwards LAN to
+laptop (192.168.77.10) is still reached directly. With laptop_uplink the
+laptop is on the café's Wi-Fi as well as on the home LAN (its eth0): it
+reaches the router's WAN address the way a laptop away from home does, and
+when its LAN link goes, that is the way left. The café's NAT is what a café
+has, and it spares the router a route back to the laptop's /26. The router forwards LAN to
 WAN with masquerade and drops new WAN-to-LAN traffic except what miniupnpd's
 chains let through; miniupnpd refuses reserved WAN addresses, hence 11.22.33/24.
 """
@@ -29,6 +38,7 @@ from pathlib import Path
 from netlab import BLACKHOLE_NETS, LAPTOP_USER, LabError, _run, root_blackholes
 
 ROUTER_LAN, ROUTER_WAN, SERVER_LAN2, CAFE_ADDR = "192.168.77.129", "11.22.33.1", "192.168.77.130", "11.22.33.10"
+CAFE_WIFI, LAPTOP_WIFI = "11.22.33.65", "11.22.33.66"  # a /26 inside the blackholed 11.22.33.0/24
 WAN_ADDR = ROUTER_WAN
 ECHO_URL = f"http://{CAFE_ADDR}/ip"
 
@@ -133,6 +143,30 @@ class HomeNet:
         self.start_miniupnpd()
         self._wait(lambda: "0.0.0.0:80" in self.ns_exec(self.cafe_ns, ["ss", "-Htln"]).stdout, "echo service")
 
+    def forward_port(self, external: int, internal: int = 22) -> None:
+        """A port forward set by hand in the router's page: WAN `external` to the server's sshd."""
+        rule = (f'add rule inet filter prerouting iifname "wan0" tcp dport {external} '
+                f'dnat ip to {SERVER_LAN2}:{internal} comment "nbrtest-forward-{external}"\n')
+        done = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=rule)
+        if done.returncode != 0:
+            raise LabError(f"port forward {external}: {done.stderr.strip()}")
+
+    def laptop_uplink(self) -> None:
+        """The lab's laptop joins the café's Wi-Fi too (see the module's docstring)."""
+        lap = self.lab.laptop_ns
+        _run(["ip", "-n", self.cafe_ns, "link", "add", "up0", "type", "veth", "peer", "name", "wan1", "netns", lap])
+        for ns, dev, addr in ((self.cafe_ns, "up0", f"{CAFE_WIFI}/26"), (lap, "wan1", f"{LAPTOP_WIFI}/26")):
+            _run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
+            _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        _run(["ip", "-n", lap, "route", "replace", "default", "via", CAFE_WIFI])
+        _run(["ip", "netns", "exec", self.cafe_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        nat = ('table ip cafe {\n chain postrouting {\n type nat hook postrouting priority 100;\n'
+               ' oifname "eth0" masquerade\n }\n}\n')
+        done = self.ns_exec(self.cafe_ns, ["nft", "-f", "-"], input=nat)
+        if done.returncode != 0:
+            raise LabError(f"café NAT: {done.stderr.strip()}")
+        self.assert_island()
+
     def _popen(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", *argv], stdin=subprocess.DEVNULL,
                                 start_new_session=True, **kw)
@@ -217,5 +251,6 @@ class HomeNet:
         if Path("/run/netns", srv).exists():
             _run(["ip", "-n", srv, "route", "del", "default"], check=False)
         for ns in reversed(self._namespaces):
-            _run(["ip", "netns", "del", ns], check=False)  # takes the veths, eth1 included
+            # Takes the veths, the server's eth1 and the laptop's wan1 (with its default route) included.
+            _run(["ip", "netns", "del", ns], check=False)
         self._namespaces.clear()
