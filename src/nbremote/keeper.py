@@ -87,25 +87,31 @@ class Keeper:
         self.sleep = sleep
         self.clock = clock
         self.failures = 0
+        self.lost_at: float | None = None  # when the first of the failed probes in a row began
 
     def healthy(self) -> bool:
         return probe(self.tunnel.local_port, self.tunnel.token, self.clock() + PROBE_TIMEOUT, self.clock)
 
     def check(self) -> None:
         """One health check; rebuilds the tunnel after FAILED_PROBES failures in a row."""
+        began = self.clock()
         if self.healthy():
             self.failures = 0
             return
+        if self.failures == 0:
+            self.lost_at = began
         self.failures += 1
         log.info("probe through localhost:%d failed (%d)", self.tunnel.local_port, self.failures)
         if self.failures >= FAILED_PROBES:
-            self.rebuild()
+            self.rebuild(since=self.lost_at)
             self.failures = 0
 
-    def rebuild(self) -> None:
+    def rebuild(self, since: float | None = None) -> None:
+        """Log in again and put the forward back; times are counted from `since` (the first
+        failed probe), so what the user reads is how long the tunnel was gone."""
         place, port = self.tunnel.place, self.tunnel.local_port
         conn = place.connection
-        began = self.clock()
+        began = self.clock() if since is None else since
         attempt = 0
         was = f" via {self.via}" if self.via else ""
         self.announce(f"lost the connection to {place.label}{was}; reconnecting")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import statistics
@@ -185,7 +186,7 @@ def test_a_foreground_up_follows_the_laptop_from_lan_to_wan_on_the_same_port(lab
         took = time.monotonic() - left
         assert status_through(lab.laptop_exec, port, token) == 200  # the same local port, now via WAN
         shown = screen.text().split(f"lost the connection to gpubox via {LAN}; reconnecting")[1]
-        assert "\rreconnecting (attempt 1, 0 s)…" in shown
+        assert re.search(r"\rreconnecting \(attempt 1, \d+ s\)…", shown), shown
         assert shown.index("reconnecting (attempt") < shown.index(f"back via {WAN} (")
         assert f"localhost:{port} → gpubox again" in shown
         assert screen.wait_for(f"· via {WAN} ·", 5), screen.text()
@@ -213,7 +214,7 @@ def test_the_detached_keeper_follows_the_laptop_from_lan_to_wan_on_the_same_port
     assert status_through(lab.laptop_exec, port, token) == 200
     log = keeper_log.read_text()
     assert f"gpubox ~: lost the connection to gpubox via {LAN}; reconnecting" in log
-    assert "gpubox ~: reconnecting (attempt 1, 0 s)…" in log
+    assert re.search(r"gpubox ~: reconnecting \(attempt 1, \d+ s\)…", log), log
     assert f"localhost:{port} → gpubox again" in log
     assert last_path(lab, "gpubox")["kind"] == "WAN"  # so the next `up` knows where the laptop is
     print(f"detached keeper: back via WAN {took:.1f} s after the LAN link went down")

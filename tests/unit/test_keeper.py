@@ -155,6 +155,25 @@ def test_one_failed_probe_is_not_enough_two_in_a_row_rebuild(probes):
     assert kept.failures == 0
 
 
+def test_the_time_shown_counts_from_the_first_failed_probe(monkeypatch):
+    clock = Clock()
+    answers = [False, False, True]
+
+    def probe(port, token, deadline, clock_):
+        clock.now += 0 if answers[0] else keeper.PROBE_TIMEOUT  # a failed probe waits for its deadline
+        return answers.pop(0)
+
+    monkeypatch.setattr(keeper, "probe", probe)
+    conn = FakeConnection(clock, [WAN])
+    kept, said = make_keeper(conn, clock)
+    kept.check()
+    clock.sleep(keeper.CHECK_EVERY)
+    kept.check()
+    # Two probes that waited 2 s each, a second between them: the tunnel has been gone 5 s.
+    assert said[1] == ("status", "reconnecting (attempt 1, 5 s)…")
+    assert said[-1][1].startswith("back via WAN 11.22.33.1:22022 (41 ms) after 5.0 s:")
+
+
 def test_a_jupyter_that_no_longer_answers_after_reconnecting_is_an_error(probes):
     clock = Clock()
     conn = FakeConnection(clock, [WAN])
