@@ -196,7 +196,9 @@ def test_a_foreground_up_follows_the_laptop_from_lan_to_wan_on_the_same_port(lab
     finally:
         os.killpg(client.pid, signal.SIGINT)
         client.wait(30)
-    assert screen.wait_for("stopped forwarding; the notebook keeps running on gpubox", 5), screen.text()
+        screen.thread.join(5)  # the client has closed the terminal: the reader has all of it
+        os.close(terminal)
+    assert "stopped forwarding; the notebook keeps running on gpubox" in screen.text(), screen.text()
     assert lab.nbremote("down", "gpubox").returncode == 0
 
 
