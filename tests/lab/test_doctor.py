@@ -65,7 +65,7 @@ def test_doctor_passes_the_live_host_and_fails_the_gone_one_with_the_fix(lab, tw
     assert rows["key"]["detail"] == f"{home}/.ssh/id_ed25519 (used by gpubox, oldbox)"
     assert rows["profiles"]["detail"] == f"2 host profiles in {home}/.config/nbremote/hosts.toml"
     assert rows["ssh config"]["detail"] == f"{home}/.ssh/config:1 includes {home}/.config/nbremote/ssh_config"
-    assert rows["gpubox reach"]["detail"].startswith(f"LAN {SERVER_ADDR}:22, ")
+    assert rows["gpubox reach"]["detail"].startswith(f"LAN {SERVER_ADDR}:22 (")
     assert rows["gpubox agent"]["detail"].endswith("; 0 Jupyter servers of nbremote's there")
     gone = rows["oldbox reach"]
     assert gone["status"] == "fail"
