@@ -206,8 +206,10 @@ def sshd_port(port: int | None = None) -> int:
 def firewall_command(remove, dry_run, yes, as_json) -> None:
     """Allow the ssh port, drop other new inbound traffic, keep established traffic.
 
-    nftables (own table, saved in /etc/nftables.conf), or ufw when it is the
-    active firewall. Never opens a Jupyter port: Jupyter is reached through ssh.
+    ufw when it is the active firewall; else nftables (own table, saved in
+    /etc/nftables.conf); else iptables (own chain, saved in /etc/iptables/rules.v4
+    and rules.v6). `--remove` takes out only what this added. Never opens a
+    Jupyter port: Jupyter is reached through ssh.
     """
     console = Console.for_terminal(json_mode=as_json)
     outcome = run_firewall(console, remove=remove, dry_run=dry_run, yes=yes)

@@ -9,6 +9,7 @@ iptables. Each tags what it adds so `--remove` takes out exactly that.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Protocol
 from nbremote.errors import NbremoteError
 from nbremote.server import system
 from nbremote.server.checks import FAIL, PASS, SKIP, WARN, Check
-from nbremote.server.files import Transaction
+from nbremote.server.files import Backup, Original, Transaction, atomic_write
 
 TABLE = "nbremote"
 BEGIN = "# BEGIN nbremote: written by `nbremote server firewall`; `--remove` deletes this block"
@@ -138,16 +139,24 @@ class Nftables:
 
 
 class Ufw:
-    """ufw when it is already the active firewall: one tagged allow rule."""
+    """ufw when it is already the active firewall: tagged allow rules and its
+    default incoming policy set to deny. ufw keeps both across reboots itself.
+
+    The previous default policy is remembered (a copy of /etc/default/ufw in
+    a backup next to ufw's files) so `--remove` puts it back.
+    """
 
     name = "ufw"
 
-    def __init__(self, extra_args: tuple[str, ...] = (), run: system.Runner = system.run) -> None:
-        # extra_args: e.g. ("--rootdir", R, "--datadir", R) to work on a copy of ufw's files.
-        self.extra_args, self.run = extra_args, run
+    def __init__(self, root: Path = Path("/"), run: system.Runner = system.run) -> None:
+        # root other than /: ufw works on a copy of its files (`--rootdir`/`--datadir`).
+        self.root, self.run = root, run
+        self.args = () if root == Path("/") else ("--rootdir", str(root), "--datadir", str(root))
+        self.defaults = root / "etc/default/ufw"
+        self.backup = Backup(root / "etc/ufw/nbremote-backup")
 
     def _ufw(self, *args: str) -> str:
-        done = self.run(["ufw", *self.extra_args, *args])
+        done = self.run(["ufw", *self.args, *args])
         if done.returncode != 0:
             raise NbremoteError(f"ufw {' '.join(args)} failed", details=(done.stderr or done.stdout).strip().splitlines())
         return done.stdout
@@ -155,38 +164,249 @@ class Ufw:
     def is_supported(self) -> bool:
         if system.which("ufw") is None:
             return False
-        done = self.run(["ufw", *self.extra_args, "status"])
+        done = self.run(["ufw", *self.args, "status"])
         return done.returncode == 0 and "Status: active" in done.stdout
 
+    def _ports(self) -> tuple[list[int], list[int]]:
+        """(ports our tagged rules allow, ports the user's own rules allow), in ufw's order."""
+        ours, theirs = [], []
+        for match in re.finditer(r"^(\d+)(?:/tcp)?\s+ALLOW IN\s+Anywhere(\s+#\s*nbremote)?\s*$",
+                                 self._ufw("status", "verbose"), re.M):
+            (ours if match.group(2) else theirs).append(int(match.group(1)))
+        return list(dict.fromkeys(ours)), theirs
+
+    def _incoming(self) -> str:
+        match = re.search(r"^Default: (\w+) \(incoming\)", self._ufw("status", "verbose"), re.M)
+        return match.group(1) if match else ""
+
     def active_port(self) -> int | None:
-        match = re.search(r"^(\d+)/tcp\s+ALLOW IN.*# nbremote", self._ufw("status", "verbose"), re.M)
+        ours, _ = self._ports()
+        return ours[0] if ours else None
+
+    def preview(self, port: int) -> str:
+        return f"ufw allow {port}/tcp comment nbremote\nufw default deny incoming\n"
+
+    def apply(self, port: int, also: tuple[int, ...] = ()) -> Outcome:
+        ours, theirs = self._ports()
+        wanted = [p for p in dict.fromkeys((port, *also)) if p not in theirs]
+        if sorted(ours) == sorted(wanted) and self._incoming() == "deny":
+            return Outcome(self.name, False, f"already active: allow {port}/tcp, deny other inbound")
+        if not self.backup.exists():
+            self.backup.save([Original.read(self.defaults)], "nbremote server firewall (ufw)")
+        # New rules first, old ones after: the ssh port is never closed in between.
+        for p in wanted:
+            if p not in ours:
+                self._ufw("allow", f"{p}/tcp", "comment", "nbremote")
+        for p in ours:
+            if p not in wanted:
+                self._ufw("delete", "allow", f"{p}/tcp")
+        if self._incoming() != "deny":
+            self._ufw("default", "deny", "incoming")
+        mine = "" if port not in theirs else f" (your own ufw rule already allows {port}/tcp)"
+        return Outcome(self.name, True, f"allow {port}/tcp, deny other inbound (ufw){mine}")
+
+    def remove(self) -> Outcome:
+        ours, _ = self._ports()
+        if not ours and not self.backup.exists():
+            return Outcome(self.name, False, "nothing to remove")
+        for p in ours:
+            self._ufw("delete", "allow", f"{p}/tcp")
+        said = [f"removed ufw's allow {', '.join(f'{p}/tcp' for p in ours)} rule"] if ours else []
+        if self.backup.exists():
+            before = _ufw_policy(self.backup.load()[0].content)
+            # Only when it is still what we set: a policy the owner chose since stays.
+            if before and before != "deny" and self._incoming() == "deny":
+                self._ufw("default", before, "incoming")
+                said.append(f"default incoming policy back to {before}")
+            self.backup.remove()
+        return Outcome(self.name, True, "; ".join(said) or "nothing of ours was left in ufw")
+
+
+def _ufw_policy(defaults: bytes | None) -> str:
+    """ufw's word for the DEFAULT_INPUT_POLICY in /etc/default/ufw's text."""
+    match = re.search(rb'^DEFAULT_INPUT_POLICY="?(\w+)"?', defaults or b"", re.M)
+    return {b"ACCEPT": "allow", b"DROP": "deny", b"REJECT": "reject"}.get(match.group(1), "") if match else ""
+
+
+# ---------------------------------------------------------------- iptables
+
+CHAIN = "NBREMOTE-INPUT"
+FILE_HEADER = "# Written by nbremote (`nbremote server firewall`); `--remove` deletes this file"
+PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+_OURS = re.compile(rf"^(?:\[\d+:\d+\] )?(?::{CHAIN} |-A {CHAIN} |-A INPUT -j {CHAIN}$)")
+
+
+def iptables_chain(ports: tuple[int, ...], family: int) -> list[str]:
+    """Our chain's rules, written the way iptables-save prints them back."""
+    rules = [f"-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+             f"-A {CHAIN} -m conntrack --ctstate INVALID -j DROP",
+             f"-A {CHAIN} -i lo -j ACCEPT"]
+    if family == 4:
+        rules.append(f"-A {CHAIN} -p icmp -j ACCEPT")
+        # Replies to UPnP discovery, as in the nft table.
+        rules += [f"-A {CHAIN} -s {net} -p udp -m udp --sport 1900 -j ACCEPT" for net in PRIVATE_V4]
+    else:
+        rules.append(f"-A {CHAIN} -p ipv6-icmp -j ACCEPT")
+    rules += [f"-A {CHAIN} -p tcp -m tcp --dport {p} -j ACCEPT" for p in ports]
+    return rules + [f"-A {CHAIN} -j DROP"]
+
+
+def without_chain(text: str) -> str:
+    """iptables-save text with every line of ours taken out (and nothing else)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _OURS.match(line))
+
+
+def with_chain(text: str, ports: tuple[int, ...], family: int) -> str:
+    """iptables-save text with our chain in its filter table, jumped to first from INPUT."""
+    lines = without_chain(text).splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "*filter")
+    except StopIteration:
+        start = len(lines)
+        lines += ["*filter\n", ":INPUT ACCEPT [0:0]\n", ":FORWARD ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n",
+                  "COMMIT\n"]
+    commit = next(i for i in range(start, len(lines)) if lines[i].strip() == "COMMIT")
+    decls = start + 1
+    while decls < commit and lines[decls].startswith(":"):
+        decls += 1
+    chain = [f"{rule}\n" for rule in iptables_chain(ports, family)]
+    return "".join(lines[:decls] + [f":{CHAIN} - [0:0]\n", f"-A INPUT -j {CHAIN}\n"]
+                   + lines[decls:commit] + chain + lines[commit:])
+
+
+def chain_rules(text: str) -> list[str]:
+    """Our chain's rules in iptables-save text, counters left out."""
+    return [re.sub(r"^\[\d+:\d+\] ", "", line) for line in text.splitlines()
+            if re.match(rf"^(?:\[\d+:\d+\] )?-A {CHAIN} ", line)]
+
+
+def first_input_rule(text: str) -> str | None:
+    for line in text.splitlines():
+        line = re.sub(r"^\[\d+:\d+\] ", "", line)
+        if line.startswith("-A INPUT "):
+            return line
+    return None
+
+
+class Iptables:
+    """iptables (either backend) when there is no nft: our own chain, jumped to
+    first from INPUT, in the live ruleset and in /etc/iptables/rules.v4 and
+    rules.v6 (what iptables-persistent loads at boot).
+
+    Every change is iptables-save, edit the text, iptables-restore: one atomic
+    swap of the filter table, and `--remove` takes out our lines only, which
+    gives back exactly the previous ruleset.
+    """
+
+    name = "iptables"
+
+    def __init__(self, etc: Path = Path("/etc/iptables"), run: system.Runner = system.run) -> None:
+        self.etc, self.run = etc, run
+
+    def _families(self) -> list[tuple[int, str, Path]]:
+        found = [(4, "iptables", self.etc / "rules.v4")]
+        if all(system.which(f"ip6tables{s}") for s in ("", "-save", "-restore")) \
+                and self.run(["ip6tables-save", "-t", "filter"]).returncode == 0:
+            found.append((6, "ip6tables", self.etc / "rules.v6"))
+        return found
+
+    def is_supported(self) -> bool:
+        return all(system.which(f"iptables{s}") for s in ("", "-save", "-restore")) \
+            and self.run(["iptables-save", "-t", "filter"]).returncode == 0
+
+    def _save(self, tool: str) -> str:
+        done = self.run([f"{tool}-save", "-c", "-t", "filter"])
+        if done.returncode != 0:
+            raise NbremoteError(f"{tool}-save failed", details=done.stderr.strip().splitlines())
+        return done.stdout
+
+    def _restore(self, tool: str, text: str, *, test: bool = False) -> None:
+        done = self.run([f"{tool}-restore", "-w", "5", "-c", *(["--test"] if test else [])], input=text)
+        if done.returncode != 0:
+            raise NbremoteError(f"{tool}-restore{' --test' if test else ''} rejected the rules",
+                                details=done.stderr.strip().splitlines())
+
+    def active_port(self) -> int | None:
+        match = re.search(r"--dport (\d+) -j ACCEPT", "\n".join(chain_rules(self._save("iptables"))))
         return int(match.group(1)) if match else None
 
     def preview(self, port: int) -> str:
-        return f"ufw default deny incoming\nufw allow {port}/tcp comment nbremote\n"
+        return (f"*filter\n:{CHAIN} - [0:0]\n-A INPUT -j {CHAIN}\n"
+                + "".join(f"{rule}\n" for rule in iptables_chain((port,), 4)) + "COMMIT\n")
+
+    def _file_text(self, path: Path, tool: str) -> str:
+        if path.exists():
+            return path.read_text()
+        done = self.run([f"{tool}-save"])
+        return f"{FILE_HEADER}\n{done.stdout if done.returncode == 0 else ''}"
 
     def apply(self, port: int, also: tuple[int, ...] = ()) -> Outcome:
-        for extra in also:
-            self._ufw("allow", f"{extra}/tcp", "comment", "nbremote")
-        old = self.active_port()
-        if old == port and "deny (incoming)" in self._ufw("status", "verbose"):
-            return Outcome(self.name, False, f"already active: allow {port}/tcp, deny other inbound")
-        self._ufw("allow", f"{port}/tcp", "comment", "nbremote")
-        if old is not None and old != port:
-            self._ufw("delete", "allow", f"{old}/tcp")
-        self._ufw("default", "deny", "incoming")
-        return Outcome(self.name, True, f"allow {port}/tcp, deny other inbound (ufw)")
+        ports = tuple(dict.fromkeys((port, *also)))
+        plans = []
+        for family, tool, path in self._families():
+            live = self._save(tool)
+            new_live = with_chain(live, ports, family)
+            file_text = self._file_text(path, tool)
+            new_file = with_chain(file_text, ports, family)
+            done = (chain_rules(live) == iptables_chain(ports, family)
+                    and first_input_rule(live) == f"-A INPUT -j {CHAIN}"
+                    and path.exists() and file_text == new_file)
+            plans.append((tool, path, live, new_live, new_file, done))
+        if all(plan[-1] for plan in plans):
+            return Outcome(self.name, False, f"already active: allow {port}/tcp, drop other inbound")
+        for tool, _, _, new_live, _, _ in plans:
+            self._restore(tool, new_live, test=True)
+        tx = Transaction()
+        swapped = []
+        try:
+            for tool, path, live, new_live, new_file, _ in plans:
+                path.parent.mkdir(mode=0o755, exist_ok=True)
+                tx.write(path, new_file.encode(), mode=0o640 if not path.exists() else None)
+                self._restore(tool, new_live)
+                swapped.append((tool, live))
+        except BaseException:
+            for tool, live in reversed(swapped):
+                self._restore(tool, live)
+            tx.rollback()
+            raise
+        files = " and ".join(str(plan[1]) for plan in plans)
+        boot = "" if system.which("netfilter-persistent") else \
+            " (install iptables-persistent to load it at boot)"
+        return Outcome(self.name, True, f"allow {port}/tcp, drop other inbound (iptables chain {CHAIN}, "
+                                        f"saved in {files}{boot})")
 
     def remove(self) -> Outcome:
-        old = self.active_port()
-        if old is None:
+        changed = []
+        for _, tool, path in self._families():
+            live = self._save(tool)
+            if without_chain(live) != live:
+                self._restore(tool, without_chain(live))
+                changed.append(f"{tool} chain {CHAIN}")
+            if not path.exists():
+                continue
+            text = path.read_text()
+            if text.startswith(FILE_HEADER + "\n"):
+                path.unlink()
+                changed.append(f"{path} (it was ours)")
+            elif without_chain(text) != text:
+                atomic_write(path, without_chain(text).encode())
+                changed.append(f"our lines in {path}")
+        if not changed:
             return Outcome(self.name, False, "nothing to remove")
-        self._ufw("delete", "allow", f"{old}/tcp")
-        return Outcome(self.name, True, f"removed ufw's allow {old}/tcp rule (its default policy is left as it was)")
+        with contextlib.suppress(OSError):
+            self.etc.rmdir()  # only when empty: it was made for our file
+        return Outcome(self.name, True, f"removed {', '.join(changed)}")
+
+
+def default_backends() -> list[Backend]:
+    """In the order they are preferred: see the module's docstring."""
+    return [Ufw(), Nftables(), Iptables()]
 
 
 def choose(backends: list[Backend] | None = None) -> Backend:
-    backends = backends if backends is not None else [Ufw(), Nftables()]
+    backends = backends if backends is not None else default_backends()
     for backend in backends:
         if backend.is_supported():
             return backend
