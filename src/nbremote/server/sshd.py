@@ -44,6 +44,7 @@ from typing import Callable, Protocol
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import netinfo, system
 from nbremote.server.files import Backup, Original, Transaction, atomic_write
+from nbremote.server.guard import Guard, take_out_verify_key
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 MARKER = "nbremote"
@@ -517,8 +518,16 @@ class Sshd:
 
     def apply(self, plan: HardenPlan, *, step: Callable[[str], None] = lambda _: None,
               before_reload: Callable[[], None] = lambda: None,
-              on_rollback: Callable[[], None] = lambda: None) -> HardenResult:
-        """before_reload/on_rollback: for a firewall that must let the new port in first."""
+              on_rollback: Callable[[], None] = lambda: None,
+              checkpoint: Callable[[str], None] = lambda _: None) -> HardenResult:
+        """before_reload/on_rollback: for a firewall that must let the new port in first.
+
+        checkpoint(name) is called between the steps ("backup", "write",
+        "validate", "reload", "verify" with the verification key in place,
+        "verified", and "rollback" once the files are back but sshd not yet
+        reloaded): a test that kills harden there proves the guard (see
+        guard.py) leaves sshd serving the old config whatever step dies.
+        """
         started = time.monotonic()
         h = plan.hardening
         if plan.already_done:
@@ -531,10 +540,12 @@ class Sshd:
             raise NbremoteError("sshd is not running: harden reloads it and proves a login works",
                                 hint="start it first (`service ssh start` or `systemctl start ssh`)")
         self.service  # resolved from the config in force, before we change it
+        guard = Guard.start()
         tx = Transaction()
         had_backup = self.backup.exists()
         try:
-            self._write(plan, tx)
+            self._write(plan, tx, guard, created_backup=not had_backup, checkpoint=checkpoint)
+            checkpoint("write")
             problem = self.validate()
             if problem:
                 raise NbremoteError("sshd rejects the hardened config (nothing was reloaded)",
@@ -546,21 +557,26 @@ class Sshd:
                                                            "and other files it includes")
         except BaseException:
             self._undo(tx, had_backup)
+            guard.done()
             raise
+        checkpoint("validate")
         step("sshd config validated and backed up")
         try:
             before_reload()
             self._reload(h.port)
+            checkpoint("reload")
             step(f"sshd reloaded ({self.service.name})")
             verified = []
             for user in h.allow_users:
-                error = self.verify_login(user, h.port, plan.keys[user])
+                error = self.verify_login(user, h.port, plan.keys[user], guard=guard, checkpoint=checkpoint)
                 if error:
                     raise NbremoteError(f"a fresh key login as {user} on port {h.port} failed after the reload",
                                         details=error.splitlines())
                 verified.append(user)
+            checkpoint("verified")
         except BaseException as exc:
             failures = self._undo(tx, had_backup)
+            checkpoint("rollback")
             try:
                 self._reload(int(first(plan.before, "port", "22")))
             except NbremoteError as again:
@@ -569,23 +585,29 @@ class Sshd:
                 on_rollback()
             except NbremoteError as again:
                 failures.append(f"firewall: {again.message}")
+            guard.done()
             if isinstance(exc, NbremoteError):
                 exc.details.append("the previous config was restored and sshd reloaded with it"
                                    if not failures else f"restoring failed too: {'; '.join(failures)}")
                 exc.hint = exc.hint or "nothing changed; `--debug` shows each step"
             raise
+        guard.done()
         return HardenResult(False, h.port, h.allow_users, self.service.name, verified,
                             time.monotonic() - started)
 
-    def _write(self, plan: HardenPlan, tx: Transaction) -> None:
+    def _write(self, plan: HardenPlan, tx: Transaction, guard: Guard, *, created_backup: bool,
+               checkpoint: Callable[[str], None]) -> None:
         for change in plan.changes:
             tx.remember(change.path)
         if plan.new_host_key:
             key = Path(plan.hardening.host_key)
             tx.created(key)
             tx.created(Path(f"{key}.pub"))
+        guard.expect(self.etc_ssh, list(tx.originals.values()),
+                     backup=self.backup.directory if created_backup else None)
         # Backup first: if we die halfway, `restore` still knows the originals.
         self.backup.save(list(tx.originals.values()), "nbremote server harden")
+        checkpoint("backup")
         if plan.new_host_key:
             done = self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "",
                              "-f", plan.hardening.host_key])
@@ -620,7 +642,8 @@ class Sshd:
 
     # ------------------------------------------------------------ the verification login
 
-    def verify_login(self, user: str, port: int, authorized_keys: str) -> str | None:
+    def verify_login(self, user: str, port: int, authorized_keys: str, *, guard: Guard | None = None,
+                     checkpoint: Callable[[str], None] = lambda _: None) -> str | None:
         """None when a fresh key login as user on port works, else what ssh said."""
         host_pub = (self.etc_ssh / "ssh_host_ed25519_key.pub").read_text().split()
         keys_file = Path(authorized_keys)
@@ -637,20 +660,20 @@ class Sshd:
             assert original.content is not None  # the lockout guard found a key in it
             separator = b"" if original.content.endswith(b"\n") or not original.content else b"\n"
             added = original.content + separator + line
+            if guard:
+                guard.verify_key(original, added, tag, Path(tmp))
             atomic_write(keys_file, added)
             try:
+                checkpoint("verify")
                 done = self.run(["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
                                  "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                                  "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
                                  "-o", "HostKeyAlias=nbremote-self", "-o", "ConnectTimeout=5",
                                  "-p", str(port), "-l", user, "--", "127.0.0.1", "true"], timeout=20)
             finally:
-                current = keys_file.read_bytes()
-                if current == added:
-                    original.put_back()
-                else:  # someone else wrote to it meanwhile: take out only our line
-                    atomic_write(keys_file, b"".join(x for x in current.splitlines(keepends=True)
-                                                     if tag.encode() not in x))
+                take_out_verify_key(original, added, tag)
+                if guard:
+                    guard.verify_key_gone()
         if done.returncode == 0:
             return None
         return (done.stderr.strip() or f"ssh exited {done.returncode}")
