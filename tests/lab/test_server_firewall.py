@@ -171,7 +171,7 @@ def test_iptables_when_there_is_no_nft(lab, etc, tables_back, other_listener, tm
         assert lab.server_exec([tool, "-A", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT"]).returncode == 0
     try:
         rules_before = xtables(lab)
-        assert f"-A INPUT -p tcp -m tcp --dport 9999 -j ACCEPT" in rules_before
+        assert "-A INPUT -p tcp -m tcp --dport 9999 -j ACCEPT" in rules_before
         with hidden(lab, "/usr/sbin/nft"):
             done = server_cli(lab, "firewall", "--yes", state_dir=tmp_path)
             assert done.returncode == 0, done.stderr
@@ -196,3 +196,25 @@ def test_iptables_when_there_is_no_nft(lab, etc, tables_back, other_listener, tm
         for tool in ("iptables", "ip6tables"):
             lab.server_exec([f"{tool}-{flavour}", "-F", "INPUT"])
             lab.server_exec([f"{tool}-{flavour}", "-X"])
+
+
+def test_firewall_refusals_name_the_problem_and_change_nothing(lab, etc, tmp_path):
+    rules, conf = ruleset(lab), tree_digest(etc / "nftables.conf", etc / "iptables", etc / "ufw")
+
+    for args in (["--yes"], ["--remove"]):
+        not_root = server_cli(lab, "firewall", *args, state_dir=tmp_path, user=ALICE)
+        assert not_root.returncode == 1 and "firewall needs root" in not_root.stderr
+        assert "sudo nbremote server firewall" in not_root.stderr
+
+    nothing = server_cli(lab, "firewall", "--remove", state_dir=tmp_path)
+    assert nothing.returncode == 0 and "nothing to remove" in nothing.stderr
+
+    for tool in ("iptables", "iptables-save", "iptables-restore"):
+        (etc / "alternatives" / tool).unlink()
+    with hidden(lab, "/usr/sbin/nft"):
+        none = server_cli(lab, "firewall", "--yes", state_dir=tmp_path)
+    assert none.returncode == 1 and "no firewall tool found here" in none.stderr
+    assert "tried ufw, nftables, iptables" in none.stderr and "apt-get install nftables" in none.stderr
+
+    assert ruleset(lab) == rules
+    assert tree_digest(etc / "nftables.conf", etc / "iptables", etc / "ufw") == conf

@@ -137,10 +137,14 @@ def test_bad_input_and_faults_name_the_problem_and_change_nothing(lab, state):
     assert busy.returncode == 2 and "port 8765 is already in use by python3" in busy.stderr
     not_root = server_cli(lab, "harden", "--allow-user", ALICE, "--yes", state_dir=state, user=ALICE)
     assert not_root.returncode == 1 and "harden needs root" in not_root.stderr
+    for command in ("restore", "init"):
+        refused = server_cli(lab, command, *(["--yes"] if command == "init" else []), state_dir=state, user=ALICE)
+        assert refused.returncode == 1 and f"{command} needs root" in refused.stderr, refused.stderr
     assert etc_ssh_digest(lab.server_etc_ssh) == original
 
 
 def test_sshd_not_installed_is_said_plainly(lab, state):
+    original = etc_ssh_digest(lab.server_etc_ssh)
     hide = lab.server_exec(["mount", "--bind", "/dev/null", "/usr/sbin/sshd"])
     assert hide.returncode == 0, hide.stderr
     try:
@@ -149,6 +153,7 @@ def test_sshd_not_installed_is_said_plainly(lab, state):
         assert lab.server_exec(["umount", "/usr/sbin/sshd"]).returncode == 0
     assert done.returncode == 1
     assert "sshd is not installed" in done.stderr and "apt-get install openssh-server" in done.stderr
+    assert etc_ssh_digest(lab.server_etc_ssh) == original
 
 
 def test_check_fails_on_debians_defaults_passes_sshd_after_harden_and_says_what_needs_root(lab, state):

@@ -148,15 +148,13 @@ class Ufw:
 
     name = "ufw"
 
-    def __init__(self, root: Path = Path("/"), run: system.Runner = system.run) -> None:
-        # root other than /: ufw works on a copy of its files (`--rootdir`/`--datadir`).
-        self.root, self.run = root, run
-        self.args = () if root == Path("/") else ("--rootdir", str(root), "--datadir", str(root))
-        self.defaults = root / "etc/default/ufw"
-        self.backup = Backup(root / "etc/ufw/nbremote-backup")
+    def __init__(self, etc: Path = Path("/etc"), run: system.Runner = system.run) -> None:
+        self.run = run
+        self.defaults = etc / "default/ufw"
+        self.backup = Backup(etc / "ufw/nbremote-backup")
 
     def _ufw(self, *args: str) -> str:
-        done = self.run(["ufw", *self.args, *args])
+        done = self.run(["ufw", *args])
         if done.returncode != 0:
             raise NbremoteError(f"ufw {' '.join(args)} failed", details=(done.stderr or done.stdout).strip().splitlines())
         return done.stdout
@@ -164,7 +162,7 @@ class Ufw:
     def is_supported(self) -> bool:
         if system.which("ufw") is None:
             return False
-        done = self.run(["ufw", *self.args, "status"])
+        done = self.run(["ufw", "status"])
         return done.returncode == 0 and "Status: active" in done.stdout
 
     def _ports(self) -> tuple[list[int], list[int]]:

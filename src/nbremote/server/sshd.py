@@ -14,6 +14,8 @@ What `harden` promises, in the order it happens:
    before sshd is reloaded.
 4. After the reload, a fresh key login on the new port must work for every
    allowed user; otherwise the originals go back and sshd is reloaded again.
+5. If harden is killed at any point in 2-4, the guard it started before
+   touching anything (guard.py) puts the originals back and reloads sshd.
 
 How the login is proved without the user's private key: a throwaway ed25519
 key is appended to the user's authorized_keys with `from="127.0.0.1,::1",restrict`
