@@ -8,9 +8,10 @@ has run, sshd serves the old config and the user's key login works from the
 laptop, authorized_keys is back byte for byte, nothing of the run is left
 behind, and `restore` gives back the original /etc/ssh byte for byte.
 
-harden runs in the server's namespaces through the same core calls as the CLI
-(`Sshd.plan`, `Sshd.apply`), with a checkpoint callback that stops at one step
-and says so: the test kills it exactly there.
+harden runs in the server's namespaces through the same calls as the CLI
+(`Sshd.plan`, then `apply_harden`, which moves an active firewall along with
+sshd), with a checkpoint callback that stops at one step and says so: the test
+kills it exactly there.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ import subprocess
 
 import pytest
 from netlab import ALICE, LAB_PYTHON, etc_ssh_digest
-from serverlab import key_login, server_cli, server_nft, sshd_listening_ports
+from serverlab import key_login, private_etc, server_cli, server_nft, sshd_listening_ports, tcp_open
 
 NEW_PORT = 22222
 
 DRIVER = """
 import sys, time
+from nbremote.console import Console
+from nbremote.server.cli import apply_harden
 from nbremote.server.sshd import Sshd
 
 pause_at, port, user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -38,7 +41,7 @@ def checkpoint(name):
         time.sleep(600)
 
 sshd = Sshd()
-sshd.apply(sshd.plan(port=port, allow_users=(user,)), checkpoint=checkpoint)
+apply_harden(Console.for_terminal(), sshd, sshd.plan(port=port, allow_users=(user,)), checkpoint=checkpoint)
 print("finished", flush=True)
 """
 
@@ -130,3 +133,26 @@ def test_a_killed_second_harden_goes_back_to_the_first_and_restore_to_the_origin
     assert server_cli(lab, "restore", state_dir=state).returncode == 0
     assert etc_ssh_digest(lab.server_etc_ssh) == original
     assert key_login(lab, 22).returncode == 0
+
+
+def test_a_killed_harden_sets_a_firewall_it_was_moving_back_to_the_old_port(lab, tmp_path):
+    """Our firewall allows 22; harden lets 22222 in too before the reload and is killed
+    after it: sshd goes back to 22 and the firewall to 22 alone, files and rules as before."""
+    state = tmp_path / "state"
+    with private_etc(lab, tmp_path) as etc:
+        try:
+            assert server_cli(lab, "firewall", "--yes", state_dir=state).returncode == 0
+            conf = (etc / "nftables.conf").read_bytes()
+            table = lab.server_exec(["nft", "list", "table", "inet", "nbremote"]).stdout
+            assert "tcp dport 22 accept" in table
+
+            said = harden_killed_at(lab, "reload")
+
+            assert "reloaded sshd" in said and "the firewall allows 22/tcp again, and no other port" in said, said
+            assert lab.server_exec(["nft", "list", "table", "inet", "nbremote"]).stdout == table
+            assert (etc / "nftables.conf").read_bytes() == conf
+            assert sshd_listening_ports(lab) == {22} and key_login(lab, 22).returncode == 0
+            assert not tcp_open(lab, NEW_PORT)
+        finally:
+            server_cli(lab, "firewall", "--remove", state_dir=state)
+            lab.server_exec(["nft", "delete", "table", "inet", "nbremote"])

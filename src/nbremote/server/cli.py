@@ -145,8 +145,9 @@ def run_harden(console: Console, *, port, allow_users, dry_run, yes) -> dict | N
     return result
 
 
-def apply_harden(console: Console, sshd: Sshd, plan) -> dict:
-    """Harden; when our firewall is active, it lets the new port in before sshd moves there."""
+def apply_harden(console: Console, sshd: Sshd, plan, *, checkpoint=lambda _: None) -> dict:
+    """Harden; when our firewall is active, it lets the new port in before sshd moves there.
+    checkpoint: see Sshd.apply."""
     new_port = plan.hardening.port
     backend, old_port = _our_firewall()
     moving = backend is not None and old_port is not None and old_port != new_port
@@ -159,7 +160,8 @@ def apply_harden(console: Console, sshd: Sshd, plan) -> dict:
         if moving:
             backend.apply(old_port)
 
-    result = sshd.apply(plan, step=console.done, before_reload=open_both, on_rollback=back_to_old)
+    result = sshd.apply(plan, step=console.done, before_reload=open_both, on_rollback=back_to_old,
+                        firewall_port=old_port if moving else None, checkpoint=checkpoint)
     if moving:
         backend.apply(new_port)
         console.done(f"firewall now allows {new_port}/tcp instead of {old_port}/tcp")

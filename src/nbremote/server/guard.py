@@ -11,8 +11,9 @@ and "done" once it has finished, verified or rolled back by itself.
 When the pipe closes without "done", harden died between two steps. The
 guard then puts every file back byte for byte (the long-lived backup too,
 when this run made it), takes the verification key out again, removes
-half-written temporary files, and reloads sshd (or starts it, if a reload
-with the unverified config killed it). sshd is then serving exactly the
+half-written temporary files, reloads sshd (or starts it, if a reload with
+the unverified config killed it), and sets a firewall that harden was opening
+to the new port back to the old one alone. sshd is then serving exactly the
 configuration it had before, and `restore` has nothing left to do for this run.
 
 Run as `python -m nbremote.server.guard`; it answers "ready" on stdout once
@@ -77,6 +78,10 @@ class Guard:
         """authorized_keys is about to get the verification key, kept in directory."""
         self._send({"verify_key": {"original": original.to_json(), "added": base64.b64encode(added).decode(),
                                    "tag": tag, "directory": str(directory)}})
+
+    def firewall_moving(self, old_port: int) -> None:
+        """The firewall is about to allow the new port next to old_port, its only one so far."""
+        self._send({"firewall_port": old_port})
 
     def verify_key_gone(self) -> None:
         self._send({"verify_key": None})
@@ -153,6 +158,12 @@ def recover(state: dict) -> list[str]:
         else:
             sshd._reload(int(first(sshd.effective(), "port", "22")))
             said.append("reloaded sshd")
+    if state.get("firewall_port"):
+        # After sshd is back on its port: the firewall never closes a port sshd still listens on.
+        from nbremote.server import firewall
+        port = int(state["firewall_port"])
+        firewall.choose().apply(port)
+        said.append(f"the firewall allows {port}/tcp again, and no other port")
     return said
 
 

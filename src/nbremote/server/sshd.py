@@ -521,8 +521,10 @@ class Sshd:
     def apply(self, plan: HardenPlan, *, step: Callable[[str], None] = lambda _: None,
               before_reload: Callable[[], None] = lambda: None,
               on_rollback: Callable[[], None] = lambda: None,
+              firewall_port: int | None = None,
               checkpoint: Callable[[str], None] = lambda _: None) -> HardenResult:
-        """before_reload/on_rollback: for a firewall that must let the new port in first.
+        """before_reload/on_rollback: for a firewall that must let the new port in first;
+        firewall_port: the one port it allowed before, which the guard sets it back to.
 
         checkpoint(name) is called between the steps ("backup", "write",
         "validate", "reload", "verify" with the verification key in place,
@@ -564,6 +566,8 @@ class Sshd:
         checkpoint("validate")
         step("sshd config validated and backed up")
         try:
+            if firewall_port is not None:
+                guard.firewall_moving(firewall_port)
             before_reload()
             self._reload(h.port)
             checkpoint("reload")
