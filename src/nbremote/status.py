@@ -151,10 +151,17 @@ class History:
 
     def add(self, statuses: list[HostStatus]) -> None:
         for status in statuses:
+            seen = set()
             for gpu in status.gpu.get("gpus", []):
                 for kind, value in (("util", gpu["utilization"]), ("mem", _percent(gpu))):
-                    series = self.samples.setdefault((status.label, gpu["index"], kind), deque(maxlen=self.size))
-                    series.append(value)
+                    key = (status.label, gpu["index"], kind)
+                    self.samples.setdefault(key, deque(maxlen=self.size)).append(value)
+                    seen.add(key)
+            # A GPU that gave no sample this time (host unreachable, GPU gone) gets a gap,
+            # so every series stays in step with the refreshes.
+            for key, series in self.samples.items():
+                if key[0] == status.label and key not in seen:
+                    series.append(None)
 
     def series(self, label: str, index: int, kind: str) -> list:
         return list(self.samples.get((label, index, kind), []))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import shutil
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,4 +108,72 @@ def test_status_leaves_no_ssh_master_behind(lab, hosts):
     from test_up import wait_until
     from netlab import LAPTOP_USER
     assert lab.nbremote("status", *hosts).returncode == 0
+    assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip())
+
+
+# Serves the 8×V100 capture with every row moved one GPU along per call, so the busy
+# GPU (row 6: 100 %, 13928 MiB) is GPU6 on the first refresh, GPU7 on the second, GPU0 on the third.
+ROTATING = """#!/bin/sh
+folder="$(dirname "$0")"
+case "$*" in
+  *--query-gpu=*)
+    n=$(cat "$folder/calls" 2>/dev/null || echo 0)
+    echo $((n + 1)) > "$folder/calls"
+    exec awk -v shift="$n" 'BEGIN { FS = OFS = ", " } NR > 1 { $1 = ($1 + shift) % 8 } { print }' "$folder/gpu.csv" ;;
+  *--query-compute-apps=*) exec cat "$folder/apps.csv" ;;
+esac
+exit 2
+"""
+
+
+def _frames(raw: bytes, footer: str) -> list[list[str]]:
+    """The screens `status --watch` drew on the terminal, each as plain lines."""
+    text = re.sub(r"\x1b\[\d*[A-Za-z]", "", raw.decode("utf-8", "replace")).replace("\r", "")
+    frames, current = [], []
+    for line in text.split("\n"):
+        if line.strip() == footer:
+            frames.append(current)
+            current = []
+        elif line:
+            current.append(line)
+    return frames
+
+
+def _sparks(frame: list[str], gpu: int) -> tuple[str, str]:
+    [line] = [line for line in frame if line.startswith(f"  GPU{gpu} ")]
+    match = re.search(r"  util (\S*) *  mem (\S*) *$", line)
+    assert match, line
+    return match.group(1), match.group(2)
+
+
+def test_watch_redraws_in_place_with_a_growing_gpu_history_and_stops_on_ctrl_c(lab):
+    from test_up import wait_until
+    from netlab import LAPTOP_USER
+    with nvidia_smi(lab, "v100x8.query-gpu.csv", "l40s-idle.compute-apps.csv"):
+        folder = lab.user(ALICE).home / "fake-nvidia"
+        (folder / "nvidia-smi").write_text(ROTATING)
+        controller, terminal = os.openpty()
+        try:
+            client = lab.nbremote_popen("status", "server", "--watch", "--interval", "0.5",
+                                        stdout=terminal, stderr=terminal, env={"TERM": "xterm"})
+            os.close(terminal)
+            raw = b""
+            footer = "every 0.5 s · Ctrl-C stops"
+            deadline = time.monotonic() + 60
+            while len(_frames(raw, footer)) < 4 and time.monotonic() < deadline:
+                ready, _, _ = select.select([controller], [], [], 1)
+                if ready:
+                    raw += os.read(controller, 65536)
+            frames = _frames(raw, footer)
+            assert len(frames) >= 4, raw.decode("utf-8", "replace")
+            os.killpg(client.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+            assert client.wait(timeout=30) in (0, 130)
+        finally:
+            os.close(controller)
+    # Redrawn in place: every screen after the first starts by moving up over the last one.
+    assert raw.count(b"\x1b[") > 0 and len(re.findall(rb"\x1b\[\d+F", raw)) >= 3
+    # The history grows by one sample per refresh and follows the busy GPU around.
+    assert [_sparks(f, 6)[0] for f in frames[:4]] == ["█", "█▁", "█▁▁", "█▁▁▁"]
+    assert [_sparks(f, 7)[0] for f in frames[:4]] == ["▁", "▁█", "▁█▁", "▁█▁▁"]
+    assert _sparks(frames[3], 0) == ("▁▁█▁", "▁▁▄▁")  # 13928 of 32768 MiB is 43 %
     assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip())

@@ -110,3 +110,25 @@ def test_sparkline_and_history():
         history.add([_host({"available": True, "gpus": gpus, "apps": []})])
     assert history.series("gpubox", 6, "util") == [100, 100, 100]
     assert history.series("gpubox", 6, "mem") == [43, 43, 43]
+
+
+def test_sparkline_scale_and_gaps():
+    assert status.sparkline([]) == ""
+    assert status.sparkline([0, 12, 13, 25, 26, 38, 51, 64, 76, 89, 100]) == "▁▁▂▂▃▄▅▆▇██"  # eighths of 0-100 %
+    assert status.sparkline([None, 100, None]) == " █ "
+    assert status.sparkline([-5, 250]) == "▁█"  # out-of-range values stay on the scale
+
+
+def test_watch_lines_draw_each_gpus_history_with_a_gap_where_the_host_did_not_answer():
+    gpus = stats.parse_gpus(fixture("v100x8.query-gpu.csv"))
+    busy = _host({"available": True, "gpus": gpus, "apps": []})
+    idle_gpus = [dict(g, utilization=0, memory_used_mib=4) for g in gpus]
+    idle = _host({"available": True, "gpus": idle_gpus, "apps": []})
+    dead = status.HostStatus(host="gpubox", label="gpubox", reachable=False, seconds=5, error="timed out")
+    history = status.History(size=4)
+    for sample in (idle, busy, dead, busy, idle):
+        history.add([sample])
+    assert history.series("gpubox", 6, "util") == [100, None, 100, 0]  # the oldest sample fell off
+    lines = status.render([idle], history)
+    assert lines[7] == "  GPU6 Tesla V100-SXM2-32GB    0%  0.0/32.0 GB  51°C  util █ █▁  mem ▄ ▄▁"
+    assert status.render([dead], history) == ["gpubox  unreachable: timed out"]
