@@ -39,11 +39,12 @@ PROTOCOL_VERSION = 1
 NO_PYTHON_EXIT = 97
 
 # Loads the shipped modules (argv[1]) as package nbremote_agent from memory, then
-# answers the request in argv[2].
+# answers the request in argv[2]. L is a finder and loader by its methods alone:
+# importing importlib.abc for the base classes would double the agent's start-up.
 BOOTSTRAP = """\
-import sys,json,zlib,base64,importlib.abc,importlib.util
+import sys,json,zlib,base64,importlib.util
 b=json.loads(zlib.decompress(base64.b64decode(sys.argv[1])));S=b['src'];P='nbremote_agent'
-class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):
+class L:
  def find_spec(s,name,path,target=None):
   k=name[len(P)+1:] if name.startswith(P+'.') else ('__init__' if name==P else None)
   if k in S:return importlib.util.spec_from_loader(name,s,is_package=name==P)
@@ -151,28 +152,55 @@ class AgentCall:
         self.on_ssh_failure = on_ssh_failure
         self.hello_timeout = hello_timeout
         self.env = env
+        self.round_trip: float | None = None  # seconds, from a request made with ping=True
 
     def request(self, op: str, args: dict, on_event: Callable[[str, dict], None] | None = None,
-                timeout: float = 120.0) -> dict:
-        line = json.dumps({"id": 1, "op": op, "args": args})
+                timeout: float = 120.0, ping: bool = False) -> dict:
+        """The op's result. With ping, also time one round trip over the same channel
+        (into ``round_trip``): a line on the agent's stdin once it says hello, answered
+        while the op runs."""
+        doc = {"id": 1, "op": op, "args": args}
+        if ping:
+            doc["ping"] = True
+        line = json.dumps(doc)
         log.info("<agent: %s> via %s", op, self.where)
-        process = subprocess.Popen(self.command(line), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=self.env)
+        process = subprocess.Popen(self.command(line), stdin=subprocess.PIPE if ping else subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
         out: queue.Queue = queue.Queue()
         err: list[bytes] = []
         threading.Thread(target=_pump, args=(process.stdout, out), daemon=True).start()
         err_thread = threading.Thread(target=lambda: err.extend(process.stderr), daemon=True)
         err_thread.start()
+        answered = False
         try:
-            return self._read(process, out, err, err_thread, on_event, timeout)
+            result = self._read(process, out, err, err_thread, on_event, timeout)
+            answered = True
+            return result
         finally:
+            if process.stdin is not None and not process.stdin.closed:
+                process.stdin.close()
             if process.poll() is None:
-                process.kill()
+                # The exit status follows the answer by moments. Killed instead, an ssh that
+                # is its own ControlMaster would leave its control socket behind.
+                try:
+                    process.wait(timeout=2 if answered else 0.001)
+                except subprocess.TimeoutExpired:
+                    process.kill()
             process.wait()
+
+    def _ping(self, process) -> float | None:
+        """Send the ping line and end stdin; the moment it left, or None if it could not go."""
+        try:
+            process.stdin.write(b"\n")
+            process.stdin.close()
+        except OSError:
+            return None
+        return time.monotonic()
 
     def _read(self, process, out, err, err_thread, on_event, timeout) -> dict:
         started = time.monotonic()
         hello = None
+        pinged = None
         while True:
             limit = self.hello_timeout if hello is None else timeout
             remaining = None if limit is None else limit - (time.monotonic() - started)
@@ -189,10 +217,15 @@ class AgentCall:
                 hello = parse_hello(text)
                 if hello is not None:
                     log.debug("agent %s, python %s", hello.hash, hello.python)
+                    if process.stdin is not None:
+                        pinged = self._ping(process)
                 continue
             reply = self._parse(text)
             if isinstance(reply.get("event"), str) and isinstance(reply.get("data"), dict):
-                if on_event is not None:
+                if reply["event"] == "pong":
+                    if pinged is not None and self.round_trip is None:
+                        self.round_trip = time.monotonic() - pinged
+                elif on_event is not None:
                     on_event(reply["event"], reply["data"])
                 continue
             if reply.get("ok") is True:

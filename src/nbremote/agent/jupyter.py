@@ -9,9 +9,7 @@ goes back in the reply, over the ssh channel, and to Jupyter in a 0600 file name
 by JUPYTER_TOKEN_FILE. (Not ``--config``: that file would replace the user's own
 jupyter_server_config.)
 """
-import http.client
 import json
-import secrets
 import os
 import shlex
 import shutil
@@ -125,6 +123,7 @@ def free_port():
 
 def api(port, token, method, path, timeout=2.0):
     """Call Jupyter's REST API on loopback; http.client ignores proxy variables."""
+    import http.client  # here, not at the top: every agent start would pay for it (ssl, email)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, headers={"Authorization": "token " + token})
@@ -218,6 +217,7 @@ def start(channel, key, directory, mode, env_spec, timeout):
     program = resolve_jupyter(mode, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
+    import secrets  # only a start needs it; it costs every other request its import time
     token = secrets.token_hex(24)
     token_path = os.path.join(state.private_dir("tokens"), key)
     state.write_private(token_path, token)
