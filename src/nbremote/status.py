@@ -87,18 +87,23 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False) -> Hos
     started = time.monotonic()
     label = host or "this machine"
     try:
-        place = place_for(host, timeout=timeout, interactive=False, persist=True)
+        # Without keep_master the ssh that runs the agent is its own master and ends with it:
+        # no master to fork into the background, none to stop afterwards.
+        place = place_for(host, timeout=timeout, interactive=False, persist=keep_master)
         label = place.label
         had_master = isinstance(place, Host) and place.connection.master_alive()
         try:
             # A little beyond ssh's own ConnectTimeout, so a dead host gets ssh's reason, not ours.
-            reply = place.agent(hello_timeout=timeout + 2).request("status", {}, timeout=timeout + 20)
-            rtt = path = None
+            call = place.agent(hello_timeout=timeout + 2)
+            # The round trip is timed on the agent's own channel while it works (ping), not
+            # with a second ssh session, which would cost two more round trips and a process.
+            reply = call.request("status", {}, timeout=timeout + 20, ping=isinstance(place, Host))
+            rtt, path = call.round_trip, None
             if isinstance(place, Host):
-                rtt = place.connection.round_trip()
                 where = place.connection.endpoint()
                 path = f"{where.hostname}:{where.port}"
         finally:
+            # A host profile's address race leaves a master (ControlPersist 60 s): not ours to keep.
             if isinstance(place, Host) and not had_master and not keep_master:
                 place.connection.close()
         jobs = [jobs_core.parse_job(doc, label) for doc in reply.get("jobs") or []]

@@ -123,6 +123,32 @@ def test_bootstrap_reports_agent_errors(agent_env):
     assert caught.value.message == "unknown operation 'reboot'"
 
 
+def test_ping_times_a_round_trip_on_the_agents_own_channel(agent_env):
+    # Each line reaches the agent 0.2 s after it was written: the round trip must include that.
+    slow = ('python3 -c "import sys, time\nfor l in sys.stdin: time.sleep(0.2); print(l, end=\'\', flush=True)" '
+            '| "$0" -I -c "$1" "$2" "$3"')
+    call = _call(["sh", "-c", slow, sys.executable, BOOTSTRAP], agent_env)
+    assert call.request("ls", {}, ping=True) == {"servers": []}
+    assert call.round_trip is not None and 0.2 <= call.round_trip < 5
+
+
+def test_no_ping_no_round_trip_and_stdin_left_alone(agent_env):
+    call = _call([sys.executable, "-I", "-c", BOOTSTRAP], agent_env)
+    assert call.request("ls", {}) == {"servers": []}
+    assert call.round_trip is None
+
+
+def test_agent_answers_each_ping_line_with_a_pong_before_its_final_line(agent_env):
+    payload = agentlink.bundle()[0]
+    for ping, pongs in ((True, 2), (False, 0)):
+        doc = {"id": 7, "op": "ls", "args": {}, **({"ping": True} if ping else {})}
+        done = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP, payload, json.dumps(doc)], input=b"\n\n",
+                              capture_output=True, env=agent_env, timeout=20)
+        lines = [json.loads(line) for line in done.stdout.decode().splitlines()[1:]]
+        assert lines == [{"id": 7, "event": "pong", "data": {}}] * pongs + [
+            {"id": 7, "ok": True, "result": {"servers": []}}]
+
+
 def test_login_noise_before_hello_is_skipped(agent_env):
     banner = 'echo "Welcome to gpubox"; echo "{\\"motd\\": 1}"; echo; echo 42; exec "$0" -I -c "$1" "$2" "$3"'
     reply = _call(["sh", "-c", banner, sys.executable, BOOTSTRAP], agent_env).request("ls", {})

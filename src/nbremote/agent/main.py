@@ -16,4 +16,4 @@ HANDLERS = {
 
 
 def main(agent_hash, request):
-    protocol.serve([request], sys.stdout, HANDLERS, agent_hash)
+    protocol.serve([request], sys.stdout, HANDLERS, agent_hash, stdin=sys.stdin)

@@ -3,9 +3,16 @@
 The agent first prints a hello line; the client skips anything before it (login
 banners, output of shell start-up files). Then, for each request line, the
 agent writes zero or more event lines and exactly one final line.
+
+A request with ``"ping": true`` also times the network: while the operation
+runs, each line the client writes on stdin is answered with a ``pong`` event,
+and the final line waits until stdin ends, so the client's ping (sent when the
+hello arrives) always gets its pong. One round trip over the open channel, with
+no second ssh session to open.
 """
 import json
 import sys
+import threading
 
 PROTOCOL_VERSION = 1
 HELLO_KEY = "nbremote_agent"
@@ -29,13 +36,15 @@ class Channel:
     def __init__(self, out, request_id):
         self._out = out
         self._id = request_id
+        self._lock = threading.Lock()  # pongs come from another thread: lines must not interleave
 
     def event(self, name, **data):
         self._write({"id": self._id, "event": name, "data": data})
 
     def _write(self, doc):
-        self._out.write(json.dumps(doc, separators=(",", ":")) + "\n")
-        self._out.flush()
+        with self._lock:
+            self._out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+            self._out.flush()
 
     def finish(self, result):
         self._write({"id": self._id, "ok": True, "result": result})
@@ -52,7 +61,20 @@ def hello(agent_hash):
     }
 
 
-def serve(requests, stdout, handlers, agent_hash):
+PING_WAIT = 30.0  # seconds the final line waits for stdin to end; the client ends it at once
+
+
+def _answer_pings(stdin, channel):
+    def answer():
+        for _line in iter(stdin.readline, ""):
+            channel.event("pong")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(requests, stdout, handlers, agent_hash, stdin=None):
     """Answer each request line in turn. Never raises for a bad request."""
     stdout.write(json.dumps(hello(agent_hash)) + "\n")
     stdout.flush()
@@ -73,7 +95,11 @@ def serve(requests, stdout, handlers, agent_hash):
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise AgentError("bad_request", "arguments must be an object")
-            channel.finish(handler(channel, **args))
+            pings = _answer_pings(stdin, channel) if request.get("ping") is True and stdin is not None else None
+            result = handler(channel, **args)
+            if pings is not None:
+                pings.join(PING_WAIT)
+            channel.finish(result)
         except AgentError as exc:
             Channel(stdout, request_id).fail(exc)
         except (ValueError, TypeError) as exc:
