@@ -29,6 +29,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -59,14 +60,18 @@ def allow_many_logins(lab: netlab.Lab) -> None:
 def one_run(lab: netlab.Lab, prefix: str, count: int, timeout: float) -> dict:
     hosts = [f"{prefix}{i}" for i in range(1, count + 1)]
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = lab.nbremote("status", "--json", "--timeout", str(timeout), *hosts, timeout=120)
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The laptop side's CPU: nbremote and every ssh it ran (all waited for, so all counted).
+    laptop_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"status failed: {done.stderr}")
     reply = json.loads(done.stdout)["hosts"]
     unreachable = [h["label"] for h in reply if not h["reachable"]]
-    return {"count": count, "seconds": seconds, "unreachable": unreachable, "load": load,
+    return {"count": count, "seconds": seconds, "unreachable": unreachable, "load": load, "laptop_cpu": laptop_cpu,
             "per_host": [h["seconds"] for h in reply], "rtt_ms": [h["rtt_ms"] for h in reply]}
 
 
@@ -108,7 +113,8 @@ def main() -> int:
                     sample = one_run(lab, prefix, count, args.timeout)
                     sample.update(rep=rep, arm=arm)
                     samples.append(sample)
-                    print(f"rep {rep} {arm:<12} n={count:>2}: {sample['seconds']:.2f} s  (load {sample['load']:.2f})"
+                    print(f"rep {rep} {arm:<12} n={count:>2}: {sample['seconds']:.2f} s, laptop CPU "
+                          f"{sample['laptop_cpu']:.2f} s  (load {sample['load']:.2f})"
                           + (f"  unreachable: {sample['unreachable']}" if sample["unreachable"] else ""), flush=True)
     finally:
         lab.teardown()
@@ -117,14 +123,15 @@ def main() -> int:
                                                       "baseline_src": str(args.baseline_src or ""),
                                                       "samples": samples}, indent=1))
     print(f"\nnbremote status at {args.rtt:g} ms RTT, median of {args.reps}:")
-    print("arm                  hosts  median s  min s   max s   × one host")
+    print("arm                  hosts  median s  min s   max s   × one host  laptop CPU s")
     for arm, _, _ in arms:
         values = {c: [s["seconds"] for s in samples if s["count"] == c and s["arm"] == arm] for c in counts}
         one = statistics.median(values[counts[0]])
         for c in counts:
             median = statistics.median(values[c])
+            cpu = statistics.median(s["laptop_cpu"] for s in samples if s["count"] == c and s["arm"] == arm)
             print(f"{arm[:20]:<20} {c:>5}  {median:8.2f}  {min(values[c]):6.2f}  {max(values[c]):6.2f}  "
-                  f"{median / one:6.2f}")
+                  f"{median / one:9.2f}  {cpu:11.2f}")
     return 0
 
 

@@ -6,7 +6,9 @@ installed on the server and a changed agent can never be stale there. Nothing
 goes on stdin: sshd opens a new session's window only once it has handled the
 exec request, so stdin data would cost every call one more round trip. Hence
 no secret may travel in a request (command lines show in `ps` on the server):
-the agent makes Jupyter's token itself and returns it over the channel.
+the agent makes Jupyter's token itself and returns it over the channel. (The
+one exception, a request's `ping`, writes a bare newline after the agent's
+hello, when the window is long open: its answer times the round trip.)
 
 The remote command is a short POSIX sh script; what it assumes of the server:
 /bin/sh, a `python3` (or `python` >= 3.8) on the login PATH. Exit code 97 means
@@ -55,9 +57,11 @@ sys.meta_path.insert(0,L())
 import nbremote_agent.main as M;M.main(b['hash'],sys.argv[2])
 """
 
+# -S: the agent is stdlib only, so site-packages and their .pth files (many in a
+# big conda base) would only slow every start.
 _REMOTE_SCRIPT = (
     'for p in python3 python; do '
-    'if command -v "$p" >/dev/null 2>&1; then exec "$p" -c "$1" "$2" "$3"; fi; '
+    'if command -v "$p" >/dev/null 2>&1; then exec "$p" -S -c "$1" "$2" "$3"; fi; '
     "done; echo 'nbremote: no python3 on the server' >&2; exit %d" % NO_PYTHON_EXIT
 )
 

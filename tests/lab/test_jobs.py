@@ -69,13 +69,19 @@ def test_kill_ends_the_job_and_jobs_says_killed(lab):
     assert "sleeper" in listing and "killed by SIGTERM" in listing
 
 
-def test_prune_forgets_finished_jobs_but_keeps_their_logs(lab):
+def test_prune_forgets_finished_jobs_keeping_their_logs_unless_purge(lab):
     lab.nbremote("run", "server", "--name", "quick", "--", "true")
     assert wait_until(lambda: jobs_json(lab)["quick"]["state"] == "exited")
     done = lab.nbremote("jobs", "server", "--prune")
     assert "forgot quick" in done.stderr
     assert jobs_json(lab) == {}
-    assert (lab.user(ALICE).home / ".local/state/nbremote/jobs/quick.log").exists()
+    folder = lab.user(ALICE).home / ".local/state/nbremote/jobs"
+    assert (folder / "quick.log").exists()
+    lab.nbremote("run", "server", "--name", "quick2", "--", "true")
+    assert wait_until(lambda: jobs_json(lab)["quick2"]["state"] == "exited")
+    done = lab.nbremote("jobs", "server", "--prune", "--purge")
+    assert "forgot quick2 and its log" in done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["quick.log"]
 
 
 def test_unknown_job_and_taken_name(lab):

@@ -92,6 +92,40 @@ def test_status_shows_jobs_and_jupyter(lab):
     assert "  Jupyter  /home/nbr-alice  :" in text and "  jobs     trainer  running" in text
 
 
+def test_gpu_memory_of_a_job_and_of_jupyter_is_theirs(lab):
+    from test_up import wait_until
+    with nvidia_smi(lab, "l40s-load.query-gpu.csv", "l40s-idle.compute-apps.csv"):
+        assert lab.nbremote("run", "server", "--name", "trainer", "--", "sleep", "61").returncode == 0
+        assert lab.nbremote("up", "server", "--no-browser", "--detach", timeout=120).returncode == 0
+        assert wait_until(lambda: lab.server_exec(["pgrep", "-u", ALICE, "-f", "^sleep 61$"]).stdout.strip())
+        job_pid = int(lab.server_exec(["pgrep", "-u", ALICE, "-f", "^sleep 61$"]).stdout.split()[0])
+        [host] = status_json(lab, "server")
+        jupyter_pid = host["servers"][0]["pid"]
+        # The real process list, its two ffmpeg pids replaced by the job's and Jupyter's.
+        apps = lab.user(ALICE).home / "fake-nvidia" / "apps.csv"
+        capture = (FIXTURES / "l40s-load.compute-apps.csv").read_text()
+        apps.write_text(capture.replace(", 20037,", f", {job_pid},").replace(", 20038,", f", {jupyter_pid},"))
+        listed = json.loads(lab.nbremote("jobs", "server", "--json").stdout)
+        table = lab.nbremote("jobs", "server").stdout.splitlines()
+        text = lab.nbremote("status", "server").stdout
+    assert listed["gpu"] is True and listed["jobs"][0]["gpu_memory_mib"] == 538
+    assert table[0].split()[-2:] == ["GPU", "MEM"] and table[1].endswith("0.5 GB")
+    assert (f"  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  job trainer (pid {job_pid}, 0.5 GB), "
+            f"Jupyter in /home/nbr-alice (pid {jupyter_pid}, 0.7 GB)") in text.splitlines()
+
+
+def test_a_driver_that_does_not_answer_is_no_gpu_with_its_reason(lab):
+    message = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+               "Make sure that the latest NVIDIA driver is installed and running.")
+    with nvidia_smi(lab, "l40s-load.query-gpu.csv", "l40s-idle.compute-apps.csv"):
+        (lab.user(ALICE).home / "fake-nvidia" / "nvidia-smi").write_text(f"#!/bin/sh\necho \"{message}\"\nexit 9\n")
+        done = lab.nbremote("status", "server")
+        jobs = lab.nbremote("jobs", "server", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == f"  no GPU: {message}"
+    assert json.loads(jobs.stdout)["gpu"] is False
+
+
 def test_three_hosts_one_dead_costs_the_timeout_not_the_sum(lab):
     started = time.monotonic()
     hosts = status_json(lab, "server", "server-bob", "ssh://nbr-alice@192.168.77.99", timeout="3")
