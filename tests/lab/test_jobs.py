@@ -37,6 +37,20 @@ def test_job_outlives_a_killed_client_and_logs_show_every_line(lab):
     assert lab.nbremote("logs", "server", "ticker", "--tail", "2").stdout.splitlines() == ["tick 4", "tick 5"]
 
 
+def test_ctrl_c_in_follow_detaches_and_the_job_goes_on(lab):
+    client = lab.nbremote_popen("run", "server", "--name", "detach", "--follow", "--", "python3", "-c", TICKER,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert client.stdout.readline().strip() == "detach"
+    assert client.stdout.readline().strip() == "tick 0"
+    os.killpg(client.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    assert "detached; job detach keeps running on server" in err
+    assert jobs_json(lab)["detach"]["state"] == "running"
+    assert wait_until(lambda: jobs_json(lab)["detach"]["state"] == "exited", 15)
+    assert lab.nbremote("logs", "server", "detach").stdout.splitlines() == [f"tick {i}" for i in range(6)]
+
+
 def test_follow_streams_to_the_end_and_reports_the_exit(lab):
     script = "import sys, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)\nsys.exit(4)"
     done = lab.nbremote("run", "server", "--name", "fails", "--follow", "--", "python3", "-c", script, timeout=60)
