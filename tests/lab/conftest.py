@@ -104,3 +104,15 @@ def _lab_clean_after_test(request):
     the_lab = request.getfixturevalue("lab")
     yield
     the_lab.cleanup_between_tests()
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Screenshots and logs the tests left for a human (see test_browser.py):
+    # named in the output so a CI log says where to look.
+    paths = [value for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "teardown"
+             for key, value in getattr(report, "user_properties", ()) if key == "artifact"]
+    if paths:
+        terminalreporter.write_sep("-", "lab artifacts")
+        for path in paths:
+            terminalreporter.write_line(path)
