@@ -217,6 +217,11 @@ def test_the_open_page_lives_through_an_outage_and_runs_the_next_cell_in_the_sam
         # ...and the page sees its kernel connection go.
         lost = browser.ask("wait_kernel", states=["connecting", "disconnected"], timeout=90)
         browser.screenshot("during-outage")
+        # Restored once both have noticed. While the port is closed the page
+        # spends JupyterLab's 7 kernel reconnect attempts (random delays, about
+        # a minute in all on average), after which only the user's "Reconnect
+        # to Kernel" brings it back: a longer cut would test that budget, not
+        # nbremote.
         lossy_link.set_down(False)
         restored = time.monotonic()
 
