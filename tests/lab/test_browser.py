@@ -235,7 +235,10 @@ def test_the_open_page_lives_through_an_outage_and_runs_the_next_cell_in_the_sam
         assert _laptop_ssh_pids(lab) - masters, "no new ssh master after the outage"
         assert browser.ask("location")["page_url"] == opened["page_url"]
         browser.screenshot("after-outage")
-        print(f"outage {restored - cut:.1f} s (page saw {lost['kernel']!r}); page connected again "
-              f"{back['waited_s']} s after the network returned; dialogs shown: {after['dialogs']}")
     finally:
         stop(client)
+    said = client.stderr.read()
+    port = _origin(url).rsplit(":", 1)[1]
+    assert "lost the connection to server" in said and f"localhost:{port} → server again" in said, said
+    print(f"outage {restored - cut:.1f} s (page saw {lost['kernel']!r}); page connected again "
+          f"{back['waited_s']} s after the network returned; dialogs shown: {after['dialogs']}")
