@@ -11,7 +11,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
-    sshpass iptables ufw miniupnpd miniupnpd-nftables chromium \
+    sshpass iptables ufw miniupnpd miniupnpd-nftables chromium slurm-wlm munge \
     zsh fish >/dev/null  # the completion scripts are loaded in each shell
 
 # The lab's users (the laptop and server accounts) must be able to read this venv,

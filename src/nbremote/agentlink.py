@@ -122,6 +122,10 @@ AGENT_ERROR_EXITS = {
     "jupyter_exited": ExitCode.JUPYTER_FAILED,
     "jupyter_timeout": ExitCode.JUPYTER_FAILED,
     "launch_failed": ExitCode.JUPYTER_FAILED,
+    "no_slurm": ExitCode.SLURM,
+    "sbatch_refused": ExitCode.SLURM,
+    "slurm_failed": ExitCode.SLURM,
+    "slurm_timeout": ExitCode.SLURM,
 }
 
 

@@ -12,13 +12,15 @@ import click
 
 from nbremote import __version__, completion, doctor, jobs, keeper, session, sessions, status
 from nbremote import hosts as host_profiles
-from nbremote import profiles, sshfiles
+from nbremote import profiles, slurm, sshfiles
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks as server_checks
 from nbremote.server import cli as server_cli
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
+SLURM_HELP = ('sbatch options, quoted as one argument, e.g. "--gres=gpu:1 --time=2:00:00"; they replace '
+              "the host profile's options of the same name. Runs Jupyter in a Slurm batch job.")
 
 
 def _interactive() -> bool:
@@ -74,18 +76,25 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
 @click.option("--detach", is_flag=True, help="Return at once and leave the forward in place.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--slurm", "slurm_text", metavar='"OPTIONS"', help=SLURM_HELP)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) -> None:
+def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout, slurm_text) -> None:
     """Start or reattach to Jupyter on HOST and forward it to a local port.
 
     HOST is anything ssh accepts: an alias from ~/.ssh/config, user@host, or
     ssh://user@host:port. Without HOST, Jupyter runs on this machine.
     Jupyter keeps running after this command ends; `nbremote down` stops it.
+    On a Slurm cluster (profile scheduler = "slurm", or --slurm), HOST is the
+    login node and Jupyter runs in a batch job on a compute node.
     """
     console = Console.for_terminal(json_mode=as_json)
     defaults = profiles.up_defaults(host)
     directory = directory if directory is not None else defaults.dir or "~"
     mode = (defaults.mode or "lab") if lab is None else ("lab" if lab else "notebook")
+    if slurm.uses_slurm(host, slurm_text):
+        _up_slurm(host, directory, mode, env or defaults.env, port or defaults.port, slurm_text, no_browser, detach,
+                  as_json, timeout, console)
+        return
     opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
                              port=port or defaults.port, timeout=timeout)
     result = session.up(opts, console, interactive=_interactive())
@@ -107,6 +116,25 @@ def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout) ->
     keeper.hold(result, console, timeout=timeout, interactive=_interactive())
 
 
+def _up_slurm(host, directory, mode, env, port, slurm_text, no_browser, detach, as_json, timeout, console) -> None:
+    result = slurm.up(host=host, directory=directory, mode=mode, env=env, port=port,
+                      options=slurm.options_for(host, slurm_text), timeout=timeout, start_timeout=90.0,
+                      console=console, interactive=_interactive())
+    if as_json:
+        console.emit_json(result.to_json())
+    else:
+        console.result(f"  {result.url}")
+    if not no_browser:
+        opened = console.open_browser(result.url)
+        console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
+    stop = f"nbremote down {host}" if host else "nbremote down"
+    if detach or not host:
+        console.note(f"Slurm job {result.server.job_id} keeps running; `{stop}` cancels it.")
+        return
+    console.note(f"Ctrl-C stops the forwarding; Slurm job {result.server.job_id} keeps running. `{stop}` cancels it.")
+    slurm.hold(result, console, timeout=timeout, interactive=_interactive())
+
+
 @cli.command()
 @click.argument("host", required=False, shell_complete=completion.complete_host)
 @click.option("--dir", "directory", help="Directory whose Jupyter to stop [default: the host profile's, else ~].")
@@ -117,6 +145,17 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
     """Stop Jupyter on HOST (this machine without HOST) and remove its forward."""
     console = Console.for_terminal(json_mode=as_json)
     directory = directory if directory is not None else profiles.up_defaults(host).dir or "~"
+    if slurm.uses_slurm(host, None):
+        stopped = slurm.down(host=host, directory=directory, all_dirs=all_dirs, timeout=timeout, console=console,
+                             interactive=_interactive())
+        if as_json:
+            console.emit_json({"stopped": stopped})
+        elif not stopped:
+            console.note(f"no Slurm job of nbremote's for {'any directory' if all_dirs else directory} on {host}")
+        for item in stopped:
+            console.done(f"Slurm job {item.get('job_id')} ({item.get('dir')}) on {host}: "
+                         + ("cancelled" if item.get("was") != item.get("state") else f"had ended ({item.get('state')})"))
+        return
     stopped = session.down(host=host, directory=directory, all_dirs=all_dirs, timeout=timeout,
                            console=console, interactive=_interactive())
     if as_json:
@@ -136,6 +175,20 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
 def ls_command(host, as_json, timeout) -> None:
     """List the Jupyter servers nbremote runs on HOST (this machine without HOST)."""
     console = Console.for_terminal(json_mode=as_json)
+    if slurm.uses_slurm(host, None):
+        jobs_there = slurm.ls(host=host, timeout=timeout, interactive=_interactive())
+        if as_json:
+            console.emit_json({"scheduler": "slurm", "servers": jobs_there})
+            return
+        if not jobs_there:
+            console.result(f"no Slurm job of nbremote's on {host}")
+            return
+        table, warnings = slurm.render_ls(jobs_there)
+        for line in table:
+            console.result(line)
+        for warning in warnings:
+            console.warn(warning)
+        return
     servers = session.ls(host=host, timeout=timeout, interactive=_interactive())
     if as_json:
         console.emit_json({"servers": servers})
@@ -163,23 +216,28 @@ def ls_command(host, as_json, timeout) -> None:
 @click.option("--dir", "directory", default="~", show_default=True, help="Directory on the server to run in.")
 @click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, to run in.")
 @click.option("--follow", is_flag=True, help="Stream the output until the job ends; Ctrl-C detaches, it does not kill.")
+@click.option("--slurm", "slurm_text", metavar='"OPTIONS"',
+              help='sbatch options, e.g. "--gres=gpu:1 --time=1:00:00": submit COMMAND as a Slurm batch job.')
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def run(host, command, name, directory, env, follow, as_json, timeout) -> None:
+def run(host, command, name, directory, env, follow, slurm_text, as_json, timeout) -> None:
     """Start COMMAND on HOST, detached: it keeps running after this ends.
 
     \b
     nbremote run gpubox --name resnet -- python train.py --epochs 90
     Each argument reaches the server exactly as typed, with no shell in between.
+    On a Slurm cluster (profile scheduler = "slurm", or --slurm) it is a batch job.
     """
     console = Console.for_terminal(json_mode=as_json)
+    options = slurm.options_for(host, slurm_text) if slurm.uses_slurm(host, slurm_text) else None
     job = jobs.run(host=host, argv=list(command), name=name, directory=directory, env=env, timeout=timeout,
-                   interactive=_interactive())
+                   interactive=_interactive(), slurm_options=options)
     if as_json:
         console.emit_json(job.to_json())
     else:
         console.result(job.name)
-        console.note(f"started in {job.dir} on {host} ({job.launcher}); "
+        launcher = f"Slurm job {job.slurm_job_id}, {status.job_state(job)}" if job.slurm_job_id else job.launcher
+        console.note(f"started in {job.dir} on {host} ({launcher}); "
                      f"`nbremote logs {host} {job.name} -f` follows it, `nbremote kill {host} {job.name}` stops it")
     if follow:
         _follow(host, job.name, console, timeout)

@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     REMOTE_DIR = 9
     PORT_BUSY = 10
     JUPYTER_FAILED = 11
+    SLURM = 12
     INTERRUPTED = 130
 
 

@@ -20,7 +20,7 @@ from nbremote.session import validate_text
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 SIGNALS = ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")
-STATES = ("running", "exited", "killed", "lost")
+STATES = ("running", "exited", "killed", "lost", "pending", "timeout")  # the last two: Slurm jobs
 RECONNECT_DELAYS = (1, 2, 4, 8)  # then every 8 s until Ctrl-C
 
 
@@ -52,13 +52,17 @@ class Job:
     log: str | None = None
     pid: int | None = None
     gpu_memory_mib: int | None = None
+    slurm_job_id: str | None = None
+    slurm_reason: str | None = None
+    node: str | None = None
 
     def to_json(self) -> dict:
         return {"name": self.name, "argv": list(self.argv), "dir": self.dir, "state": self.state,
                 "started": self.started, "runtime": round(self.runtime, 1), "launcher": self.launcher,
                 "exit_code": self.exit_code, "ended": self.ended, "signal": self.signal,
                 "tmux_session": self.tmux_session, "log": self.log, "pid": self.pid,
-                "gpu_memory_mib": self.gpu_memory_mib}
+                "gpu_memory_mib": self.gpu_memory_mib, "slurm_job_id": self.slurm_job_id,
+                "slurm_reason": self.slurm_reason, "node": self.node}
 
 
 def _bad(where: str, what: str) -> NbremoteError:
@@ -93,11 +97,13 @@ def parse_job(doc: object, where: str) -> Job:
                exit_code=_optional(doc, "exit_code", int, where), ended=_optional(doc, "ended", number, where),
                signal=_optional(doc, "signal", str, where), tmux_session=_optional(doc, "tmux_session", str, where),
                log=_optional(doc, "log", str, where), pid=_optional(doc, "pid", int, where),
-               gpu_memory_mib=_optional(doc, "gpu_memory_mib", int, where))
+               gpu_memory_mib=_optional(doc, "gpu_memory_mib", int, where),
+               slurm_job_id=_optional(doc, "slurm_job_id", str, where),
+               slurm_reason=_optional(doc, "slurm_reason", str, where), node=_optional(doc, "node", str, where))
 
 
 def run(*, host: str | None, argv: list[str], name: str | None, directory: str, env: str | None,
-        timeout: float, interactive: bool = False) -> Job:
+        timeout: float, interactive: bool = False, slurm_options: list[str] | None = None) -> Job:
     if not argv:
         raise NbremoteError("no command to run", hint="put it after `--`: nbremote run HOST -- python train.py",
                             exit_code=ExitCode.USAGE)
@@ -109,8 +115,10 @@ def run(*, host: str | None, argv: list[str], name: str | None, directory: str, 
     if any("\0" in arg for arg in argv):
         raise NbremoteError("an argument holds a NUL byte, which no program can receive", exit_code=ExitCode.USAGE)
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
-    reply = place.agent(hello_timeout=timeout + 10).request(
-        "run", {"argv": argv, "name": name, "dir": directory, "env": env}, timeout=60)
+    args = {"argv": argv, "name": name, "dir": directory, "env": env}
+    if slurm_options is not None:
+        args["slurm_options"] = slurm_options  # a batch job instead of tmux
+    reply = place.agent(hello_timeout=timeout + 10).request("run", args, timeout=60)
     job = parse_job(reply.get("job"), place.label)
     completion.remember_jobs(host, [job.name], complete=False)
     return job

@@ -12,6 +12,19 @@
     mode = "lab"
     port = 8890
 
+    [hosts.cluster]                                       # a Slurm cluster's login node
+    addresses = ["login.hpc.example.org"]
+    scheduler = "slurm"                                   # up and run submit batch jobs
+
+    [hosts.cluster.slurm]                                 # default batch options; --slurm overrides
+    partition = "gpu"
+    time = "2:00:00"
+    gres = "gpu:1"                                        # or gpus = 1
+    cpus = 4                                              # --cpus-per-task
+    mem = "16G"
+    account = "proj42"
+    extra = ["--qos=normal"]                              # any other sbatch options
+
 Errors name the file and line. The file is rewritten whole (atomic, 0600) by
 `add` and `remove`, so comments are not kept. What changes on every `up`
 (the last path used) lives in the state dir instead, in hosts.json.
@@ -25,7 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbremote import paths
+from nbremote import paths, slurmopts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +53,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 MODES = ("lab", "notebook")
-HOST_KEYS = {"addresses", "user", "port", "key", "up"}
+HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm"}
 UP_KEYS = {"dir", "env", "mode", "port"}
 
 
@@ -60,6 +73,9 @@ class Profile:
     port: int = 22
     key: str | None = None
     up: UpDefaults = field(default_factory=UpDefaults)
+    scheduler: str | None = None
+    slurm_table: dict = field(default_factory=dict, hash=False)  # as written, for dumps()
+    slurm: tuple[str, ...] = ()  # the same as sbatch options
 
     @property
     def host_key_alias(self) -> str:
@@ -185,8 +201,20 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
             check_port(local_port)
         except NbremoteError as exc:
             raise field_error("port", exc, ".up") from None
+    scheduler = doc.get("scheduler")
+    if scheduler is not None and scheduler not in slurmopts.SCHEDULERS:
+        raise _bad(path, text, table, "scheduler",
+                   f"scheduler {scheduler!r} is not one of {', '.join(slurmopts.SCHEDULERS)}")
+    slurm_doc = doc.get("slurm", {})
+    if not isinstance(slurm_doc, dict):
+        raise _bad(path, text, table, "slurm", "slurm must be a table")
+    try:
+        slurm = tuple(slurmopts.from_profile(slurm_doc))
+    except ValueError as exc:
+        raise _bad(path, text, table + ".slurm", exc.args[0], exc.args[1]) from None
     return Profile(name=name, addresses=addresses, user=user, port=port, key=key,
-                   up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port))
+                   up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port),
+                   scheduler=scheduler, slurm_table=dict(slurm_doc), slurm=slurm)
 
 
 def load(path: Path | None = None) -> dict[str, Profile]:
@@ -256,10 +284,15 @@ def dumps(profiles: dict[str, Profile]) -> str:
         lines.append(f"port = {p.port}")
         if p.key is not None:
             lines.append(f"key = {_toml_value(p.key)}")
+        if p.scheduler is not None:
+            lines.append(f"scheduler = {_toml_value(p.scheduler)}")
         up = {k: v for k, v in vars(p.up).items() if v is not None}
         if up:
             lines += ["", f"[hosts.{_toml_key(name)}.up]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(up.items())]
+        if p.slurm_table:
+            lines += ["", f"[hosts.{_toml_key(name)}.slurm]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(p.slurm_table.items())]
     return "\n".join(lines) + "\n"
 
 

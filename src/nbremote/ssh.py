@@ -153,8 +153,8 @@ class Connection:
             return False
         return self._control("-O", "check").returncode == 0
 
-    def forward(self, local_port: int, remote_port: int) -> None:
-        done = self._control("-O", "forward", "-L", _spec(local_port, remote_port))
+    def forward(self, local_port: int, remote_port: int, remote_host: str = "127.0.0.1") -> None:
+        done = self._control("-O", "forward", "-L", _spec(local_port, remote_port, remote_host))
         if done.returncode != 0:
             raise NbremoteError(
                 f"local port {local_port} is busy",
@@ -163,8 +163,8 @@ class Connection:
                 details=[line for line in done.stderr.splitlines() if line.strip()],
             )
 
-    def cancel(self, local_port: int, remote_port: int) -> bool:
-        return self._control("-O", "cancel", "-L", _spec(local_port, remote_port)).returncode == 0
+    def cancel(self, local_port: int, remote_port: int, remote_host: str = "127.0.0.1") -> bool:
+        return self._control("-O", "cancel", "-L", _spec(local_port, remote_port, remote_host)).returncode == 0
 
     def master_argv(self, connect_timeout: float | None = None) -> list[str]:
         """ssh that logs in, puts the master in the background and exits 0, or fails."""
@@ -236,8 +236,10 @@ class Connection:
         return classify_ssh_failure(stderr, self.target, self.endpoint(), self.timeout)
 
 
-def _spec(local_port: int, remote_port: int) -> str:
-    return f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}"
+def _spec(local_port: int, remote_port: int, remote_host: str = "127.0.0.1") -> str:
+    # A Slurm job's Jupyter is on a compute node: the login node connects to it there.
+    host = f"[{remote_host}]" if ":" in remote_host else remote_host
+    return f"127.0.0.1:{local_port}:{host}:{remote_port}"
 
 
 def ssh_env() -> dict[str, str]:

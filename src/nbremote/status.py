@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from nbremote import completion
 from nbremote import jobs as jobs_core
+from nbremote import slurm
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, place_for
 
@@ -32,12 +33,13 @@ class HostStatus:
     gpu: dict = field(default_factory=dict)
     servers: list = field(default_factory=list)
     jobs: list = field(default_factory=list)
+    slurm: list = field(default_factory=list)  # Jupyter in Slurm jobs, as nbremote.slurm.clean_job gives them
 
     def to_json(self) -> dict:
         return {"host": self.host, "label": self.label, "reachable": self.reachable, "error": self.error,
                 "path": self.path, "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 1),
                 "seconds": round(self.seconds, 3), "machine": self.machine, "gpu": self.gpu,
-                "servers": self.servers, "jobs": [j.to_json() for j in self.jobs]}
+                "servers": self.servers, "jobs": [j.to_json() for j in self.jobs], "slurm": self.slurm}
 
 
 def _num(value) -> bool:
@@ -113,7 +115,8 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False) -> Hos
                           error=exc.message)
     return HostStatus(host=host, label=label, reachable=True, seconds=time.monotonic() - started, path=path,
                       rtt=rtt, machine=_clean_machine(reply.get("machine")), gpu=_clean_gpu(reply.get("gpu")),
-                      servers=_clean_servers(reply.get("servers")), jobs=jobs)
+                      servers=_clean_servers(reply.get("servers")), jobs=jobs,
+                      slurm=[slurm.clean_job(d) for d in reply.get("slurm") or [] if isinstance(d, dict)])
 
 
 def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False) -> list[HostStatus]:
@@ -195,6 +198,12 @@ def duration(seconds: float) -> str:
 
 
 def job_state(job: jobs_core.Job) -> str:
+    if job.state == "pending":
+        return f"pending in Slurm ({job.slurm_reason})" if job.slurm_reason else "pending in Slurm"
+    if job.state == "timeout":
+        return f"reached its time limit after {duration(job.runtime)} (Slurm job {job.slurm_job_id})"
+    if job.state == "running" and job.slurm_job_id:
+        return f"running {duration(job.runtime)} on {job.node} (Slurm job {job.slurm_job_id})"
     if job.state == "running":
         return f"running {duration(job.runtime)}"
     if job.state == "exited":
@@ -234,6 +243,14 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
                 f"  {server['kernels']} kernels ({server.get('busy') or 0} busy)"
             state = "" if server.get("running") else "  (stopped)"
             lines.append(f"  Jupyter  {server['dir']}  :{server['port']}{kernels}{state}")
+        for job in s.slurm:
+            text = f"  Jupyter  {job['dir']}  Slurm job {job['job_id']} {slurm.state_text(job)}"
+            if job["state"] == "RUNNING":
+                text += f" · {slurm.gpu_text(job['gpus'])} · {slurm.duration(job['elapsed'])} elapsed · " \
+                        f"{slurm.left_text(job)}"
+                if job["time_left"] is not None and job["time_left"] < slurm.LOW_TIME:
+                    text += "  ! ending soon"
+            lines.append(text)
         if s.jobs:
             lines.append("  jobs     " + "   ·   ".join(f"{j.name}  {job_state(j)}" for j in s.jobs))
     return lines

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import jupyter, state, stats
+from . import jupyter, slurm, state, stats
 from .protocol import AgentError
 
 NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
@@ -142,6 +142,8 @@ def _require(name):
 
 def view(record, gpu_memory=None):
     """What the client sees of a job, with its state worked out now."""
+    if record.get("launcher") == "slurm":
+        return slurm.job_view(record, gpu_memory)
     end = _end(record["name"])
     doc = {k: record.get(k) for k in ("name", "argv", "dir", "env_spec", "started", "launcher",
                                       "tmux_session", "log", "pid")}
@@ -225,13 +227,15 @@ def _launch(record, use_tmux):
     return process.pid, None
 
 
-def op_run(channel, argv=None, name=None, dir=None, env=None):
+def op_run(channel, argv=None, name=None, dir=None, env=None, slurm_options=None):
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise AgentError("bad_request", "argv must be a non-empty list of strings")
     if any("\0" in a for a in argv):
         raise AgentError("bad_request", "an argument holds a NUL byte, which no program can receive")
     directory = jupyter.resolve_directory(dir)
     environment = _environment(env)
+    if slurm_options is not None:
+        return slurm.op_run(channel, argv, name, directory, environment, env, slurm_options)
     with state.locked():
         name = validate_name(name) if name is not None else _auto_name(argv)
         previous = _load(name)
@@ -267,7 +271,7 @@ def op_jobs(channel, prune=False, purge=False):
         with state.locked():
             for doc in views:
                 if doc["state"] != "running":
-                    suffixes = (".json", ".end.json") + ((".log",) if purge else ())
+                    suffixes = (".json", ".end.json", ".sh") + ((".log",) if purge else ())
                     for suffix in suffixes:
                         try:
                             os.unlink(_path(doc["name"], suffix))
@@ -282,6 +286,8 @@ def op_kill(channel, name=None, signal_name="TERM", wait=5.0):
     record = _require(name)
     if signal_name not in SIGNALS:
         raise AgentError("bad_request", "signal %r is not one of %s" % (signal_name, ", ".join(SIGNALS)))
+    if record.get("launcher") == "slurm":
+        return slurm.kill(record, signal_name, wait)
     if view(record)["state"] != "running":
         return {"job": view(record), "signalled": False}
     with state.locked():
@@ -347,7 +353,7 @@ def op_logs(channel, name=None, offset=None, tail=None, follow=False):
     last_write = time.monotonic()
     with open(path, "rb") as handle:
         while True:
-            running = view(record)["state"] == "running"  # before reading, so no last chunk is missed
+            running = view(record)["state"] in ("running", "pending")  # before reading: no last chunk missed
             handle.seek(position)
             data = handle.read(CHUNK)
             if data:
@@ -382,4 +388,4 @@ def op_status(channel):
     for app in report["apps"]:
         app["owner"] = owners.get(app["pid"])
     return {"machine": stats.machine(), "gpu": report, "servers": servers,
-            "jobs": [view(r, usage.get(r["name"])) for r in records]}
+            "jobs": [view(r, usage.get(r["name"])) for r in records], "slurm": slurm.status_servers()}

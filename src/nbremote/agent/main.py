@@ -1,7 +1,7 @@
 """Agent entry point: the bootstrap calls ``main`` once the modules are loaded."""
 import sys
 
-from . import jobs, jupyter, protocol
+from . import jobs, jupyter, protocol, slurm
 
 HANDLERS = {
     "up": jupyter.op_up,
@@ -12,6 +12,9 @@ HANDLERS = {
     "logs": jobs.op_logs,
     "kill": jobs.op_kill,
     "status": jobs.op_status,
+    "slurm_up": slurm.op_slurm_up,
+    "slurm_down": slurm.op_slurm_down,
+    "slurm_ls": slurm.op_slurm_ls,
 }
 
 
