@@ -248,6 +248,8 @@ def up(*, host: str | None, directory: str, mode: str, env: str | None, port: in
         console.done(f"{what} {'already running' if reused else 'ready'} in Slurm job {server.job_id} on "
                      f"{server.node} ({gpu_text(job['gpus'])}, {left_text(job)})", time.monotonic() - started)
         if isinstance(place, Host):
+            if not place.connection.master_alive():
+                place.connect()  # a `down` meanwhile let the master go: this wait outlived it
             if previous is not None and previous.local_port == local_port:
                 place.connection.cancel(previous.local_port, previous.port, previous.addr)
             place.connection.forward(local_port, server.port, server.addr)
@@ -305,7 +307,8 @@ def down(*, host: str | None, directory: str, all_dirs: bool, timeout: float, co
         from nbremote import sessions  # Jupyter sessions outside Slurm may still use the master
 
         if not sessions.for_host(place.host):
-            place.connection.close()
+            # Not close(): another `up` may be waiting through it for its queued job.
+            place.connection.stop()
     return stopped
 
 

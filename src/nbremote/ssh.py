@@ -194,6 +194,15 @@ class Connection:
         if done.returncode != 0:
             raise self.failure(done.stderr)
 
+    def stop(self) -> None:
+        """Let the master end once its last session does, and free its socket for a new one now.
+
+        Unlike close, an agent call still running through it (another `up` waiting
+        for its Slurm job) is not cut off.
+        """
+        if self.control_path.exists():
+            self._control("-O", "stop")
+
     def close(self) -> None:
         """End the master and every forward in it; a wedged one is killed."""
         if not self.control_path.exists():

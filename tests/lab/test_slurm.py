@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 
 import pytest
@@ -77,18 +78,32 @@ def test_up_with_a_gpu_gives_a_notebook_whose_kernel_sees_slurms_gpu(lab, cluste
     assert cluster.job_field(result["job_id"], "JobState") == "CANCELLED"
 
 
+def read_until(stream, text: str, seconds: float) -> list[str]:
+    """Lines of stream up to the one holding text; fails after `seconds` instead of hanging."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def pump() -> None:
+        for line in stream:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=pump, daemon=True).start()
+    assert found.wait(seconds), f"no {text!r} within {seconds} s: {lines}"
+    return lines
+
+
 def test_a_second_up_waits_while_the_gpu_is_taken_and_proceeds_when_it_is_free(lab, cluster):
     lab.server_exec(["mkdir", "-p", f"{HOME}/second"], user=ALICE)
     first = up_json(lab, "--slurm", "--gres=gpu:1")
     second = lab.nbremote_popen("up", "server", "--dir", "second", "--slurm", "--gres=gpu:1", "--no-browser",
-                                "--detach", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                "--detach", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = []
-        for line in second.stderr:
-            seen.append(line)
-            if "pending" in line:
-                break
-        assert re.search(r"Slurm job \d+ pending \(Resources\): waiting for it to start", "".join(seen)), seen
+        # Slurm may say "pending" once before it has a reason.
+        seen = read_until(second.stderr, "pending (Resources)", 30)
+        assert re.search(r"Slurm job \d+ pending \(Resources\): waiting for it to start", seen[-1]), seen
         assert len(cluster.squeue()) == 2
         time.sleep(1)
         assert second.poll() is None, "the second up must wait while its job is pending"
@@ -99,12 +114,13 @@ def test_a_second_up_waits_while_the_gpu_is_taken_and_proceeds_when_it_is_free(l
         if second.poll() is None:
             second.kill()
     assert second.returncode == 0, err
-    result = json.loads(out)
-    assert result["job_id"] != first["job_id"] and result["dir"] == f"{HOME}/second"
-    assert f"Slurm job {result['job_id']} running on {NODE}" in err
-    assert cluster.squeue() == [result["job_id"]]
-    assert laptop_probe(lab, "status", f"http://127.0.0.1:{result['local_port']}",
-                        token_of(result["url"]))["with_token"] == 200
+    job_id = re.search(rf"Slurm job (\d+) running on {NODE}", err).group(1)
+    assert job_id != first["job_id"]
+    assert cluster.squeue() == [job_id]
+    url = out.strip()
+    assert laptop_probe(lab, "status", url.split("/lab")[0], token_of(url))["with_token"] == 200
+    listed = lab.nbremote("ls", "server")
+    assert re.search(rf"{HOME}/second\s+{job_id}\s+running on {NODE}", listed.stdout), listed.stdout
 
 
 def test_an_impossible_request_fails_fast_with_slurms_message_and_queues_nothing(lab, cluster):
