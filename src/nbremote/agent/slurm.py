@@ -420,7 +420,7 @@ def op_run(channel, argv, name, directory, environment, env_spec, options):
     with state.locked():
         name = jobs.validate_name(name) if name is not None else jobs._auto_name(argv)
         if jobs._load(name) is not None:
-            raise AgentError("job_exists", "a job named %s already exists on the server" % name,
+            raise AgentError("job_exists", "a job named %s %s on the server" % (name, "already exists"),
                              hint="pick another --name, or forget finished jobs with `nbremote jobs --prune`")
         log_path = jobs._path(name, ".log")
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
