@@ -254,7 +254,6 @@ def up(*, host: str | None, directory: str, mode: str, env: str | None, port: in
                 place.connection.cancel(previous.local_port, previous.port, previous.addr)
             place.connection.forward(local_port, server.port, server.addr)
             forwarded = (local_port, server.port, server.addr)
-            where = 0
             url = f"http://127.0.0.1:{local_port}{URL_PATH[server.mode]}?token={server.token}"
             if not probe(local_port, server.token, time.monotonic() + timeout):
                 raise NbremoteError(f"Jupyter on {server.node} does not answer through localhost:{local_port}",
@@ -262,7 +261,7 @@ def up(*, host: str | None, directory: str, mode: str, env: str | None, port: in
             console.done(f"localhost:{local_port} → {place.label} → {server.node}:{server.port}",
                          time.monotonic() - started)
         else:
-            where = server.port
+            local_port = server.port  # on the login node itself: the node's port, no forward
             url = f"http://{server.addr}:{server.port}{URL_PATH[server.mode]}?token={server.token}"
     except BaseException:
         if forwarded is not None:
@@ -273,12 +272,12 @@ def up(*, host: str | None, directory: str, mode: str, env: str | None, port: in
     if job["time_left"] is not None and job["time_left"] < LOW_TIME:
         console.warn(f"Slurm job {server.job_id} has only {duration(job['time_left'])} left")
     records = _load_sessions()
-    record = SlurmSession(host=place.host, dir=directory, remote_dir=server.dir, local_port=local_port or where,
+    record = SlurmSession(host=place.host, dir=directory, remote_dir=server.dir, local_port=local_port,
                           addr=server.addr, port=server.port, token=server.token, job_id=server.job_id,
                           mode=server.mode)
     records[record.key] = record
     _save_sessions(records)
-    return UpResult(host=host, url=url, local_port=local_port or where, server=server, job=job, reused=reused,
+    return UpResult(host=host, url=url, local_port=local_port, server=server, job=job, reused=reused,
                     created_master=isinstance(place, Host) and not had_master, seconds=time.monotonic() - started)
 
 

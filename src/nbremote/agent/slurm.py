@@ -263,8 +263,8 @@ def _ready(record):
     return doc
 
 
-def _tail(path, lines=jupyter.LOG_TAIL_LINES):
-    return jupyter._log_tail(path, 0)[-lines:]
+def _tail(path):
+    return jupyter._log_tail(path, 0)
 
 
 def _server(record, ready):
