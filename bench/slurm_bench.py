@@ -11,11 +11,12 @@ no added latency). Each repetition, interleaved, measures:
            server namespace, so no ssh is counted): Slurm's own start time.
 - jupyter: exec of `jupyter-lab` on the node until its first 200 on /api/status
            (polled every 20 ms): Jupyter's own start-up.
-- nbremote: `nbremote up server --slurm --time=10 --port P --no-browser --detach`
+- nbremote: `nbremote up server --slurm --time=10 --port P --no-browser --detach --json`
            in the laptop namespace, cold (no master), until a poller in the laptop
-           namespace gets the first HTTP 200 from /api/status through the tunnel
-           with the token; the token is read from the command's output, so the
-           poller starts when the command prints its URL, and that is the time.
+           namespace gets an HTTP 200 from /api/status through the tunnel with the
+           token. The token comes from the command's JSON, printed as it exits, so
+           the poller starts then: the command's own check had its 200 through the
+           tunnel before that, and this time is an upper bound of the first 200.
 
 Between repetitions the job is cancelled (`nbremote down`) and the queue is
 empty. Target: nbremote within Jupyter's start-up + 1 s of Slurm's start time.
