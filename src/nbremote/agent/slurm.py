@@ -25,7 +25,6 @@ is written here once Slurm says the job ended.
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -280,6 +279,7 @@ def _submit_jupyter(key, directory, mode, env_spec, options):
             os.unlink(paths[stale])
         except FileNotFoundError:
             pass
+    import secrets  # only a submission needs it; it costs every other request its import time
     token = secrets.token_hex(24)
     state.write_private(paths["token"], token)
     os.close(os.open(paths["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
