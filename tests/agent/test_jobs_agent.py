@@ -90,19 +90,21 @@ def test_exit_code_and_every_line_are_kept(agent, launcher, isolated):
 
 
 def test_kill_ends_the_job_and_its_children_and_says_killed(agent, launcher):
-    script = "import subprocess, time; subprocess.Popen(['/bin/sleep', '300']); print('up', flush=True); time.sleep(300)"
+    # The child names its own pid, so the check cannot be fooled by another sleep on the machine.
+    script = ("import subprocess, time; child = subprocess.Popen(['/bin/sleep', '300']); "
+              "print('up', child.pid, flush=True); time.sleep(300)")
     agent("run", {"argv": [sys.executable, "-c", script], "name": "sleepy"})
     assert wait_state(agent, "sleepy", "running")["state"] == "running"
     deadline = time.monotonic() + 10
     while b"up" not in read_log(agent, "sleepy") and time.monotonic() < deadline:
         time.sleep(0.1)
+    child_pid = int(read_log(agent, "sleepy").split()[1])
     reply = agent("kill", {"name": "sleepy"})
     assert reply["signalled"] is True and reply["job"]["state"] == "killed"
     assert reply["job"]["exit_code"] == -15
     # The wrapper writes the exit status just before it exits itself.
     assert _gone(lambda: _alive(reply["job"]["pid"]))
-    assert _gone(lambda: subprocess.run(["/usr/bin/pgrep", "-u", str(os.getuid()), "-f", "sleep 300"],
-                                        capture_output=True).returncode == 0), "the job's child survived"
+    assert _gone(lambda: _alive(child_pid)), "the job's child survived"
 
 
 def _alive(pid: int) -> bool:
