@@ -255,6 +255,7 @@ def start(channel, key, directory, mode, env_spec, timeout):
                              hint="its log on the server is %s" % log_path,
                              details=_log_tail(log_path, offset))
         if server_status(record) is not None:
+            _restrict_runtime_files(pid)
             return record
         if time.monotonic() > deadline:
             _stop_pid(pid, record)
@@ -334,6 +335,16 @@ def _stop_pid(pid, record):
         subprocess.run(["tmux", "kill-session", "-t", "=" + record["tmux_session"]],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _remove_runtime_files(pid)
+
+
+def _restrict_runtime_files(pid):
+    # Jupyter writes its redirect page, which holds the token, 0644: its runtime dir is
+    # 0700, but a copy or a looser dir must not expose it. Not umask: that would make
+    # the user's own notebooks 0600 too.
+    try:
+        os.chmod(os.path.join(runtime_dir(), "jpserver-%d-open.html" % pid), 0o600)
+    except OSError:
+        pass
 
 
 def _remove_runtime_files(pid):
