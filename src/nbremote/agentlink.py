@@ -17,6 +17,7 @@ no Python was found, 255 is ssh's own failure.
 from __future__ import annotations
 
 import base64
+import collections
 import functools
 import hashlib
 import json
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 NO_PYTHON_EXIT = 97
+# The server is not trusted to be sane: a reply line (a job's log chunk is ~88 KiB) and
+# the noise a login shell may print before the hello are bounded, as is any text shown.
+MAX_LINE = 4 * 1024 * 1024
+MAX_NOISE = 1024 * 1024
+MAX_MESSAGE = 2000
+MAX_DETAILS = 20
+MAX_STDERR = 64 * 1024
 
 # Loads the shipped modules (argv[1]) as package nbremote_agent from memory, then
 # answers the request in argv[2]. L is a finder and loader by its methods alone:
@@ -96,7 +104,27 @@ class Hello:
     python: str
 
 
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_VERSION = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,4}")
+_HASH = re.compile(r"[0-9a-f]{12}")
+# C0 and C1 controls, DEL, and the bidirectional overrides that make text read
+# differently from what it is: a server's text may reach the terminal, never these.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value: object, limit: int = MAX_MESSAGE) -> str:
+    """A server's free text (an error message, a GPU's name) made safe to print: one line, bounded."""
+    text = _UNSAFE.sub("\ufffd", value if isinstance(value, str) else str(value))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def is_safe_text(value: object, limit: int = 4096) -> bool:
+    """A name or path from the server that is used as is: a non-empty string, bounded, no controls."""
+    return isinstance(value, str) and 0 < len(value) <= limit and not _UNSAFE.search(value)
+
+
+def is_server_path(value: object) -> bool:
+    """An absolute path on the server (the agent resolves every directory it reports)."""
+    return is_safe_text(value) and value.startswith("/")
 
 
 def parse_hello(line: str) -> Hello | None:
@@ -108,9 +136,9 @@ def parse_hello(line: str) -> Hello | None:
     if not isinstance(doc, dict) or "nbremote_agent" not in doc:
         return None
     protocol, digest, python = doc.get("nbremote_agent"), doc.get("hash"), doc.get("python")
-    if protocol != PROTOCOL_VERSION or not isinstance(digest, str) or not isinstance(python, str) \
-            or not _VERSION.match(python):
-        raise NbremoteError(f"the agent on the server speaks another protocol ({line.strip()[:80]})",
+    if protocol != PROTOCOL_VERSION or not isinstance(digest, str) or not _HASH.fullmatch(digest) \
+            or not isinstance(python, str) or not _VERSION.fullmatch(python):
+        raise NbremoteError(f"the agent on the server speaks another protocol ({clean_text(line.strip(), 80)})",
                             exit_code=ExitCode.AGENT_FAILED)
     return Hello(protocol, digest, python)
 
@@ -134,17 +162,38 @@ def _agent_error(error: object, where: str) -> NbremoteError:
         return NbremoteError(f"the agent on {where} sent a malformed error", exit_code=ExitCode.AGENT_FAILED)
     details = error.get("details")
     hint = error.get("hint")
-    message = error["message"].replace("the server", where)
+    message = clean_text(error["message"]).replace("the server", where)
+    code = error.get("code")
     return NbremoteError(
         message,
-        hint=hint.replace("the server", where) if isinstance(hint, str) else None,
-        exit_code=AGENT_ERROR_EXITS.get(error.get("code"), ExitCode.AGENT_FAILED),
-        details=[str(d) for d in details][-20:] if isinstance(details, list) else [],
+        hint=clean_text(hint).replace("the server", where) if isinstance(hint, str) else None,
+        exit_code=AGENT_ERROR_EXITS.get(code, ExitCode.AGENT_FAILED) if isinstance(code, str) else ExitCode.AGENT_FAILED,
+        details=[clean_text(d, 500) for d in details[-MAX_DETAILS:]] if isinstance(details, list) else [],
     )
 
 
+def _drain(stream, kept: collections.deque) -> None:
+    """Read stderr to its end, keeping only its last MAX_STDERR bytes."""
+    size = 0
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        kept.append(chunk)
+        size += len(chunk)
+        while size - len(kept[0]) >= MAX_STDERR:
+            size -= len(kept.popleft())
+
+
+class _Oversized(bytes):
+    """Marks a line cut at MAX_LINE: the rest of it is never read into memory."""
+
+
+_EVENT = re.compile(r"[a-z_]{1,32}")
+
+
 def _pump(stream, sink: queue.Queue) -> None:
-    for line in iter(stream.readline, b""):
+    for line in iter(lambda: stream.readline(MAX_LINE + 1), b""):
+        if len(line) > MAX_LINE:
+            sink.put(_Oversized(line[:200]))
+            break
         sink.put(line)
     sink.put(None)
 
@@ -175,9 +224,9 @@ class AgentCall:
         process = subprocess.Popen(self.command(line), stdin=subprocess.PIPE if ping else subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
         out: queue.Queue = queue.Queue()
-        err: list[bytes] = []
+        err: collections.deque[bytes] = collections.deque()
         threading.Thread(target=_pump, args=(process.stdout, out), daemon=True).start()
-        err_thread = threading.Thread(target=lambda: err.extend(process.stderr), daemon=True)
+        err_thread = threading.Thread(target=_drain, args=(process.stderr, err), daemon=True)
         err_thread.start()
         answered = False
         try:
@@ -209,6 +258,7 @@ class AgentCall:
         started = time.monotonic()
         hello = None
         pinged = None
+        noise = 0
         while True:
             limit = self.hello_timeout if hello is None else timeout
             remaining = None if limit is None else limit - (time.monotonic() - started)
@@ -220,6 +270,9 @@ class AgentCall:
                                     exit_code=ExitCode.UNREACHABLE if hello is None else ExitCode.AGENT_FAILED) from None
             if raw is None:
                 return self._ended(process, err, err_thread)
+            if isinstance(raw, _Oversized):
+                raise NbremoteError(f"the agent on {self.where} sent a line longer than {MAX_LINE // 2**20} MiB",
+                                    exit_code=ExitCode.AGENT_FAILED, details=[clean_text(raw.decode("utf-8", "replace"), 200)])
             text = raw.decode("utf-8", "replace")
             if hello is None:
                 hello = parse_hello(text)
@@ -227,9 +280,15 @@ class AgentCall:
                     log.debug("agent %s, python %s", hello.hash, hello.python)
                     if process.stdin is not None:
                         pinged = self._ping(process)
+                    continue
+                noise += len(raw)
+                if noise > MAX_NOISE:
+                    raise NbremoteError(f"{self.where} printed more than {MAX_NOISE // 2**20} MiB before the agent "
+                                        "started", hint="check what the login shell's start-up files print there",
+                                        exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)])
                 continue
             reply = self._parse(text)
-            if isinstance(reply.get("event"), str) and isinstance(reply.get("data"), dict):
+            if "event" in reply:
                 if reply["event"] == "pong":
                     if pinged is not None and self.round_trip is None:
                         self.round_trip = time.monotonic() - pinged
@@ -245,15 +304,20 @@ class AgentCall:
             reply = json.loads(text)
         except ValueError:
             raise NbremoteError(f"the agent on {self.where} sent a line that is not JSON",
-                                exit_code=ExitCode.AGENT_FAILED, details=[text.strip()[:200]]) from None
-        valid = isinstance(reply, dict) and (
-            (isinstance(reply.get("event"), str) and isinstance(reply.get("data"), dict))
-            or (reply.get("ok") is True and isinstance(reply.get("result"), dict))
-            or reply.get("ok") is False
-        )
+                                exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)]) from None
+        except RecursionError:  # [[[[… nested beyond what json will parse
+            raise NbremoteError(f"the agent on {self.where} sent a reply nested too deeply",
+                                exit_code=ExitCode.AGENT_FAILED) from None
+        if not isinstance(reply, dict):
+            valid = False
+        elif "event" in reply:
+            event = reply["event"]
+            valid = isinstance(event, str) and _EVENT.fullmatch(event) is not None and isinstance(reply.get("data"), dict)
+        else:
+            valid = (reply.get("ok") is True and isinstance(reply.get("result"), dict)) or reply.get("ok") is False
         if not valid:
             raise NbremoteError(f"the agent on {self.where} sent a malformed reply",
-                                exit_code=ExitCode.AGENT_FAILED, details=[text.strip()[:200]])
+                                exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)])
         return reply
 
     def _ended(self, process, err, err_thread) -> dict:
@@ -266,6 +330,6 @@ class AgentCall:
             raise NbremoteError(f"no python3 on {self.where}",
                                 hint="install it there (`sudo apt install python3`); nbremote needs 3.8 or newer",
                                 exit_code=ExitCode.NO_PYTHON)
-        tail = [line for line in stderr.splitlines() if line.strip()][-10:]
+        tail = [clean_text(line, 500) for line in stderr.splitlines()[-200:] if line.strip()][-10:]
         raise NbremoteError(f"the agent on {self.where} stopped without answering (exit status {code})",
                             hint="run with --verbose for details", exit_code=ExitCode.AGENT_FAILED, details=tail)

@@ -13,14 +13,19 @@ from dataclasses import dataclass
 from typing import Callable
 
 from nbremote import completion
+from nbremote.agentlink import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, place_for
-from nbremote.session import validate_text
+from nbremote.session import LAUNCHER, validate_text
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 SIGNALS = ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")
 STATES = ("running", "exited", "killed", "lost", "pending", "timeout")  # the last two: Slurm jobs
+TMUX_SESSION = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+MAX_ARGS = 10_000
+MAX_COMMAND = 1024 * 1024
+MAX_JOBS = 100_000
 RECONNECT_DELAYS = (1, 2, 4, 8)  # then every 8 s until Ctrl-C
 
 
@@ -84,16 +89,30 @@ def parse_job(doc: object, where: str) -> Job:
     name, argv, directory = doc.get("name"), doc.get("argv"), doc.get("dir")
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise _bad(where, "job name")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+    if not isinstance(argv, list) or not argv or len(argv) > MAX_ARGS or not all(isinstance(a, str) for a in argv) \
+            or sum(len(a) for a in argv) > MAX_COMMAND:
         raise _bad(where, "job command")
-    if not isinstance(directory, str) or doc.get("state") not in STATES:
+    if not is_server_path(directory) or doc.get("state") not in STATES:
         raise _bad(where, "job")
+    launcher, session, log = doc.get("launcher"), doc.get("tmux_session"), doc.get("log")
+    if not isinstance(launcher, str) or not LAUNCHER.fullmatch(launcher):
+        raise _bad(where, "job launcher")
+    if session is not None and (not isinstance(session, str) or not TMUX_SESSION.fullmatch(session)):
+        raise _bad(where, "job tmux session")
+    if log is not None and not is_server_path(log):
+        raise _bad(where, "job log path")
+    if doc.get("signal") is not None and doc.get("signal") not in SIGNALS:
+        raise _bad(where, "job signal")
+    for key in ("slurm_job_id", "slurm_reason", "node"):  # shown as they are
+        if doc.get(key) is not None and not is_safe_text(doc[key], 200):
+            raise _bad(where, f"job {key}")
     number = (int, float)
     started, runtime = doc.get("started"), doc.get("runtime")
-    if not isinstance(started, number) or not isinstance(runtime, number) or isinstance(started, bool):
+    if not isinstance(started, number) or not isinstance(runtime, number) or isinstance(started, bool) \
+            or isinstance(runtime, bool) or not 0 <= started < 2**40 or not 0 <= runtime < 2**40:
         raise _bad(where, "job time")
     return Job(name=name, argv=tuple(argv), dir=directory, state=doc["state"], started=float(started),
-               runtime=float(runtime), launcher=str(doc.get("launcher")),
+               runtime=float(runtime), launcher=launcher,
                exit_code=_optional(doc, "exit_code", int, where), ended=_optional(doc, "ended", number, where),
                signal=_optional(doc, "signal", str, where), tmux_session=_optional(doc, "tmux_session", str, where),
                log=_optional(doc, "log", str, where), pid=_optional(doc, "pid", int, where),
@@ -136,7 +155,8 @@ def list_jobs(*, host: str | None, prune: bool, purge: bool, timeout: float, int
     reply = place.agent(hello_timeout=timeout + 10).request("jobs", {"prune": prune, "purge": purge}, timeout=60)
     jobs = reply.get("jobs")
     pruned = reply.get("pruned")
-    if not isinstance(jobs, list) or not isinstance(pruned, list) or not all(isinstance(p, str) for p in pruned):
+    if not isinstance(jobs, list) or not isinstance(pruned, list) or len(jobs) > MAX_JOBS \
+            or len(pruned) > MAX_JOBS or not all(isinstance(p, str) and NAME.fullmatch(p) for p in pruned):
         raise _bad(place.label, "job list")
     listed = JobList([parse_job(doc, place.label) for doc in jobs], pruned, reply.get("gpu") is True)
     completion.remember_jobs(host, [job.name for job in listed.jobs], complete=True)

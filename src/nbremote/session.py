@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from nbremote import keeper, sessions
+from nbremote.agentlink import clean_text, is_server_path
 from nbremote.localnet import any_free_port, port_free, probe
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
@@ -87,27 +88,56 @@ def _int(doc: dict, name: str, low: int, high: int, where: str) -> int:
     return value
 
 
+# tmux, setsid today; a launcher name is shown, never run.
+LAUNCHER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)?")
+MAX_SERVERS = 1000
+
+
+_UNSHOWN = object()
+
+
+def _invalid(where: str, what: str, value: object = _UNSHOWN) -> NbremoteError:
+    # Never validate_text here: that would blame the user (USAGE) for the server's answer.
+    shown = "" if value is _UNSHOWN else f": {clean_text(repr(value), 80)}"
+    return NbremoteError(f"the agent on {where} sent an invalid {what}{shown}", exit_code=ExitCode.AGENT_FAILED)
+
+
 def parse_server(doc: object, where: str) -> ServerInfo:
+    """Every field the laptop uses, checked: the URL, the forward and the screen depend on them."""
     if not isinstance(doc, dict):
         raise NbremoteError(f"the agent on {where} sent no server", exit_code=ExitCode.AGENT_FAILED)
     token, directory, mode = doc.get("token"), doc.get("dir"), doc.get("mode")
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):  # match() would allow a final \n
-        raise NbremoteError(f"the agent on {where} sent an invalid token", exit_code=ExitCode.AGENT_FAILED)
-    if not isinstance(directory, str) or mode not in MODES:
-        raise NbremoteError(f"the agent on {where} sent an invalid server", exit_code=ExitCode.AGENT_FAILED)
-    if not directory or any(ord(c) < 32 or ord(c) == 127 for c in directory):
-        # validate_text would blame the user (USAGE) for the server's answer.
-        raise NbremoteError(f"the agent on {where} sent an invalid directory: {directory!r}",
-                            exit_code=ExitCode.AGENT_FAILED)
-    started = doc.get("started")
-    optional = {k: doc.get(k) if isinstance(doc.get(k), int) else None for k in ("kernels", "busy")}
-    activity = doc.get("last_activity")
+        raise _invalid(where, "token")
+    if mode not in MODES:
+        raise _invalid(where, "server mode", mode)
+    if not is_server_path(directory):
+        raise _invalid(where, "directory", directory)
+    launcher, started, activity = doc.get("launcher"), doc.get("started"), doc.get("last_activity")
+    if not isinstance(launcher, str) or not LAUNCHER.fullmatch(launcher):
+        raise _invalid(where, "launcher", launcher)
+    # What is only shown is dropped when it is not what it should be; it never gets through unchecked.
+    if isinstance(started, bool) or not isinstance(started, (int, float)) or not 0 <= started < 2**40:
+        started = 0.0
+    if not isinstance(activity, str) or not _ISO_TIME.fullmatch(activity):
+        activity = None
+    optional = {k: doc.get(k) if _counts(doc.get(k)) else None for k in ("kernels", "busy")}
     return ServerInfo(
         dir=directory, mode=mode,
         port=_int(doc, "port", 1, 65535, where), pid=_int(doc, "pid", 1, 2**31, where), token=token,
-        launcher=str(doc.get("launcher")), started=float(started) if isinstance(started, (int, float)) else 0.0,
-        last_activity=activity if isinstance(activity, str) else None, **optional,
+        launcher=launcher, started=float(started), last_activity=activity, **optional,
     )
+
+
+def _counts(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100_000
+
+
+def parse_stopped(doc: object, where: str) -> dict:
+    if not isinstance(doc, dict) or not is_server_path(doc.get("dir")):
+        raise _invalid(where, "stopped server")
+    return {"dir": doc["dir"], "pid": _int(doc, "pid", 1, 2**31, where)}
 
 
 def url_for(port: int, mode: str, token: str) -> str:
@@ -217,7 +247,9 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
                 # Forward while Jupyter is still starting: the tunnel is ready when it is.
                 forwarder.to(port)
         elif name == "stale":
-            console.warn(f"the Jupyter nbremote started earlier (pid {data.get('pid')}) had stopped; starting a fresh one")
+            pid = data.get("pid")
+            shown = f" (pid {pid})" if isinstance(pid, int) and not isinstance(pid, bool) else ""
+            console.warn(f"the Jupyter nbremote started earlier{shown} had stopped; starting a fresh one")
 
     try:
         if isinstance(place, Host) and not had_master and (remembered or isinstance(place, ProfileHost)):
@@ -261,7 +293,8 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     if local_port:
         console.done(f"localhost:{local_port} → {place.label}:{server.port}", time.monotonic() - started)
     replaced = reply.get("replaced_pid")
-    return _finish(place, opts, port, server, reused=reused, replaced=replaced if isinstance(replaced, int) else None,
+    replaced = replaced if isinstance(replaced, int) and not isinstance(replaced, bool) else None
+    return _finish(place, opts, port, server, reused=reused, replaced=replaced,
                    created_master=isinstance(place, Host) and not had_master, started=started)
 
 
@@ -273,7 +306,10 @@ def down(*, host: str | None, directory: str, all_dirs: bool, timeout: float, co
     with console.progress(f"stopping Jupyter on {place.label}"):
         reply = place.agent(hello_timeout=timeout + 10).request("down", {"dir": directory, "all": all_dirs},
                                                                 timeout=60)
-    stopped = [s for s in reply.get("stopped", []) if isinstance(s, dict)]
+    items = reply.get("stopped")
+    if not isinstance(items, list) or len(items) > MAX_SERVERS:
+        raise _invalid(place.label, "list of stopped servers")
+    stopped = [parse_stopped(doc, place.label) for doc in items]
     stopped_dirs = {s.get("dir") for s in stopped}
     mine += [r for r in sessions.for_host(place.host) if r.remote_dir in stopped_dirs and r not in mine]
     if isinstance(place, Host):
@@ -291,7 +327,10 @@ def ls(*, host: str | None, timeout: float, interactive: bool = False) -> list[d
     reply = place.agent(hello_timeout=timeout + 10).request("ls", {}, timeout=60)
     local = {r.remote_dir: r for r in sessions.for_host(place.host)}
     servers = []
-    for doc in reply.get("servers", []):
+    items = reply.get("servers")
+    if not isinstance(items, list) or len(items) > MAX_SERVERS:
+        raise _invalid(place.label, "list of servers")
+    for doc in items:
         info = parse_server(doc, place.label)
         record = local.get(info.dir)
         servers.append({

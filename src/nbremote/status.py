@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from nbremote import completion
 from nbremote import jobs as jobs_core
 from nbremote import slurm
+from nbremote.agentlink import clean_text, is_server_path
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, place_for
 
@@ -55,7 +56,7 @@ def _clean_machine(doc: object) -> dict:
         "cpus": doc.get("cpus") if isinstance(doc.get("cpus"), int) else None,
         "memory": memory if isinstance(memory, dict) and _num(memory.get("total")) and _num(memory.get("used"))
         else None,
-        "disk": disk if isinstance(disk, dict) and _num(disk.get("free")) and isinstance(disk.get("path"), str)
+        "disk": disk if isinstance(disk, dict) and _num(disk.get("free")) and is_server_path(disk.get("path"))
         else None,
     }
 
@@ -64,22 +65,25 @@ def _clean_gpu(doc: object) -> dict:
     doc = doc if isinstance(doc, dict) else {}
     gpus = [g for g in doc.get("gpus") or [] if isinstance(g, dict) and isinstance(g.get("index"), int)]
     apps = [a for a in doc.get("apps") or [] if isinstance(a, dict) and isinstance(a.get("pid"), int)]
+    for app in apps:
+        for key in ("owner", "name", "gpu_uuid"):
+            app[key] = clean_text(app[key], 200) if isinstance(app.get(key), str) else None
     for gpu in gpus:
         for key in ("utilization", "memory_used_mib", "memory_total_mib", "temperature_c"):
             if not isinstance(gpu.get(key), int) or isinstance(gpu.get(key), bool):
                 gpu[key] = None
         for key in ("name", "uuid", "error"):
-            if not isinstance(gpu.get(key), str):
-                gpu[key] = None
+            # The server's text reaches the terminal: never a control sequence, never unbounded.
+            gpu[key] = clean_text(gpu[key], 200) if isinstance(gpu.get(key), str) else None
     reason = doc.get("reason")
     return {"available": doc.get("available") is True and bool(gpus), "gpus": gpus, "apps": apps,
-            "reason": reason if isinstance(reason, str) else None}
+            "reason": clean_text(reason, 500) if isinstance(reason, str) else None}
 
 
 def _clean_servers(items: object) -> list:
     servers = []
     for s in items if isinstance(items, list) else []:
-        if isinstance(s, dict) and isinstance(s.get("dir"), str) and isinstance(s.get("port"), int):
+        if isinstance(s, dict) and is_server_path(s.get("dir")) and isinstance(s.get("port"), int):
             servers.append({k: s.get(k) for k in ("dir", "port", "pid", "running", "kernels", "busy", "mode")})
     return servers
 

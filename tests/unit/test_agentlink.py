@@ -173,15 +173,13 @@ def test_local_argv_runs_the_bootstrap(agent_env):
     ('{"ok": false}', "the agent on this machine sent a malformed error"),
     ('{"ok": false, "error": "boom"}', "the agent on this machine sent a malformed error"),
     ('{"ok": false, "error": {"code": "no_jupyter"}}', "the agent on this machine sent a malformed error"),
-    # A result that also has an "event" key must not crash the client with a KeyError.
-    ('{"ok": true, "result": {}, "event": 5}', None),
+    # A line that is both a result and an event is neither: refused, not guessed at.
+    ('{"ok": true, "result": {}, "event": 5}', "the agent on this machine sent a malformed reply"),
+    ('{"event": "bad name; rm", "data": {}}', "the agent on this machine sent a malformed reply"),
 ])
 def test_malformed_replies_are_agent_failures(reply, message):
     events = []
     call = _call(_fake(HELLO, reply))
-    if message is None:
-        assert call.request("up", {}, on_event=lambda *e: events.append(e)) == {}
-        return
     with pytest.raises(NbremoteError) as caught:
         call.request("up", {}, on_event=lambda *e: events.append(e))
     assert caught.value.exit_code == ExitCode.AGENT_FAILED
