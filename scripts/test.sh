@@ -18,7 +18,10 @@ apt-get install -y -qq --no-install-recommends \
 # so it lives outside root's home and is built from the system python3.
 venv=/opt/nbremote-lab/venv
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check -e '.[test,jupyter]'
+# The dependency set is the locked one (requirements/lock.txt, made by pip-compile), and it
+# is audited against known vulnerabilities before the tests run.
+"$venv/bin/pip" install -q --disable-pip-version-check -c requirements/lock.txt -e '.[test,jupyter]'
 chmod -R a+rX /opt/nbremote-lab
+"$venv/bin/python" scripts/audit.py requirements/lock.txt
 
 exec "$venv/bin/python" -m pytest "$@"

@@ -171,8 +171,9 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
 @cli.command(name="ls")
 @click.argument("host", required=False, shell_complete=completion.complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.option("--show-token", is_flag=True, help="Show each URL's token in full (masked by default).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def ls_command(host, as_json, timeout) -> None:
+def ls_command(host, as_json, show_token, timeout) -> None:
     """List the Jupyter servers nbremote runs on HOST (this machine without HOST)."""
     console = Console.for_terminal(json_mode=as_json)
     if slurm.uses_slurm(host, None):
@@ -189,7 +190,7 @@ def ls_command(host, as_json, timeout) -> None:
         for warning in warnings:
             console.warn(warning)
         return
-    servers = session.ls(host=host, timeout=timeout, interactive=_interactive())
+    servers = session.ls(host=host, timeout=timeout, show_token=show_token, interactive=_interactive())
     if as_json:
         console.emit_json({"servers": servers})
         return
@@ -207,6 +208,9 @@ def ls_command(host, as_json, timeout) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for s in servers:
+        if s["url"]:
+            console.result(f"{s['dir']}: {s['url']}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -350,8 +354,9 @@ def kill_command(host, job, signal_name, as_json, timeout) -> None:
 @click.option("--watch", is_flag=True, help="Refresh in place, with a short history of each GPU.")
 @click.option("--interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
+@click.option("--show-token", is_flag=True, help="Show the token in each forwarded Jupyter's URL (masked by default).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=5.0, show_default=True, help=TIMEOUT_HELP)
-def status_command(hosts, as_json, watch, interval, timeout) -> None:
+def status_command(hosts, as_json, watch, interval, show_token, timeout) -> None:
     """What every host is doing: load, memory, disk, GPUs, Jupyter, jobs.
 
     Without HOST: every host nbremote has a session with, else this machine.
@@ -360,7 +365,7 @@ def status_command(hosts, as_json, watch, interval, timeout) -> None:
     console = Console.for_terminal(json_mode=as_json)
     targets = list(hosts) or sorted({r.host for r in sessions.load_all().values() if r.host}) or [None]
     if not watch:
-        results = status.gather(targets, timeout=timeout)
+        results = status.gather(targets, timeout=timeout, show_token=show_token)
         if as_json:
             console.emit_json({"hosts": [r.to_json() for r in results]})
         else:
@@ -371,7 +376,7 @@ def status_command(hosts, as_json, watch, interval, timeout) -> None:
     drawn = 0
     try:
         while True:
-            results = status.gather(targets, timeout=timeout, keep_masters=True)
+            results = status.gather(targets, timeout=timeout, keep_masters=True, show_token=show_token)
             history.add(results)
             if as_json:
                 console.emit_json({"hosts": [r.to_json() for r in results]})

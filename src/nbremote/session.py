@@ -144,6 +144,11 @@ def url_for(port: int, mode: str, token: str) -> str:
     return f"http://127.0.0.1:{port}{URL_PATH[mode]}?token={token}"
 
 
+def masked(token: str) -> str:
+    """Enough of a token to tell two apart, not enough to use one."""
+    return token[:4] + "…"
+
+
 class _Forwarder:
     """Puts the forward up as soon as the agent names the port, and takes it down on failure."""
 
@@ -322,7 +327,8 @@ def down(*, host: str | None, directory: str, all_dirs: bool, timeout: float, co
     return stopped
 
 
-def ls(*, host: str | None, timeout: float, interactive: bool = False) -> list[dict]:
+def ls(*, host: str | None, timeout: float, show_token: bool = False, interactive: bool = False) -> list[dict]:
+    """The servers there; each URL's token is masked unless show_token."""
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
     reply = place.agent(hello_timeout=timeout + 10).request("ls", {}, timeout=60)
     local = {r.remote_dir: r for r in sessions.for_host(place.host)}
@@ -333,9 +339,12 @@ def ls(*, host: str | None, timeout: float, interactive: bool = False) -> list[d
     for doc in items:
         info = parse_server(doc, place.label)
         record = local.get(info.dir)
+        local_port = info.port if isinstance(place, ThisMachine) else record.local_port if record else None
         servers.append({
             "dir": info.dir, "mode": info.mode, "pid": info.pid, "remote_port": info.port,
-            "local_port": info.port if isinstance(place, ThisMachine) else record.local_port if record else None,
+            "local_port": local_port,
+            "url": None if local_port is None else
+            url_for(local_port, info.mode, info.token if show_token else masked(info.token)),
             "started": info.started, "running": doc.get("running") is True, "kernels": info.kernels,
             "busy": info.busy, "last_activity": info.last_activity, "launcher": info.launcher,
             "keeper_pid": keeper.keeper_pid(record.host, record.dir) if record else None,

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from nbremote import completion
 from nbremote import jobs as jobs_core
 from nbremote import slurm
+from nbremote import sessions
 from nbremote.agentlink import clean_text, is_server_path
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, place_for
+from nbremote.session import masked, url_for
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY = 20
@@ -88,7 +90,17 @@ def _clean_servers(items: object) -> list:
     return servers
 
 
-def query(host: str | None, *, timeout: float, keep_master: bool = False) -> HostStatus:
+def _with_urls(servers: list, host: str, show_token: bool) -> list:
+    """The URL of each server the laptop forwards; its token (from the laptop's own record) masked."""
+    local = {r.remote_dir: r for r in sessions.for_host(host)}
+    for server in servers:
+        record = local.get(server["dir"])
+        server["url"] = None if record is None else url_for(
+            record.local_port, record.mode, record.token if show_token else masked(record.token))
+    return servers
+
+
+def query(host: str | None, *, timeout: float, keep_master: bool = False, show_token: bool = False) -> HostStatus:
     """One host's status; failures become an unreachable HostStatus, never an exception."""
     started = time.monotonic()
     label = host or "this machine"
@@ -119,17 +131,18 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False) -> Hos
                           error=exc.message)
     return HostStatus(host=host, label=label, reachable=True, seconds=time.monotonic() - started, path=path,
                       rtt=rtt, machine=_clean_machine(reply.get("machine")), gpu=_clean_gpu(reply.get("gpu")),
-                      servers=_clean_servers(reply.get("servers")), jobs=jobs,
+                      servers=_with_urls(_clean_servers(reply.get("servers")), place.host, show_token), jobs=jobs,
                       slurm=[slurm.clean_job(d) for d in reply.get("slurm") or [] if isinstance(d, dict)])
 
 
-def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False) -> list[HostStatus]:
+def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False,
+           show_token: bool = False) -> list[HostStatus]:
     """Query every host in parallel; the whole call is bounded by the timeout, not by the number of hosts."""
     results: dict[int, HostStatus] = {}
     started = time.monotonic()
 
     def work(i: int, host: str | None) -> None:
-        results[i] = query(host, timeout=timeout, keep_master=keep_masters)
+        results[i] = query(host, timeout=timeout, keep_master=keep_masters, show_token=show_token)
 
     # Daemon threads: a host that hangs past the deadline must not hold the command open.
     threads = [threading.Thread(target=work, args=(i, h), daemon=True) for i, h in enumerate(hosts)]
@@ -246,7 +259,8 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
             kernels = "" if server.get("kernels") is None else \
                 f"  {server['kernels']} kernels ({server.get('busy') or 0} busy)"
             state = "" if server.get("running") else "  (stopped)"
-            lines.append(f"  Jupyter  {server['dir']}  :{server['port']}{kernels}{state}")
+            url = f"  {server['url']}" if server.get("url") else ""
+            lines.append(f"  Jupyter  {server['dir']}  :{server['port']}{kernels}{state}{url}")
         for job in s.slurm:
             text = f"  Jupyter  {job['dir']}  Slurm job {job['job_id']} {slurm.state_text(job)}"
             if job["state"] == "RUNNING":
