@@ -253,7 +253,8 @@ def main(argv: list[str]) -> int:
     session = f"{host} {directory}".replace("%", "%%")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s keeper[%(process)d] {session}: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with _pid_file(host, directory).open("a+") as handle:
+    # 0600 like every file of ours, though the folder is 0700 already.
+    with os.fdopen(os.open(_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
