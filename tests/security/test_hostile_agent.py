@@ -189,6 +189,7 @@ def test_a_hostile_agent_gets_a_clear_error_and_nothing_else(lab, standin, case)
     assert not Path(PWNED).exists()
     assert not standin.opened.exists(), standin.opened.read_text()
     written = {p for p, mtime in laptop_files(lab).items() if before.get(p) != mtime}
-    home = str(lab.user(LAPTOP_USER).home)
-    stray = sorted(p for p in written if not p.startswith(allowed(lab)) and p not in (home, f"{home}/.ssh"))
+    # Folders above those (~/.local/state made for nbremote's) are not files written.
+    stray = sorted(p for p in written if not p.startswith(allowed(lab))
+                   and not any(a.startswith(p + "/") for a in allowed(lab)))
     assert stray == [], stray
