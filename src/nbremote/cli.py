@@ -75,10 +75,13 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the last one used, else free].")
 @click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
 @click.option("--detach", is_flag=True, help="Return at once and leave the forward in place.")
+@click.option("--socket", "use_socket", is_flag=True,
+              help="Jupyter listens on a Unix socket in a private (0700) directory on the server, "
+              "not on a loopback port: other users there cannot even connect.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--slurm", "slurm_text", metavar='"OPTIONS"', help=SLURM_HELP)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout, slurm_text) -> None:
+def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json, timeout, slurm_text) -> None:
     """Start or reattach to Jupyter on HOST and forward it to a local port.
 
     HOST is anything ssh accepts: an alias from ~/.ssh/config, user@host, or
@@ -96,7 +99,7 @@ def up(host, directory, lab, env, port, no_browser, detach, as_json, timeout, sl
                   as_json, timeout, console)
         return
     opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
-                             port=port or defaults.port, timeout=timeout)
+                             port=port or defaults.port, timeout=timeout, socket=use_socket)
     result = session.up(opts, console, interactive=_interactive())
     if as_json:
         console.emit_json(result.to_json())

@@ -65,7 +65,7 @@ class Tunnel:
 
     place: Host
     local_port: int
-    remote_port: int
+    remote_port: int | str
     token: str
 
 

@@ -34,6 +34,7 @@ class UpOptions:
     port: int | None = None
     timeout: float = 10.0
     start_timeout: float = 90.0
+    socket: bool = False  # Jupyter on a Unix socket in a 0700 dir, not a loopback port
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class ServerInfo:
 
     dir: str
     mode: str
-    port: int
+    port: int | str  # the loopback port, or the path of its Unix socket (up --socket)
     pid: int
     token: str
     launcher: str
@@ -66,7 +67,9 @@ class UpResult:
     def to_json(self) -> dict:
         return {
             "host": self.host, "url": self.url, "local_port": self.local_port,
-            "remote_port": self.server.port, "pid": self.server.pid, "dir": self.server.dir,
+            "remote_port": self.server.port if isinstance(self.server.port, int) else None,
+            "remote_socket": self.server.port if isinstance(self.server.port, str) else None,
+            "pid": self.server.pid, "dir": self.server.dir,
             "mode": self.server.mode, "launcher": self.server.launcher, "reused": self.reused,
             "replaced_pid": self.replaced_pid, "seconds": round(self.seconds, 3),
         }
@@ -123,9 +126,12 @@ def parse_server(doc: object, where: str) -> ServerInfo:
     if not isinstance(activity, str) or not _ISO_TIME.fullmatch(activity):
         activity = None
     optional = {k: doc.get(k) if _counts(doc.get(k)) else None for k in ("kernels", "busy")}
+    sock = doc.get("sock")
+    if sock is not None and (not is_server_path(sock) or doc.get("port") is not None):
+        raise _invalid(where, "socket", sock)
     return ServerInfo(
-        dir=directory, mode=mode,
-        port=_int(doc, "port", 1, 65535, where), pid=_int(doc, "pid", 1, 2**31, where), token=token,
+        dir=directory, mode=mode, port=sock if sock is not None else _int(doc, "port", 1, 65535, where),
+        pid=_int(doc, "pid", 1, 2**31, where), token=token,
         launcher=launcher, started=float(started), last_activity=activity, **optional,
     )
 
@@ -155,9 +161,9 @@ class _Forwarder:
     def __init__(self, place: Place, local_port: int):
         self.place = place
         self.local_port = local_port
-        self.remote_port: int | None = None
+        self.remote_port: int | str | None = None
 
-    def to(self, remote_port: int) -> None:
+    def to(self, remote_port: int | str) -> None:
         if self.remote_port == remote_port:
             return
         self.undo()
@@ -226,10 +232,16 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     validate_text(opts.dir, "directory")
     if opts.env is not None:
         validate_text(opts.env, "environment")
+    if opts.socket and not opts.host:
+        raise NbremoteError("--socket needs a HOST: a browser reaches a Unix socket only through the ssh forward",
+                            hint="leave --socket out to serve this machine on a loopback port",
+                            exit_code=ExitCode.USAGE)
     place = place_for(opts.host, timeout=opts.timeout, interactive=interactive, persist=True)
     previous = sessions.find(place.host, opts.dir)
     had_master = isinstance(place, Host) and place.connection.master_alive()
-    if had_master and previous and opts.port in (None, previous.local_port) and opts.env is None:
+    # --socket asks the agent: a remembered server on a port would need a conflict check.
+    wanted = previous and (not opts.socket or isinstance(previous.remote_port, str))
+    if had_master and wanted and opts.port in (None, previous.local_port) and opts.env is None:
         result = _reattach_fast(place, previous, opts, console, started)
         if result is not None:
             return result
@@ -240,15 +252,16 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     forwarder = _Forwarder(place, local_port)
     phase = {"connected": had_master or isinstance(place, ThisMachine)}
     # With --env the agent must see the request: a server from another environment is a conflict.
-    remembered = previous if previous and local_port == previous.local_port and opts.env is None else None
+    remembered = previous if wanted and local_port == previous.local_port and opts.env is None else None
 
     def on_event(name: str, data: dict) -> None:
         if name == "starting":
             if not phase["connected"]:
                 console.done(f"connected to {place.label}", time.monotonic() - started)
                 phase["connected"] = True
-            port = data.get("port")
-            if isinstance(port, int) and 0 < port < 65536 and local_port:
+            port = data.get("port") if data.get("sock") is None else data.get("sock")
+            valid = is_server_path(port) or (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536)
+            if valid and local_port:
                 # Forward while Jupyter is still starting: the tunnel is ready when it is.
                 forwarder.to(port)
         elif name == "stale":
@@ -272,7 +285,8 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
                     return _resumed(place, remembered, opts, console, started, created_master=True)
         with console.progress(f"starting Jupyter on {place.label}"):
             reply = place.agent(hello_timeout=opts.timeout + 10).request(
-                "up", {"dir": opts.dir, "mode": opts.mode, "env": opts.env, "timeout": opts.start_timeout},
+                "up", {"dir": opts.dir, "mode": opts.mode, "env": opts.env, "timeout": opts.start_timeout,
+                       "socket": opts.socket},
                 on_event=on_event, timeout=opts.start_timeout + 30)
         server = parse_server(reply.get("server"), place.label)
         reused = reply.get("reused") is True

@@ -18,7 +18,7 @@ class SessionRecord:
     dir: str  # --dir as typed, the lookup key
     remote_dir: str  # resolved on the server
     local_port: int
-    remote_port: int
+    remote_port: int | str  # or the path of Jupyter's Unix socket on the server (up --socket)
     token: str
     pid: int
     mode: str

@@ -153,7 +153,7 @@ class Connection:
             return False
         return self._control("-O", "check").returncode == 0
 
-    def forward(self, local_port: int, remote_port: int, remote_host: str = "127.0.0.1") -> None:
+    def forward(self, local_port: int, remote_port: int | str, remote_host: str = "127.0.0.1") -> None:
         done = self._control("-O", "forward", "-L", _spec(local_port, remote_port, remote_host))
         if done.returncode != 0:
             raise NbremoteError(
@@ -163,7 +163,7 @@ class Connection:
                 details=[line for line in done.stderr.splitlines() if line.strip()],
             )
 
-    def cancel(self, local_port: int, remote_port: int, remote_host: str = "127.0.0.1") -> bool:
+    def cancel(self, local_port: int, remote_port: int | str, remote_host: str = "127.0.0.1") -> bool:
         return self._control("-O", "cancel", "-L", _spec(local_port, remote_port, remote_host)).returncode == 0
 
     def master_argv(self, connect_timeout: float | None = None) -> list[str]:
@@ -245,10 +245,13 @@ class Connection:
         return classify_ssh_failure(stderr, self.target, self.endpoint(), self.timeout)
 
 
-def _spec(local_port: int, remote_port: int, remote_host: str = "127.0.0.1") -> str:
-    # A Slurm job's Jupyter is on a compute node: the login node connects to it there.
+def _spec(local_port: int, remote: int | str, remote_host: str = "127.0.0.1") -> str:
+    """Local loopback port to a port on the server (or, for a Slurm job, on its compute node),
+    or to a Unix socket path on the server (up --socket)."""
+    if isinstance(remote, str):
+        return f"127.0.0.1:{local_port}:{remote}"
     host = f"[{remote_host}]" if ":" in remote_host else remote_host
-    return f"127.0.0.1:{local_port}:{host}:{remote_port}"
+    return f"127.0.0.1:{local_port}:{host}:{remote}"
 
 
 def ssh_env() -> dict[str, str]:

@@ -85,8 +85,11 @@ def _clean_gpu(doc: object) -> dict:
 def _clean_servers(items: object) -> list:
     servers = []
     for s in items if isinstance(items, list) else []:
-        if isinstance(s, dict) and is_server_path(s.get("dir")) and isinstance(s.get("port"), int):
-            servers.append({k: s.get(k) for k in ("dir", "port", "pid", "running", "kernels", "busy", "mode")})
+        if isinstance(s, dict) and is_server_path(s.get("dir")) and (
+                isinstance(s.get("port"), int) or is_server_path(s.get("sock"))):
+            server = {k: s.get(k) for k in ("dir", "port", "pid", "running", "kernels", "busy", "mode")}
+            server["port"] = s["port"] if isinstance(s.get("port"), int) else s["sock"]
+            servers.append(server)
     return servers
 
 

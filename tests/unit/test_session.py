@@ -279,3 +279,24 @@ def test_runtime_dir_fallback_in_tmp_refuses_another_users_directory(isolated, m
     with pytest.raises(NbremoteError) as caught:
         paths.runtime_dir()
     assert str(taken) in caught.value.message
+
+
+# --- up --socket --------------------------------------------------------------------
+
+def test_parse_server_takes_a_socket_in_place_of_a_port():
+    sock = "/home/alice/.local/state/nbremote/sockets/0123456789abcdef.sock"
+    info = parse_server({**GOOD, "port": None, "sock": sock}, "gpubox")
+    assert info.port == sock
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"port": None, "sock": "relative.sock"}, "the agent on gpubox sent an invalid socket: 'relative.sock'"),
+    ({"port": None, "sock": "/tmp/a\nb"}, "the agent on gpubox sent an invalid socket: '/tmp/a\\nb'"),
+    ({"port": 8888, "sock": "/tmp/s.sock"}, "the agent on gpubox sent an invalid socket: '/tmp/s.sock'"),
+    ({"port": None, "sock": 5}, "the agent on gpubox sent an invalid socket: 5"),
+])
+def test_parse_server_rejects_a_bad_socket(changes, message):
+    with pytest.raises(NbremoteError) as caught:
+        parse_server({**GOOD, **changes}, "gpubox")
+    assert caught.value.exit_code == ExitCode.AGENT_FAILED
+    assert caught.value.message == message

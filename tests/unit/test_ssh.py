@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.ssh import Connection, Endpoint, Target, classify_ssh_failure, parse_target
+from nbremote.ssh import Connection, Endpoint, Target, _spec, classify_ssh_failure, parse_target
 
 
 @pytest.mark.parametrize("text, destination, port", [
@@ -218,3 +218,9 @@ def test_changed_host_key_with_unreadable_known_hosts_still_classified(tmp_path)
     assert error.exit_code == ExitCode.HOST_KEY
     assert error.details == ["expected the key in known_hosts",
                              "received SHA256:AAAAbbbbCCCCddddEEEEffffGGGGhhhhIIIIjjjjKKK"]
+
+
+def test_a_forward_goes_to_a_loopback_port_or_a_unix_socket():
+    assert _spec(8890, 38119) == "127.0.0.1:8890:127.0.0.1:38119"
+    assert _spec(8890, "/home/a/.local/state/nbremote/sockets/k.sock") == \
+        "127.0.0.1:8890:/home/a/.local/state/nbremote/sockets/k.sock"

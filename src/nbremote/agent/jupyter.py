@@ -121,12 +121,26 @@ def free_port():
 
 # --- talking to a running server ---------------------------------------------
 
-def api(port, token, method, path, timeout=2.0):
-    """Call Jupyter's REST API on loopback; http.client ignores proxy variables."""
+def _unix_connection(client, path, timeout):
+    """An HTTPConnection to a Unix socket; made here because http.client is imported lazily."""
+    class UnixConnection(client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(path)
+
+    return UnixConnection("localhost", timeout=timeout)
+
+
+def api(record, method, path, timeout=2.0):
+    """Call a server's REST API on loopback or its Unix socket; http.client ignores proxy variables."""
     import http.client  # here, not at the top: every agent start would pay for it (ssl, email)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if record.get("sock"):
+        conn = _unix_connection(http.client, record["sock"], timeout)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", record["port"], timeout=timeout)
     try:
-        conn.request(method, path, headers={"Authorization": "token " + token})
+        conn.request(method, path, headers={"Authorization": "token " + record["token"]})
         response = conn.getresponse()
         body = response.read()
         try:
@@ -161,12 +175,12 @@ def server_status(record):
     """The live /api/status of a recorded server, or None when it is gone."""
     if not _pid_alive(record["pid"]) or not os.path.exists(_runtime_file(record["pid"])):
         return None
-    status, body = api(record["port"], record["token"], "GET", "/api/status")
+    status, body = api(record, "GET", "/api/status")
     return body if status == 200 and isinstance(body, dict) else None
 
 
 def kernel_summary(record):
-    status, body = api(record["port"], record["token"], "GET", "/api/kernels")
+    status, body = api(record, "GET", "/api/kernels")
     if status != 200 or not isinstance(body, list):
         return None
     busy = sum(1 for k in body if isinstance(k, dict) and k.get("execution_state") == "busy")
@@ -213,7 +227,12 @@ def _launch(argv, directory, env, key, log_path, use_tmux):
     return process.pid, process, "setsid"
 
 
-def start(channel, key, directory, mode, env_spec, timeout):
+def socket_path(key):
+    """Where a server started with --socket listens: a 0700 directory, so no other user can connect."""
+    return os.path.join(state.private_dir("sockets"), key + ".sock")
+
+
+def start(channel, key, directory, mode, env_spec, timeout, use_socket=False):
     program = resolve_jupyter(mode, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
@@ -221,10 +240,15 @@ def start(channel, key, directory, mode, env_spec, timeout):
     token = secrets.token_hex(24)
     token_path = os.path.join(state.private_dir("tokens"), key)
     state.write_private(token_path, token)
-    port = free_port()
-    argv = [program, "--no-browser", "--ip=127.0.0.1", "--port=%d" % port,
-            "--ServerApp.port_retries=0",
-            "--ServerApp.root_dir=" + directory]
+    if use_socket:
+        port, sock = None, socket_path(key)
+        if os.path.exists(sock):
+            os.unlink(sock)  # left by a killed server; Jupyter refuses to bind over it
+        listen = ["--ServerApp.sock=" + sock, "--ServerApp.sock_mode=0600"]
+    else:
+        port, sock = free_port(), None
+        listen = ["--ip=127.0.0.1", "--port=%d" % port, "--ServerApp.port_retries=0"]
+    argv = [program, "--no-browser"] + listen + ["--ServerApp.root_dir=" + directory]
     if os.geteuid() == 0:
         # Jupyter refuses root without this; containers and fresh VMs often only have root.
         argv.append("--allow-root")
@@ -240,12 +264,15 @@ def start(channel, key, directory, mode, env_spec, timeout):
     pid, process, launcher = _launch(argv, directory, env, key, log_path, use_tmux)
     record = {
         "key": key, "dir": directory, "mode": mode, "env": env_spec, "jupyter": program,
-        "port": port, "pid": pid, "token": token, "launcher": launcher,
+        "port": port, "sock": sock, "pid": pid, "token": token, "launcher": launcher,
         "tmux_session": _tmux_session(key) if launcher == "tmux" else None,
         "log": log_path, "started": time.time(),
     }
     state.save_record(record)
-    channel.event("starting", port=port, pid=pid, launcher=launcher)
+    if sock:
+        channel.event("starting", sock=sock, pid=pid, launcher=launcher)
+    else:
+        channel.event("starting", port=port, pid=pid, launcher=launcher)
     deadline = time.monotonic() + timeout
     while True:
         exited = process.poll() is not None if process else not _pid_alive(pid)
@@ -311,6 +338,8 @@ def _is_ours(pid, record):
             argv = handle.read().split(b"\0")
     except OSError:
         return os.path.exists(_runtime_file(pid))  # no /proc: trust Jupyter's own file
+    if record.get("sock"):
+        return ("--ServerApp.sock=" + record["sock"]).encode() in argv
     return ("--port=%d" % record["port"]).encode() in argv
 
 
@@ -321,7 +350,7 @@ def _stop_pid(pid, record):
         return
     family = [pid] + _descendants(pid)
     if _pid_alive(pid):
-        api(record["port"], record["token"], "POST", "/api/shutdown", timeout=3)
+        api(record, "POST", "/api/shutdown", timeout=3)
         if not _wait_gone([pid], 5):
             _signal_all([pid], signal.SIGTERM)
             if not _wait_gone([pid], 3):
@@ -335,6 +364,11 @@ def _stop_pid(pid, record):
         subprocess.run(["tmux", "kill-session", "-t", "=" + record["tmux_session"]],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _remove_runtime_files(pid)
+    if record.get("sock"):
+        try:
+            os.unlink(record["sock"])
+        except OSError:
+            pass
 
 
 def _restrict_runtime_files(pid):
@@ -360,6 +394,7 @@ def _remove_runtime_files(pid):
 
 def _public(record, status=None):
     view = {k: record[k] for k in ("dir", "mode", "env", "port", "pid", "token", "launcher", "started")}
+    view["sock"] = record.get("sock")
     view["tmux_session"] = record.get("tmux_session")
     if status is not None:
         view["last_activity"] = status.get("last_activity")
@@ -370,7 +405,7 @@ def _public(record, status=None):
     return view
 
 
-def op_up(channel, dir=None, mode="lab", env=None, timeout=60):
+def op_up(channel, dir=None, mode="lab", env=None, timeout=60, socket=False):
     if mode not in MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(MODES))
     directory = resolve_directory(dir)
@@ -381,6 +416,12 @@ def op_up(channel, dir=None, mode="lab", env=None, timeout=60):
         if record is not None:
             status = server_status(record)
             if status is not None:
+                if bool(socket) != bool(record.get("sock")) and socket:
+                    raise AgentError(
+                        "listen_conflict",
+                        "the Jupyter running in %s listens on a port, not on a Unix socket" % directory,
+                        hint="stop it first with `nbremote down` and the same --dir, then `up --socket` again",
+                    )
                 if env is not None and record.get("env") != env:
                     raise AgentError(
                         "env_conflict",
@@ -392,7 +433,7 @@ def op_up(channel, dir=None, mode="lab", env=None, timeout=60):
             channel.event("stale", pid=replaced)
             _stop_pid(record["pid"], record)
             state.forget(key)
-        record = start(channel, key, directory, mode, env, float(timeout))
+        record = start(channel, key, directory, mode, env, float(timeout), use_socket=bool(socket))
         return {"reused": False, "replaced_pid": replaced, "server": _public(record)}
 
 
