@@ -19,23 +19,28 @@ from netlab import ALICE, LAPTOP_USER
 MARK = "/tmp/nbr-injected"
 
 
-def payload(n: int) -> str:
-    return f"$(touch {MARK}-{n}) `touch {MARK}-{n}`; touch {MARK}-{n} | touch {MARK}-{n} & 'q' \"dq\" é日🙂"
+def payload(n: int, mark: str = MARK) -> str:
+    return f"$(touch {mark}-{n}) `touch {mark}-{n}`; touch {mark}-{n} | touch {mark}-{n} & 'q' \"dq\" é日🙂"
 
 
 @pytest.fixture(autouse=True)
 def no_markers(lab):
-    for path in glob.glob(MARK + "*"):
+    """Markers in /tmp, or (for a payload that must be one file name) in a shell's working directory."""
+    def markers() -> list[str]:
+        return [p for where in ("/tmp", lab.user(ALICE).home, lab.user(LAPTOP_USER).home)
+                for p in glob.glob(f"{where}/nbr-injected*")]
+
+    for path in markers():
         os.unlink(path)
     yield
-    made = glob.glob(MARK + "*")
+    made = markers()
     for path in made:
         os.unlink(path)
     assert not made, f"a payload ran as a command: {made}"
 
 
 def test_a_directory_with_every_shell_character_is_the_directory(lab):
-    name = "-d " + payload(1)
+    name = "-d " + payload(1, mark="nbr-injected")  # one file name: no slash
     home = lab.user(ALICE).home
     target = home / name
     done = lab.server_exec(["mkdir", "--", str(target)], user=ALICE)
@@ -68,7 +73,8 @@ def test_bad_directories_and_environments_are_named_verbatim(lab, args, code, me
     done = lab.nbremote("up", "server", *args, "--no-browser", "--detach", timeout=120)
     assert done.returncode == code, done.stderr
     assert message in done.stderr, done.stderr
-    assert not lab.server_exec(["pgrep", "-u", ALICE, "-f", "jupyter"]).stdout.strip()
+    servers = lab.user(ALICE).home / ".local" / "state" / "nbremote" / "servers"
+    assert not servers.exists() or not any(servers.iterdir()), "a Jupyter was started"
 
 
 def test_a_command_and_its_arguments_arrive_byte_for_byte(lab):
@@ -86,9 +92,9 @@ def test_a_command_and_its_arguments_arrive_byte_for_byte(lab):
     assert [(j["name"], j["argv"]) for j in listed] == [("-odd_name.1", argv)]
 
 
-@pytest.mark.parametrize("name", ["x;touch /tmp/nbr-injected-6", "a b", "$(id)", "`id`", "-", "x\ny", "é"])
+@pytest.mark.parametrize("name", ["x;touch /tmp/nbr-injected-6", "a b", "$(id)", "`id`", ".hidden", "x\ny", "é"])
 def test_bad_job_names_are_refused_before_anything_runs(lab, name):
-    done = lab.nbremote("run", "server", f"--name={name}", "--", "touch", f"{MARK}-7")
+    done = lab.nbremote("run", "server", f"--name={name}", "--", "true")
     assert done.returncode == 2, done.stderr
     assert f"job name {name!r} is not valid" in done.stderr
     assert not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip()
@@ -98,7 +104,7 @@ def test_bad_job_names_are_refused_before_anything_runs(lab, name):
 def test_bad_profile_names_are_refused_and_nothing_is_written(lab, name):
     home = lab.user(LAPTOP_USER).home
     ssh_config = (home / ".ssh" / "config").read_bytes()
-    done = lab.nbremote("add", "--", name, "--address", "192.168.77.2", "--user", ALICE)
+    done = lab.nbremote("add", "--address", "192.168.77.2", "--user", ALICE, "--", name)
     assert done.returncode == 2, done.stderr
     assert repr(name) in done.stderr or name in done.stderr, done.stderr
     assert not (home / ".config" / "nbremote").exists()

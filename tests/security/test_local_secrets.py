@@ -56,25 +56,27 @@ def test_laptop_files_are_private_and_logs_hold_no_secret(lab, alice_password):
     shown_status = verbose(lab, "status", "gpubox", "--show-token")
 
     # Masked by default, in full only on request; the prefix shows which server it is.
+    masked = url.replace(token, token[:4] + "…")
     for done in (ls, ls_json, status, status_json):
         assert token not in done.stdout, done.stdout
-        assert f"token={token[:4]}…" in done.stdout, done.stdout
+    assert masked in ls.stdout and masked in status.stdout, ls.stdout + status.stdout
+    assert [s["url"] for s in json.loads(ls_json.stdout)["servers"]] == [masked]
+    assert [s["url"] for h in json.loads(status_json.stdout)["hosts"] for s in h["servers"]] == [masked]
     assert url in shown.stdout and url in shown_status.stdout
 
-    keeper_log = home / ".local" / "state" / "nbremote"
-    modes = check_private_tree(lab)
+    state = home / ".local" / "state" / "nbremote"
+    check_private_tree(lab)
     down = verbose(lab, "down", "gpubox")
     # No -v log holds the token or the password; up prints the URL because it was asked for it.
     for done in (add, up, ls, ls_json, status, status_json, shown, shown_status, down):
         assert token not in done.stderr and alice_password not in done.stdout + done.stderr, done.stderr
         assert "[" in done.stderr, "expected -v log lines"
-    for path in keeper_log.rglob("*.log"):
+    for path in state.rglob("*.log"):
         text = path.read_text(errors="replace")
         assert token not in text and alice_password not in text, path
-    assert modes
 
 
-def check_private_tree(lab) -> dict[str, int]:
+def check_private_tree(lab) -> None:
     """Every directory and file nbremote keeps on the laptop: dirs 0700, files without group/other bits."""
     user = lab.user(LAPTOP_USER)
     roots = [user.home / ".config" / "nbremote", user.home / ".local" / "state" / "nbremote",
@@ -100,4 +102,3 @@ def check_private_tree(lab) -> dict[str, int]:
     assert {"hosts.toml", "known_hosts", "sessions.json"} <= names, sorted(names)
     assert any(stat.S_ISSOCK(os.lstat(p).st_mode) for p in modes if p.startswith(roots[2])), modes
     assert any("keeper" in p for p in modes), sorted(modes)
-    return modes
