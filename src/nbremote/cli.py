@@ -95,6 +95,8 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json,
     directory = directory if directory is not None else defaults.dir or "~"
     mode = (defaults.mode or "lab") if lab is None else ("lab" if lab else "notebook")
     if slurm.uses_slurm(host, slurm_text):
+        if use_socket:
+            raise click.UsageError("--socket is for a server of its own: a Slurm job's Jupyter is on a compute node")
         _up_slurm(host, directory, mode, env or defaults.env, port or defaults.port, slurm_text, no_browser, detach,
                   as_json, timeout, console)
         return
