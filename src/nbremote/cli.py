@@ -103,13 +103,7 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json,
     opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
                              port=port or defaults.port, timeout=timeout, socket=use_socket)
     result = session.up(opts, console, interactive=_interactive())
-    if as_json:
-        console.emit_json(result.to_json())
-    else:
-        console.result(f"  {result.url}")
-    if not no_browser:
-        opened = console.open_browser(result.url)
-        console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
+    _show_url(result, as_json, no_browser, console)
     stop = f"nbremote down {host}" if host else "nbremote down"
     if detach:
         if host:
@@ -121,10 +115,7 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json,
     keeper.hold(result, console, timeout=timeout, interactive=_interactive())
 
 
-def _up_slurm(host, directory, mode, env, port, slurm_text, no_browser, detach, as_json, timeout, console) -> None:
-    result = slurm.up(host=host, directory=directory, mode=mode, env=env, port=port,
-                      options=slurm.options_for(host, slurm_text), timeout=timeout, start_timeout=90.0,
-                      console=console, interactive=_interactive())
+def _show_url(result, as_json: bool, no_browser: bool, console: Console) -> None:
     if as_json:
         console.emit_json(result.to_json())
     else:
@@ -132,6 +123,13 @@ def _up_slurm(host, directory, mode, env, port, slurm_text, no_browser, detach, 
     if not no_browser:
         opened = console.open_browser(result.url)
         console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
+
+
+def _up_slurm(host, directory, mode, env, port, slurm_text, no_browser, detach, as_json, timeout, console) -> None:
+    result = slurm.up(host=host, directory=directory, mode=mode, env=env, port=port,
+                      options=slurm.options_for(host, slurm_text), timeout=timeout, start_timeout=90.0,
+                      console=console, interactive=_interactive())
+    _show_url(result, as_json, no_browser, console)
     stop = f"nbremote down {host}" if host else "nbremote down"
     if detach or not host:
         console.note(f"Slurm job {result.server.job_id} keeps running; `{stop}` cancels it.")

@@ -6,6 +6,8 @@ import socket
 import time
 from typing import Callable
 
+from nbremote.errors import ExitCode, NbremoteError
+
 
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -22,6 +24,20 @@ def any_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def choose_local_port(requested: int | None, previous: int | None) -> int:
+    """`--port` if given and free; else the port this session had last time, so open
+    browser tabs carry on; else any free one."""
+    if requested is not None:
+        if not port_free(requested):
+            raise NbremoteError(f"local port {requested} is busy",
+                                hint="pick another with --port, or leave --port out to take a free one",
+                                exit_code=ExitCode.PORT_BUSY)
+        return requested
+    if previous is not None and port_free(previous):
+        return previous
+    return any_free_port()
 
 
 def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:

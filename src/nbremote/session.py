@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from nbremote import keeper, sessions
 from nbremote.agentlink import clean_text, is_server_path
-from nbremote.localnet import any_free_port, port_free, probe
+from nbremote.localnet import choose_local_port, probe
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, Place, ProfileHost, ThisMachine, place_for
@@ -177,18 +177,6 @@ class _Forwarder:
         self.remote_port = None
 
 
-def _choose_local_port(requested: int | None, previous: SessionRecord | None) -> int:
-    if requested is not None:
-        if not port_free(requested):
-            raise NbremoteError(f"local port {requested} is busy",
-                                hint="pick another with --port, or leave --port out to take a free one",
-                                exit_code=ExitCode.PORT_BUSY)
-        return requested
-    if previous is not None and port_free(previous.local_port):
-        return previous.local_port
-    return any_free_port()
-
-
 def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, console: Console,
                    started: float) -> UpResult | None:
     """With a live master and a remembered server: re-forward and check, no agent round trip."""
@@ -248,7 +236,7 @@ def up(opts: UpOptions, console: Console, *, interactive: bool = False) -> UpRes
     if isinstance(place, ThisMachine):
         local_port = 0  # the server's own port is the one to open
     else:
-        local_port = _choose_local_port(opts.port, previous)
+        local_port = choose_local_port(opts.port, previous.local_port if previous else None)
     forwarder = _Forwarder(place, local_port)
     phase = {"connected": had_master or isinstance(place, ThisMachine)}
     # With --env the agent must see the request: a server from another environment is a conflict.

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from nbremote import paths, profiles, slurmopts
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.localnet import any_free_port, port_free, probe
+from nbremote.localnet import choose_local_port, port_free, probe
 from nbremote.remote import Host, Place, place_for
 from nbremote.session import MODES, URL_PATH, validate_text
 
@@ -195,18 +195,6 @@ class UpResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def _local_port(requested: int | None, previous: SlurmSession | None) -> int:
-    if requested is not None:
-        if not port_free(requested):
-            raise NbremoteError(f"local port {requested} is busy",
-                                hint="pick another with --port, or leave --port out to take a free one",
-                                exit_code=ExitCode.PORT_BUSY)
-        return requested
-    if previous is not None and port_free(previous.local_port):
-        return previous.local_port
-    return any_free_port()
-
-
 def up(*, host: str | None, directory: str, mode: str, env: str | None, port: int | None, options: list[str],
        timeout: float, start_timeout: float, console: Console, interactive: bool = False) -> UpResult:
     started = time.monotonic()
@@ -221,7 +209,7 @@ def up(*, host: str | None, directory: str, mode: str, env: str | None, port: in
     elif port is None and previous is not None and had_master and not port_free(previous.local_port):
         local_port = previous.local_port  # most likely held by this master's own forward: it is put back below
     else:
-        local_port = _local_port(port, previous)
+        local_port = choose_local_port(port, previous.local_port if previous else None)
 
     def on_event(name: str, data: dict) -> None:
         job = clean_job(data)
