@@ -4,7 +4,7 @@ The command reference is generated (docs/cli_reference.py through cog) and must 
 every command needs help text and an example (docs/examples.toml) that the real command tree
 accepts; every error nbremote can raise needs an entry in docs/troubleshooting.md under its
 exit code; the diagram must be rendered from its source; every `$ nbremote …` line the pages
-show must be accepted by the command line.
+show must be accepted by the command line; every link between the pages must resolve.
 """
 from __future__ import annotations
 
@@ -329,3 +329,23 @@ def test_command_shown_in_the_docs_is_accepted(page, line, monkeypatch):
         reference.cli.main(args=shlex.split(line)[1:], prog_name="nbremote", standalone_mode=False)
     except click.ClickException as exc:
         pytest.fail(f"{page} shows `{line}`, which nbremote refuses: {exc.format_message()}")
+
+
+_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def _local_links():
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for target in _LINK.findall(page.read_text()):
+            if "://" not in target and not target.startswith("mailto:"):
+                yield page, target
+
+
+def test_pages_link_to_each_other():
+    assert any(target.endswith("security.md") for _, target in _local_links())
+
+
+@pytest.mark.parametrize("page, target", list(_local_links()),
+                         ids=lambda v: v.name if isinstance(v, Path) else v)
+def test_every_local_link_resolves(page, target):
+    assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to {target}, which does not exist"
