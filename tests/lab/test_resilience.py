@@ -67,7 +67,9 @@ def test_sshd_restart_on_the_server_reconnects_by_itself(lab):
     assert _status_through(lab, result) == 200
     lab.server_exec(["pkill", "-KILL", "-x", "sshd"])  # the listener and every session
     lab.ensure_sshd()
-    assert wait_until(lambda: _status_through(lab, result) == 200, 20)
+    keeper_log = lab.user(netlab.LAPTOP_USER).home / ".local" / "state" / "nbremote" / "keeper.log"
+    assert wait_until(lambda: _status_through(lab, result) == 200, 20), \
+        keeper_log.read_text() if keeper_log.exists() else "no keeper log"
     assert alice_pids(lab, "jupyter-lab") == [result["pid"]]
 
 
