@@ -48,6 +48,9 @@ PROBE_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
 FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 1.0
+# Probes through a freshly rebuilt tunnel before Jupyter counts as gone: the first request
+# over a new master can miss PROBE_TIMEOUT on a loaded machine, and giving up is final.
+SETTLE_PROBES = 3
 
 
 def backoff(attempt: int) -> float:
@@ -135,7 +138,7 @@ class Keeper:
                 # sshd turns TCP_NODELAY on only when it sets up a session; without one, every
                 # tunnelled request of the browser would wait on Nagle (a round trip more).
                 conn.round_trip()
-            if self.healthy():
+            if any(self.healthy() for _ in range(SETTLE_PROBES)):
                 path = ""
                 if isinstance(reached, Reached):
                     self.via = f"{reached.kind} {reached.address}"

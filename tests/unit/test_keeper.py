@@ -174,11 +174,20 @@ def test_the_time_shown_counts_from_the_first_failed_probe(monkeypatch):
     assert said[-1][1].startswith("back via WAN 11.22.33.1:22022 (41 ms) after 5.0 s:")
 
 
+def test_a_slow_first_answer_through_the_rebuilt_tunnel_is_not_taken_for_a_dead_jupyter(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    kept, said = make_keeper(conn, clock)
+    probes.extend([False] * (keeper.SETTLE_PROBES - 1))
+    kept.rebuild()
+    assert said[-1][1].startswith("back via WAN")
+
+
 def test_a_jupyter_that_no_longer_answers_after_reconnecting_is_an_error(probes):
     clock = Clock()
     conn = FakeConnection(clock, [WAN])
     kept, _ = make_keeper(conn, clock)
-    probes.append(False)
+    probes.extend([False] * keeper.SETTLE_PROBES)
     with pytest.raises(NbremoteError) as caught:
         kept.rebuild()
     assert caught.value.message == ("the Jupyter on gpubox no longer answers "
