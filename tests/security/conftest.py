@@ -9,7 +9,6 @@ same process would wait on itself.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 from pathlib import Path
 
@@ -23,7 +22,6 @@ _spec = importlib.util.spec_from_file_location("nbremote_lab_conftest", _LAB_DIR
 lab_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lab_conftest)
 
-import netlab  # noqa: E402
 
 build_or_skip = lab_conftest.build_or_skip
 build_lab = lab_conftest.build_lab
@@ -38,27 +36,6 @@ def pytest_collection_modifyitems(session, config, items):
             item.add_marker(pytest.mark.lab)
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    live = [each for each in netlab.Lab.live_labs() if each.alive]
-    if live:
-        yield live[0]
-        return
-    logging.getLogger("nbremote.lab").setLevel(logging.INFO)
-    built = build_or_skip(tmp_path_factory.mktemp("lab"))
-    try:
-        yield built
-    finally:
-        failures = built.teardown()
-        if failures:
-            pytest.fail(f"lab teardown failed: {failures}", pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def _lab_clean_after_test(request):
-    if "lab" not in request.fixturenames:
-        yield
-        return
-    the_lab = request.getfixturevalue("lab")
-    yield
-    the_lab.cleanup_between_tests()
+# The same fixture functions as tests/lab's; the session `lab` reuses a live lab.
+lab = lab_conftest.lab
+_lab_clean_after_test = lab_conftest._lab_clean_after_test
