@@ -10,6 +10,7 @@ key, so the check would see an attempt if one were made.
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 from netlab import ALICE, LAPTOP_ADDR, LAPTOP_USER, SERVER_ADDR
@@ -38,6 +39,19 @@ class SshdLog:
 
     def mark(self) -> None:
         self.offset = self.path.stat().st_size
+
+    def mark_when_quiet(self, quiet: float = 0.5, limit: float = 5.0) -> None:
+        """Mark once sshd has stopped writing: the sessions just killed log their
+        close (with the user's name) a moment later."""
+        deadline = time.monotonic() + limit
+        size = self.path.stat().st_size
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.path.stat().st_size
+            if now == size:
+                break
+            size = now
+        self.offset = size
 
     def new_lines(self) -> list[str]:
         with open(self.path, errors="replace") as handle:
@@ -80,7 +94,7 @@ def test_a_swapped_host_key_stops_before_any_login_attempt(lab, pinned, alice_pa
     old = fingerprint(lab)
     swap_host_key(lab)
     new = fingerprint(lab)
-    log.mark()
+    log.mark_when_quiet()
     # sshpass stands ready to type alice's password should ssh ever ask for it.
     attempts = {
         "ssh": ["sshpass", "-p", alice_password, *lab.nbremote_argv("ssh", pinned, "--", "touch", "mitm-marker")],
