@@ -1,11 +1,15 @@
 """Where the client keeps its files. Every directory is private (0700)."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from nbremote.errors import NbremoteError
+
+T = TypeVar("T")
 
 
 def _private(path: Path) -> Path:
@@ -20,9 +24,33 @@ def _private(path: Path) -> Path:
     return path
 
 
+def _state_base() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "nbremote"
+
+
 def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return _private(Path(base) / "nbremote")
+    return _private(_state_base())
+
+
+def state_file(name: str) -> Path:
+    """Where state_dir() keeps NAME, without creating the folder: a read must not make it."""
+    return _state_base() / name
+
+
+def read_records(path: Path, make: Callable[..., T]) -> dict[str, T]:
+    """A JSON object of records, each built with make(**fields); a missing or broken file is
+    empty, and a record another version wrote (make refuses its fields) is forgotten."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    records = {}
+    for key, value in raw.items() if isinstance(raw, dict) else []:
+        try:
+            records[key] = make(**value)
+        except TypeError:
+            continue
+    return records
 
 
 def runtime_dir() -> Path:

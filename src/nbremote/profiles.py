@@ -318,19 +318,7 @@ def _state_path() -> Path:
 
 
 def last_paths() -> dict[str, LastPath]:
-    # Read where paths.state_dir() would put it, without creating the dir (as it does) on a read.
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    try:
-        raw = json.loads((Path(base) / "nbremote" / "hosts.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for name, value in raw.items() if isinstance(raw, dict) else []:
-        try:
-            out[name] = LastPath(**value)
-        except TypeError:
-            continue  # another version's record: forget it
-    return out
+    return paths.read_records(paths.state_file("hosts.json"), LastPath)
 
 
 def record_path(name: str, path: LastPath) -> None:

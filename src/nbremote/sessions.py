@@ -34,17 +34,7 @@ def _path():
 
 
 def load_all() -> dict[str, SessionRecord]:
-    try:
-        raw = json.loads(_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    records = {}
-    for key, value in raw.items() if isinstance(raw, dict) else []:
-        try:
-            records[key] = SessionRecord(**value)
-        except TypeError:
-            continue  # written by another version: forget it rather than fail
-    return records
+    return paths.read_records(_path(), SessionRecord)
 
 
 def _save_all(records: dict[str, SessionRecord]) -> None:

@@ -10,10 +10,8 @@ the session (state dir, slurm-sessions.json, 0600: it holds the token) so
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
 
 from nbremote import paths, profiles, slurmopts
@@ -47,19 +45,7 @@ class SlurmSession:
 
 
 def _load_sessions() -> dict[str, SlurmSession]:
-    # Read where paths.state_dir() puts it without creating the dir (it does) on a read.
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    try:
-        raw = json.loads((Path(base) / "nbremote" / "slurm-sessions.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for key, value in raw.items() if isinstance(raw, dict) else []:
-        try:
-            out[key] = SlurmSession(**value)
-        except TypeError:
-            continue
-    return out
+    return paths.read_records(paths.state_file("slurm-sessions.json"), SlurmSession)
 
 
 def _save_sessions(records: dict[str, SlurmSession]) -> None:
