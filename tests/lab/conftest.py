@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +78,16 @@ def lab(tmp_path_factory):
         failures = built.teardown()
         if failures:
             pytest.fail(f"lab teardown failed: {failures}", pytrace=False)
+
+
+@pytest.fixture
+def alice_password(lab):
+    """A password for alice, for the tests that log in with one; her old hash is put back after."""
+    password = "correct-horse-battery"
+    shadow = subprocess.run(["getent", "shadow", netlab.ALICE], capture_output=True, text=True, check=True)
+    subprocess.run(["chpasswd"], input=f"{netlab.ALICE}:{password}\n", text=True, check=True)
+    yield password
+    subprocess.run(["usermod", "-p", shadow.stdout.split(":")[1], netlab.ALICE], check=True)
 
 
 @pytest.fixture

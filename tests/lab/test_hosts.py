@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from netlab import ALICE, LAB_PYTHON, LAPTOP_USER, SERVER_ADDR
 
-PASSWORD = "correct-horse-battery"
 SECOND_ADDR = "192.168.77.3"  # another address of the same server, in the same LAN
 
 
@@ -24,15 +23,6 @@ def forget_profiles(lab):
     """cleanup_between_tests restores ~/.ssh, not the laptop's config dir."""
     yield
     shutil.rmtree(lab.user(LAPTOP_USER).home / ".config" / "nbremote", ignore_errors=True)
-
-
-@pytest.fixture
-def alice_password(lab):
-    shadow = subprocess.run(["getent", "shadow", ALICE], capture_output=True, text=True, check=True)
-    old_hash = shadow.stdout.split(":")[1]
-    subprocess.run(["chpasswd"], input=f"{ALICE}:{PASSWORD}\n", text=True, check=True)
-    yield PASSWORD
-    subprocess.run(["usermod", "-p", old_hash, ALICE], check=True)
 
 
 @pytest.fixture

@@ -39,3 +39,4 @@ def pytest_collection_modifyitems(session, config, items):
 # The same fixture functions as tests/lab's; the session `lab` reuses a live lab.
 lab = lab_conftest.lab
 _lab_clean_after_test = lab_conftest._lab_clean_after_test
+alice_password = lab_conftest.alice_password

@@ -17,15 +17,11 @@ import subprocess
 import pytest
 from netlab import ALICE, LAPTOP_USER, SERVER_ADDR
 
-PASSWORD = "s3cret-Pass-for-add"
 
 
 @pytest.fixture
-def alice_password(lab):
-    old = subprocess.run(["getent", "shadow", ALICE], capture_output=True, text=True, check=True).stdout.split(":")[1]
-    subprocess.run(["chpasswd"], input=f"{ALICE}:{PASSWORD}\n", text=True, check=True)
-    yield PASSWORD
-    subprocess.run(["usermod", "-p", old, ALICE], check=True)
+def alice_password(alice_password, lab):
+    yield alice_password
     subprocess.run(["rm", "-rf", str(lab.user(LAPTOP_USER).home / ".config" / "nbremote")], check=True)
 
 

@@ -15,7 +15,6 @@ import time
 import pytest
 from netlab import ALICE, LAPTOP_ADDR, LAPTOP_USER, SERVER_ADDR
 
-PASSWORD = "correct-horse-battery"
 
 
 def fingerprint(lab) -> str:
@@ -57,14 +56,6 @@ class SshdLog:
         with open(self.path, errors="replace") as handle:
             handle.seek(self.offset)
             return handle.read().splitlines()
-
-
-@pytest.fixture
-def alice_password(lab):
-    old = subprocess.run(["getent", "shadow", ALICE], capture_output=True, text=True, check=True).stdout.split(":")[1]
-    subprocess.run(["chpasswd"], input=f"{ALICE}:{PASSWORD}\n", text=True, check=True)
-    yield PASSWORD
-    subprocess.run(["usermod", "-p", old, ALICE], check=True)
 
 
 @pytest.fixture
