@@ -12,9 +12,10 @@ import click
 
 from nbremote import __version__, completion, doctor, jobs, keeper, session, sessions, status
 from nbremote import hosts as host_profiles
-from nbremote import profiles, slurm, sshfiles
+from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.remote import place_for
 from nbremote.server import checks as server_checks
 from nbremote.server import cli as server_cli
 
@@ -94,28 +95,29 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json,
     defaults = profiles.up_defaults(host)
     directory = directory if directory is not None else defaults.dir or "~"
     mode = (defaults.mode or "lab") if lab is None else ("lab" if lab else "notebook")
-    if slurm.uses_slurm(host, slurm_text):
-        if use_socket:
-            raise click.UsageError("--socket is for a server of its own: a Slurm job's Jupyter is on a compute node")
-        _up_slurm(host, directory, mode, env or defaults.env, port or defaults.port, slurm_text, no_browser, detach,
-                  as_json, timeout, console)
-        return
+    runner = runners.for_up(host, slurm_text)
+    if use_socket and runner.name == "slurm":
+        raise click.UsageError("--socket is for a server of its own: a Slurm job's Jupyter is on a compute node")
     opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
                              port=port or defaults.port, timeout=timeout, socket=use_socket)
-    result = session.up(opts, console, interactive=_interactive())
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
+    result = session.up(place, runner, opts, console)
     _show_url(result, as_json, no_browser, console)
     stop = f"nbremote down {host}" if host else "nbremote down"
-    if detach:
+    job = result.served.job_id
+    if detach or (job and not host):
         if host:
             keeper.spawn(result.host, directory)
-        console.note(f"the notebook keeps running; `{stop}` stops it.")
+        console.note(f"Slurm job {job} keeps running; `{stop}` cancels it." if job else
+                     f"the notebook keeps running; `{stop}` stops it.")
         return
-    console.note(f"Ctrl-C stops {'the forwarding' if host else 'this view'}; the notebook keeps running. "
+    console.note(f"Ctrl-C stops the forwarding; Slurm job {job} keeps running. `{stop}` cancels it." if job else
+                 f"Ctrl-C stops {'the forwarding' if host else 'this view'}; the notebook keeps running. "
                  f"`{stop}` stops it.")
-    keeper.hold(result, console, timeout=timeout, interactive=_interactive())
+    keeper.hold(place, runner, result.record, result.url, created_master=result.created_master, console=console)
 
 
-def _show_url(result, as_json: bool, no_browser: bool, console: Console) -> None:
+def _show_url(result: session.UpResult, as_json: bool, no_browser: bool, console: Console) -> None:
     if as_json:
         console.emit_json(result.to_json())
     else:
@@ -123,19 +125,6 @@ def _show_url(result, as_json: bool, no_browser: bool, console: Console) -> None
     if not no_browser:
         opened = console.open_browser(result.url)
         console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
-
-
-def _up_slurm(host, directory, mode, env, port, slurm_text, no_browser, detach, as_json, timeout, console) -> None:
-    result = slurm.up(host=host, directory=directory, mode=mode, env=env, port=port,
-                      options=slurm.options_for(host, slurm_text), timeout=timeout, start_timeout=90.0,
-                      console=console, interactive=_interactive())
-    _show_url(result, as_json, no_browser, console)
-    stop = f"nbremote down {host}" if host else "nbremote down"
-    if detach or not host:
-        console.note(f"Slurm job {result.server.job_id} keeps running; `{stop}` cancels it.")
-        return
-    console.note(f"Ctrl-C stops the forwarding; Slurm job {result.server.job_id} keeps running. `{stop}` cancels it.")
-    slurm.hold(result, console, timeout=timeout, interactive=_interactive())
 
 
 @cli.command()
@@ -148,21 +137,18 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
     """Stop Jupyter on HOST (this machine without HOST) and remove its forward."""
     console = Console.for_terminal(json_mode=as_json)
     directory = directory if directory is not None else profiles.up_defaults(host).dir or "~"
-    if slurm.uses_slurm(host, None):
-        stopped = slurm.down(host=host, directory=directory, all_dirs=all_dirs, timeout=timeout, console=console,
-                             interactive=_interactive())
-        if as_json:
-            console.emit_json({"stopped": stopped})
-        elif not stopped:
+    runner = runners.for_host(host)
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=False)
+    stopped = session.down(place, runner, directory=directory, all_dirs=all_dirs, timeout=timeout, console=console)
+    if as_json:
+        console.emit_json({"stopped": stopped})
+        return
+    if runner.name == "slurm":
+        if not stopped:
             console.note(f"no Slurm job of nbremote's for {'any directory' if all_dirs else directory} on {host}")
         for item in stopped:
             console.done(f"Slurm job {item.get('job_id')} ({item.get('dir')}) on {host}: "
                          + ("cancelled" if item.get("was") != item.get("state") else f"had ended ({item.get('state')})"))
-        return
-    stopped = session.down(host=host, directory=directory, all_dirs=all_dirs, timeout=timeout,
-                           console=console, interactive=_interactive())
-    if as_json:
-        console.emit_json({"stopped": stopped})
         return
     where = host or "this machine"
     if not stopped:
@@ -179,21 +165,22 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
 def ls_command(host, as_json, show_token, timeout) -> None:
     """List the Jupyter servers nbremote runs on HOST (this machine without HOST)."""
     console = Console.for_terminal(json_mode=as_json)
-    if slurm.uses_slurm(host, None):
-        jobs_there = slurm.ls(host=host, timeout=timeout, interactive=_interactive())
+    runner = runners.for_host(host)
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=False)
+    servers = session.ls(place, runner, timeout=timeout, show_token=show_token)
+    if runner.name == "slurm":
         if as_json:
-            console.emit_json({"scheduler": "slurm", "servers": jobs_there})
+            console.emit_json({"scheduler": "slurm", "servers": servers})
             return
-        if not jobs_there:
+        if not servers:
             console.result(f"no Slurm job of nbremote's on {host}")
             return
-        table, warnings = slurm.render_ls(jobs_there)
+        table, warnings = slurm.render_ls(servers)
         for line in table:
             console.result(line)
         for warning in warnings:
             console.warn(warning)
         return
-    servers = session.ls(host=host, timeout=timeout, show_token=show_token, interactive=_interactive())
     if as_json:
         console.emit_json({"servers": servers})
         return

@@ -17,7 +17,7 @@ from nbremote.agentlink import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, place_for
-from nbremote.session import LAUNCHER, validate_text
+from nbremote.servers import LAUNCHER, validate_text
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 SIGNALS = ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")

@@ -12,7 +12,10 @@ does not change.
 
 It runs inside a foreground `nbremote up`, or for `up --detach` as a small
 background process per session (`python -m nbremote.keeper HOST DIR`) that
-`nbremote down` stops.
+`nbremote down` stops. It keeps every session alike: for one in a Slurm job
+the forward goes through the login node to the compute node, and when Jupyter
+no longer answers through a rebuilt tunnel the runner says why (the job hit
+its time limit, was cancelled, its node failed): said once, then it stops.
 """
 from __future__ import annotations
 
@@ -25,20 +28,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
-from nbremote import paths, profiles, sessions
+from nbremote import paths, profiles, runners, sessions
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.localnet import probe
 from nbremote.reach import Reached
-from nbremote.remote import Host, ProfileHost, place_for
+from nbremote.remote import Host, Place, ProfileHost, place_for
+from nbremote.runner import Runner
 from nbremote.sessions import SessionRecord
-
-if TYPE_CHECKING:
-    from nbremote.session import UpResult
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def backoff(attempt: int) -> float:
     Fast at first, for a blip; capped at 1 s, because the cost of trying is one
     SYN per address and every second waited is a second the browser waits.
     """
-    return min(FIRST_BACKOFF * 2 ** (attempt - 1), MAX_BACKOFF)
+    return min(FIRST_BACKOFF * 2.0 ** (attempt - 1), MAX_BACKOFF)
 
 
 @dataclass
@@ -70,6 +71,17 @@ class Tunnel:
     local_port: int
     remote_port: int | str
     token: str
+    addr: str = "127.0.0.1"  # the forward's destination seen from the host: its loopback, or a compute node
+
+    @classmethod
+    def of(cls, place: Host, record: SessionRecord) -> Tunnel:
+        return cls(place, record.local_port, record.remote_port, record.token, record.addr)
+
+    def forward(self) -> None:
+        self.place.connection.forward(self.local_port, self.remote_port, self.addr)
+
+    def cancel(self) -> None:
+        self.place.connection.cancel(self.local_port, self.remote_port, self.addr)
 
 
 class Keeper:
@@ -77,13 +89,16 @@ class Keeper:
 
     `report` gets the passing state, redrawn on a status line (`reconnecting
     (attempt 3, 4 s)…`); `announce` gets the changes worth a line of their own
-    (the tunnel lost, the tunnel back and by which path).
+    (the tunnel lost, the tunnel back and by which path). `ended` tells, when
+    Jupyter no longer answers through a rebuilt tunnel, why it is gone for good.
     """
 
     def __init__(self, tunnel: Tunnel, *, report: Callable[[str], None], announce: Callable[[str], None],
                  via: str | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 ended: Callable[[], NbremoteError | None] = lambda: None):
         self.tunnel = tunnel
+        self.ended = ended
         self.report = report
         self.announce = announce
         self.via = via  # the path in use as `KIND ADDRESS`, when the host is a profile
@@ -126,7 +141,7 @@ class Keeper:
             try:
                 # A profile races its addresses again here: the laptop may be on another network.
                 reached = conn.open_master(connect_timeout=CONNECT_TIMEOUT)
-                conn.forward(port, self.tunnel.remote_port)
+                self.tunnel.forward()
             except (NbremoteError, subprocess.TimeoutExpired) as exc:
                 log.info("attempt %d failed: %s", attempt, getattr(exc, "message", exc))
                 conn.close()
@@ -146,7 +161,7 @@ class Keeper:
                 self.announce(f"back{path} after {self.clock() - began:.1f} s: "
                               f"localhost:{port} → {place.label} again")
                 return
-            raise NbremoteError(
+            raise self.ended() or NbremoteError(
                 f"the Jupyter on {place.label} no longer answers (it was stopped or the server restarted)",
                 hint=f"`nbremote up {place.label}` starts a fresh one")
 
@@ -159,37 +174,47 @@ def last_via(place: Host) -> str | None:
     return f"{recent.kind} {recent.address}" if recent else None
 
 
-def hold(result: UpResult, console: Console, *, timeout: float, interactive: bool,
-         sleep: Callable[[float], None] = time.sleep) -> None:
-    """Stay in the foreground until Ctrl-C, keeping the tunnel up."""
-    place = place_for(result.host, timeout=timeout, interactive=interactive, persist=True)
+def keeper_for(place: Host, runner: Runner, record: SessionRecord, *, report: Callable[[str], None],
+               announce: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> Keeper:
+    return Keeper(Tunnel.of(place, record), report=report, announce=announce, via=last_via(place), sleep=sleep,
+                  ended=lambda: runner.ended(place, record))
+
+
+def hold(place: Place, runner: Runner, record: SessionRecord, url: str, *, created_master: bool,
+         console: Console, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Stay in the foreground until Ctrl-C, keeping the tunnel up; a session whose runner says it
+    ended for good (a Slurm job's time limit) ends this with that error."""
     keeper = None
     if isinstance(place, Host):
         def announce(text: str) -> None:
             console.end_status()
             console.note(text)
 
-        keeper = Keeper(Tunnel(place, result.local_port, result.server.port, result.server.token),
-                        report=console.status, announce=announce, via=last_via(place), sleep=sleep)
+        keeper = keeper_for(place, runner, record, report=console.status, announce=announce, sleep=sleep)
+    what = runner.serving(record)
+    what = f" · {what}" if what else ""
     began = time.monotonic()
     try:
         while True:
             elapsed = int(time.monotonic() - began)
             via = f" · via {keeper.via}" if keeper is not None and keeper.via else ""
-            console.status(f"● serving {result.url.split('?')[0]}{via} · {elapsed // 60} min {elapsed % 60:02d} s")
+            console.status(f"● serving {url.split('?')[0]}{what}{via} · {elapsed // 60} min {elapsed % 60:02d} s")
             sleep(CHECK_EVERY)
             if keeper is not None:
                 keeper.check()
     except KeyboardInterrupt:
         console.end_status()
-        stop = f"nbremote down {result.host}" if result.host else "nbremote down"
+        stop = f"nbremote down {record.host}" if record.host else "nbremote down"
         if isinstance(place, Host):
-            place.connection.cancel(result.local_port, result.server.port)
-            if result.created_master:
+            Tunnel.of(place, record).cancel()
+            if created_master:
                 place.connection.close()
-            console.note(f"stopped forwarding; the notebook keeps running on {place.label}. `{stop}` stops it.")
+            console.note(f"stopped forwarding; {runner.left_running(record, place.label, stop)}")
         else:
-            console.note(f"the notebook keeps running on this machine. `{stop}` stops it.")
+            console.note(runner.left_running(record, place.label, stop))
+    except NbremoteError:
+        console.end_status()
+        raise
 
 
 # --- the background keeper of `up --detach` -------------------------------------
@@ -237,10 +262,9 @@ def stop(host: str, directory: str, wait: float = 5.0) -> None:
 
 def _serve(record: SessionRecord) -> None:
     place = place_for(record.host, timeout=10, interactive=False, persist=True)
-    assert isinstance(place, Host)
-    keeper = Keeper(Tunnel(place, record.local_port, record.remote_port, record.token),
-                    report=lambda text: log.info("%s", text), announce=lambda text: log.warning("%s", text),
-                    via=last_via(place))
+    assert isinstance(place, Host), "a detached session is on a host: this machine needs no forward"
+    keeper = keeper_for(place, runners.for_record(record), record, report=lambda text: log.info("%s", text),
+                        announce=lambda text: log.warning("%s", text))
     while True:
         time.sleep(CHECK_EVERY)
         current = sessions.find(record.host, record.dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -23,7 +23,8 @@ def port_free(port: int) -> bool:
 def any_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def choose_local_port(requested: int | None, previous: int | None) -> int:
@@ -40,10 +41,11 @@ def choose_local_port(requested: int | None, previous: int | None) -> int:
     return any_free_port()
 
 
-def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
-    """True once Jupyter answers /api/status with this token on local port."""
+def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic,
+          host: str = "127.0.0.1") -> bool:
+    """True once Jupyter answers /api/status with this token on local port (or on host:port)."""
     while True:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(0.5, deadline - clock()))
+        conn = http.client.HTTPConnection(host, port, timeout=max(0.5, deadline - clock()))
         try:
             conn.request("GET", "/api/status", headers={"Authorization": f"token {token}"})
             response = conn.getresponse()

@@ -5,10 +5,9 @@ through an ssh forward for a host, directly for this machine.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
-
-import logging
 import time
 
 from nbremote import agentlink, paths, profiles, reach, sshfiles
@@ -42,6 +41,8 @@ class ThisMachine(Place):
 
 
 class Host(Place):
+    connection: Connection | reach.PathConnection
+
     def __init__(self, target: Target, *, timeout: float, interactive: bool, persist: bool):
         self.target = target
         self.label = target.label
@@ -51,9 +52,9 @@ class Host(Place):
         self.connection = Connection(target, control_dir=paths.runtime_dir(), timeout=timeout,
                                      batch=not interactive, persist=persist)
 
-    def connect(self) -> None:
-        """Log in now (the agent call would otherwise log in itself)."""
-        self.connection.open_master()
+    def connect(self) -> reach.Reached | None:
+        """Log in now (the agent call would otherwise log in itself); a profile says by which path."""
+        return self.connection.open_master()
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         # While a person may be typing a password, only ssh's own timeouts apply.

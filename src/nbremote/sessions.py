@@ -1,12 +1,13 @@
 """The laptop's memory of its sessions: which local port forwards to what.
 
 One JSON file, 0600 in the private state dir (it holds tokens, so a later
-`up` can reattach in a couple of round trips without asking the agent).
+`up` can reattach in a couple of round trips without asking the agent). A
+session in a Slurm job is a record like any other: its runner is "slurm", and
+its forward goes through the login node to the compute node's address.
 """
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 
 from nbremote import paths
@@ -23,23 +24,27 @@ class SessionRecord:
     pid: int
     mode: str
     updated: float
+    runner: str = "host"  # where Jupyter runs: "host" (tmux/setsid there) or "slurm" (a batch job)
+    addr: str = "127.0.0.1"  # where the forward goes, seen from the host: its loopback, or a compute node
+    job_id: str | None = None  # the batch job holding Jupyter, for a scheduler's runner
+    node: str | None = None  # the compute node it runs on
 
     @property
     def key(self) -> str:
         return f"{self.host}\0{self.dir}"
 
 
-def _path():
-    return paths.state_dir() / "sessions.json"
+NAME = "sessions.json"
 
 
 def load_all() -> dict[str, SessionRecord]:
-    return paths.read_records(_path(), SessionRecord)
+    # A read must not create the state dir: a command refused at the edge leaves nothing behind.
+    return paths.read_records(paths.state_file(NAME), SessionRecord)
 
 
 def _save_all(records: dict[str, SessionRecord]) -> None:
     doc = {key: asdict(record) for key, record in records.items()}
-    paths.write_private(_path(), json.dumps(doc, indent=1, sort_keys=True))
+    paths.write_private(paths.state_dir() / NAME, json.dumps(doc, indent=1, sort_keys=True))
 
 
 def find(host: str, directory: str) -> SessionRecord | None:
@@ -61,7 +66,3 @@ def remove(records: list[SessionRecord]) -> None:
     for record in records:
         current.pop(record.key, None)
     _save_all(current)
-
-
-def now() -> float:
-    return time.time()

@@ -17,7 +17,7 @@ from nbremote import sessions
 from nbremote.agentlink import clean_text, is_server_path
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, place_for
-from nbremote.session import masked, url_for
+from nbremote.servers import masked, url_for
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY = 20
@@ -93,14 +93,22 @@ def _clean_servers(items: object) -> list:
     return servers
 
 
-def _with_urls(servers: list, host: str, show_token: bool) -> list:
-    """The URL of each server the laptop forwards; its token (from the laptop's own record) masked."""
-    local = {r.remote_dir: r for r in sessions.for_host(host)}
-    for server in servers:
-        record = local.get(server["dir"])
-        server["url"] = None if record is None else url_for(
+def _with_urls(servers: list, slurm_jobs: list, host: str, show_token: bool) -> tuple[list, list]:
+    """The URL of each server the laptop forwards, on the host or in a Slurm job, its token (from
+    the laptop's own record) masked; a Slurm record counts for the job it was made for only."""
+    records = sessions.for_host(host)
+
+    def url(record: sessions.SessionRecord | None) -> str | None:
+        return None if record is None else url_for(
             record.local_port, record.mode, record.token if show_token else masked(record.token))
-    return servers
+
+    on_host = {r.remote_dir: r for r in records if r.runner == "host"}
+    for server in servers:
+        server["url"] = url(on_host.get(server["dir"]))
+    in_jobs = {(r.remote_dir, r.job_id): r for r in records if r.runner == "slurm"}
+    for job in slurm_jobs:
+        job["url"] = url(in_jobs.get((job["dir"], job["job_id"])))
+    return servers, slurm_jobs
 
 
 def query(host: str | None, *, timeout: float, keep_master: bool = False, show_token: bool = False) -> HostStatus:
@@ -132,10 +140,12 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
     except NbremoteError as exc:
         return HostStatus(host=host, label=label, reachable=False, seconds=time.monotonic() - started,
                           error=exc.message)
+    servers, in_jobs = _with_urls(_clean_servers(reply.get("servers")),
+                                  [slurm.clean_job(d) for d in reply.get("slurm") or [] if isinstance(d, dict)],
+                                  place.host, show_token)
     return HostStatus(host=host, label=label, reachable=True, seconds=time.monotonic() - started, path=path,
                       rtt=rtt, machine=_clean_machine(reply.get("machine")), gpu=_clean_gpu(reply.get("gpu")),
-                      servers=_with_urls(_clean_servers(reply.get("servers")), place.host, show_token), jobs=jobs,
-                      slurm=[slurm.clean_job(d) for d in reply.get("slurm") or [] if isinstance(d, dict)])
+                      servers=servers, jobs=jobs, slurm=in_jobs)
 
 
 def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False,
@@ -271,6 +281,8 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
                         f"{slurm.left_text(job)}"
                 if job["time_left"] is not None and job["time_left"] < slurm.LOW_TIME:
                     text += "  ! ending soon"
+            if job.get("url"):
+                text += f"  {job['url']}"
             lines.append(text)
         if s.jobs:
             lines.append("  jobs     " + "   ·   ".join(f"{j.name}  {job_state(j)}" for j in s.jobs))

@@ -15,7 +15,7 @@ from agentbox import VENV_BIN, AgentBox, api, children, cmdline, is_jupyter, pid
 
 from nbremote import remote
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.session import parse_server
+from nbremote.servers import parse_server
 
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nbremote import addresses, agentlink, invite, jobs, profiles, session, ssh
+from nbremote import addresses, agentlink, invite, jobs, profiles, servers, ssh
 from nbremote.agent import protocol
 from nbremote.errors import NbremoteError
 
@@ -127,10 +127,10 @@ GOOD_SERVER = {"dir": "/home/alice", "mode": "lab", "port": 8888, "pid": 42, "to
 @FUZZ
 @given(st.dictionaries(st.sampled_from(sorted(GOOD_SERVER) + ["kernels", "busy", "last_activity"]), JSON))
 def test_server_documents(changes):
-    info = only_our_error(lambda doc: session.parse_server(doc, "gpubox"), {**GOOD_SERVER, **changes})
+    info = only_our_error(lambda doc: servers.parse_server(doc, "gpubox"), {**GOOD_SERVER, **changes})
     if info is not None:
         assert 1 <= info.port <= 65535 and info.dir.startswith("/") and not _UNSAFE.search(info.dir)
-        url = session.url_for(40000, info.mode, info.token)
+        url = servers.url_for(40000, info.mode, info.token)
         assert re.fullmatch(r"http://127\.0\.0\.1:40000/(lab|tree)\?token=[A-Za-z0-9]+", url), url
 
 

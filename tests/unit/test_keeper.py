@@ -13,7 +13,8 @@ from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.reach import Reached
 from nbremote.remote import Host
-from nbremote.session import ServerInfo, UpResult
+from nbremote.onhost import HostRunner
+from nbremote.sessions import SessionRecord
 
 LOCAL, REMOTE = 8890, 38119
 WAN = Reached(Address("11.22.33.1", 22022), login_s=0.3, rtt_s=0.041)
@@ -53,7 +54,8 @@ class FakeConnection:
             raise outcome
         return outcome
 
-    def forward(self, local_port, remote_port):
+    def forward(self, local_port, remote_port, remote_host):
+        assert remote_host == "127.0.0.1"
         self.calls.append(("forward", local_port, remote_port))
         if self.forward_fails:
             self.forward_fails -= 1
@@ -62,7 +64,7 @@ class FakeConnection:
     def round_trip(self):
         return 0.041
 
-    def cancel(self, local_port, remote_port):
+    def cancel(self, local_port, remote_port, remote_host):
         self.calls.append(("cancel", local_port, remote_port))
         return True
 
@@ -195,11 +197,9 @@ def test_a_jupyter_that_no_longer_answers_after_reconnecting_is_an_error(probes)
     assert "`nbremote up gpubox`" in caught.value.hint
 
 
-def _result() -> UpResult:
-    server = ServerInfo(dir="/home/me", mode="lab", port=REMOTE, pid=41873, token="t" * 32, launcher="tmux",
-                        started=0.0)
-    return UpResult(host="gpubox", url=f"http://127.0.0.1:{LOCAL}/lab?token={'t' * 32}", local_port=LOCAL,
-                    server=server, reused=True, replaced_pid=None, created_master=False, seconds=0.1)
+RECORD = SessionRecord(host="gpubox", dir="~", remote_dir="/home/me", local_port=LOCAL, remote_port=REMOTE,
+                       token="t" * 32, pid=41873, mode="lab", updated=0.0)
+URL = f"http://127.0.0.1:{LOCAL}/lab?token={'t' * 32}"
 
 
 @pytest.mark.parametrize("tty", [True, False])
@@ -209,7 +209,6 @@ def test_hold_shows_reconnecting_on_the_status_line_and_the_move_on_lines_of_its
     place = Host.__new__(Host)  # no ssh: only what hold and the keeper use
     place.label = place.host = "gpubox"
     place.connection = conn
-    monkeypatch.setattr(keeper, "place_for", lambda *args, **kwargs: place)
     monkeypatch.setattr(keeper, "last_via", lambda place: "LAN 192.168.1.112:22")
     probes.extend([False, False])
     ticks = []
@@ -220,7 +219,8 @@ def test_hold_shows_reconnecting_on_the_status_line_and_the_move_on_lines_of_its
             raise KeyboardInterrupt
 
     err = io.StringIO()
-    keeper.hold(_result(), Console(err=err, tty=tty), timeout=5, interactive=False, sleep=sleep)
+    keeper.hold(place, HostRunner(), RECORD, URL, created_master=False, console=Console(err=err, tty=tty),
+                sleep=sleep)
     text = err.getvalue()
     lines = ("  lost the connection to gpubox via LAN 192.168.1.112:22; reconnecting\n",
              "  back via WAN 11.22.33.1:22022 (41 ms) after ")

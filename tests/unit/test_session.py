@@ -15,7 +15,7 @@ import pytest
 from nbremote import paths, sessions
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import any_free_port, port_free, probe
-from nbremote.session import ServerInfo, parse_server, url_for, validate_text
+from nbremote.servers import ServerInfo, parse_server, url_for, validate_text
 from nbremote.sessions import SessionRecord
 
 TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef"

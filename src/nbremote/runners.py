@@ -1,0 +1,24 @@
+"""Which runner a command or a remembered session uses (runner.py says what a runner is)."""
+from __future__ import annotations
+
+from nbremote import slurm
+from nbremote.onhost import HostRunner
+from nbremote.runner import Runner
+from nbremote.sessions import SessionRecord
+
+
+def for_up(host: str | None, slurm_text: str | None) -> Runner:
+    """Slurm when --slurm is given, the profile names it, or a Slurm session there is remembered;
+    its batch options are the profile's with those of --slurm replacing the same names."""
+    if slurm.uses_slurm(host, slurm_text):
+        return slurm.SlurmRunner(slurm.options_for(host, slurm_text))
+    return HostRunner()
+
+
+def for_host(host: str | None) -> Runner:
+    """The runner of `down` and `ls`, which submit nothing."""
+    return slurm.SlurmRunner() if slurm.uses_slurm(host, None) else HostRunner()
+
+
+def for_record(record: SessionRecord) -> Runner:
+    return slurm.SlurmRunner() if record.runner == slurm.SlurmRunner.name else HostRunner()
