@@ -1,6 +1,7 @@
 """The keeper: when it rebuilds, how fast it retries, what it says, and that the port stays."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 from types import SimpleNamespace
@@ -11,10 +12,11 @@ from nbremote import keeper
 from nbremote.addresses import Address
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.onhost import HostRunner
 from nbremote.reach import Reached
 from nbremote.remote import Host
-from nbremote.onhost import HostRunner
 from nbremote.sessions import SessionRecord
+from nbremote.slurm import SlurmRunner
 
 LOCAL, REMOTE = 8890, 38119
 WAN = Reached(Address("11.22.33.1", 22022), login_s=0.3, rtt_s=0.041)
@@ -55,8 +57,8 @@ class FakeConnection:
         return outcome
 
     def forward(self, local_port, remote_port, remote_host):
-        assert remote_host == "127.0.0.1"
-        self.calls.append(("forward", local_port, remote_port))
+        self.calls.append(("forward", local_port, remote_port) + (() if remote_host == "127.0.0.1" else
+                                                                   (remote_host,)))
         if self.forward_fails:
             self.forward_fails -= 1
             raise NbremoteError(f"local port {local_port} is busy", exit_code=ExitCode.PORT_BUSY)
@@ -77,13 +79,13 @@ def probes(monkeypatch):
     return answers
 
 
-def make_keeper(conn, clock, via="LAN 192.168.1.112:22"):
+def make_keeper(conn, clock, via="LAN 192.168.1.112:22", addr="127.0.0.1", ended=lambda: None):
     said: list[tuple[str, str]] = []
     place = SimpleNamespace(label="gpubox", connection=conn)
-    kept = keeper.Keeper(keeper.Tunnel(place, LOCAL, REMOTE, "t" * 32),
+    kept = keeper.Keeper(keeper.Tunnel(place, LOCAL, REMOTE, "t" * 32, addr),
                          report=lambda text: said.append(("status", text)),
                          announce=lambda text: said.append(("line", text)),
-                         via=via, sleep=clock.sleep, clock=clock)
+                         via=via, sleep=clock.sleep, clock=clock, ended=ended)
     return kept, said
 
 
@@ -197,6 +199,34 @@ def test_a_jupyter_that_no_longer_answers_after_reconnecting_is_an_error(probes)
     assert "`nbremote up gpubox`" in caught.value.hint
 
 
+def test_a_slurm_session_is_rebuilt_through_the_login_node_to_the_same_node(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [UNREACHABLE, WAN])
+    kept, said = make_keeper(conn, clock, addr="10.0.0.7")
+    kept.rebuild()
+    assert [c for c in conn.calls if isinstance(c, tuple)] == [("forward", LOCAL, REMOTE, "10.0.0.7")]
+    assert said[-1][1].startswith("back via WAN 11.22.33.1:22022")
+
+
+def test_a_job_that_ended_is_said_once_with_its_id_and_the_keeper_stops(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    asked = []
+
+    def ended():
+        asked.append(1)
+        return NbremoteError("Slurm job 81 reached its time limit", exit_code=ExitCode.SLURM)
+
+    kept, said = make_keeper(conn, clock, addr="10.0.0.7", ended=ended)
+    probes.extend([False] * keeper.SETTLE_PROBES)
+    with pytest.raises(NbremoteError) as caught:
+        kept.rebuild()
+    assert caught.value.message == "Slurm job 81 reached its time limit"
+    assert caught.value.exit_code == ExitCode.SLURM
+    assert asked == [1]  # asked once the tunnel is back, not while the network is out
+    assert not any("back" in text for _, text in said)
+
+
 RECORD = SessionRecord(host="gpubox", dir="~", remote_dir="/home/me", local_port=LOCAL, remote_port=REMOTE,
                        token="t" * 32, pid=41873, mode="lab", updated=0.0)
 URL = f"http://127.0.0.1:{LOCAL}/lab?token={'t' * 32}"
@@ -237,3 +267,26 @@ def test_hold_shows_reconnecting_on_the_status_line_and_the_move_on_lines_of_its
     assert text.endswith("  stopped forwarding; the notebook keeps running on gpubox. "
                          "`nbremote down gpubox` stops it.\n")
     assert ("cancel", LOCAL, REMOTE) in conn.calls
+
+
+def test_hold_of_a_slurm_session_names_the_job_and_ends_with_the_jobs_end(monkeypatch, probes):
+    class Ended(SlurmRunner):
+        def ended(self, place, record):
+            return NbremoteError(f"Slurm job {record.job_id} ended (cancelled)", exit_code=ExitCode.SLURM)
+
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    place = Host.__new__(Host)
+    place.label = place.host = "cluster"
+    place.connection = conn
+    monkeypatch.setattr(keeper, "last_via", lambda place: None)
+    record = dataclasses.replace(RECORD, host="cluster", runner="slurm", addr="10.0.0.7", job_id="81", node="node1")
+    probes.extend([False, False] + [False] * keeper.SETTLE_PROBES)
+    err = io.StringIO()
+    with pytest.raises(NbremoteError, match=r"^Slurm job 81 ended \(cancelled\)$"):
+        keeper.hold(place, Ended(), record, URL, created_master=False, console=Console(err=err, tty=True),
+                    sleep=lambda seconds: None)
+    text = err.getvalue()
+    assert "\r● serving http://127.0.0.1:8890/lab · Slurm job 81 on node1 · 0 min 00 s\x1b[K" in text
+    assert text.endswith("\r\x1b[K")  # the status line is gone before the error is printed
+    assert ("forward", LOCAL, REMOTE, "10.0.0.7") in conn.calls
