@@ -6,8 +6,13 @@ scripts/test.sh before the tests; these tests keep the pieces it relies on true.
 from __future__ import annotations
 
 import re
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # a runtime dependency there (pyproject.toml), like profiles.py reads it
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock.txt"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,34 @@ from nbremote.errors import ExitCode, NbremoteError
 from nbremote.ssh import Target
 
 
+class StepClock:
+    """race()'s clock: each reading moves time on by one step, so when an attempt starts is counted
+    in race()'s own readings and no test depends on how busy the machine is."""
+
+    STEP = 0.05
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.STEP
+        return self.now
+
+
 class FakeConnection:
     """start_master runs `sh -c 'sleep S; exit C'` in place of ssh."""
 
     def __init__(self, seconds: float, code: int = 0, stderr: str = "ssh: connect to host x: Connection timed out",
-                 exit_code: ExitCode = ExitCode.UNREACHABLE):
+                 exit_code: ExitCode = ExitCode.UNREACHABLE, clock: StepClock | None = None):
         self.seconds, self.code, self.stderr, self.exit_code = seconds, code, stderr, exit_code
         self.target = Target(label="gpubox", destination="gpubox")
         self.control_path = Path("/nonexistent/nbremote-test")
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
+        self.clock = clock
 
     def start_master(self, connect_timeout):
-        self.started_at = time.monotonic()
+        self.started_at = self.clock.now if self.clock else None
         script = f"sleep {self.seconds}; echo {self.stderr!r} >&2; exit {self.code}"
         self.proc = subprocess.Popen(["sh", "-c", script], stderr=subprocess.PIPE, text=True)
         return self.proc
@@ -43,12 +57,14 @@ def _candidates(*conns):
 
 
 def test_dead_preferred_address_costs_one_stagger_step():
-    dead, good = FakeConnection(30), FakeConnection(0.05)
-    began = time.monotonic()
-    index, seconds = reach.race(_candidates(dead, good), connect_timeout=5, stagger=0.25)
+    clock = StepClock()
+    dead, good = FakeConnection(30, clock=clock), FakeConnection(0.05, clock=clock)
+    index, seconds = reach.race(_candidates(dead, good), connect_timeout=5, stagger=0.25, clock=clock)
     assert index == 1
-    assert 0.25 <= good.started_at - began < 0.32
-    assert seconds < 0.25 + 0.05 + 0.1
+    # Started on race()'s first reading past the stagger step (began is its first reading).
+    began = StepClock.STEP
+    assert 0.25 <= good.started_at - began < 0.25 + 2 * StepClock.STEP
+    assert seconds < 0.25 + 6 * StepClock.STEP
     assert dead.proc.poll() is not None, "the losing attempt must be killed"
 
 
@@ -60,11 +76,13 @@ def test_preferred_address_wins_when_it_works_and_the_next_never_starts():
 
 
 def test_a_fast_failure_starts_the_next_at_once():
-    refused, good = FakeConnection(0.0, code=255, stderr="Connection refused"), FakeConnection(0.05)
-    began = time.monotonic()
-    index, _ = reach.race(_candidates(refused, good), connect_timeout=5, stagger=0.25)
+    clock = StepClock()
+    refused = FakeConnection(0.0, code=255, stderr="Connection refused", clock=clock)
+    good = FakeConnection(0.05, clock=clock)
+    # A long stagger: the next attempt must start on the failure, long before its step is due.
+    index, _ = reach.race(_candidates(refused, good), connect_timeout=5, stagger=5, clock=clock)
     assert index == 1
-    assert good.started_at - began < 0.2
+    assert good.started_at < 0.5
 
 
 def test_all_unreachable_lists_every_address():
