@@ -364,16 +364,30 @@ class Iptables:
                 tx.write(path, new_file.encode(), mode=0o640 if not path.exists() else None)
                 self._restore(tool, new_live)
                 swapped.append((tool, live))
-        except BaseException:
-            for tool, live in reversed(swapped):
-                self._restore(tool, live)
-            tx.rollback()
+        except BaseException as exc:
+            failures = self._undo(swapped, tx)
+            if failures:
+                raise NbremoteError("the firewall change failed and could not be fully undone",
+                                    details=[f"the change: {exc}", *failures],
+                                    hint="put the rules back by hand, then run `sudo nbremote server "
+                                         "firewall --remove`") from exc
             raise
         files = " and ".join(str(plan[1]) for plan in plans)
         boot = "" if system.which("netfilter-persistent") else \
             " (install iptables-persistent to load it at boot)"
         return Outcome(self.name, True, f"allow {port}/tcp, drop other inbound (iptables chain {CHAIN}, "
                                         f"saved in {files}{boot})")
+
+    def _undo(self, swapped: list[tuple[str, str]], tx: Transaction) -> list[str]:
+        """Every step is tried even when one before it fails: a failing restore must not leave
+        the other family's rules or the files changed. Returns what could not be undone."""
+        failures = []
+        for tool, live in reversed(swapped):
+            try:
+                self._restore(tool, live)
+            except NbremoteError as exc:
+                failures.append(f"{tool} ruleset: {'; '.join([exc.message, *exc.details])}")
+        return failures + tx.rollback()
 
     def remove(self) -> Outcome:
         changed = []
