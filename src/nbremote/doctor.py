@@ -23,7 +23,7 @@ from pathlib import Path
 from nbremote import paths, profiles, remote, sshfiles
 from nbremote.errors import NbremoteError
 from nbremote.profiles import Profile
-from nbremote.server.checks import FAIL, PASS, WARN, Check
+from nbremote.verdicts import FAIL, PASS, WARN, Check
 from nbremote.ssh import ssh_env
 
 # Include in ssh_config came with 7.3 (our one line in ~/.ssh/config needs it);

@@ -20,7 +20,7 @@ from nbremote import doctor, profiles, sshfiles
 from nbremote.addresses import parse_address
 from nbremote.errors import ExitCode
 from nbremote.profiles import Profile
-from nbremote.server.checks import FAIL, PASS, WARN
+from nbremote.verdicts import FAIL, PASS, WARN
 
 from clirun import run_main
 

@@ -3,7 +3,7 @@ away without saying it is done. (With sshd, killed at each step: tests/security.
 from __future__ import annotations
 
 from nbremote.server.files import Original, atomic_write
-from nbremote.server.guard import Guard
+from nbremote.server.guardpipe import Guard
 
 
 def _dead_harden(guard: Guard) -> None:

@@ -6,30 +6,19 @@ users' sockets) say so instead of guessing when run without it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from nbremote.errors import NbremoteError
 from nbremote.server import netinfo, system
 from nbremote.server.sshd import Sshd, first, listed
+from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "needs root"
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check"]  # server/cli.py reads them from here
 
 WEAK_KEX = ("ecdh-sha2-nistp", "diffie-hellman-group1-", "diffie-hellman-group14-sha1",
             "diffie-hellman-group-exchange-sha1")
 WEAK_CIPHER = ("-cbc", "3des", "arcfour", "blowfish", "cast128")
 JUPYTER_NAMES = ("jupyter", "jupyter-lab", "jupyter-noteboo", "jupyter-server", "ipykernel")
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str
-    detail: str
-    fix: str | None = None
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
 HARDEN = "sudo nbremote server harden --allow-user YOU"

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from nbremote.errors import NbremoteError
 from nbremote.server import system
-from nbremote.server.checks import FAIL, PASS, SKIP, WARN, Check
+from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check
 from nbremote.server.files import Backup, Original, Transaction, atomic_write
 
 TABLE = "nbremote"

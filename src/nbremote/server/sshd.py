@@ -46,7 +46,7 @@ from typing import Callable, Protocol
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import netinfo, system
 from nbremote.server.files import Backup, Original, Transaction, atomic_write
-from nbremote.server.guard import Guard, take_out_verify_key
+from nbremote.server.guardpipe import Guard, take_out_verify_key
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 MARKER = "nbremote"
