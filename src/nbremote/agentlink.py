@@ -49,7 +49,8 @@ MAX_DETAILS = 20
 MAX_STDERR = 64 * 1024
 
 # Loads the shipped modules (argv[1]) as package nbremote_agent from memory, then
-# answers the request in argv[2]. L is a finder and loader by its methods alone:
+# answers the request in argv[2]. get_source gives the wrapper and the launcher the
+# text they are run from in a Python of their own. L is a finder and loader by its methods alone:
 # importing importlib.abc for the base classes would double the agent's start-up.
 BOOTSTRAP = """\
 import sys,json,zlib,base64,importlib.util
@@ -59,6 +60,7 @@ class L:
   k=name[len(P)+1:] if name.startswith(P+'.') else ('__init__' if name==P else None)
   if k in S:return importlib.util.spec_from_loader(name,s,is_package=name==P)
  def create_module(s,spec):return None
+ def get_source(s,name):return S[name[len(P)+1:] or '__init__']
  def exec_module(s,m):
   k=m.__name__[len(P)+1:] or '__init__';exec(compile(S[k],'<agent:'+k+'>','exec'),m.__dict__)
 sys.meta_path.insert(0,L())

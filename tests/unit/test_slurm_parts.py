@@ -10,6 +10,7 @@ from clirun import run_main
 
 from nbremote import profiles, slurm, slurmopts
 from nbremote.agent import slurm as agent_slurm
+from nbremote.agent.protocol import module_source
 from nbremote.errors import ExitCode, NbremoteError
 
 
@@ -22,7 +23,7 @@ def test_jupyter_script_execs_the_launcher_with_every_path_quoted():
     assert script.startswith("#!/bin/sh\n") and script.count("\nexec ") == 1
     argv = shlex.split(script.split("\nexec ", 1)[1])
     assert argv[:2] == ["/usr/bin/python3", "-c"]
-    assert argv[2] == agent_slurm.LAUNCHER
+    assert argv[2] == module_source("launcher")
     assert argv[3:] == ["/opt/env x/bin/jupyter-lab", "/home/a/my dir", "/home/a/.local/state/nbremote/slurm/k.token",
                         "/home/a/.local/state/nbremote/slurm/k.ready"]
     assert "#SBATCH" not in script  # options travel on sbatch's command line, as a list
@@ -34,10 +35,10 @@ def test_jupyter_script_as_root_allows_root_and_is_a_pure_function():
     assert agent_slurm.render_jupyter_script(*args) == agent_slurm.render_jupyter_script(*args)
 
 
-def test_the_launcher_is_valid_python_and_never_takes_the_token_on_its_command_line():
-    compile(agent_slurm.LAUNCHER, "<launcher>", "exec")
-    assert "token_file" in agent_slurm.LAUNCHER and "JUPYTER_TOKEN_FILE" in agent_slurm.LAUNCHER
-    assert "--ServerApp.token" not in agent_slurm.LAUNCHER and "--NotebookApp.token" not in agent_slurm.LAUNCHER
+def test_the_launcher_never_takes_the_token_on_its_command_line():
+    launcher = module_source("launcher")
+    assert "JUPYTER_TOKEN_FILE" in launcher
+    assert "--ServerApp.token" not in launcher and "--NotebookApp.token" not in launcher
 
 
 def test_command_script_runs_the_argv_exactly(tmp_path):

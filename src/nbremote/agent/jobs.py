@@ -7,10 +7,10 @@ Layout under the agent's state dir, 0700 directories and 0600 files:
     jobs/NAME.log        the command's stdout and stderr
 
 The argv arrives as a JSON list and reaches the command as a list: it is read
-from NAME.json by the wrapper, so no shell ever parses it. The wrapper (a few
-lines of stdlib Python, run in tmux when there is one, else with setsid) waits
-for the command, writes NAME.end.json atomically, and forwards the signals it
-gets to the command's process group, which is what `kill` sends.
+from NAME.json by the wrapper, so no shell ever parses it. The wrapper
+(wrapper.py, run in a Python of its own, in tmux when there is one, else with
+setsid) waits for the command, writes NAME.end.json atomically, and forwards
+the signals it gets to the command's process group, which is what `kill` sends.
 """
 import base64
 import json
@@ -23,10 +23,9 @@ import subprocess
 import sys
 import time
 
-from . import jupyter, slurm, state, stats
-from .protocol import AgentError
+from . import jobstore, jupyter, slurm, state, stats
+from .protocol import AgentError, module_source
 
-NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 SIGNALS = ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")
 CHUNK = 64 * 1024
 FOLLOW_POLL = 0.2
@@ -34,106 +33,20 @@ FOLLOW_POLL = 0.2
 # client went away finds out, instead of polling a log forever.
 HEARTBEAT = 5.0
 
-# Runs as `python3 -c WRAPPER JOBFILE`. In tmux, the command gets the pane as
-# its terminal (and the foreground, so Ctrl-C in `attach` reaches it), and the
-# wrapper copies the log to the pane so an attached user sees the output.
-WRAPPER = r"""
-import json,os,signal,subprocess,sys,time
-path=sys.argv[1]
-with open(path) as f:job=json.load(f)
-end=path[:-len('.json')]+'.end.json'
-def finish(doc):
- tmp=end+'.tmp';fd=os.open(tmp,os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o600)
- with os.fdopen(fd,'w') as f:json.dump(doc,f)
- os.replace(tmp,end)
-tty=os.isatty(0)
-def pre():
- os.setpgrp()
- if tty:
-  signal.signal(signal.SIGTTOU,signal.SIG_IGN)
-  try:os.tcsetpgrp(0,os.getpgrp())
-  except OSError:pass
-  signal.signal(signal.SIGTTOU,signal.SIG_DFL)
-env=dict(job['env'])
-for k in ('TMUX','TMUX_PANE','TERM'):
- if k in os.environ:env[k]=os.environ[k]
-log=open(job['log'],'ab',0)
-try:
- child=subprocess.Popen(job['argv'],cwd=job['dir'],env=env,stdin=0 if tty else subprocess.DEVNULL,stdout=log,stderr=log,preexec_fn=pre)
-except OSError as e:
- log.write(('nbremote: cannot run %s: %s\n'%(job['argv'][0],e.strerror)).encode())
- finish({'exit_code':127,'ended':time.time(),'error':e.strerror});sys.exit(127)
-def forward(n,f):
- try:os.killpg(child.pid,n)
- except OSError:pass
-for s in (signal.SIGTERM,signal.SIGINT,signal.SIGHUP,signal.SIGQUIT,signal.SIGUSR1,signal.SIGUSR2):signal.signal(s,forward)
-src=open(job['log'],'rb') if tty else None
-if src:src.seek(0,2)
-while child.poll() is None:
- if src:
-  data=src.read()
-  if data:os.write(1,data)
- time.sleep(0.2)
-finish({'exit_code':child.returncode,'ended':time.time()})
-"""
-
-
-def validate_name(name):
-    if not isinstance(name, str) or not NAME.match(name) or name.endswith(".end"):
-        raise AgentError("bad_request", "job name %r is not valid" % (name,),
-                         hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'")
-    return name
-
-
-def _folder():
-    return state.private_dir("jobs")
-
-
-def _path(name, suffix):
-    return os.path.join(_folder(), name + suffix)
-
-
-def _load(name):
-    try:
-        with open(_path(name, ".json")) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _save(record):
-    state.write_private(_path(record["name"], ".json"), json.dumps(record, indent=1, sort_keys=True))
-
-
-def _end(name):
-    try:
-        with open(_path(name, ".end.json")) as handle:
-            doc = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("exit_code"), int) else None
-
-
-def _names():
-    return sorted(n[: -len(".json")] for n in os.listdir(_folder())
-                  if n.endswith(".json") and not n.endswith(".end.json"))
-
-
 def _wrapper_alive(record):
     pid = record.get("pid")
     if not isinstance(pid, int) or not jupyter._pid_alive(pid):
         return False
     try:  # the pid may have been reused by now
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return os.fsencode(_path(record["name"], ".json")) in handle.read()
+            return os.fsencode(jobstore.path(record["name"], ".json")) in handle.read()
     except OSError:
         return True
 
 
 def _require(name):
-    validate_name(name)
-    record = _load(name)
+    jobstore.validate_name(name)
+    record = jobstore.load(name)
     if record is None:
         raise AgentError("no_job", "no job named %s on the server" % name,
                          hint="`nbremote jobs` lists the jobs there")
@@ -144,7 +57,7 @@ def view(record, gpu_memory=None):
     """What the client sees of a job, with its state worked out now."""
     if record.get("launcher") == "slurm":
         return slurm.job_view(record, gpu_memory)
-    end = _end(record["name"])
+    end = jobstore.end(record["name"])
     doc = {k: record.get(k) for k in ("name", "argv", "dir", "env_spec", "started", "launcher",
                                       "tmux_session", "log", "pid")}
     doc.update(state="running", exit_code=None, ended=None)
@@ -199,18 +112,9 @@ def _environment(env_spec):
     return env
 
 
-def _auto_name(argv):
-    base = re.sub(r"[^A-Za-z0-9_-]", "", os.path.basename(argv[0]))[:40] or "job"
-    taken = set(_names())
-    number = 1
-    while "%s-%d" % (base, number) in taken:
-        number += 1
-    return "%s-%d" % (base, number)
-
-
 def _launch(record, use_tmux):
-    path = _path(record["name"], ".json")
-    wrapper = [sys.executable, "-c", WRAPPER, path]
+    path = jobstore.path(record["name"], ".json")
+    wrapper = [sys.executable, "-c", module_source("wrapper"), path]
     if use_tmux:
         # tmux shows '.' and ':' as '_' in session names; the record keeps the real one.
         session = "nbremote-job-" + record["name"].replace(".", "_")
@@ -237,32 +141,32 @@ def op_run(channel, argv=None, name=None, dir=None, env=None, slurm_options=None
     if slurm_options is not None:
         return slurm.op_run(channel, argv, name, directory, environment, env, slurm_options)
     with state.locked():
-        name = validate_name(name) if name is not None else _auto_name(argv)
-        previous = _load(name)
+        name = jobstore.validate_name(name) if name is not None else jobstore.auto_name(argv)
+        previous = jobstore.load(name)
         if previous is not None:
             busy = view(previous)["state"] == "running"
             raise AgentError("job_exists", "a job named %s %s on the server" % (
                 name, "is running" if busy else "already exists"),
                 hint="pick another --name" + ("" if busy else ", or forget finished jobs with `nbremote jobs --prune`"))
-        log_path = _path(name, ".log")
+        log_path = jobstore.path(name, ".log")
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         use_tmux = shutil.which("tmux") is not None
         record = {"name": name, "argv": argv, "dir": directory, "env_spec": env, "env": environment,
                   "log": log_path, "started": time.time(), "launcher": "tmux" if use_tmux else "setsid",
                   "tmux_session": None, "pid": None, "kill_requested": None}
-        _save(record)
+        jobstore.save(record)
         try:
             record["pid"], record["tmux_session"] = _launch(record, use_tmux)
         except BaseException:
             for suffix in (".json", ".log"):
-                os.unlink(_path(name, suffix))
+                os.unlink(jobstore.path(name, suffix))
             raise
-        _save(record)
+        jobstore.save(record)
     return {"job": view(record)}
 
 
 def op_jobs(channel, prune=False, purge=False):
-    records = [r for r in (_load(n) for n in _names()) if r is not None]
+    records = [r for r in (jobstore.load(n) for n in jobstore.names()) if r is not None]
     report = stats.gpu_report()
     usage = gpu_usage(records, report["apps"]) if report["available"] else {}
     views = [view(r, usage.get(r["name"])) for r in records]
@@ -274,7 +178,7 @@ def op_jobs(channel, prune=False, purge=False):
                     suffixes = (".json", ".end.json", ".sh") + ((".log",) if purge else ())
                     for suffix in suffixes:
                         try:
-                            os.unlink(_path(doc["name"], suffix))
+                            os.unlink(jobstore.path(doc["name"], suffix))
                         except FileNotFoundError:
                             pass
                     pruned.append(doc["name"])
@@ -292,7 +196,7 @@ def op_kill(channel, name=None, signal_name="TERM", wait=5.0):
         return {"job": view(record), "signalled": False}
     with state.locked():
         record["kill_requested"] = signal_name
-        _save(record)
+        jobstore.save(record)
     signum = getattr(signal, "SIG" + signal_name)
     if signum == signal.SIGKILL:
         # The wrapper cannot catch KILL to pass it on: send it to the command's group itself.
@@ -373,7 +277,7 @@ def op_logs(channel, name=None, offset=None, tail=None, follow=False):
 def op_status(channel):
     """Everything `nbremote status` shows of this machine, in one round trip."""
     report = stats.gpu_report()
-    records = [r for r in (_load(n) for n in _names()) if r is not None]
+    records = [r for r in (jobstore.load(n) for n in jobstore.names()) if r is not None]
     usage = gpu_usage(records, report["apps"]) if report["available"] else {}
     owners = {}
     for record in records:

@@ -10,12 +10,21 @@ and the final line waits until stdin ends, so the client's ping (sent when the
 hello arrives) always gets its pong. One round trip over the open channel, with
 no second ssh session to open.
 """
+import importlib.util
 import json
 import sys
 import threading
 
 PROTOCOL_VERSION = 1
 HELLO_KEY = "nbremote_agent"
+
+
+def module_source(name):
+    """The source of a sibling module that runs in a Python of its own (wrapper.py, launcher.py).
+
+    Read through the module's loader: shipped, the agent lives only in the bootstrap's memory."""
+    qualified = __name__.rpartition(".")[0] + "." + name
+    return importlib.util.find_spec(qualified).loader.get_source(qualified)
 
 
 class AgentError(Exception):

@@ -31,8 +31,8 @@ import subprocess
 import sys
 import time
 
-from . import jobs, jupyter, state
-from .protocol import AgentError
+from . import jobstore, jupyter, state
+from .protocol import AgentError, module_source
 
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
@@ -41,50 +41,13 @@ POLL_FILE = 0.05    # the ready file is local (or NFS) and cheap to look at
 POLL_SLURM = 1.0    # scontrol asks slurmctld: about once a second is polite on a busy cluster
 STOP_WAIT = 60.0
 
-# Runs on the compute node as `python3 -c LAUNCHER JUPYTER DIR TOKEN_FILE READY [ARGS...]`.
-LAUNCHER = r"""
-import http.client,json,os,signal,socket,subprocess,sys,time
-jupyter,root,token_file,ready=sys.argv[1:5]
-node=os.environ.get('SLURMD_NODENAME') or socket.gethostname()
-addr=None
-try:
- out=subprocess.run(['scontrol','show','node','-o',node],stdout=subprocess.PIPE,stderr=subprocess.DEVNULL,universal_newlines=True,timeout=30).stdout
- addr=next((w[9:] for w in out.split() if w.startswith('NodeAddr=')),None)
-except (OSError,subprocess.SubprocessError):pass
-addr=addr or node
-ip=socket.gethostbyname(addr)
-s=socket.socket();s.bind((ip,0));port=s.getsockname()[1];s.close()
-env=dict(os.environ);env.pop('JUPYTER_TOKEN',None);env['JUPYTER_TOKEN_FILE']=token_file
-argv=[jupyter,'--no-browser','--ip='+ip,'--port=%d'%port,'--ServerApp.port_retries=0','--ServerApp.root_dir='+root]+sys.argv[5:]
-print('nbremote: starting Jupyter on %s (%s:%d)'%(node,ip,port),flush=True)
-child=subprocess.Popen(argv,env=env,stdin=subprocess.DEVNULL)
-for n in (signal.SIGTERM,signal.SIGINT,signal.SIGHUP,signal.SIGUSR1):signal.signal(n,lambda n,f:child.send_signal(n))
-token=open(token_file).read().strip()
-while child.poll() is None:
- c=http.client.HTTPConnection(ip,port,timeout=2)
- try:
-  c.request('GET','/api/status',headers={'Authorization':'token '+token})
-  if c.getresponse().status==200:break
- except (OSError,http.client.HTTPException):pass
- finally:c.close()
- time.sleep(0.05)
-else:sys.exit(child.returncode)
-tmp=ready+'.tmp';fd=os.open(tmp,os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o600)
-with os.fdopen(fd,'w') as f:json.dump({'job_id':os.environ.get('SLURM_JOB_ID'),'node':node,'addr':addr,'ip':ip,'port':port,'pid':child.pid},f)
-os.replace(tmp,ready)
-while True:
- try:sys.exit(child.wait())
- except InterruptedError:pass
-"""
-
-
 def render_jupyter_script(python, jupyter_program, directory, token_file, ready_file, allow_root=False):
     """The batch script of a Jupyter job: a pure function of its inputs.
 
     Batch options go on sbatch's command line, not in #SBATCH lines, where a
     value with a space would need quoting Slurm does not offer.
     """
-    argv = [python, "-c", LAUNCHER, jupyter_program, directory, token_file, ready_file]
+    argv = [python, "-c", module_source("launcher"), jupyter_program, directory, token_file, ready_file]
     if allow_root:
         argv.append("--allow-root")
     return ("#!/bin/sh\n"
@@ -418,25 +381,25 @@ def status_servers():
 def op_run(channel, argv, name, directory, environment, env_spec, options):
     require_slurm()
     with state.locked():
-        name = jobs.validate_name(name) if name is not None else jobs._auto_name(argv)
-        if jobs._load(name) is not None:
+        name = jobstore.validate_name(name) if name is not None else jobstore.auto_name(argv)
+        if jobstore.load(name) is not None:
             raise AgentError("job_exists", "a job named %s %s on the server" % (name, "already exists"),
                              hint="pick another --name, or forget finished jobs with `nbremote jobs --prune`")
-        log_path = jobs._path(name, ".log")
+        log_path = jobstore.path(name, ".log")
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        script = jobs._path(name, ".sh")
+        script = jobstore.path(name, ".sh")
         state.write_private(script, render_command_script(argv))
         try:
             job_id = submit(script, options, ["--job-name=" + name, "--output=" + log_path, "--chdir=" + directory,
                                               "--open-mode=append"], env=environment)
         except AgentError:
             for suffix in (".log", ".sh"):
-                os.unlink(jobs._path(name, suffix))
+                os.unlink(jobstore.path(name, suffix))
             raise
         record = {"name": name, "argv": argv, "dir": directory, "env_spec": env_spec, "log": log_path,
                   "started": time.time(), "launcher": "slurm", "slurm_job_id": job_id, "slurm_options": options,
                   "tmux_session": None, "pid": None, "kill_requested": None}
-        jobs._save(record)
+        jobstore.save(record)
     return {"job": job_view(record)}
 
 
@@ -444,14 +407,14 @@ def _end_doc(record, doc):
     ended = time.time()
     code = doc["exit_code"] if doc["exit_code"] is not None else -1
     end = {"exit_code": code, "ended": ended, "slurm_state": doc["state"], "slurm_reason": doc["reason"]}
-    state.write_private(jobs._path(record["name"], ".end.json"), json.dumps(end))
+    state.write_private(jobstore.path(record["name"], ".end.json"), json.dumps(end))
     return end
 
 
 def job_view(record, gpu_memory=None):
     """A Slurm job as `jobs` shows it; once Slurm says it ended, that is written down for good."""
     job_id = record["slurm_job_id"]
-    end = jobs._end(record["name"])
+    end = jobstore.end(record["name"])
     slurm = None
     if end is None:
         slurm = describe(job_id, job_info(job_id))
@@ -488,7 +451,7 @@ def kill(record, signal_name, wait):
         return {"job": view, "signalled": False}
     with state.locked():
         record["kill_requested"] = signal_name
-        jobs._save(record)
+        jobstore.save(record)
     job_id = record["slurm_job_id"]
     if signal_name == "TERM":
         cancel(job_id, wait=max(float(wait), 10.0))

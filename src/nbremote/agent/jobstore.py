@@ -1,0 +1,61 @@
+"""The job records under the agent's state dir (layout in jobs.py), shared by the jobs run
+with tmux or setsid (jobs.py) and those run on Slurm (slurm.py)."""
+import json
+import os
+import re
+
+from . import state
+from .protocol import AgentError
+
+NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_name(name):
+    if not isinstance(name, str) or not NAME.match(name) or name.endswith(".end"):
+        raise AgentError("bad_request", "job name %r is not valid" % (name,),
+                         hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'")
+    return name
+
+
+def folder():
+    return state.private_dir("jobs")
+
+
+def path(name, suffix):
+    return os.path.join(folder(), name + suffix)
+
+
+def load(name):
+    try:
+        with open(path(name, ".json")) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def save(record):
+    state.write_private(path(record["name"], ".json"), json.dumps(record, indent=1, sort_keys=True))
+
+
+def end(name):
+    try:
+        with open(path(name, ".end.json")) as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("exit_code"), int) else None
+
+
+def names():
+    return sorted(n[: -len(".json")] for n in os.listdir(folder())
+                  if n.endswith(".json") and not n.endswith(".end.json"))
+
+
+def auto_name(argv):
+    base = re.sub(r"[^A-Za-z0-9_-]", "", os.path.basename(argv[0]))[:40] or "job"
+    taken = set(names())
+    number = 1
+    while "%s-%d" % (base, number) in taken:
+        number += 1
+    return "%s-%d" % (base, number)
