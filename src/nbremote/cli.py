@@ -16,8 +16,7 @@ from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import place_for
-from nbremote.server import checks as server_checks
-from nbremote.server import cli as server_cli
+from nbremote.verdicts import check_lines, summary
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
 SLURM_HELP = ('sbatch options, quoted as one argument, e.g. "--gres=gpu:1 --time=2:00:00"; they replace '
@@ -46,7 +45,22 @@ def _ago(when: float | str | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """`nbremote server ...` is loaded only when asked for: it is run on the server, and the
+    laptop's commands (and their start-up time) have no use for the server set-up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "server"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "server":
+            from nbremote.server import cli as server_cli
+
+            return server_cli.server
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nbremote")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step (ssh commands, agent calls) to stderr.")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
@@ -382,8 +396,6 @@ def status_command(hosts, as_json, watch, interval, show_token, timeout) -> None
     finally:
         status.close_masters(targets, timeout=timeout)
 
-cli.add_command(server_cli.server)
-
 
 # --- host profiles -----------------------------------------------------------------
 
@@ -533,11 +545,12 @@ def doctor_command(hosts, as_json, timeout) -> None:
     console = Console.for_terminal(json_mode=as_json)
     with console.progress("checking"):
         rows = doctor.diagnose(list(hosts), timeout=timeout)
-    counts = server_checks.summary(rows)
+    counts = summary(rows)
     if as_json:
         console.emit_json({"checks": [r.to_json() for r in rows], "summary": counts})
     else:
-        server_cli.render_checks(console, rows)
+        for line in check_lines(rows):
+            console.result(line)
         console.result(f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")
     if counts["fail"]:
         sys.exit(ExitCode.ERROR)

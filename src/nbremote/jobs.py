@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from nbremote import completion
+from nbremote import jobcache
 from nbremote.agentlink import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
@@ -139,7 +139,7 @@ def run(*, host: str | None, argv: list[str], name: str | None, directory: str, 
         args["slurm_options"] = slurm_options  # a batch job instead of tmux
     reply = place.agent(hello_timeout=timeout + 10).request("run", args, timeout=60)
     job = parse_job(reply.get("job"), place.label)
-    completion.remember_jobs(host, [job.name], complete=False)
+    jobcache.remember_jobs(host, [job.name], complete=False)
     return job
 
 
@@ -159,7 +159,7 @@ def list_jobs(*, host: str | None, prune: bool, purge: bool, timeout: float, int
             or len(pruned) > MAX_JOBS or not all(isinstance(p, str) and NAME.fullmatch(p) for p in pruned):
         raise _bad(place.label, "job list")
     listed = JobList([parse_job(doc, place.label) for doc in jobs], pruned, reply.get("gpu") is True)
-    completion.remember_jobs(host, [job.name for job in listed.jobs], complete=True)
+    jobcache.remember_jobs(host, [job.name for job in listed.jobs], complete=True)
     return listed
 
 

@@ -1,8 +1,15 @@
-"""Where the client keeps its files. Every directory is private (0700)."""
+"""Where nbremote keeps its files, on Linux and macOS, and how it writes them.
+
+The one place that resolves the config, state, cache and runtime directories (the agent, which
+runs on the server with the stdlib alone, has its own in agent/state.py) and the one atomic write
+for the client and the server set-up. Every directory made here is private (0700).
+"""
 from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -24,7 +31,27 @@ def _private(path: Path) -> Path:
     return path
 
 
+def _macos() -> bool:
+    return sys.platform == "darwin"
+
+
+def config_dir() -> Path:
+    """Host profiles: macOS's Application Support, else $XDG_CONFIG_HOME (~/.config)."""
+    if _macos():
+        return Path.home() / "Library" / "Application Support" / "nbremote"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "nbremote"
+
+
+def cache_dir() -> Path:
+    """What can be lost at no cost (completion's job names): ~/Library/Caches, else $XDG_CACHE_HOME."""
+    if _macos():
+        return Path.home() / "Library" / "Caches" / "nbremote"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbremote"
+
+
 def _state_base() -> Path:
+    # macOS has no folder for state apart from Application Support, which holds the profiles:
+    # there too the state stays where every earlier version kept it.
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "nbremote"
 
 
@@ -63,11 +90,39 @@ def runtime_dir() -> Path:
 
 def write_private(path: Path, text: str) -> None:
     """Atomic replace, mode 0600 from creation on (the file may hold tokens)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    atomic_write(path, text.encode(), mode=0o600)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int | None = None, uid: int | None = None,
+                 gid: int | None = None) -> None:
+    """Replace path with data in one rename, byte for byte; keep its mode and owner unless given.
+
+    The temporary file is 0600 from creation on and named `.NAME.*.nbremote-tmp`, which is what
+    the harden guard removes after a killed write; the data and the rename are fsynced, so a
+    crash leaves the old file or the new one, never half of one.
+    """
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        st = path.stat()
+        mode = stat.S_IMODE(st.st_mode) if mode is None else mode
+        uid = st.st_uid if uid is None else uid
+        gid = st.st_gid if gid is None else gid
+    except FileNotFoundError:
+        mode = 0o644 if mode is None else mode
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nbremote-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        if (uid is not None and uid != os.getuid()) or (gid is not None and gid != os.getgid()):
+            os.chown(tmp, -1 if uid is None else uid, -1 if gid is None else gid)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -32,7 +32,6 @@ Errors name the file and line. The file is rewritten whole (atomic, 0600) by
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -86,16 +85,8 @@ class Profile:
         return [a.with_port(self.port) for a in self.addresses]
 
 
-def config_dir() -> Path:
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "nbremote"
-
-
 def profiles_path() -> Path:
-    return config_dir() / "hosts.toml"
+    return paths.config_dir() / "hosts.toml"
 
 
 def check_name(name: str) -> str:

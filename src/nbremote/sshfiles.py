@@ -19,7 +19,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +45,11 @@ def user_config_path() -> Path:
 
 
 def our_config_path() -> Path:
-    return profiles.config_dir() / "ssh_config"
+    return paths.config_dir() / "ssh_config"
 
 
 def known_hosts_path() -> Path:
-    return profiles.config_dir() / "known_hosts"
+    return paths.config_dir() / "known_hosts"
 
 
 def _quote(path: Path) -> str:
@@ -100,21 +99,9 @@ def ensure_include() -> Path | None:
         if not backup.exists():  # the one from before nbremote's first edit is the one worth keeping
             shutil.copy2(path, backup)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    _replace_bytes(path, line.encode() + b"\n" + (old or b""), mode)
+    # Byte for byte: the user's file may hold any encoding or line ending.
+    paths.atomic_write(path, line.encode() + b"\n" + (old or b""), mode=mode)
     return backup
-
-
-def _replace_bytes(path: Path, data: bytes, mode: int) -> None:
-    """Atomic, and byte for byte: the user's file may hold any encoding or line ending."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".nbremote-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- our ssh_config and known_hosts -----------------------------------------------
@@ -156,7 +143,7 @@ def render_known_hosts(old: str, alias: str, keys: list[tuple[str, str]] | None)
 def write_files(all_profiles: dict[str, Profile], *, alias: str | None = None,
                 keys: list[tuple[str, str]] | None = None) -> None:
     """Rewrite our ssh_config (and the pins of `alias`) from the profiles."""
-    folder = profiles.config_dir()
+    folder = paths.config_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if alias is not None:
         try:

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from nbremote import completion
+from nbremote import jobcache
 from nbremote import jobs as jobs_core
 from nbremote import slurm
 from nbremote import sessions
@@ -136,7 +136,7 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
             if isinstance(place, Host) and not had_master and not keep_master:
                 place.connection.close()
         jobs = [jobs_core.parse_job(doc, label) for doc in reply.get("jobs") or []]
-        completion.remember_jobs(host, [job.name for job in jobs], complete=True)
+        jobcache.remember_jobs(host, [job.name for job in jobs], complete=True)
     except NbremoteError as exc:
         return HostStatus(host=host, label=label, reachable=False, seconds=time.monotonic() - started,
                           error=exc.message)

@@ -18,7 +18,7 @@ import pytest
 from click.shell_completion import ShellComplete
 
 import nbremote
-from nbremote import cli, completion, profiles, sshfiles
+from nbremote import cli, completion, jobcache, profiles, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode
 from nbremote.profiles import Profile
@@ -34,8 +34,8 @@ def setup(isolated, tmp_path, monkeypatch):
     profiles.save({name: Profile(name=name, addresses=(Address("10.0.0.1"),)) for name in ("gpubox", "gpulab")})
     (isolated.home / ".ssh").mkdir()
     sshfiles.user_config_path().write_text("Host mybox\n    HostName 10.0.0.3\nHost *.corp !x.corp\n")
-    completion.remember_jobs("gpubox", ["resnet", "sweep-1"], complete=True)
-    completion.remember_jobs("other", ["elsewhere"], complete=True)
+    jobcache.remember_jobs("gpubox", ["resnet", "sweep-1"], complete=True)
+    jobcache.remember_jobs("other", ["elsewhere"], complete=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "nbremote"
@@ -135,13 +135,13 @@ def test_an_unknown_shell_is_a_usage_error(capsys, nothing_runs):
 # --- the job-name cache ------------------------------------------------------------------
 
 def test_run_adds_a_name_and_a_listing_replaces_them(isolated):
-    completion.remember_jobs("gpubox", ["a", "b"], complete=True)
-    completion.remember_jobs("gpubox", ["c"], complete=False)
-    completion.remember_jobs("gpubox", ["a"], complete=False)  # started again under the same name
-    assert completion.job_names("gpubox") == ["a", "b", "c"]
-    completion.remember_jobs("gpubox", ["c"], complete=True)  # `jobs --prune` forgot a and b
-    assert completion.job_names("gpubox") == ["c"]
-    assert completion.job_names(None) == []
+    jobcache.remember_jobs("gpubox", ["a", "b"], complete=True)
+    jobcache.remember_jobs("gpubox", ["c"], complete=False)
+    jobcache.remember_jobs("gpubox", ["a"], complete=False)  # started again under the same name
+    assert jobcache.job_names("gpubox") == ["a", "b", "c"]
+    jobcache.remember_jobs("gpubox", ["c"], complete=True)  # `jobs --prune` forgot a and b
+    assert jobcache.job_names("gpubox") == ["c"]
+    assert jobcache.job_names(None) == []
     path = Path(os.environ["XDG_CACHE_HOME"]) / "nbremote" / "jobs.json"
     assert json.loads(path.read_text()) == {"gpubox": ["c"]}
     assert path.stat().st_mode & 0o777 == 0o600
@@ -149,10 +149,10 @@ def test_run_adds_a_name_and_a_listing_replaces_them(isolated):
 
 
 def test_the_cache_keeps_the_newest_names_only(isolated):
-    names = [f"job-{i}" for i in range(completion.MAX_JOBS_PER_HOST + 5)]
+    names = [f"job-{i}" for i in range(jobcache.MAX_JOBS_PER_HOST + 5)]
     for name in names:
-        completion.remember_jobs("gpubox", [name], complete=False)
-    assert sorted(completion.job_names("gpubox")) == sorted(names[5:])
+        jobcache.remember_jobs("gpubox", [name], complete=False)
+    assert sorted(jobcache.job_names("gpubox")) == sorted(names[5:])
 
 
 @pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"gpubox": "resnet"}', '{"gpubox": [1, "ok"]}'])
@@ -160,13 +160,13 @@ def test_a_damaged_cache_is_read_as_what_it_holds_of_use(isolated, content):
     path = Path(os.environ["XDG_CACHE_HOME"]) / "nbremote" / "jobs.json"
     path.parent.mkdir(parents=True)
     path.write_text(content)
-    assert completion.job_names("gpubox") == (["ok"] if "ok" in content else [])
-    completion.remember_jobs("gpubox", ["new"], complete=False)
-    assert "new" in completion.job_names("gpubox")
+    assert jobcache.job_names("gpubox") == (["ok"] if "ok" in content else [])
+    jobcache.remember_jobs("gpubox", ["new"], complete=False)
+    assert "new" in jobcache.job_names("gpubox")
 
 
 def test_an_unwritable_cache_does_not_fail_the_command(isolated, monkeypatch):
     blocker = Path(os.environ["XDG_CACHE_HOME"])
     blocker.write_text("a file where the cache dir would go")
-    completion.remember_jobs("gpubox", ["resnet"], complete=False)
-    assert completion.job_names("gpubox") == []
+    jobcache.remember_jobs("gpubox", ["resnet"], complete=False)
+    assert jobcache.job_names("gpubox") == []

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nbremote import profiles
+from nbremote import paths, profiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode
 from nbremote.profiles import Profile
@@ -24,12 +24,12 @@ def homes(no_processes, isolated):
     (ssh / "config").write_bytes(USER_CONFIG)
     profiles.save({"gpubox": Profile(name="gpubox", addresses=(Address("10.0.0.1"),))})
     before = profiles.profiles_path().read_bytes()
-    files = sorted(p.name for p in profiles.config_dir().iterdir())
+    files = sorted(p.name for p in paths.config_dir().iterdir())
     yield
     assert (ssh / "config").read_bytes() == USER_CONFIG
     assert sorted(p.name for p in ssh.iterdir()) == ["config"]
     assert profiles.profiles_path().read_bytes() == before
-    assert sorted(p.name for p in profiles.config_dir().iterdir()) == files
+    assert sorted(p.name for p in paths.config_dir().iterdir()) == files
     assert not isolated.state.exists()
 
 

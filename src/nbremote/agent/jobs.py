@@ -13,9 +13,7 @@ setsid) waits for the command, writes NAME.end.json atomically, and forwards
 the signals it gets to the command's process group, which is what `kill` sends.
 """
 import base64
-import json
 import os
-import re
 import shlex
 import shutil
 import signal

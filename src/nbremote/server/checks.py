@@ -11,9 +11,10 @@ from typing import Callable, Iterable
 from nbremote.errors import NbremoteError
 from nbremote.server import netinfo, system
 from nbremote.server.sshd import Sshd, first, listed
-from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check
+from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check, summary
 
-__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check"]  # server/cli.py reads them from here
+# server/cli.py reads these from here.
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "summary"]
 
 WEAK_KEX = ("ecdh-sha2-nistp", "diffie-hellman-group1-", "diffie-hellman-group14-sha1",
             "diffie-hellman-group-exchange-sha1")
@@ -112,10 +113,6 @@ def network_checks(lan: list[str], wan: dict | None, mapping: str | None, router
         rows.append(Check("router mapping", PASS if mapping else WARN, mapping or f"{router}: no mapping to this ssh port",
                           None if mapping else "sudo nbremote server expose"))
     return rows
-
-
-def summary(rows: list[Check]) -> dict:
-    return {status: sum(1 for r in rows if r.status == status) for status in (PASS, WARN, FAIL, SKIP)}
 
 
 def safe(fn: Callable[[], list[Check]], name: str) -> list[Check]:

@@ -4,18 +4,20 @@ A change goes through a `Transaction`: the first time it touches a path it
 keeps the original (content, mode, owner, or "did not exist"); writes are
 atomic (temp file in the same directory, fsync, rename) so a crash leaves
 either the old or the new file, never half of one. `rollback()` puts every
-touched path back. A `Backup` is the same record kept on disk, so that
+touched path back (atomic_write is the client's, in paths.py). A `Backup` is the same record kept on disk, so that
 `nbremote server restore` can undo a change made by an earlier run.
 """
 from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from nbremote.paths import atomic_write
+
+__all__ = ["Backup", "Original", "Transaction", "atomic_write"]  # sshd.py and the guard write through it
 
 
 @dataclass(frozen=True)
@@ -53,36 +55,6 @@ class Original:
             self.path.unlink(missing_ok=True)
         else:
             atomic_write(self.path, self.content, mode=self.mode, uid=self.uid, gid=self.gid)
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int | None = None, uid: int | None = None,
-                 gid: int | None = None) -> None:
-    """Replace path with data in one rename; keep its mode and owner unless given."""
-    try:
-        st = path.stat()
-        mode = stat.S_IMODE(st.st_mode) if mode is None else mode
-        uid = st.st_uid if uid is None else uid
-        gid = st.st_gid if gid is None else gid
-    except FileNotFoundError:
-        mode = 0o644 if mode is None else mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nbremote-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        if uid is not None or gid is not None:
-            os.chown(tmp, -1 if uid is None else uid, -1 if gid is None else gid)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Transaction:
