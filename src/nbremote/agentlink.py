@@ -38,7 +38,11 @@ from nbremote.errors import ExitCode, NbremoteError
 
 log = logging.getLogger(__name__)
 
+# The client's side of the wire: equal to agent/protocol.py's and agent/jupyter.py's, which
+# the agent, stdlib only and shipped alone, cannot import from here (tests/unit/test_agentlink.py).
 PROTOCOL_VERSION = 1
+HELLO_KEY = "nbremote_agent"
+MODES = ("lab", "notebook")
 NO_PYTHON_EXIT = 97
 # The server is not trusted to be sane: a reply line (a job's log chunk is ~88 KiB) and
 # the noise a login shell may print before the hello are bounded, as is any text shown.
@@ -135,9 +139,9 @@ def parse_hello(line: str) -> Hello | None:
         doc = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(doc, dict) or "nbremote_agent" not in doc:
+    if not isinstance(doc, dict) or HELLO_KEY not in doc:
         return None
-    protocol, digest, python = doc.get("nbremote_agent"), doc.get("hash"), doc.get("python")
+    protocol, digest, python = doc.get(HELLO_KEY), doc.get("hash"), doc.get("python")
     if protocol != PROTOCOL_VERSION or not isinstance(digest, str) or not _HASH.fullmatch(digest) \
             or not isinstance(python, str) or not _VERSION.fullmatch(python):
         raise NbremoteError(f"the agent on the server speaks another protocol ({clean_text(line.strip(), 80)})",

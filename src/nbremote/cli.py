@@ -6,7 +6,6 @@ import os
 import shlex
 import sys
 import time
-from datetime import datetime
 
 import click
 
@@ -14,8 +13,10 @@ from nbremote import __version__, completion, doctor, jobs, keeper, session, ses
 from nbremote import hosts as host_profiles
 from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
+from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import place_for
+from nbremote.tables import table
 from nbremote.verdicts import check_lines, summary
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
@@ -25,24 +26,6 @@ SLURM_HELP = ('sbatch options, quoted as one argument, e.g. "--gres=gpu:1 --time
 
 def _interactive() -> bool:
     return sys.stdin.isatty()
-
-
-def _ago(when: float | str | None) -> str:
-    """Seconds since the epoch, or Jupyter's ISO time, as `3 min ago`."""
-    if isinstance(when, str):
-        try:
-            when = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return when
-    if not when:
-        return "-"
-    epoch = when
-    seconds = int(time.time() - epoch)
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
 
 
 class _Commands(click.Group):
@@ -189,8 +172,8 @@ def ls_command(host, as_json, show_token, timeout) -> None:
         if not servers:
             console.result(f"no Slurm job of nbremote's on {host}")
             return
-        table, warnings = slurm.render_ls(servers)
-        for line in table:
+        lines, warnings = slurm.render_ls(servers)
+        for line in lines:
             console.result(line)
         for warning in warnings:
             console.warn(warning)
@@ -208,10 +191,9 @@ def ls_command(host, as_json, show_token, timeout) -> None:
         if s["keeper_pid"]:
             forward += " (kept)"
         rows.append((s["dir"], "running" if s["running"] else "stopped", str(s["pid"]), forward,
-                     _ago(s["started"]), kernels, _ago(s["last_activity"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+                     ago(s["started"]), kernels, ago(s["last_activity"])))
+    for line in table(rows):
+        console.result(line)
     for s in servers:
         if s["url"]:
             console.result(f"{s['dir']}: {s['url']}")
@@ -290,10 +272,9 @@ def jobs_command(host, prune, purge, as_json, timeout) -> None:
     rows = [("NAME", "STATE", "STARTED", "DIR", "COMMAND") + (("GPU MEM",) if listed.gpu else ())]
     for j in listed.jobs:
         gpu = (f"{j.gpu_memory_mib / 1024:.1f} GB" if j.gpu_memory_mib else "-",) if listed.gpu else ()
-        rows.append((j.name, status.job_state(j), _ago(j.started), j.dir, shlex.join(j.argv)[:60]) + gpu)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        console.result("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        rows.append((j.name, status.job_state(j), ago(j.started), j.dir, shlex.join(j.argv)[:60]) + gpu)
+    for line in table(rows):
+        console.result(line)
 
 
 @cli.command()
@@ -466,16 +447,15 @@ def hosts_command(as_json) -> None:
     if not rows:
         console.result("no host profiles yet: `nbremote add NAME` makes one")
         return
-    table = [("NAME", "USER", "ADDRESSES", "LAST PATH")]
+    shown = [("NAME", "USER", "ADDRESSES", "LAST PATH")]
     for row in rows:
         last = row["last_path"]
         path = "-" if last is None else (
             f"{last['kind']} {last['address']}"
-            + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "") + f" ({_ago(last['when'])})")
-        table.append((row["name"], row["user"] or "-", " ".join(row["addresses"]), path))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        console.result("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+            + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "") + f" ({ago(last['when'])})")
+        shown.append((row["name"], row["user"] or "-", " ".join(row["addresses"]), path))
+    for line in table(shown):
+        console.result(line)
 
 
 @cli.command()

@@ -44,6 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - the same parser, before it joined the standard library
     import tomli as tomllib
 from nbremote.addresses import Address, check_port, parse_address
+from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
 
 # Also a valid ssh_config Host pattern and a bare-enough TOML key: no spaces,
@@ -51,7 +52,6 @@ from nbremote.errors import ExitCode, NbremoteError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
-MODES = ("lab", "notebook")
 HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm"}
 UP_KEYS = {"dir", "env", "mode", "port"}
 

@@ -15,6 +15,7 @@ from nbremote import jobs as jobs_core
 from nbremote import slurm
 from nbremote import sessions
 from nbremote.agentlink import clean_text, is_server_path
+from nbremote.durations import duration
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, place_for
 from nbremote.servers import masked, url_for
@@ -214,17 +215,6 @@ def sparkline(values: list) -> str:
     """Percentages as block characters; a missing sample is a space."""
     return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, max(0, int(v) * len(SPARK) // 101))]
                    for v in values)
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
 def job_state(job: jobs_core.Job) -> str:

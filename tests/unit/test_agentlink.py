@@ -306,3 +306,14 @@ def test_remote_command_finds_python_on_the_login_path(tmp_path, agent_env, name
     (bin_dir / name).symlink_to(sys.executable)
     env = _login_home(tmp_path, agent_env, str(bin_dir))
     assert _call(lambda request: ["/bin/sh", "-c", agentlink.remote_command(request)], env).request("ls", {}) == {"servers": []}
+
+
+def test_the_clients_protocol_constants_are_the_agents():
+    # The agent cannot import the client's (it is shipped alone, stdlib only): each side has its
+    # own copy, and this keeps them equal.
+    from nbremote.agent import jupyter, protocol
+
+    assert agentlink.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert agentlink.HELLO_KEY == protocol.HELLO_KEY
+    assert agentlink.MODES == jupyter.MODES
+    assert agentlink.parse_hello(json.dumps(protocol.hello("0123456789ab"))) is not None

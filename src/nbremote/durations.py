@@ -1,0 +1,32 @@
+"""The one way a length of time is shown: `45 s`, `3 min 05 s`, `2 h 07 min`, `3 d 4 h`."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Callable
+
+
+def duration(seconds: float | None) -> str:
+    """A length of time to the unit that matters at its size; None (not known) is `-`."""
+    if seconds is None:
+        return "-"
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    if whole < 86400:
+        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    return f"{whole // 86400} d {whole % 86400 // 3600} h"
+
+
+def ago(when: float | str | None, now: Callable[[], float] = time.time) -> str:
+    """Seconds since the epoch, or Jupyter's ISO time, as `3 min 05 s ago`; `-` when unknown."""
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return when
+    if not when:
+        return "-"
+    return f"{duration(now() - when)} ago"
