@@ -12,6 +12,7 @@ round, so a machine that gets busier or quieter mid-run weighs on both alike. Me
 
 Prints medians (ms) per command and tree and the after/before ratio; no network, no root.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ def checkout(rev: str, into: Path) -> Path:
 
 def once(tree: Path, args: list[str], env: dict[str, str]) -> float:
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "nbremote", *args], env={**env, "PYTHONPATH": str(tree / "src")},
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "nbremote", *args],
+        env={**env, "PYTHONPATH": str(tree / "src")},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - began
 
 
@@ -58,12 +64,18 @@ def main() -> None:
         home = base / "home"
         home.mkdir()
         # An empty home: no profiles, no ssh config, nothing of this machine's user read.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LC_ALL": "C.UTF-8",
-               "XDG_CONFIG_HOME": str(home / ".config"), "XDG_STATE_HOME": str(home / ".state"),
-               "XDG_CACHE_HOME": str(home / ".cache"), "XDG_RUNTIME_DIR": str(home)}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "LC_ALL": "C.UTF-8",
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_STATE_HOME": str(home / ".state"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "XDG_RUNTIME_DIR": str(home),
+        }
         times: dict[tuple[str, str], list[float]] = {}
-        for name, args in COMMANDS.items():
-            for label, tree in trees.items():
+        for args in COMMANDS.values():
+            for tree in trees.values():
                 once(tree, args, env)  # warm the page cache and the bytecode of both trees
         for round_ in range(opts.rounds):
             order = list(trees.items()) if round_ % 2 == 0 else list(reversed(trees.items()))

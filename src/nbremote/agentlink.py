@@ -32,7 +32,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable
+from typing import IO, Any, Callable, TypeGuard
 
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -123,12 +123,12 @@ def clean_text(value: object, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def is_safe_text(value: object, limit: int = 4096) -> bool:
+def is_safe_text(value: object, limit: int = 4096) -> TypeGuard[str]:
     """A name or path from the server that is used as is: a non-empty string, bounded, no controls."""
     return isinstance(value, str) and 0 < len(value) <= limit and not _UNSAFE.search(value)
 
 
-def is_server_path(value: object) -> bool:
+def is_server_path(value: object) -> TypeGuard[str]:
     """An absolute path on the server (the agent resolves every directory it reports)."""
     return is_safe_text(value) and value.startswith("/")
 
@@ -178,10 +178,10 @@ def _agent_error(error: object, where: str) -> NbremoteError:
     )
 
 
-def _drain(stream, kept: collections.deque) -> None:
+def _drain(stream: IO[bytes], kept: collections.deque[bytes]) -> None:
     """Read stderr to its end, keeping only its last MAX_STDERR bytes."""
     size = 0
-    for chunk in iter(lambda: stream.read1(65536), b""):
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
         kept.append(chunk)
         size += len(chunk)
         while size - len(kept[0]) >= MAX_STDERR:
@@ -195,7 +195,7 @@ class _Oversized(bytes):
 _EVENT = re.compile(r"[a-z_]{1,32}")
 
 
-def _pump(stream, sink: queue.Queue) -> None:
+def _pump(stream: IO[bytes], sink: queue.Queue[bytes | None]) -> None:
     for line in iter(lambda: stream.readline(MAX_LINE + 1), b""):
         if len(line) > MAX_LINE:
             sink.put(_Oversized(line[:200]))
@@ -217,19 +217,19 @@ class AgentCall:
         self.env = env
         self.round_trip: float | None = None  # seconds, from a request made with ping=True
 
-    def request(self, op: str, args: dict, on_event: Callable[[str, dict], None] | None = None,
-                timeout: float = 120.0, ping: bool = False) -> dict:
+    def request(self, op: str, args: dict[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                timeout: float | None = 120.0, ping: bool = False) -> dict[str, Any]:
         """The op's result. With ping, also time one round trip over the same channel
         (into ``round_trip``): a line on the agent's stdin once it says hello, answered
         while the op runs."""
-        doc = {"id": 1, "op": op, "args": args}
+        doc: dict[str, Any] = {"id": 1, "op": op, "args": args}
         if ping:
             doc["ping"] = True
         line = json.dumps(doc)
         log.info("<agent: %s> via %s", op, self.where)
         process = subprocess.Popen(self.command(line), stdin=subprocess.PIPE if ping else subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
-        out: queue.Queue = queue.Queue()
+        out: queue.Queue[bytes | None] = queue.Queue()
         err: collections.deque[bytes] = collections.deque()
         threading.Thread(target=_pump, args=(process.stdout, out), daemon=True).start()
         err_thread = threading.Thread(target=_drain, args=(process.stderr, err), daemon=True)
@@ -251,16 +251,19 @@ class AgentCall:
                     process.kill()
             process.wait()
 
-    def _ping(self, process) -> float | None:
+    def _ping(self, process: subprocess.Popen[bytes]) -> float | None:
         """Send the ping line and end stdin; the moment it left, or None if it could not go."""
         try:
+            assert process.stdin is not None
             process.stdin.write(b"\n")
             process.stdin.close()
         except OSError:
             return None
         return time.monotonic()
 
-    def _read(self, process, out, err, err_thread, on_event, timeout) -> dict:
+    def _read(self, process: subprocess.Popen[bytes], out: queue.Queue[bytes | None],
+              err: collections.deque[bytes], err_thread: threading.Thread,
+              on_event: Callable[[str, dict[str, Any]], None] | None, timeout: float | None) -> dict[str, Any]:
         started = time.monotonic()
         hello = None
         pinged = None
@@ -302,10 +305,11 @@ class AgentCall:
                     on_event(reply["event"], reply["data"])
                 continue
             if reply.get("ok") is True:
-                return reply["result"]
+                result: dict[str, Any] = reply["result"]
+                return result
             raise _agent_error(reply.get("error"), self.where)
 
-    def _parse(self, text: str) -> dict:
+    def _parse(self, text: str) -> dict[str, Any]:
         try:
             reply = json.loads(text)
         except ValueError:
@@ -324,9 +328,11 @@ class AgentCall:
         if not valid:
             raise NbremoteError(f"the agent on {self.where} sent a malformed reply",
                                 exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)])
-        return reply
+        parsed: dict[str, Any] = reply
+        return parsed
 
-    def _ended(self, process, err, err_thread) -> dict:
+    def _ended(self, process: subprocess.Popen[bytes], err: collections.deque[bytes],
+               err_thread: threading.Thread) -> dict[str, Any]:
         code = process.wait()
         err_thread.join(timeout=2)
         stderr = b"".join(err).decode("utf-8", "replace")

@@ -104,6 +104,7 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json,
     job = result.served.job_id
     if detach or (job and not host):
         if host:
+            assert result.host is not None  # set whenever a host was given
             keeper.spawn(result.host, directory)
         console.note(f"Slurm job {job} keeps running; `{stop}` cancels it." if job else
                      f"the notebook keeps running; `{stop}` stops it.")
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="nbremote", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
-        code = ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
+        code = ExitCode.USAGE if exc.exit_code == 2 else ExitCode.ERROR  # click uses no other code
         if "--json" in args:  # scripts get a JSON document for usage errors too
             Console(json_mode=True).emit_json(NbremoteError(exc.format_message(), exit_code=code).to_json())
         sys.exit(code)

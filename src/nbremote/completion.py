@@ -23,7 +23,9 @@ COMPLETE_VAR = "_NBREMOTE_COMPLETE"
 
 def script(command: click.Command, shell: str) -> str:
     """The script that, sourced by `shell` (one of SHELLS), completes `nbremote`."""
-    return get_completion_class(shell)(command, {}, "nbremote", COMPLETE_VAR).source()
+    completer = get_completion_class(shell)
+    assert completer is not None, shell  # SHELLS are all click's own
+    return completer(command, {}, "nbremote", COMPLETE_VAR).source()
 
 
 # --- host names --------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The one way a length of time is shown: `45 s`, `3 min 05 s`, `2 h 07 min`, `3 d 4 h`."""
+
 from __future__ import annotations
 
 import time
@@ -23,10 +24,11 @@ def duration(seconds: float | None) -> str:
 def ago(when: float | str | None, now: Callable[[], float] = time.time) -> str:
     """Seconds since the epoch, or Jupyter's ISO time, as `3 min 05 s ago`; `-` when unknown."""
     if isinstance(when, str):
+        text = when
         try:
-            when = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+            when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
         except ValueError:
-            return when
+            return text
     if not when:
         return "-"
     return f"{duration(now() - when)} ago"

@@ -38,7 +38,7 @@ class NbremoteError(Exception):
         self.exit_code = exit_code
         self.details = details or []
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {
             "error": self.message,
             "hint": self.hint,

@@ -4,6 +4,7 @@ Apart from completion.py (click's side) so that the commands' core code does not
 Only a cache: a broken or missing file means fewer suggestions, and failing to write it never
 fails a command.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ def _read_jobs() -> dict[str, list[str]]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    return {host: [n for n in names if isinstance(n, str)]
-            for host, names in doc.items() if isinstance(host, str) and isinstance(names, list)}
+    return {
+        host: [n for n in names if isinstance(n, str)]
+        for host, names in doc.items()
+        if isinstance(host, str) and isinstance(names, list)
+    }
 
 
 def remember_jobs(host: str | None, names: list[str], *, complete: bool) -> None:

@@ -174,7 +174,7 @@ def kill(*, host: str | None, name: str, signal_name: str, timeout: float,
     return parse_job(reply.get("job"), place.label), reply.get("signalled") is True
 
 
-def logs(*, host: str | None, name: str, tail: int | None, follow: bool, write: Callable[[bytes], None],
+def logs(*, host: str | None, name: str, tail: int | None, follow: bool, write: Callable[[bytes], object],
          console: Console, timeout: float, interactive: bool = False,
          sleep: Callable[[float], None] = time.sleep) -> Job:
     """Write the job's output through `write`; with follow, until the job ends.

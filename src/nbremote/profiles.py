@@ -73,7 +73,7 @@ class Profile:
     key: str | None = None
     up: UpDefaults = field(default_factory=UpDefaults)
     scheduler: str | None = None
-    slurm_table: dict = field(default_factory=dict, hash=False)  # as written, for dumps()
+    slurm_table: dict[str, object] = field(default_factory=dict, hash=False)  # as written, for dumps()
     slurm: tuple[str, ...] = ()  # the same as sbatch options
 
     @property

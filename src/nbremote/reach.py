@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from nbremote import addresses
 from nbremote.addresses import Address
@@ -58,7 +58,7 @@ class LoginRefused(NbremoteError):
 class _Attempt:
     index: int
     conn: Connection
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
 
 
 def race(candidates: list[tuple[Address, Connection]], *, connect_timeout: float,
@@ -68,7 +68,7 @@ def race(candidates: list[tuple[Address, Connection]], *, connect_timeout: float
     Raises the most useful failure when none does: one that reached sshd (a
     refused login, a changed host key) over "cannot reach".
     """
-    results: queue.Queue = queue.Queue()
+    results: queue.Queue[tuple[int, int, str]] = queue.Queue()
     attempts: list[_Attempt] = []
     failures: dict[int, str] = {}
     began = clock()
@@ -205,6 +205,6 @@ class PathConnection:
             conn.close()
         self._active = None
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         # forward, cancel, command_argv, failure, endpoint, … of the address in use.
         return getattr(self._current(), name)

@@ -119,7 +119,7 @@ def merge(defaults: list[str], overrides: list[str]) -> list[str]:
     return [o for o in defaults if name_of(o) not in replaced] + list(overrides)
 
 
-def from_profile(table: dict) -> list[str]:
+def from_profile(table: dict[str, object]) -> list[str]:
     """[hosts.NAME.slurm] as options; ValueError(key, message) for a bad entry."""
     unknown = sorted(set(table) - PROFILE_TABLE_KEYS)
     if unknown:

@@ -142,7 +142,7 @@ class Connection:
         """Plain ssh (a shell, or ARGS as ssh joins them) through the live master."""
         return ["ssh", "-o", "ControlMaster=no", *self._options(), "--", self.target.destination, *args]
 
-    def _control(self, *args: str) -> subprocess.CompletedProcess:
+    def _control(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", *self._options(), *args, "--", self.target.destination]
         log.debug("run %s", " ".join(argv))
         return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -178,7 +178,7 @@ class Connection:
         return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}", *options,
                 "-N", "-f", "--", self.target.destination]
 
-    def start_master(self, connect_timeout: float | None = None) -> subprocess.Popen:
+    def start_master(self, connect_timeout: float | None = None) -> subprocess.Popen[str]:
         """master_argv started, not waited for: a race of addresses kills the losers."""
         argv = self.master_argv(connect_timeout)
         log.debug("start %s", " ".join(argv))

@@ -1,4 +1,5 @@
 """The one way a table is shown: columns as wide as their widest cell, two spaces apart."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -3,6 +3,7 @@
 Apart from both so that the laptop's doctor does not import the server set-up, and the firewall
 can report a row without importing the checks that read sshd.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """The job wrapper and the Slurm launcher alone: each is run the way the agent runs it, as
 `python3 -c SOURCE ...` in a Python of its own, or its parts called directly."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,23 @@ from nbremote.agent.protocol import module_source
 
 def _job(tmp_path: Path, argv: list[str]) -> Path:
     path = tmp_path / "demo.json"
-    path.write_text(json.dumps({"argv": argv, "dir": str(tmp_path), "env": {"PATH": os.environ["PATH"], "ONLY": "1"},
-                                "log": str(tmp_path / "demo.log")}))
+    path.write_text(
+        json.dumps(
+            {
+                "argv": argv,
+                "dir": str(tmp_path),
+                "env": {"PATH": os.environ["PATH"], "ONLY": "1"},
+                "log": str(tmp_path / "demo.log"),
+            }
+        )
+    )
     return path
 
 
 def _wrap(job: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", module_source("wrapper"), str(job)], stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", module_source("wrapper"), str(job)], stdin=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def test_the_wrapper_logs_the_output_and_writes_the_exit_code(tmp_path):
@@ -60,14 +70,24 @@ def test_the_wrapper_forwards_a_signal_to_the_commands_group(tmp_path):
 def test_the_wrapper_passes_the_panes_terminal_variables_only():
     job = {"env": {"A": "1", "TERM": "dumb"}}
     assert wrapper.environment(job, {"TMUX": "/tmp/t,1,0", "TERM": "screen", "HOME": "/x"}) == {
-        "A": "1", "TERM": "screen", "TMUX": "/tmp/t,1,0"}
+        "A": "1",
+        "TERM": "screen",
+        "TMUX": "/tmp/t,1,0",
+    }
     assert wrapper.end_path("/s/jobs/a.b.json") == "/s/jobs/a.b.end.json"
 
 
 def test_the_launcher_gives_jupyter_no_token_on_its_command_line():
     argv = launcher.jupyter_argv("/env/bin/jupyter-lab", "/home/a", "10.1.2.3", 8123, ["--allow-root"])
-    assert argv == ["/env/bin/jupyter-lab", "--no-browser", "--ip=10.1.2.3", "--port=8123",
-                    "--ServerApp.port_retries=0", "--ServerApp.root_dir=/home/a", "--allow-root"]
+    assert argv == [
+        "/env/bin/jupyter-lab",
+        "--no-browser",
+        "--ip=10.1.2.3",
+        "--port=8123",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.root_dir=/home/a",
+        "--allow-root",
+    ]
     assert not any("token" in a.lower() for a in argv)
 
 

@@ -4,6 +4,7 @@ Through the argv seam (`Iptables(run=)`): iptables-save/-restore answer from a r
 family, and the restores named in `fail` refuse, as a kernel without a module or a held xtables
 lock makes them. The lab's test_server_firewall.py runs the same code with the real tools.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 from nbremote.errors import NbremoteError
 from nbremote.server import firewall
 
-LIVE = {"iptables": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p udp -j ACCEPT\nCOMMIT\n",
-        "ip6tables": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"}
+LIVE = {
+    "iptables": "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p udp -j ACCEPT\nCOMMIT\n",
+    "ip6tables": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n",
+}
 
 
 class Xtables:
@@ -71,8 +74,10 @@ def test_a_failing_undo_step_still_runs_the_rest_and_the_file_rollback(etc):
         firewall.Iptables(etc=etc, run=tables).apply(2222)
     error = caught.value
     assert error.message == "the firewall change failed and could not be fully undone"
-    assert error.details == ["the change: ip6tables-restore rejected the rules",
-                             "iptables ruleset: iptables-restore rejected the rules; iptables-restore: line 2 failed"]
+    assert error.details == [
+        "the change: ip6tables-restore rejected the rules",
+        "iptables ruleset: iptables-restore rejected the rules; iptables-restore: line 2 failed",
+    ]
     assert "firewall --remove" in error.hint
     assert _files(etc) == before, "the files are put back although a ruleset could not be"
     assert tables.rules["ip6tables"] == LIVE["ip6tables"]

@@ -4,6 +4,7 @@ start-up imports nothing of the server set-up; nothing below the CLI imports cli
 Imports are read from the source (ast), at any depth: one made inside a function, or under
 `if TYPE_CHECKING`, still ties its module to the other for a reader who changes either.
 """
+
 from __future__ import annotations
 
 import ast
@@ -109,7 +110,12 @@ def test_only_the_command_layer_imports_click():
 
 def test_the_laptops_start_up_imports_nothing_of_the_server_set_up():
     code = "import sys, nbremote.cli; print('\\n'.join(sorted(sys.modules)))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}).stdout.split()
+    loaded = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    ).stdout.split()
     assert "nbremote.cli" in loaded
     assert not [m for m in loaded if m.startswith("nbremote.server")]

@@ -1,11 +1,11 @@
 """The one-of-each helpers: directories on Linux and macOS, the atomic write, the record reader,
 durations and tables."""
+
 from __future__ import annotations
 
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +14,13 @@ from nbremote.durations import ago, duration
 from nbremote.tables import table
 
 
-@pytest.mark.parametrize(("platform", "config", "cache"), [
-    ("linux", "xdg-config/nbremote", "xdg-cache/nbremote"),
-    ("darwin", "home/Library/Application Support/nbremote", "home/Library/Caches/nbremote"),
-])
+@pytest.mark.parametrize(
+    ("platform", "config", "cache"),
+    [
+        ("linux", "xdg-config/nbremote", "xdg-cache/nbremote"),
+        ("darwin", "home/Library/Application Support/nbremote", "home/Library/Caches/nbremote"),
+    ],
+)
 def test_directories_follow_the_platform(tmp_path, monkeypatch, platform, config, cache):
     monkeypatch.setattr(paths.sys, "platform", platform)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -86,10 +89,21 @@ def test_records_from_another_version_or_a_broken_file_are_forgotten(tmp_path):
     assert paths.read_records(path, Record) == {}
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [
-    (None, "-"), (-3, "0 s"), (0, "0 s"), (59.9, "59 s"), (60, "1 min 00 s"), (3599, "59 min 59 s"),
-    (3600, "1 h 00 min"), (86399, "23 h 59 min"), (86400, "1 d 0 h"), (200000, "2 d 7 h"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "-"),
+        (-3, "0 s"),
+        (0, "0 s"),
+        (59.9, "59 s"),
+        (60, "1 min 00 s"),
+        (3599, "59 min 59 s"),
+        (3600, "1 h 00 min"),
+        (86399, "23 h 59 min"),
+        (86400, "1 d 0 h"),
+        (200000, "2 d 7 h"),
+    ],
+)
 def test_durations(seconds, shown):
     assert duration(seconds) == shown
 

@@ -1,5 +1,6 @@
 """The job records under the agent's state dir (layout in jobs.py), shared by the jobs run
 with tmux or setsid (jobs.py) and those run on Slurm (slurm.py)."""
+
 import json
 import os
 import re
@@ -12,8 +13,11 @@ NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 
 def validate_name(name):
     if not isinstance(name, str) or not NAME.match(name) or name.endswith(".end"):
-        raise AgentError("bad_request", "job name %r is not valid" % (name,),
-                         hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'")
+        raise AgentError(
+            "bad_request",
+            "job name %r is not valid" % (name,),
+            hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+        )
     return name
 
 
@@ -48,8 +52,9 @@ def end(name):
 
 
 def names():
-    return sorted(n[: -len(".json")] for n in os.listdir(folder())
-                  if n.endswith(".json") and not n.endswith(".end.json"))
+    return sorted(
+        n[: -len(".json")] for n in os.listdir(folder()) if n.endswith(".json") and not n.endswith(".end.json")
+    )
 
 
 def auto_name(argv):

@@ -7,6 +7,7 @@ the token read from TOKEN_FILE (never on a command line); once Jupyter answers, 
 address, port and pid to READY (0600, atomically) and then waits for Jupyter, forwarding the
 signals Slurm sends.
 """
+
 import http.client
 import json
 import os
@@ -23,11 +24,16 @@ ANSWER_POLL = 0.05
 def node_address(node):
     """The NodeAddr Slurm knows node by (how the login node reaches it), else its name."""
     try:
-        out = subprocess.run(["scontrol", "show", "node", "-o", node], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=30).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "node", "-o", node],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            universal_newlines=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return node
-    return next((word[len("NodeAddr="):] for word in out.split() if word.startswith("NodeAddr=")), None) or node
+    return next((word[len("NodeAddr=") :] for word in out.split() if word.startswith("NodeAddr=")), None) or node
 
 
 def free_port(ip):
@@ -37,8 +43,14 @@ def free_port(ip):
 
 
 def jupyter_argv(jupyter, root, ip, port, extra):
-    return [jupyter, "--no-browser", "--ip=" + ip, "--port=%d" % port, "--ServerApp.port_retries=0",
-            "--ServerApp.root_dir=" + root] + list(extra)
+    return [
+        jupyter,
+        "--no-browser",
+        "--ip=" + ip,
+        "--port=%d" % port,
+        "--ServerApp.port_retries=0",
+        "--ServerApp.root_dir=" + root,
+    ] + list(extra)
 
 
 def answers(ip, port, token):
@@ -79,8 +91,17 @@ def main(argv):
         if child.poll() is not None:
             return child.returncode
         time.sleep(ANSWER_POLL)
-    write_ready(ready, {"job_id": os.environ.get("SLURM_JOB_ID"), "node": node, "addr": addr, "ip": ip,
-                        "port": port, "pid": child.pid})
+    write_ready(
+        ready,
+        {
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+            "node": node,
+            "addr": addr,
+            "ip": ip,
+            "port": port,
+            "pid": child.pid,
+        },
+    )
     while True:
         try:
             return child.wait()

@@ -6,6 +6,7 @@ it gets to the command's process group (what `kill` sends), and writes NAME.end.
 once the command ends. In tmux the command gets the pane as its terminal and the foreground, so
 Ctrl-C in `attach` reaches it, and the log is copied to the pane for an attached user to see.
 """
+
 import json
 import os
 import signal
@@ -50,6 +51,7 @@ def _take_foreground(tty):
             except OSError:
                 pass
             signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+
     return pre
 
 
@@ -59,9 +61,15 @@ def run(job_path):
     tty = os.isatty(0)
     log = open(job["log"], "ab", 0)
     try:
-        child = subprocess.Popen(job["argv"], cwd=job["dir"], env=environment(job, os.environ),
-                                 stdin=0 if tty else subprocess.DEVNULL, stdout=log, stderr=log,
-                                 preexec_fn=_take_foreground(tty))
+        child = subprocess.Popen(
+            job["argv"],
+            cwd=job["dir"],
+            env=environment(job, os.environ),
+            stdin=0 if tty else subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            preexec_fn=_take_foreground(tty),
+        )
     except OSError as exc:
         log.write(("nbremote: cannot run %s: %s\n" % (job["argv"][0], exc.strerror)).encode())
         finish(job_path, {"exit_code": 127, "ended": time.time(), "error": exc.strerror})

@@ -14,6 +14,7 @@ import json
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nbremote.paths import atomic_write
 
@@ -40,12 +41,12 @@ class Original:
             raise OSError(f"{path} is not a regular file: refusing to replace it")
         return cls(path, path.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "mode": self.mode, "uid": self.uid, "gid": self.gid,
                 "content": None if self.content is None else base64.b64encode(self.content).decode()}
 
     @classmethod
-    def from_json(cls, doc: dict) -> "Original":
+    def from_json(cls, doc: dict[str, Any]) -> "Original":
         content = doc["content"]
         return cls(Path(doc["path"]), None if content is None else base64.b64decode(content),
                    doc["mode"], doc["uid"], doc["gid"])

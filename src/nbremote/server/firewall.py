@@ -167,7 +167,8 @@ class Ufw:
 
     def _ports(self) -> tuple[list[int], list[int]]:
         """(ports our tagged rules allow, ports the user's own rules allow), in ufw's order."""
-        ours, theirs = [], []
+        ours: list[int] = []
+        theirs: list[int] = []
         for match in re.finditer(r"^(\d+)(?:/tcp)?\s+ALLOW IN\s+Anywhere(\s+#\s*nbremote)?\s*$",
                                  self._ufw("status", "verbose"), re.M):
             (ours if match.group(2) else theirs).append(int(match.group(1)))

@@ -3,6 +3,7 @@
 Apart from the guard process so that sshd.py, which starts the guard, and guard.py, which
 puts sshd back through Sshd, do not import each other.
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from nbremote.errors import NbremoteError
 from nbremote.server.files import Original, atomic_write
@@ -22,7 +23,7 @@ READY = "ready"
 class Guard:
     """harden's end of the pipe."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
 
     @classmethod
@@ -30,9 +31,16 @@ class Guard:
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        proc = subprocess.Popen([sys.executable, "-m", "nbremote.server.guard"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=None, text=True, env=env,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbremote.server.guard"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
         assert proc.stdout is not None
         try:
             ready = _readline(proc.stdout, timeout)
@@ -41,12 +49,14 @@ class Guard:
         if ready.strip() != READY:
             proc.kill()
             proc.wait()
-            raise NbremoteError("could not start the guard that undoes harden if it is interrupted; "
-                                "nothing was changed", details=[f"{sys.executable} -m nbremote.server.guard"])
+            raise NbremoteError(
+                "could not start the guard that undoes harden if it is interrupted; nothing was changed",
+                details=[f"{sys.executable} -m nbremote.server.guard"],
+            )
         proc.stdout.close()
         return cls(proc)
 
-    def _send(self, doc: dict) -> None:
+    def _send(self, doc: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(doc) + "\n")
         self.proc.stdin.flush()
@@ -54,13 +64,26 @@ class Guard:
     def expect(self, etc_ssh: Path | None, originals: list[Original], *, backup: Path | None) -> None:
         """The files about to change, as they are; backup: the backup directory this run
         creates; etc_ssh: the sshd whose config they are (reloaded after putting them back)."""
-        self._send({"etc_ssh": str(etc_ssh) if etc_ssh else None, "originals": [o.to_json() for o in originals],
-                    "backup": str(backup) if backup else None})
+        self._send(
+            {
+                "etc_ssh": str(etc_ssh) if etc_ssh else None,
+                "originals": [o.to_json() for o in originals],
+                "backup": str(backup) if backup else None,
+            }
+        )
 
     def verify_key(self, original: Original, added: bytes, tag: str, directory: Path) -> None:
         """authorized_keys is about to get the verification key, kept in directory."""
-        self._send({"verify_key": {"original": original.to_json(), "added": base64.b64encode(added).decode(),
-                                   "tag": tag, "directory": str(directory)}})
+        self._send(
+            {
+                "verify_key": {
+                    "original": original.to_json(),
+                    "added": base64.b64encode(added).decode(),
+                    "tag": tag,
+                    "directory": str(directory),
+                }
+            }
+        )
 
     def firewall_moving(self, old_port: int) -> None:
         """The firewall is about to allow the new port next to old_port, its only one so far."""
@@ -73,6 +96,7 @@ class Guard:
         """harden has finished (changed or put back): the guard has nothing to do."""
         try:
             self._send({"done": True})
+            assert self.proc.stdin is not None
             self.proc.stdin.close()
         except BrokenPipeError:
             pass  # it is gone already: there was nothing for it to do
@@ -81,6 +105,7 @@ class Guard:
 
 def _readline(stream: IO[str], timeout: float) -> str:
     import selectors
+
     with selectors.DefaultSelector() as sel:
         sel.register(stream, selectors.EVENT_READ)
         if not sel.select(timeout):
@@ -97,5 +122,6 @@ def take_out_verify_key(original: Original, added: bytes, tag: str) -> None:
     if current == added:
         original.put_back()
     elif tag.encode() in current:
-        atomic_write(original.path, b"".join(line for line in current.splitlines(keepends=True)
-                                             if tag.encode() not in line))
+        atomic_write(
+            original.path, b"".join(line for line in current.splitlines(keepends=True) if tag.encode() not in line)
+        )

@@ -164,7 +164,7 @@ def ask_echo_service(url: str, timeout: float,
 def wan_from_echo(services: Sequence[str], timeout: float,
                   opener: Callable[..., object] = urllib.request.urlopen) -> tuple[str, str, list[str]]:
     """(address, service, failures of the services tried before it)."""
-    failures = []
+    failures: list[str] = []
     for url in services:
         try:
             return ask_echo_service(url, timeout, opener), url, failures

@@ -543,7 +543,7 @@ class Sshd:
         if self.pid() is None:
             raise NbremoteError("sshd is not running: harden reloads it and proves a login works",
                                 hint="start it first (`service ssh start` or `systemctl start ssh`)")
-        self.service  # resolved from the config in force, before we change it
+        _ = self.service  # resolved from the config in force, before we change it
         guard = Guard.start()
         tx = Transaction()
         had_backup = self.backup.exists()
