@@ -29,6 +29,7 @@ FORMATTED = [
     "tests/unit/test_import_graph.py",
     "tests/unit/test_lint.py",
     "tests/unit/test_shared_helpers.py",
+    "tests/unit/test_sshd_apply.py",
 ]
 
 
