@@ -26,6 +26,7 @@ FORMATTED = [
     "src/nbremote/verdicts.py",
     "tests/agent/test_wrapper_launcher.py",
     "tests/unit/test_firewall_undo.py",
+    "tests/unit/test_hosts_add.py",
     "tests/unit/test_import_graph.py",
     "tests/unit/test_lint.py",
     "tests/unit/test_shared_helpers.py",
