@@ -12,6 +12,8 @@ from NAME.json by the wrapper, so no shell ever parses it. The wrapper
 setsid) waits for the command, writes NAME.end.json atomically, and forwards
 the signals it gets to the command's process group, which is what `kill` sends.
 """
+from __future__ import annotations
+
 import base64
 import os
 import shlex
@@ -24,6 +26,12 @@ import time
 from . import jobstore, jupyter, slurm, state, stats
 from .protocol import AgentError, module_source
 
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .protocol import Channel, Doc
+
 SIGNALS = ("TERM", "INT", "HUP", "KILL", "QUIT", "USR1", "USR2")
 CHUNK = 64 * 1024
 FOLLOW_POLL = 0.2
@@ -31,7 +39,7 @@ FOLLOW_POLL = 0.2
 # client went away finds out, instead of polling a log forever.
 HEARTBEAT = 5.0
 
-def _wrapper_alive(record):
+def _wrapper_alive(record: Doc) -> bool:
     pid = record.get("pid")
     if not isinstance(pid, int) or not jupyter._pid_alive(pid):
         return False
@@ -42,16 +50,15 @@ def _wrapper_alive(record):
         return True
 
 
-def _require(name):
-    jobstore.validate_name(name)
-    record = jobstore.load(name)
+def _require(name: object) -> Doc:
+    record = jobstore.load(jobstore.validate_name(name))
     if record is None:
         raise AgentError("no_job", "no job named %s on the server" % name,
                          hint="`nbremote jobs` lists the jobs there")
     return record
 
 
-def view(record, gpu_memory=None):
+def view(record: Doc, gpu_memory: int | None = None) -> Doc:
     """What the client sees of a job, with its state worked out now."""
     if record.get("launcher") == "slurm":
         return slurm.job_view(record, gpu_memory)
@@ -72,29 +79,30 @@ def view(record, gpu_memory=None):
     return doc
 
 
-def _family(pid):
+def _family(pid: object) -> list[int]:
     return [pid] + jupyter._descendants(pid) if isinstance(pid, int) else []
 
 
-def gpu_usage(records, apps):
+def gpu_usage(records: list[Doc], apps: list[Doc]) -> dict[str, int]:
     """Job name -> MiB its processes hold on GPUs (the wrapper's descendants)."""
-    by_pid = {}
+    by_pid: dict[int, int] = {}
     for app in apps:
         by_pid[app["pid"]] = by_pid.get(app["pid"], 0) + (app["memory_mib"] or 0)
-    usage = {}
+    usage: dict[str, int] = {}
     for record in records:
         pids = _family(record.get("pid"))
         usage[record["name"]] = sum(by_pid.get(p, 0) for p in pids)
     return usage
 
 
-def _environment(env_spec):
+def _environment(env_spec: str | None) -> dict[str, str]:
     env = dict(os.environ)
     # Output goes to a file, where Python would buffer it for minutes: logs -f
     # would show nothing. A job that sets its own value keeps it.
     env.setdefault("PYTHONUNBUFFERED", "1")
     if env_spec is None:
         return env
+    prefix: str | None
     if "/" in env_spec or env_spec.startswith((".", "~")):
         prefix = os.path.realpath(os.path.expanduser(env_spec))
         if not os.path.isdir(os.path.join(prefix, "bin")):
@@ -110,7 +118,7 @@ def _environment(env_spec):
     return env
 
 
-def _launch(record, use_tmux):
+def _launch(record: Doc, use_tmux: bool) -> tuple[int, str | None]:
     path = jobstore.path(record["name"], ".json")
     wrapper = [sys.executable, "-c", module_source("wrapper"), path]
     if use_tmux:
@@ -129,7 +137,8 @@ def _launch(record, use_tmux):
     return process.pid, None
 
 
-def op_run(channel, argv=None, name=None, dir=None, env=None, slurm_options=None):
+def op_run(channel: Channel, argv: Any = None, name: Any = None, dir: Any = None, env: Any = None,
+           slurm_options: Any = None) -> Doc:
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise AgentError("bad_request", "argv must be a non-empty list of strings")
     if any("\0" in a for a in argv):
@@ -149,7 +158,7 @@ def op_run(channel, argv=None, name=None, dir=None, env=None, slurm_options=None
         log_path = jobstore.path(name, ".log")
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         use_tmux = shutil.which("tmux") is not None
-        record = {"name": name, "argv": argv, "dir": directory, "env_spec": env, "env": environment,
+        record: Doc = {"name": name, "argv": argv, "dir": directory, "env_spec": env, "env": environment,
                   "log": log_path, "started": time.time(), "launcher": "tmux" if use_tmux else "setsid",
                   "tmux_session": None, "pid": None, "kill_requested": None}
         jobstore.save(record)
@@ -163,12 +172,12 @@ def op_run(channel, argv=None, name=None, dir=None, env=None, slurm_options=None
     return {"job": view(record)}
 
 
-def op_jobs(channel, prune=False, purge=False):
+def op_jobs(channel: Channel, prune: Any = False, purge: Any = False) -> Doc:
     records = [r for r in (jobstore.load(n) for n in jobstore.names()) if r is not None]
     report = stats.gpu_report()
     usage = gpu_usage(records, report["apps"]) if report["available"] else {}
     views = [view(r, usage.get(r["name"])) for r in records]
-    pruned = []
+    pruned: list[str] = []
     if prune:
         with state.locked():
             for doc in views:
@@ -184,7 +193,7 @@ def op_jobs(channel, prune=False, purge=False):
     return {"jobs": views, "pruned": pruned, "gpu": report["available"]}
 
 
-def op_kill(channel, name=None, signal_name="TERM", wait=5.0):
+def op_kill(channel: Channel, name: Any = None, signal_name: Any = "TERM", wait: Any = 5.0) -> Doc:
     record = _require(name)
     if signal_name not in SIGNALS:
         raise AgentError("bad_request", "signal %r is not one of %s" % (signal_name, ", ".join(SIGNALS)))
@@ -215,7 +224,7 @@ def op_kill(channel, name=None, signal_name="TERM", wait=5.0):
     return {"job": view(record), "signalled": True}
 
 
-def _parent(pid):
+def _parent(pid: int) -> int | None:
     try:
         with open("/proc/%d/stat" % pid) as handle:
             return int(handle.read().rsplit(")", 1)[1].split()[1])
@@ -223,7 +232,7 @@ def _parent(pid):
         return None
 
 
-def _tail_offset(path, lines):
+def _tail_offset(path: str, lines: int) -> int:
     """Where the last `lines` lines of the file begin."""
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
@@ -245,9 +254,9 @@ def _tail_offset(path, lines):
         return 0
 
 
-def op_logs(channel, name=None, offset=None, tail=None, follow=False):
+def op_logs(channel: Channel, name: Any = None, offset: Any = None, tail: Any = None, follow: Any = False) -> Doc:
     record = _require(name)
-    path = record["log"]
+    path: str = record["log"]
     if offset is None and isinstance(tail, int) and tail >= 0:
         offset = _tail_offset(path, tail) if tail else os.path.getsize(path)
     position = offset if isinstance(offset, int) and offset >= 0 else 0
@@ -272,12 +281,12 @@ def op_logs(channel, name=None, offset=None, tail=None, follow=False):
     return {"offset": position, "job": view(record)}
 
 
-def op_status(channel):
+def op_status(channel: Channel) -> Doc:
     """Everything `nbremote status` shows of this machine, in one round trip."""
     report = stats.gpu_report()
     records = [r for r in (jobstore.load(n) for n in jobstore.names()) if r is not None]
     usage = gpu_usage(records, report["apps"]) if report["available"] else {}
-    owners = {}
+    owners: dict[int, str] = {}
     for record in records:
         for pid in _family(record.get("pid")):
             owners[pid] = "job %s" % record["name"]

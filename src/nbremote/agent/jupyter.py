@@ -9,6 +9,8 @@ goes back in the reply, over the ssh channel, and to Jupyter in a 0600 file name
 by JUPYTER_TOKEN_FILE. (Not ``--config``: that file would replace the user's own
 jupyter_server_config.)
 """
+from __future__ import annotations
+
 import json
 import os
 import shlex
@@ -21,6 +23,14 @@ import time
 from . import state
 from .protocol import AgentError
 
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    import http.client
+    from types import ModuleType
+    from typing import Any
+
+    from .protocol import Channel, Doc
+
 MODES = ("lab", "notebook")
 CONDA_ROOTS = ("miniconda3", "anaconda3", "miniforge3", "mambaforge", ".conda")
 LOG_TAIL_LINES = 15
@@ -28,8 +38,8 @@ LOG_TAIL_LINES = 15
 
 # --- where things are -------------------------------------------------------
 
-def resolve_directory(directory):
-    path = os.path.expanduser(directory or "~")
+def resolve_directory(directory: object) -> str:
+    path = os.path.expanduser(directory if isinstance(directory, str) and directory else "~")
     if not os.path.isabs(path):
         path = os.path.join(os.path.expanduser("~"), path)
     path = os.path.realpath(path)
@@ -42,7 +52,7 @@ def resolve_directory(directory):
     return path
 
 
-def runtime_dir():
+def runtime_dir() -> str:
     """Jupyter's default runtime dir, so `jupyter server list` there sees our servers."""
     if os.environ.get("JUPYTER_RUNTIME_DIR"):
         return os.environ["JUPYTER_RUNTIME_DIR"]
@@ -53,8 +63,8 @@ def runtime_dir():
     return os.path.join(data, "runtime")
 
 
-def _conda_bases():
-    bases = []
+def _conda_bases() -> list[str]:
+    bases: list[str] = []
     conda_exe = os.environ.get("CONDA_EXE") or shutil.which("conda")
     if conda_exe:
         bases.append(os.path.dirname(os.path.dirname(os.path.realpath(conda_exe))))
@@ -64,7 +74,7 @@ def _conda_bases():
     return bases
 
 
-def _conda_prefix(name):
+def _conda_prefix(name: str) -> str | None:
     for base in _conda_bases():
         if name == "base" and os.path.isdir(os.path.join(base, "conda-meta")):
             return base
@@ -74,17 +84,17 @@ def _conda_prefix(name):
     return None
 
 
-def _install_hint(mode, env, prefix):
+def _install_hint(mode: str, env: str | None, prefix: str | None) -> str:
     package = "jupyterlab" if mode == "lab" else "notebook"
     if env is None:
         return "on the server run `python3 -m pip install --user %s`" % package
-    if "/" in env or env.startswith((".", "~")):
+    if prefix is not None and ("/" in env or env.startswith((".", "~"))):
         return "on the server run `%s install %s`" % (shlex.quote(os.path.join(prefix, "bin", "pip")), package)
     return "on the server run `conda install -n %s %s` (or `pip install %s` inside it)" % (
         shlex.quote(env), package, package)
 
 
-def resolve_jupyter(mode, env):
+def resolve_jupyter(mode: str, env: str | None) -> str:
     """Return the absolute path of jupyter-lab or jupyter-notebook to run."""
     program = "jupyter-lab" if mode == "lab" else "jupyter-notebook"
     if env is None:
@@ -95,6 +105,7 @@ def resolve_jupyter(mode, env):
         what = "JupyterLab" if mode == "lab" else "Jupyter Notebook"
         raise AgentError("no_jupyter", "no %s on the login PATH of the server" % what,
                          hint=_install_hint(mode, None, None))
+    prefix: str | None
     if "/" in env or env.startswith((".", "~")):
         prefix = os.path.realpath(os.path.expanduser(env))
         label = "the environment at %s" % prefix
@@ -113,26 +124,28 @@ def resolve_jupyter(mode, env):
     return candidate
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # --- talking to a running server ---------------------------------------------
 
-def _unix_connection(client, path, timeout):
+def _unix_connection(client: ModuleType, path: str, timeout: float) -> http.client.HTTPConnection:
     """An HTTPConnection to a Unix socket; made here because http.client is imported lazily."""
-    class UnixConnection(client.HTTPConnection):
-        def connect(self):
+    class UnixConnection(client.HTTPConnection):  # type: ignore[name-defined,misc]
+        def connect(self) -> None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(self.timeout)
             self.sock.connect(path)
 
-    return UnixConnection("localhost", timeout=timeout)
+    connection: http.client.HTTPConnection = UnixConnection("localhost", timeout=timeout)
+    return connection
 
 
-def api(record, method, path, timeout=2.0):
+def api(record: Doc, method: str, path: str, timeout: float = 2.0) -> tuple[int | None, Any]:
     """Call a server's REST API on loopback or its Unix socket; http.client ignores proxy variables."""
     import http.client  # here, not at the top: every agent start would pay for it (ssl, email)
     if record.get("sock"):
@@ -153,7 +166,7 @@ def api(record, method, path, timeout=2.0):
         conn.close()
 
 
-def _pid_alive(pid):
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -167,11 +180,11 @@ def _pid_alive(pid):
         return True
 
 
-def _runtime_file(pid):
+def _runtime_file(pid: int) -> str:
     return os.path.join(runtime_dir(), "jpserver-%d.json" % pid)
 
 
-def server_status(record):
+def server_status(record: Doc) -> Doc | None:
     """The live /api/status of a recorded server, or None when it is gone."""
     if not _pid_alive(record["pid"]) or not os.path.exists(_runtime_file(record["pid"])):
         return None
@@ -179,7 +192,7 @@ def server_status(record):
     return body if status == 200 and isinstance(body, dict) else None
 
 
-def kernel_summary(record):
+def kernel_summary(record: Doc) -> dict[str, int] | None:
     status, body = api(record, "GET", "/api/kernels")
     if status != 200 or not isinstance(body, list):
         return None
@@ -189,11 +202,11 @@ def kernel_summary(record):
 
 # --- starting -------------------------------------------------------------
 
-def _tmux_session(key):
+def _tmux_session(key: str) -> str:
     return "nbremote-jupyter-" + key
 
 
-def _log_tail(path, offset):
+def _log_tail(path: str, offset: int) -> list[str]:
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
@@ -203,7 +216,8 @@ def _log_tail(path, offset):
     return lines[-LOG_TAIL_LINES:]
 
 
-def _launch(argv, directory, env, key, log_path, use_tmux):
+def _launch(argv: list[str], directory: str, env: dict[str, str], key: str, log_path: str,
+            use_tmux: bool) -> tuple[int, subprocess.Popen[bytes] | None, str]:
     """Start argv detached; return (pid of Jupyter, Popen or None, launcher name)."""
     if use_tmux:
         session = _tmux_session(key)
@@ -227,12 +241,13 @@ def _launch(argv, directory, env, key, log_path, use_tmux):
     return process.pid, process, "setsid"
 
 
-def socket_path(key):
+def socket_path(key: str) -> str:
     """Where a server started with --socket listens: a 0700 directory, so no other user can connect."""
     return os.path.join(state.private_dir("sockets"), key + ".sock")
 
 
-def start(channel, key, directory, mode, env_spec, timeout, use_socket=False):
+def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str | None, timeout: float,
+          use_socket: bool = False) -> Doc:
     program = resolve_jupyter(mode, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
@@ -240,6 +255,8 @@ def start(channel, key, directory, mode, env_spec, timeout, use_socket=False):
     token = secrets.token_hex(24)
     token_path = os.path.join(state.private_dir("tokens"), key)
     state.write_private(token_path, token)
+    port: int | None
+    sock: str | None
     if use_socket:
         port, sock = None, socket_path(key)
         if os.path.exists(sock):
@@ -262,7 +279,7 @@ def start(channel, key, directory, mode, env_spec, timeout, use_socket=False):
     offset = os.path.getsize(log_path)
     use_tmux = shutil.which("tmux") is not None
     pid, process, launcher = _launch(argv, directory, env, key, log_path, use_tmux)
-    record = {
+    record: Doc = {
         "key": key, "dir": directory, "mode": mode, "env": env_spec, "jupyter": program,
         "port": port, "sock": sock, "pid": pid, "token": token, "launcher": launcher,
         "tmux_session": _tmux_session(key) if launcher == "tmux" else None,
@@ -295,9 +312,9 @@ def start(channel, key, directory, mode, env_spec, timeout, use_socket=False):
 
 # --- stopping -------------------------------------------------------------
 
-def _descendants(pid):
+def _descendants(pid: int) -> list[int]:
     """Children first found through /proc; kernels run in sessions of their own."""
-    parents = {}
+    parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
             try:
@@ -306,7 +323,8 @@ def _descendants(pid):
             except (OSError, ValueError, IndexError):
                 continue
             parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
+    found: list[int] = []
+    todo = [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
             found.append(child)
@@ -314,7 +332,7 @@ def _descendants(pid):
     return found
 
 
-def _wait_gone(pids, seconds):
+def _wait_gone(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not any(_pid_alive(p) for p in pids):
@@ -323,7 +341,7 @@ def _wait_gone(pids, seconds):
     return False
 
 
-def _signal_all(pids, signum):
+def _signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
             os.kill(pid, signum)
@@ -331,7 +349,7 @@ def _signal_all(pids, signum):
             pass
 
 
-def _is_ours(pid, record):
+def _is_ours(pid: int, record: Doc) -> bool:
     """After a reboot the recorded pid may belong to an unrelated process: never signal that."""
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
@@ -343,7 +361,7 @@ def _is_ours(pid, record):
     return ("--port=%d" % record["port"]).encode() in argv
 
 
-def _stop_pid(pid, record):
+def _stop_pid(pid: int, record: Doc) -> None:
     """Ask Jupyter to shut down, then TERM, then KILL it and what it started."""
     if not _is_ours(pid, record):
         _remove_runtime_files(pid)
@@ -371,7 +389,7 @@ def _stop_pid(pid, record):
             pass
 
 
-def _restrict_runtime_files(pid):
+def _restrict_runtime_files(pid: int) -> None:
     # Jupyter writes its redirect page, which holds the token, 0644: its runtime dir is
     # 0700, but a copy or a looser dir must not expose it. Not umask: that would make
     # the user's own notebooks 0600 too.
@@ -381,7 +399,7 @@ def _restrict_runtime_files(pid):
         pass
 
 
-def _remove_runtime_files(pid):
+def _remove_runtime_files(pid: int) -> None:
     # A killed Jupyter leaves its runtime files; remove them or `jupyter server list` lies.
     for suffix in (".json", "-open.html"):
         try:
@@ -392,7 +410,7 @@ def _remove_runtime_files(pid):
 
 # --- operations -------------------------------------------------------------
 
-def _public(record, status=None):
+def _public(record: Doc, status: Doc | None = None) -> Doc:
     view = {k: record[k] for k in ("dir", "mode", "env", "port", "pid", "token", "launcher", "started")}
     view["sock"] = record.get("sock")
     view["tmux_session"] = record.get("tmux_session")
@@ -405,7 +423,8 @@ def _public(record, status=None):
     return view
 
 
-def op_up(channel, dir=None, mode="lab", env=None, timeout=60, socket=False):
+def op_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, timeout: Any = 60,
+          socket: Any = False) -> Doc:
     if mode not in MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(MODES))
     directory = resolve_directory(dir)
@@ -437,7 +456,7 @@ def op_up(channel, dir=None, mode="lab", env=None, timeout=60, socket=False):
         return {"reused": False, "replaced_pid": replaced, "server": _public(record)}
 
 
-def _select(dir, all):
+def _select(dir: object, all: object) -> list[Doc]:
     if all:
         return state.all_records()
     key = state.key_for(resolve_directory(dir))
@@ -445,8 +464,8 @@ def _select(dir, all):
     return [record] if record else []
 
 
-def op_down(channel, dir=None, all=False):
-    stopped = []
+def op_down(channel: Channel, dir: Any = None, all: Any = False) -> Doc:
+    stopped: list[Doc] = []
     with state.locked():
         for record in _select(dir, all):
             _stop_pid(record["pid"], record)
@@ -455,8 +474,8 @@ def op_down(channel, dir=None, all=False):
     return {"stopped": stopped}
 
 
-def op_ls(channel):
-    servers = []
+def op_ls(channel: Channel) -> Doc:
+    servers: list[Doc] = []
     for record in state.all_records():
         status = server_status(record)
         view = _public(record, status)

@@ -8,6 +8,8 @@ address, port and pid to READY (0600, atomically) and then waits for Jupyter, fo
 signals Slurm sends.
 """
 
+from __future__ import annotations
+
 import http.client
 import json
 import os
@@ -21,7 +23,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 ANSWER_POLL = 0.05
 
 
-def node_address(node):
+def node_address(node: str) -> str:
     """The NodeAddr Slurm knows node by (how the login node reaches it), else its name."""
     try:
         out = subprocess.run(
@@ -36,13 +38,14 @@ def node_address(node):
     return next((word[len("NodeAddr=") :] for word in out.split() if word.startswith("NodeAddr=")), None) or node
 
 
-def free_port(ip):
+def free_port(ip: str) -> int:
     with socket.socket() as probe:
         probe.bind((ip, 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
-def jupyter_argv(jupyter, root, ip, port, extra):
+def jupyter_argv(jupyter: str, root: str, ip: str, port: int, extra: list[str]) -> list[str]:
     return [
         jupyter,
         "--no-browser",
@@ -53,7 +56,7 @@ def jupyter_argv(jupyter, root, ip, port, extra):
     ] + list(extra)
 
 
-def answers(ip, port, token):
+def answers(ip: str, port: int, token: str) -> bool:
     connection = http.client.HTTPConnection(ip, port, timeout=2)
     try:
         connection.request("GET", "/api/status", headers={"Authorization": "token " + token})
@@ -64,7 +67,7 @@ def answers(ip, port, token):
         connection.close()
 
 
-def write_ready(ready, doc):
+def write_ready(ready: str, doc: dict[str, object]) -> None:
     tmp = ready + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -72,7 +75,7 @@ def write_ready(ready, doc):
     os.replace(tmp, ready)
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     jupyter, root, token_file, ready = argv[:4]
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     addr = node_address(node)

@@ -1,9 +1,17 @@
 """Agent entry point: the bootstrap calls ``main`` once the modules are loaded."""
+from __future__ import annotations
+
+from __future__ import annotations
+
 import sys
 
 from . import jobs, jupyter, protocol, slurm
 
-HANDLERS = {
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from .protocol import Handler
+
+HANDLERS: dict[str, Handler] = {
     "up": jupyter.op_up,
     "down": jupyter.op_down,
     "ls": jupyter.op_ls,
@@ -18,5 +26,5 @@ HANDLERS = {
 }
 
 
-def main(agent_hash, request):
+def main(agent_hash: str, request: str) -> None:
     protocol.serve([request], sys.stdout, HANDLERS, agent_hash, stdin=sys.stdin)

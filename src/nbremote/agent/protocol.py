@@ -10,59 +10,72 @@ and the final line waits until stdin ends, so the client's ping (sent when the
 hello arrives) always gets its pong. One round trip over the open channel, with
 no second ssh session to open.
 """
+from __future__ import annotations
+
 import importlib.util
 import json
 import sys
 import threading
 
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, TextIO
+
+    Doc = dict[str, Any]  # a JSON object
+    Handler = Callable[..., Doc]  # an operation: the channel, then its arguments
+
 PROTOCOL_VERSION = 1
 HELLO_KEY = "nbremote_agent"
 
 
-def module_source(name):
+def module_source(name: str) -> str:
     """The source of a sibling module that runs in a Python of its own (wrapper.py, launcher.py).
 
     Read through the module's loader: shipped, the agent lives only in the bootstrap's memory."""
     qualified = __name__.rpartition(".")[0] + "." + name
-    return importlib.util.find_spec(qualified).loader.get_source(qualified)
+    spec = importlib.util.find_spec(qualified)
+    get_source = getattr(spec.loader, "get_source", None) if spec is not None else None
+    source = get_source(qualified) if get_source is not None else None
+    assert isinstance(source, str), name  # every module of the agent is shipped, with its source
+    return source
 
 
 class AgentError(Exception):
     """A failure the client should show to the user as it is."""
 
-    def __init__(self, code, message, hint=None, details=None):
+    def __init__(self, code: str, message: str, hint: str | None = None, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.hint = hint
         self.details = details or []
 
-    def to_json(self):
+    def to_json(self) -> Doc:
         return {"code": self.code, "message": self.message, "hint": self.hint, "details": self.details}
 
 
 class Channel:
-    def __init__(self, out, request_id):
+    def __init__(self, out: TextIO, request_id: object) -> None:
         self._out = out
         self._id = request_id
         self._lock = threading.Lock()  # pongs come from another thread: lines must not interleave
 
-    def event(self, name, **data):
+    def event(self, name: str, **data: Any) -> None:
         self._write({"id": self._id, "event": name, "data": data})
 
-    def _write(self, doc):
+    def _write(self, doc: Doc) -> None:
         with self._lock:
             self._out.write(json.dumps(doc, separators=(",", ":")) + "\n")
             self._out.flush()
 
-    def finish(self, result):
+    def finish(self, result: Doc) -> None:
         self._write({"id": self._id, "ok": True, "result": result})
 
-    def fail(self, error):
+    def fail(self, error: AgentError) -> None:
         self._write({"id": self._id, "ok": False, "error": error.to_json()})
 
 
-def hello(agent_hash):
+def hello(agent_hash: str) -> Doc:
     return {
         HELLO_KEY: PROTOCOL_VERSION,
         "hash": agent_hash,
@@ -73,8 +86,8 @@ def hello(agent_hash):
 PING_WAIT = 30.0  # seconds the final line waits for stdin to end; the client ends it at once
 
 
-def _answer_pings(stdin, channel):
-    def answer():
+def _answer_pings(stdin: TextIO, channel: Channel) -> threading.Thread:
+    def answer() -> None:
         for _line in iter(stdin.readline, ""):
             channel.event("pong")
 
@@ -83,14 +96,15 @@ def _answer_pings(stdin, channel):
     return thread
 
 
-def serve(requests, stdout, handlers, agent_hash, stdin=None):
+def serve(requests: Iterable[str], stdout: TextIO, handlers: dict[str, Handler], agent_hash: str,
+          stdin: TextIO | None = None) -> None:
     """Answer each request line in turn. Never raises for a bad request."""
     stdout.write(json.dumps(hello(agent_hash)) + "\n")
     stdout.flush()
     for line in requests:
         if not line.strip():
             continue
-        request_id = None
+        request_id: object = None
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
@@ -98,7 +112,7 @@ def serve(requests, stdout, handlers, agent_hash, stdin=None):
             request_id = request.get("id")
             channel = Channel(stdout, request_id)
             op = request.get("op")
-            handler = handlers.get(op)
+            handler = handlers.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise AgentError("bad_request", "unknown operation %r" % (op,))
             args = request.get("args") or {}

@@ -22,6 +22,8 @@ Jobs from `nbremote run --slurm` are ordinary job records (jobs/NAME.json)
 with launcher "slurm": their output file is the job's log, and the end record
 is written here once Slurm says the job ended.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -34,6 +36,12 @@ import time
 from . import jobstore, jupyter, state
 from .protocol import AgentError, module_source
 
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .protocol import Channel, Doc
+
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
           "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
@@ -41,7 +49,8 @@ POLL_FILE = 0.05    # the ready file is local (or NFS) and cheap to look at
 POLL_SLURM = 1.0    # scontrol asks slurmctld: about once a second is polite on a busy cluster
 STOP_WAIT = 60.0
 
-def render_jupyter_script(python, jupyter_program, directory, token_file, ready_file, allow_root=False):
+def render_jupyter_script(python: str, jupyter_program: str, directory: str, token_file: str, ready_file: str,
+                          allow_root: bool = False) -> str:
     """The batch script of a Jupyter job: a pure function of its inputs.
 
     Batch options go on sbatch's command line, not in #SBATCH lines, where a
@@ -55,7 +64,7 @@ def render_jupyter_script(python, jupyter_program, directory, token_file, ready_
             "exec " + shlex.join(argv) + "\n")
 
 
-def render_command_script(argv):
+def render_command_script(argv: list[str]) -> str:
     """The batch script of `nbremote run --slurm`: the command, each argument quoted."""
     return ("#!/bin/sh\n"
             "# Written by nbremote for `nbremote run --slurm`.\n"
@@ -64,7 +73,7 @@ def render_command_script(argv):
 
 # --- asking Slurm -------------------------------------------------------------
 
-def require_slurm():
+def require_slurm() -> None:
     missing = [c for c in COMMANDS if shutil.which(c) is None]
     if missing:
         raise AgentError("no_slurm", "no Slurm commands on the server (%s not on the login PATH)" % ", ".join(missing),
@@ -72,7 +81,7 @@ def require_slurm():
                               "scancel) must be on the PATH of a login shell there")
 
 
-def _slurm(argv, env=None, timeout=60):
+def _slurm(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True, env=env, timeout=timeout)
@@ -81,9 +90,9 @@ def _slurm(argv, env=None, timeout=60):
                          hint="Slurm's controller may be busy or down; try again shortly") from None
 
 
-def parse_show(text):
+def parse_show(text: str) -> dict[str, str]:
     """`scontrol show -o` output as a dict; a value with spaces keeps them."""
-    fields = {}
+    fields: dict[str, str] = {}
     key = None
     for word in text.strip().split(" "):
         name, sep, value = word.partition("=")
@@ -95,7 +104,7 @@ def parse_show(text):
     return fields
 
 
-def job_info(job_id):
+def job_info(job_id: str) -> dict[str, str] | None:
     """What Slurm says of a job, or None once it has forgotten it (MinJobAge)."""
     done = _slurm(["scontrol", "-d", "show", "job", "-o", str(job_id)])  # -d: JOB_GRES, the GPUs it got
     if done.returncode != 0:
@@ -105,12 +114,12 @@ def job_info(job_id):
     return parse_show(done.stdout.splitlines()[0]) if done.stdout.strip() else None
 
 
-def job_state(info):
+def job_state(info: dict[str, str] | None) -> str:
     """JobState without the flags Slurm may append (`CANCELLED by 1000`)."""
     return (info.get("JobState") or "UNKNOWN").split()[0] if info else "GONE"
 
 
-def seconds(text):
+def seconds(text: str | None) -> int | None:
     """Slurm's [D-]HH:MM:SS, MM:SS or minutes as seconds; None for UNLIMITED and the like."""
     if not text or not re.match(r"^(\d+-)?[\d:]+$", text):
         return None
@@ -126,7 +135,7 @@ def seconds(text):
     return days * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
-def gpus(info):
+def gpus(info: dict[str, str]) -> Doc | None:
     """GPUs a job got (JOB_GRES, once running) or asked for: count and type (or None), or None."""
     for key in ("JOB_GRES", "TresPerNode", "TresPerJob", "TresPerTask"):
         match = re.search(r"gpu(?::([A-Za-z0-9_.-]+))?[:=](\d+)", info.get(key) or "")
@@ -135,9 +144,9 @@ def gpus(info):
     return None
 
 
-def describe(job_id, info):
+def describe(job_id: str, info: dict[str, str] | None) -> Doc:
     """A job as the client shows it: state, reason, node, GPUs, elapsed, time left."""
-    doc = {"job_id": str(job_id), "state": job_state(info), "reason": None, "node": None, "gpus": None,
+    doc: Doc = {"job_id": str(job_id), "state": job_state(info), "reason": None, "node": None, "gpus": None,
            "elapsed": None, "time_limit": None, "time_left": None, "exit_code": None}
     if not info:
         return doc
@@ -157,7 +166,7 @@ def describe(job_id, info):
     return doc
 
 
-def submit(script_path, options, names, env=None):
+def submit(script_path: str, options: list[str], names: list[str], env: dict[str, str] | None = None) -> str:
     """sbatch --parsable; the job id, or Slurm's own refusal as the error."""
     argv = ["sbatch", "--parsable"] + names + list(options) + [script_path]
     done = _slurm(argv, env=env)
@@ -175,7 +184,7 @@ def submit(script_path, options, names, env=None):
     return job_id
 
 
-def cancel(job_id, wait=STOP_WAIT):
+def cancel(job_id: str, wait: float = STOP_WAIT) -> str:
     """scancel, then wait until Slurm reports the job ended; its last state."""
     _slurm(["scancel", str(job_id)])
     deadline = time.monotonic() + wait
@@ -191,21 +200,21 @@ def cancel(job_id, wait=STOP_WAIT):
 
 # --- Jupyter in a job -----------------------------------------------------------
 
-def _paths(key):
+def _paths(key: str) -> dict[str, str]:
     folder = state.private_dir("slurm")
     return {ext: os.path.join(folder, key + "." + ext) for ext in ("json", "token", "sh", "ready", "out")}
 
 
-def _load(key):
+def _load(key: str) -> Doc | None:
     try:
         with open(_paths(key)["json"]) as handle:
-            record = json.load(handle)
+            record: object = json.load(handle)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("job_id"), str) else None
 
 
-def _forget(key):
+def _forget(key: str) -> None:
     for ext, path in _paths(key).items():
         if ext != "out":  # the output stays for a post-mortem
             try:
@@ -214,10 +223,10 @@ def _forget(key):
                 pass
 
 
-def _ready(record):
+def _ready(record: Doc) -> Doc | None:
     try:
         with open(record["ready"]) as handle:
-            doc = json.load(handle)
+            doc: object = json.load(handle)
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("job_id") != record["job_id"] or not isinstance(doc.get("port"), int):
@@ -225,16 +234,16 @@ def _ready(record):
     return doc
 
 
-def _tail(path):
+def _tail(path: str) -> list[str]:
     return jupyter._log_tail(path, 0)
 
 
-def _server(record, ready):
+def _server(record: Doc, ready: Doc) -> Doc:
     return {"dir": record["dir"], "mode": record["mode"], "job_id": record["job_id"], "token": record["token"],
             "node": ready["node"], "addr": ready["addr"], "port": ready["port"], "submitted": record["submitted"]}
 
 
-def _submit_jupyter(key, directory, mode, env_spec, options):
+def _submit_jupyter(key: str, directory: str, mode: str, env_spec: str | None, options: list[str]) -> Doc:
     program = jupyter.resolve_jupyter(mode, env_spec)
     paths = _paths(key)
     for stale in ("ready", "out"):
@@ -254,17 +263,17 @@ def _submit_jupyter(key, directory, mode, env_spec, options):
     names = ["--job-name=nbremote-jupyter", "--output=" + paths["out"], "--chdir=" + directory,
              "--open-mode=append"]
     job_id = submit(paths["sh"], options, names, env=env)
-    record = {"key": key, "dir": directory, "mode": mode, "env": env_spec, "job_id": job_id, "token": token,
+    record: Doc = {"key": key, "dir": directory, "mode": mode, "env": env_spec, "job_id": job_id, "token": token,
               "options": list(options), "ready": paths["ready"], "out": paths["out"], "submitted": time.time()}
     state.write_private(paths["json"], json.dumps(record, indent=1, sort_keys=True))
     return record
 
 
-def _wait_ready(channel, record, start_timeout):
+def _wait_ready(channel: Channel, record: Doc, start_timeout: float) -> Doc:
     """Report the job's state as it changes until Jupyter is ready; no limit while it is queued."""
     job_id = record["job_id"]
-    shown = None
-    running_since = None
+    shown: tuple[str, str | None, str | None] | None = None
+    running_since: float | None = None
     next_ask = 0.0
     while True:
         ready = _ready(record)
@@ -292,7 +301,7 @@ def _wait_ready(channel, record, start_timeout):
         time.sleep(POLL_FILE)
 
 
-def _ended_early(record, doc):
+def _ended_early(record: Doc, doc: Doc) -> None:
     job_id = record["job_id"]
     if doc["state"] == "TIMEOUT":
         raise AgentError("slurm_timeout", "Slurm job %s reached its time limit" % job_id,
@@ -302,7 +311,8 @@ def _ended_early(record, doc):
                      hint="its output on the server is %s" % record["out"], details=_tail(record["out"]))
 
 
-def op_slurm_up(channel, dir=None, mode="lab", env=None, options=None, timeout=90):
+def op_slurm_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, options: Any = None,
+                timeout: Any = 90) -> Doc:
     options = [] if options is None else options
     if mode not in jupyter.MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(jupyter.MODES))
@@ -330,7 +340,7 @@ def op_slurm_up(channel, dir=None, mode="lab", env=None, options=None, timeout=9
     return {"reused": reused, "server": _server(record, ready), "job": info}
 
 
-def _records(dir, all):
+def _records(dir: object, all: object) -> list[Doc]:
     if all:
         folder = state.private_dir("slurm")
         keys = sorted(n[:-5] for n in os.listdir(folder) if n.endswith(".json"))
@@ -339,9 +349,9 @@ def _records(dir, all):
     return [r for r in (_load(k) for k in keys) if r is not None]
 
 
-def op_slurm_down(channel, dir=None, all=False):
+def op_slurm_down(channel: Channel, dir: Any = None, all: Any = False) -> Doc:
     require_slurm()
-    stopped = []
+    stopped: list[Doc] = []
     with state.locked():
         for record in _records(dir, all):
             before = job_state(job_info(record["job_id"]))
@@ -352,9 +362,9 @@ def op_slurm_down(channel, dir=None, all=False):
     return {"stopped": stopped}
 
 
-def op_slurm_ls(channel):
+def op_slurm_ls(channel: Channel | None) -> Doc:
     require_slurm()
-    servers = []
+    servers: list[Doc] = []
     for record in _records(None, True):
         doc = describe(record["job_id"], job_info(record["job_id"]))
         ready = _ready(record) if doc["state"] in ACTIVE else None
@@ -365,20 +375,22 @@ def op_slurm_ls(channel):
     return {"servers": servers}
 
 
-def status_servers():
+def status_servers() -> list[Doc]:
     """The Slurm Jupyter jobs for `nbremote status`, or [] where there is no Slurm."""
     folder = os.path.join(state.state_dir(), "slurm")
     if not os.path.isdir(folder) or not any(n.endswith(".json") for n in os.listdir(folder)):
         return []
     try:
-        return op_slurm_ls(None)["servers"]
+        servers: list[Doc] = op_slurm_ls(None)["servers"]
+        return servers
     except AgentError:
         return []
 
 
 # --- `run --slurm`: jobs of the jobs module, launched by Slurm -------------------------
 
-def op_run(channel, argv, name, directory, environment, env_spec, options):
+def op_run(channel: Channel, argv: list[str], name: object, directory: str, environment: dict[str, str],
+           env_spec: str | None, options: Any) -> Doc:
     require_slurm()
     with state.locked():
         name = jobstore.validate_name(name) if name is not None else jobstore.auto_name(argv)
@@ -396,26 +408,26 @@ def op_run(channel, argv, name, directory, environment, env_spec, options):
             for suffix in (".log", ".sh"):
                 os.unlink(jobstore.path(name, suffix))
             raise
-        record = {"name": name, "argv": argv, "dir": directory, "env_spec": env_spec, "log": log_path,
+        record: Doc = {"name": name, "argv": argv, "dir": directory, "env_spec": env_spec, "log": log_path,
                   "started": time.time(), "launcher": "slurm", "slurm_job_id": job_id, "slurm_options": options,
                   "tmux_session": None, "pid": None, "kill_requested": None}
         jobstore.save(record)
     return {"job": job_view(record)}
 
 
-def _end_doc(record, doc):
+def _end_doc(record: Doc, doc: Doc) -> Doc:
     ended = time.time()
     code = doc["exit_code"] if doc["exit_code"] is not None else -1
-    end = {"exit_code": code, "ended": ended, "slurm_state": doc["state"], "slurm_reason": doc["reason"]}
+    end: Doc = {"exit_code": code, "ended": ended, "slurm_state": doc["state"], "slurm_reason": doc["reason"]}
     state.write_private(jobstore.path(record["name"], ".end.json"), json.dumps(end))
     return end
 
 
-def job_view(record, gpu_memory=None):
+def job_view(record: Doc, gpu_memory: int | None = None) -> Doc:
     """A Slurm job as `jobs` shows it; once Slurm says it ended, that is written down for good."""
     job_id = record["slurm_job_id"]
     end = jobstore.end(record["name"])
-    slurm = None
+    slurm: Doc | None = None
     if end is None:
         slurm = describe(job_id, job_info(job_id))
         if slurm["state"] not in ACTIVE:
@@ -424,8 +436,8 @@ def job_view(record, gpu_memory=None):
                                       "tmux_session", "log", "pid")}
     doc.update(state="pending" if slurm and slurm["state"] == "PENDING" else "running", exit_code=None,
                ended=None, signal=record.get("kill_requested"), gpu_memory_mib=gpu_memory,
-               slurm_job_id=job_id, slurm_state=slurm["state"] if slurm else end.get("slurm_state"),
-               slurm_reason=slurm["reason"] if slurm else end.get("slurm_reason"),
+               slurm_job_id=job_id, slurm_state=slurm["state"] if slurm else (end or {}).get("slurm_state"),
+               slurm_reason=slurm["reason"] if slurm else (end or {}).get("slurm_reason"),
                node=slurm["node"] if slurm else None)
     if end is not None:
         slurm_state = end.get("slurm_state")
@@ -444,7 +456,7 @@ def job_view(record, gpu_memory=None):
     return doc
 
 
-def kill(record, signal_name, wait):
+def kill(record: Doc, signal_name: str, wait: Any) -> Doc:
     """`nbremote kill` of a Slurm job: scancel (with the signal asked for, TERM by default)."""
     view = job_view(record)
     if view["state"] not in ("running", "pending"):

@@ -8,6 +8,8 @@ every directory 0700 and every file 0600, because records hold Jupyter tokens:
     tokens/KEY           the token, for JUPYTER_TOKEN_FILE (never on a command line)
     logs/KEY.log         Jupyter's output, kept after it stops
 """
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import hashlib
@@ -15,13 +17,19 @@ import json
 import os
 import tempfile
 
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Iterator
 
-def state_dir():
+    from .protocol import Doc
+
+
+def state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "nbremote")
 
 
-def private_dir(*parts):
+def private_dir(*parts: str) -> str:
     path = os.path.join(state_dir(), *parts)
     os.makedirs(path, mode=0o700, exist_ok=True)
     # makedirs honours umask and leaves existing directories alone: enforce.
@@ -29,11 +37,11 @@ def private_dir(*parts):
     return path
 
 
-def key_for(directory):
+def key_for(directory: str) -> str:
     return hashlib.sha256(os.fsencode(directory)).hexdigest()[:16]
 
 
-def write_private(path, text):
+def write_private(path: str, text: str) -> None:
     """Write atomically with mode 0600 from the first byte on."""
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
@@ -48,7 +56,7 @@ def write_private(path, text):
 
 
 @contextlib.contextmanager
-def locked():
+def locked() -> Iterator[None]:
     fd = os.open(os.path.join(private_dir(), "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -57,24 +65,24 @@ def locked():
         os.close(fd)
 
 
-def record_path(key):
+def record_path(key: str) -> str:
     return os.path.join(private_dir("servers"), key + ".json")
 
 
-def load_record(key):
+def load_record(key: str) -> Doc | None:
     try:
         with open(record_path(key)) as handle:
-            record = json.load(handle)
+            record: object = json.load(handle)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
 
 
-def save_record(record):
+def save_record(record: Doc) -> None:
     write_private(record_path(record["key"]), json.dumps(record, indent=1, sort_keys=True))
 
 
-def all_records():
+def all_records() -> list[Doc]:
     folder = private_dir("servers")
     records = []
     for name in sorted(os.listdir(folder)):
@@ -85,7 +93,7 @@ def all_records():
     return records
 
 
-def forget(key):
+def forget(key: str) -> None:
     for path in (record_path(key), os.path.join(private_dir("tokens"), key)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -6,17 +6,23 @@ columns (every driver adds some) parse the same. Values nvidia-smi cannot give
 ("[N/A]", "[Not Supported]", "[GPU requires reset]", "ERR!") become None, and
 the reason is kept so a broken GPU is shown as broken rather than as idle.
 """
+from __future__ import annotations
+
 import csv
 import os
 import shutil
 import subprocess
+
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from .protocol import Doc
 
 GPU_FIELDS = "index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu"
 APP_FIELDS = "gpu_uuid,pid,process_name,used_gpu_memory"
 NVIDIA_SMI_TIMEOUT = 10
 
 
-def _rows(text):
+def _rows(text: str) -> list[dict[str, str]]:
     """CSV with a header into dicts keyed by the field name without its unit."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
@@ -26,7 +32,7 @@ def _rows(text):
     return [dict(zip(header, (cell.strip() for cell in row))) for row in reader if row]
 
 
-def _problem(value):
+def _problem(value: str | None) -> str | None:
     """The text of a value nvidia-smi could not read, or None for a real value."""
     if value is None:
         return None
@@ -37,7 +43,7 @@ def _problem(value):
     return None
 
 
-def _number(value):
+def _number(value: str | None) -> float | None:
     if value is None or _problem(value) is not None:
         return None
     try:
@@ -46,14 +52,14 @@ def _number(value):
         return None
 
 
-def _whole(value):
+def _whole(value: str | None) -> int | None:
     number = _number(value)
     return None if number is None else int(round(number))
 
 
-def parse_gpus(text):
+def parse_gpus(text: str) -> list[Doc]:
     """GPUs from ``--query-gpu=... --format=csv`` output (with header and units)."""
-    gpus = []
+    gpus: list[Doc] = []
     for position, row in enumerate(_rows(text)):
         index = _whole(row.get("index"))
         problems = sorted({p for p in (_problem(row.get(k)) for k in
@@ -72,9 +78,9 @@ def parse_gpus(text):
     return gpus
 
 
-def parse_apps(text):
+def parse_apps(text: str) -> list[Doc]:
     """Compute processes from ``--query-compute-apps=... --format=csv``."""
-    apps = []
+    apps: list[Doc] = []
     for row in _rows(text):
         pid = _whole(row.get("pid"))
         if pid is None:
@@ -89,14 +95,14 @@ def parse_apps(text):
     return apps
 
 
-def _smi(query, fields):
+def _smi(query: str, fields: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(["nvidia-smi", "--query-%s=%s" % (query, fields), "--format=csv"],
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=NVIDIA_SMI_TIMEOUT)
     return done
 
 
-def gpu_report():
+def gpu_report() -> Doc:
     """{"available": bool, "reason": why not, "gpus": [...], "apps": [...]}."""
     if shutil.which("nvidia-smi") is None:
         return {"available": False, "reason": "no nvidia-smi", "gpus": [], "apps": []}
@@ -119,8 +125,8 @@ def gpu_report():
     return {"available": True, "reason": None, "gpus": parsed, "apps": parsed_apps}
 
 
-def parse_meminfo(text):
-    values = {}
+def parse_meminfo(text: str) -> dict[str, int] | None:
+    values: dict[str, int] = {}
     for line in text.splitlines():
         name, _, rest = line.partition(":")
         parts = rest.split()
@@ -133,10 +139,10 @@ def parse_meminfo(text):
     return {"total": total, "used": total - available}
 
 
-def machine():
+def machine() -> Doc:
     """Load, CPU count, memory and the home directory's disk."""
     try:
-        load = list(os.getloadavg())
+        load: list[float] | None = list(os.getloadavg())
     except OSError:
         load = None
     try:
@@ -147,7 +153,7 @@ def machine():
     home = os.path.expanduser("~")
     try:
         disk = os.statvfs(home)
-        disk_doc = {"path": home, "total": disk.f_blocks * disk.f_frsize, "free": disk.f_bavail * disk.f_frsize}
+        disk_doc: Doc | None = {"path": home, "total": disk.f_blocks * disk.f_frsize, "free": disk.f_bavail * disk.f_frsize}
     except OSError:
         disk_doc = None
     return {"load": load, "cpus": os.cpu_count(), "memory": memory, "disk": disk_doc}

@@ -7,6 +7,8 @@ once the command ends. In tmux the command gets the pane as its terminal and the
 Ctrl-C in `attach` reaches it, and the log is copied to the pane for an attached user to see.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -14,15 +16,19 @@ import subprocess
 import sys
 import time
 
+TYPE_CHECKING = False  # typing's import would cost the job's start; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 COPY_POLL = 0.2
 
 
-def end_path(job_path):
+def end_path(job_path: str) -> str:
     return job_path[: -len(".json")] + ".end.json"
 
 
-def finish(job_path, doc):
+def finish(job_path: str, doc: dict[str, Any]) -> None:
     end = end_path(job_path)
     tmp = end + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -31,17 +37,17 @@ def finish(job_path, doc):
     os.replace(tmp, end)
 
 
-def environment(job, outer):
+def environment(job: dict[str, Any], outer: Mapping[str, str]) -> dict[str, str]:
     """The job's environment, with the terminal's variables of the pane it runs in."""
-    env = dict(job["env"])
+    env: dict[str, str] = dict(job["env"])
     for key in ("TMUX", "TMUX_PANE", "TERM"):
         if key in outer:
             env[key] = outer[key]
     return env
 
 
-def _take_foreground(tty):
-    def pre():
+def _take_foreground(tty: bool) -> Callable[[], None]:
+    def pre() -> None:
         os.setpgrp()
         if tty:
             # Taking the terminal from the background raises SIGTTOU, which would stop us.
@@ -55,7 +61,7 @@ def _take_foreground(tty):
     return pre
 
 
-def run(job_path):
+def run(job_path: str) -> int | None:
     with open(job_path) as handle:
         job = json.load(handle)
     tty = os.isatty(0)
@@ -75,7 +81,7 @@ def run(job_path):
         finish(job_path, {"exit_code": 127, "ended": time.time(), "error": exc.strerror})
         return 127
 
-    def forward(number, _frame):
+    def forward(number: int, _frame: object) -> None:
         try:
             os.killpg(child.pid, number)
         except OSError:
