@@ -20,12 +20,7 @@ def _jobs_path() -> Path:
 
 
 def _read_jobs() -> dict[str, list[str]]:
-    try:
-        doc = json.loads(_jobs_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict):
-        return {}
+    doc = paths.read_object(_jobs_path()) or {}
     return {
         host: [n for n in names if isinstance(n, str)]
         for host, names in doc.items()

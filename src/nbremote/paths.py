@@ -12,7 +12,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from nbremote.errors import NbremoteError
 
@@ -64,15 +64,20 @@ def state_file(name: str) -> Path:
     return _state_base() / name
 
 
+def read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in path; None when the file is missing, unreadable, broken or not an object."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def read_records(path: Path, make: Callable[..., T]) -> dict[str, T]:
     """A JSON object of records, each built with make(**fields); a missing or broken file is
     empty, and a record another version wrote (make refuses its fields) is forgotten."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
     records = {}
-    for key, value in raw.items() if isinstance(raw, dict) else []:
+    for key, value in (read_object(path) or {}).items():
         try:
             records[key] = make(**value)
         except TypeError:

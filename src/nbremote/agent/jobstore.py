@@ -37,12 +37,7 @@ def path(name: str, suffix: str) -> str:
 
 
 def load(name: str) -> Doc | None:
-    try:
-        with open(path(name, ".json")) as handle:
-            record: object = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return state.read_object(path(name, ".json"))
 
 
 def save(record: Doc) -> None:
@@ -50,12 +45,8 @@ def save(record: Doc) -> None:
 
 
 def end(name: str) -> Doc | None:
-    try:
-        with open(path(name, ".end.json")) as handle:
-            doc: object = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("exit_code"), int) else None
+    doc = state.read_object(path(name, ".end.json"))
+    return doc if doc is not None and isinstance(doc.get("exit_code"), int) else None
 
 
 def names() -> list[str]:

@@ -206,12 +206,8 @@ def _paths(key: str) -> dict[str, str]:
 
 
 def _load(key: str) -> Doc | None:
-    try:
-        with open(_paths(key)["json"]) as handle:
-            record: object = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("job_id"), str) else None
+    record = state.read_object(_paths(key)["json"])
+    return record if record is not None and isinstance(record.get("job_id"), str) else None
 
 
 def _forget(key: str) -> None:
@@ -224,12 +220,8 @@ def _forget(key: str) -> None:
 
 
 def _ready(record: Doc) -> Doc | None:
-    try:
-        with open(record["ready"]) as handle:
-            doc: object = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(doc, dict) or doc.get("job_id") != record["job_id"] or not isinstance(doc.get("port"), int):
+    doc = state.read_object(record["ready"])
+    if doc is None or doc.get("job_id") != record["job_id"] or not isinstance(doc.get("port"), int):
         return None
     return doc
 

@@ -69,13 +69,18 @@ def record_path(key: str) -> str:
     return os.path.join(private_dir("servers"), key + ".json")
 
 
-def load_record(key: str) -> Doc | None:
+def read_object(path: str) -> Doc | None:
+    """The JSON object in path; None when the file is missing, unreadable, broken or not an object."""
     try:
-        with open(record_path(key)) as handle:
-            record: object = json.load(handle)
+        with open(path) as handle:
+            doc: object = json.load(handle)
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def load_record(key: str) -> Doc | None:
+    return read_object(record_path(key))
 
 
 def save_record(record: Doc) -> None:
