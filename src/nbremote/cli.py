@@ -191,7 +191,7 @@ def ls_command(host, as_json, show_token, timeout) -> None:
         forward = f"localhost:{s['local_port']}" if s["local_port"] else f"remote :{s['remote_port']}"
         if s["keeper_pid"]:
             forward += " (kept)"
-        rows.append((s["dir"], "running" if s["running"] else "stopped", str(s["pid"]), forward,
+        rows.append((str(s["dir"]), "running" if s["running"] else "stopped", str(s["pid"]), forward,
                      ago(s["started"]), kernels, ago(s["last_activity"])))
     for line in table(rows):
         console.result(line)

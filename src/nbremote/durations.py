@@ -21,7 +21,7 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 86400} d {whole % 86400 // 3600} h"
 
 
-def ago(when: float | str | None, now: Callable[[], float] = time.time) -> str:
+def ago(when: object, now: Callable[[], float] = time.time) -> str:
     """Seconds since the epoch, or Jupyter's ISO time, as `3 min 05 s ago`; `-` when unknown."""
     if isinstance(when, str):
         text = when
@@ -29,6 +29,6 @@ def ago(when: float | str | None, now: Callable[[], float] = time.time) -> str:
             when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
         except ValueError:
             return text
-    if not when:
+    if not isinstance(when, (int, float)) or not when:
         return "-"
     return f"{duration(now() - when)} ago"

@@ -8,10 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nbremote.agentlink import clean_text, is_server_path
+from nbremote.agentlink import MODES, clean_text, is_server_path
 from nbremote.errors import ExitCode, NbremoteError
 
-MODES = ("lab", "notebook")
 URL_PATH = {"lab": "/lab", "notebook": "/tree"}
 _TOKEN = re.compile(r"^[A-Za-z0-9]{16,128}$")
 

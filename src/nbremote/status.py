@@ -178,7 +178,8 @@ def close_masters(hosts: list[str | None], *, timeout: float) -> None:
                 place = place_for(host, timeout=timeout, interactive=False, persist=True)
             except NbremoteError:
                 continue
-            place.connection.close()
+            if isinstance(place, Host):  # a named host always is
+                place.connection.close()
 
 
 class History:
