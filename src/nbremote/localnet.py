@@ -1,7 +1,6 @@
 """Local ports: is one free, pick one, and does Jupyter answer on it."""
 from __future__ import annotations
 
-import http.client
 import socket
 import time
 from collections.abc import Callable
@@ -44,6 +43,8 @@ def choose_local_port(requested: int | None, previous: int | None) -> int:
 def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic,
           host: str = "127.0.0.1") -> bool:
     """True once Jupyter answers /api/status with this token on local port (or on host:port)."""
+    import http.client  # here, not at the top: `up` imports it while its first ssh logs in
+
     while True:
         conn = http.client.HTTPConnection(host, port, timeout=max(0.5, deadline - clock()))
         try:

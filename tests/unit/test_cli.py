@@ -19,7 +19,7 @@ from clirun import run_main
 
 
 
-COMMANDS = sorted(cli.cli.commands)
+COMMANDS = cli.cli.list_commands(click.Context(cli.cli))
 
 
 def test_there_are_commands():
@@ -40,10 +40,11 @@ def test_every_command_has_help(capsys, name):
     code, out, _ = run_main(capsys, name, "--help")
     assert code == 0
     assert out.startswith(f"Usage: nbremote {name} ")
-    summary = (cli.cli.commands[name].help or "").strip()
+    command = cli.cli.get_command(click.Context(cli.cli), name)
+    summary = (command.help or "").strip()
     assert summary, f"{name} has no docstring"
     assert summary.splitlines()[0] in out
-    for param in cli.cli.commands[name].params:
+    for param in command.params:
         if isinstance(param, click.Option) and not param.hidden:
             assert param.help, f"{name} {param.opts[0]} has no help text"
 
