@@ -6,6 +6,7 @@ reason; NBREMOTE_REQUIRE_LAB=1 (CI) turns that skip into a failure.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -88,6 +89,17 @@ def alice_password(lab):
     subprocess.run(["chpasswd"], input=f"{netlab.ALICE}:{password}\n", text=True, check=True)
     yield password
     subprocess.run(["usermod", "-p", shadow.stdout.split(":")[1], netlab.ALICE], check=True)
+
+
+@pytest.fixture
+def lossy_link(lab):
+    """A relay link whose set_down drops packets silently, as a real outage does
+    (a downed veth gives the endpoints instant local errors instead)."""
+    from delaylink import DelayLink
+
+    link = lab.replace_link(functools.partial(DelayLink.start, delay_ms=0))
+    yield link
+    lab.replace_link(netlab.make_veth_link)
 
 
 @pytest.fixture

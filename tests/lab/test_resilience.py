@@ -2,28 +2,16 @@
 by itself: outages with real packet loss, sshd restarts, concurrent `up`s."""
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import time
 
 import netlab
-import pytest
-from delaylink import DelayLink
 from netlab import ALICE
 
 from test_up import alice_pids, laptop_probe, token_of, up_json, wait_until
 
 TICKS = "/home/nbr-alice/ticks"
-
-
-@pytest.fixture
-def lossy_link(lab):
-    """A relay link whose set_down drops packets silently, as a real outage does
-    (a downed veth gives the endpoints instant local errors instead)."""
-    link = lab.replace_link(functools.partial(DelayLink.start, delay_ms=0))
-    yield link
-    lab.replace_link(netlab.make_veth_link)
 
 
 def _status_through(lab, result) -> int:

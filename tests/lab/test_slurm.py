@@ -3,20 +3,25 @@ login node, and a real single-node Slurm (slurmctld, slurmd, munge) whose node
 has one fake GPU, all in the server namespace (slurmlab.py)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
 
+import netlab
 import pytest
 from slurmlab import NODE, SlurmCluster
+from test_resilience import _status_through
 from test_up import laptop_probe, token_of, wait_until
 
-from netlab import ALICE, BOB
+from netlab import ALICE, BOB, LAPTOP_USER
 
 HOME = f"/home/{ALICE}"
+MOVED = "192.168.77.11"  # the laptop's address after it moved
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +187,110 @@ def test_a_job_past_its_time_limit_is_reported(lab, cluster):
     assert listed.returncode == 0, listed.stderr
     assert re.search(rf"{result['job_id']}\s+ended: time limit reached", listed.stdout), listed.stdout
     assert f"Slurm job {result['job_id']} reached its time limit" in listed.stderr
+
+
+# --- the keeper of a Slurm session: the same resilience as on a plain host ----------------------
+
+TICKS = f"{HOME}/ticks"
+TICKER = ("import threading, time\n"
+          "def tick():\n"
+          "    for _ in range(180):\n"
+          f"        with open({TICKS!r}, 'a') as f: f.write('%f\\n' % time.time())\n"
+          "        time.sleep(1)\n"
+          "threading.Thread(target=tick, daemon=True).start()\nprint('ticking')")
+
+
+def _keeper_log(lab) -> str:
+    path = lab.user(LAPTOP_USER).home / ".local" / "state" / "nbremote" / "keeper.log"
+    return path.read_text() if path.exists() else ""
+
+
+def _back(lab, result, seconds: float = 20) -> float:
+    """Seconds until the tunnel answers again on the same local port."""
+    began = time.monotonic()
+    assert wait_until(lambda: _status_through(lab, result) == 200, seconds), _keeper_log(lab)
+    return time.monotonic() - began
+
+
+def _no_gap(since: float) -> None:
+    with open(TICKS) as handle:
+        ticks = [float(line) for line in handle.read().split() if float(line) >= since]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= 10 and max(gaps) < 1.5, max(gaps)
+
+
+def _laptop_address(lab, old: str, new: str) -> None:
+    """Renumber the laptop's end of the link (`ip -n` configures the namespace; no traffic leaves)."""
+    for verb, addr in (("add", new), ("del", old)):
+        subprocess.run(["ip", "-n", lab.laptop_ns, "addr", verb, f"{addr}/{netlab.LAB_PREFIX}", "dev",
+                        lab.link.ifname], check=True)
+
+
+def test_slurm_30_s_outage_and_a_new_laptop_address_the_tunnel_returns_and_the_job_never_stopped(
+        lab, cluster, lossy_link):
+    result = up_json(lab, "--slurm", "--time=10")  # --detach: the background keeper holds it
+    token = token_of(result["url"])
+    began = time.time()
+    try:
+        assert laptop_probe(lab, "run", f"http://127.0.0.1:{result['local_port']}", token, TICKER)["stdout"] \
+            .strip() == "ticking"
+        lossy_link.set_down(True)
+        time.sleep(30)
+        assert _status_through(lab, result) == 0, "the outage did not cut the tunnel"
+        lossy_link.set_down(False)
+        # About a second to notice plus one login; generous for two shared cores.
+        assert _back(lab, result) < 8
+
+        # The laptop comes back from a short outage with another address: the old connection
+        # can never resume, and the keeper must log in again from the new one.
+        lossy_link.set_down(True)
+        _laptop_address(lab, netlab.LAPTOP_ADDR, MOVED)
+        time.sleep(5)
+        lossy_link.set_down(False)
+        assert _back(lab, result) < 8
+        assert lab.server_exec(["ss", "-tnH", "state", "established", "( sport = :22 )"]).stdout.count(MOVED), \
+            "the new login does not come from the new address"
+        _no_gap(began)
+        assert cluster.squeue() == [result["job_id"]]
+        assert "reconnecting" in _keeper_log(lab) and "back" in _keeper_log(lab)
+    finally:
+        subprocess.run(["rm", "-f", TICKS], check=True)
+
+
+def test_slurm_login_sshd_restart_the_keeper_reconnects(lab, cluster):
+    result = up_json(lab, "--slurm", "--time=10")
+    assert _status_through(lab, result) == 200
+    lab.server_exec(["pkill", "-KILL", "-x", "sshd"])  # the listener and every session
+    assert wait_until(lambda: lab.sshd_pid() is None, 5)
+    lab.ensure_sshd()
+    _back(lab, result)
+    assert cluster.squeue() == [result["job_id"]]
+
+
+def test_slurm_killed_client_and_up_again_reattaches_to_the_running_job(lab, cluster):
+    client = lab.nbremote_popen("up", "server", "--slurm", "--time=10", "--no-browser",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = client.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    [job_id] = cluster.squeue()
+    os.killpg(client.pid, signal.SIGKILL)
+    client.wait()
+    again = up_json(lab)
+    assert (again["reused"], again["job_id"]) == (True, job_id)
+    assert again["url"] == url  # the same port and token: open tabs carry on
+    assert laptop_probe(lab, "status", url.split("/lab")[0], token_of(url))["with_token"] == 200
+    assert cluster.squeue() == [job_id]
+
+
+def test_slurm_time_limit_during_an_outage_is_reported_once_and_the_keeper_stops(lab, cluster, lossy_link):
+    # Slurm counts limits in minutes and checks them every 30 s: this test takes 1 to 1.5 min.
+    result = up_json(lab, "--slurm", "--time=1")
+    assert wait_until(lambda: lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-f", "nbremote.keeper"]).stdout)
+    lossy_link.set_down(True)
+    assert wait_until(lambda: cluster.squeue() == [], 120), cluster.logs()
+    assert cluster.job_field(result["job_id"], "JobState") == "TIMEOUT"
+    lossy_link.set_down(False)
+    said = f"Slurm job {result['job_id']} reached its time limit"
+    assert wait_until(lambda: said in _keeper_log(lab), 30), _keeper_log(lab)
+    assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-f", "nbremote.keeper"]).stdout)
+    assert _keeper_log(lab).count(said) == 1
