@@ -220,8 +220,9 @@ def _no_gap(since: float) -> None:
 
 
 def _laptop_address(lab, old: str, new: str) -> None:
-    """Renumber the laptop's end of the link (`ip -n` configures the namespace; no traffic leaves)."""
-    for verb, addr in (("add", new), ("del", old)):
+    """Renumber the laptop's end of the link (`ip -n` configures the namespace; no traffic leaves).
+    The old address goes first: deleting a primary address takes its secondaries with it."""
+    for verb, addr in (("del", old), ("add", new)):
         subprocess.run(["ip", "-n", lab.laptop_ns, "addr", verb, f"{addr}/{netlab.LAB_PREFIX}", "dev",
                         lab.link.ifname], check=True)
 
