@@ -43,7 +43,7 @@ class HostRunner:
                 if is_server_path(port) or (isinstance(port, int) and not isinstance(port, bool)
                                             and 0 < port < 65536):
                     # Forward while Jupyter is still starting: the tunnel is ready when it is.
-                    progress.forward_to(port, "127.0.0.1")  # type: ignore[arg-type]  # checked just above
+                    progress.forward_to(port, "127.0.0.1")
             elif name == "stale":
                 pid = data.get("pid")
                 shown = f" (pid {pid})" if isinstance(pid, int) and not isinstance(pid, bool) else ""

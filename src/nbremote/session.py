@@ -22,7 +22,8 @@ from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import choose_local_port, port_free, probe
 from nbremote.remote import Host, Place, ProfileHost, ThisMachine
 from nbremote.runner import Runner, Served, StartRequest
-from nbremote.servers import MODES, url_for, validate_text
+from nbremote.agentlink import MODES
+from nbremote.servers import url_for, validate_text
 from nbremote.sessions import SessionRecord
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, Place
 from nbremote.runner import Progress, Served, StartRequest
-from nbremote.servers import MODES
+from nbremote.agentlink import MODES
 from nbremote.sessions import SessionRecord
 
 _TOKEN = re.compile(r"^[A-Za-z0-9]{16,128}$")
@@ -180,7 +180,7 @@ class SlurmRunner:
         reply = place.agent(hello_timeout=request.timeout + 10).request(
             "slurm_up", {"dir": request.dir, "mode": request.mode, "env": request.env, "options": self.options,
                          "timeout": request.start_timeout},
-            on_event=on_event, timeout=None)  # type: ignore[arg-type]  # no limit while the job is queued
+            on_event=on_event, timeout=None)  # no limit while the job is queued
         server = parse_server(reply.get("server"), place.label)
         job = clean_job(reply.get("job"))
         reused = reply.get("reused") is True
