@@ -1,6 +1,6 @@
 """The invite line: everything a laptop needs to add a server, in one copyable line.
 
-    nbr1:USER@ADDR1,ADDR2:PORT#SHA256:FINGERPRINT
+    nbr1:USER@ADDR1,ADDR2:PORT#SHA256:FINGERPRINT[#wait=TOKEN]
 
 Addresses in order of preference (LAN first, then WAN or a DNS name, then a
 VPN address), IPv6 ones in brackets; one port for all of them (`server init`
@@ -8,6 +8,11 @@ forwards the same port on the router); the SHA256 fingerprint of the host key
 as `ssh-keygen -l` prints it. The fingerprint is enough to pin the key without
 trusting on first use: `nbremote add --invite` fetches the key with
 ssh-keyscan and accepts it only if its fingerprint is this one.
+
+`#wait=TOKEN` marks an invite printed by a `server init` that waits for the
+user's first key login: the laptop installs its key only while that same
+wait is on (the token is in the waiting record on the server), and then
+waits for the server to finish, so that its profile gets the final port.
 
 Both sides use these two pure functions: `nbremote server invite` / `init`
 render, `nbremote add --invite` parses.
@@ -26,6 +31,8 @@ from nbremote.errors import ExitCode, NbremoteError
 PREFIX = "nbr1:"
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}\Z")
+_WAIT = re.compile(r"^[0-9a-f]{12}\Z")
+WAIT_TAG = "wait="
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Invite:
     hosts: tuple[str, ...]
     port: int
     fingerprint: str  # SHA256:… of the host key
+    wait: str | None = None  # the token of the `server init` waiting for this user's first key login
 
     @property
     def addresses(self) -> list[Address]:
@@ -58,7 +66,8 @@ def valid_fingerprint(text: str) -> bool:
 def render(invite: Invite) -> str:
     check(invite)
     hosts = ",".join(f"[{h}]" if ":" in h else h for h in invite.hosts)
-    return f"{PREFIX}{invite.user}@{hosts}:{invite.port}#{invite.fingerprint}"
+    wait = f"#{WAIT_TAG}{invite.wait}" if invite.wait else ""
+    return f"{PREFIX}{invite.user}@{hosts}:{invite.port}#{invite.fingerprint}{wait}"
 
 
 def check(invite: Invite) -> Invite:
@@ -76,6 +85,9 @@ def check(invite: Invite) -> Invite:
             f"invite: {invite.fingerprint!r} is not a SHA256 host key fingerprint",
             hint="it looks like SHA256: and 43 characters; copy the whole line again",
             exit_code=ExitCode.USAGE)
+    if invite.wait is not None and not _WAIT.match(invite.wait):
+        raise NbremoteError(f"invite: {invite.wait!r} is not the token of a waiting `server init`",
+                            hint="copy the whole line again", exit_code=ExitCode.USAGE)
     return invite
 
 
@@ -89,7 +101,10 @@ def parse(text: str) -> Invite:
         exit_code=ExitCode.USAGE)
     if not line.startswith(PREFIX) or "#" not in line or "@" not in line:
         raise bad
-    body, fingerprint = line[len(PREFIX):].rsplit("#", 1)
+    body, _, fingerprint = line[len(PREFIX):].partition("#")
+    fingerprint, _, wait = fingerprint.partition("#")
+    if wait and not wait.startswith(WAIT_TAG):
+        raise bad
     user, _, where = body.partition("@")
     match = re.fullmatch(r"(.+):(\d{1,5})", where)
     if not match:
@@ -101,4 +116,5 @@ def parse(text: str) -> Invite:
             raise NbremoteError(f"invite: address {item!r} has a port of its own", exit_code=ExitCode.USAGE,
                                 hint="the one port goes after the last address")
         hosts.append(address.host)
-    return check(Invite(user=user, hosts=tuple(hosts), port=int(match.group(2)), fingerprint=fingerprint))
+    return check(Invite(user=user, hosts=tuple(hosts), port=int(match.group(2)), fingerprint=fingerprint,
+                        wait=wait[len(WAIT_TAG):] if wait else None))

@@ -30,7 +30,7 @@ NEW_PORT = 22222
 DRIVER = """
 import sys, time
 from nbremote.console import Console
-from nbremote.server.cli import apply_harden
+from nbremote.server.steps import apply_harden
 from nbremote.server.sshd import Sshd
 
 pause_at, port, user = sys.argv[1], int(sys.argv[2]), sys.argv[3]

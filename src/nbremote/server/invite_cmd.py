@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from pathlib import Path
 
 import click
 
@@ -17,12 +16,14 @@ from nbremote import invite as invites
 from nbremote.addresses import parse_address
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.server import netinfo, steps, system
+from nbremote.server.sshd import Sshd
 
-HOST_KEY = Path("/etc/ssh/ssh_host_ed25519_key.pub")
 
-
-def build(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int, host_key_line: str) -> invites.Invite:
-    """The invite from what this machine knows; LAN first, as the laptop should prefer it."""
+def build(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int, host_key_line: str,
+          wait: str | None = None) -> invites.Invite:
+    """The invite from what this machine knows; LAN first, as the laptop should prefer it.
+    wait: the token of an `init` waiting for this user's first key login."""
     hosts: list[str] = []
     for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
         if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
@@ -32,7 +33,7 @@ def build(*, user: str, lan: list[str], wan: str | None, extra: list[str], port:
         raise NbremoteError("the ed25519 host key is unreadable", exit_code=ExitCode.ERROR,
                             hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys")
     return invites.check(invites.Invite(user=user, hosts=tuple(hosts), port=port,
-                                        fingerprint=invites.fingerprint(fields[1])))
+                                        fingerprint=invites.fingerprint(fields[1]), wait=wait))
 
 
 @click.command(name="invite")
@@ -43,20 +44,11 @@ def build(*, user: str, lan: list[str], wan: str | None, extra: list[str], port:
 @click.option("--json", "as_json", is_flag=True, help="Print the invite as JSON.")
 def invite(user, port, extra, as_json) -> None:
     """Print the line for `nbremote add NAME --invite LINE` on the laptop."""
-    # Imported here: the group's module registers this command when it loads.
-    from nbremote.server import netinfo, system
-    from nbremote.server.cli import _ssh_ports, state_dir
-    from nbremote.server.sshd import Sshd
-
     console = Console.for_terminal(json_mode=as_json)
-    try:
-        host_key_line = HOST_KEY.read_text()
-    except OSError as exc:
-        raise NbremoteError(f"cannot read {HOST_KEY}: {exc.strerror}", exit_code=ExitCode.ERROR) from None
-    wan = (netinfo.WanRecord(state_dir() / "wan-ip.json").last() or {}).get("address")
+    wan = steps.known_wan()
     made = build(user=user or os.environ.get("SUDO_USER") or getpass.getuser(), lan=netinfo.lan_addresses(),
-                 wan=wan, extra=list(extra), port=port or min(_ssh_ports(Sshd(), system.is_root())),
-                 host_key_line=host_key_line)
+                 wan=wan, extra=list(extra), port=port or min(steps.ssh_ports(Sshd(), system.is_root())),
+                 host_key_line=steps.host_key_line())
     line = invites.render(made)
     if as_json:
         console.emit_json({"invite": line, "user": made.user, "addresses": list(made.hosts), "port": made.port,

@@ -106,20 +106,33 @@ def listener_inodes(port: int) -> set[int]:
     return {item.inode for item in listeners(owners=False) if item.port == port}
 
 
-def lan_addresses() -> list[str]:
-    """Global-scope addresses of this machine's interfaces, IPv4 first."""
+def _lan_interfaces() -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     done = system.run(["ip", "-j", "addr", "show", "scope", "global"])
     if done.returncode != 0:
         return []
-    addresses = []
+    found = []
     for link in json.loads(done.stdout or "[]"):
         for info in link.get("addr_info", []):
             if "local" not in info:
                 continue  # `ip -j` lists `{}` for an interface with no address in the scope asked
-            address = ipaddress.ip_address(info["local"])
-            if not address.is_loopback and not address.is_link_local:
-                addresses.append(address)
-    return [str(a) for a in sorted(addresses, key=lambda a: (a.version, a))]
+            interface = ipaddress.ip_interface(f"{info['local']}/{info.get('prefixlen', 128)}")
+            if not interface.ip.is_loopback and not interface.ip.is_link_local:
+                found.append(interface)
+    return sorted(found, key=lambda i: (i.version, i.ip))
+
+
+def lan_addresses() -> list[str]:
+    """Global-scope addresses of this machine's interfaces, IPv4 first."""
+    return [str(i.ip) for i in _lan_interfaces()]
+
+
+def lan_networks() -> list[str]:
+    """The networks those addresses are on (CIDR), IPv4 first: where this machine's LAN is."""
+    networks: list[str] = []
+    for interface in _lan_interfaces():
+        if str(interface.network) not in networks:
+            networks.append(str(interface.network))
+    return networks
 
 
 # ---------------------------------------------------------------- WAN address

@@ -391,10 +391,11 @@ class Sshd:
         done = self.run([self.require_installed(), "-t", "-f", str(self.config)])
         return None if done.returncode == 0 else (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
 
-    def effective(self, user: str | None = None) -> dict[str, list[str]]:
+    def effective(self, user: str | None = None, addr: str = "127.0.0.1") -> dict[str, list[str]]:
+        """What sshd uses; with user, for a login of that user from addr (Match blocks applied)."""
         argv = [self.require_installed(), "-T", "-f", str(self.config)]
         if user:
-            argv += ["-C", f"user={user},host=localhost,addr=127.0.0.1"]
+            argv += ["-C", f"user={user},host=localhost,addr={addr}"]
         done = self.run(argv)
         if done.returncode != 0:
             raise NbremoteError("sshd cannot read its configuration",
