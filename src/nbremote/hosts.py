@@ -271,8 +271,8 @@ def _join(profile: Profile, address: Address, pins: list[tuple[str, str]], finge
         state = record.get("state")
         if state == "failed":
             raise NbremoteError(f"{profile.name}'s init failed after your key login: {record.get('error')}",
-                                hint=f"your key is installed; the server's terminal says more; once init has "
-                                     f"finished there, `nbremote server invite` prints the line for `nbremote add`",
+                                hint="your key is installed; the server's terminal says more; once init has "
+                                     "finished there, `nbremote server invite` prints the line for `nbremote add`",
                                 exit_code=ExitCode.ERROR)
         if state != "done":
             raise NbremoteError(

@@ -24,7 +24,14 @@ from pathlib import Path
 import pytest
 from homenet import ECHO_URL, WAN_ADDR, HomeNet
 from netlab import ALICE, BOB, LAB_VENV, LAPTOP_USER, SERVER_ADDR, etc_ssh_digest
-from serverlab import PASSWORD, password_for, private_etc, server_cli, ssh_audit, sshd_listening_ports
+from serverlab import (
+    PASSWORD,
+    password_for,
+    private_etc,
+    server_cli,
+    ssh_audit,
+    sshd_listening_ports,
+)
 
 from nbremote import invite
 

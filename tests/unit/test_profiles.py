@@ -215,18 +215,18 @@ def test_include_in_a_fresh_home(isolated):
 # --- the server side of the invite ----------------------------------------------------
 
 def test_server_invite_lists_lan_then_wan_then_extra(tmp_path):
-    from nbremote.server import invite_cmd
+    from nbremote.server import steps
 
     key = tmp_path / "host"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     line = (tmp_path / "host.pub").read_text()
-    made = invite_cmd.build(user="houser", lan=["192.168.1.112", "fd00::2", "10.8.0.1"], wan="203.0.113.7",
-                            extra=["gpubox.example.org", "192.168.1.112"], port=22222, host_key_line=line)
+    made = steps.build_invite(user="houser", lan=["192.168.1.112", "fd00::2", "10.8.0.1"], wan="203.0.113.7",
+                              extra=["gpubox.example.org", "192.168.1.112"], port=22222, host_key_line=line)
     listed = subprocess.run(["ssh-keygen", "-l", "-f", f"{key}.pub"], capture_output=True, text=True).stdout
     assert invite.render(made) == ("nbr1:houser@192.168.1.112,10.8.0.1,203.0.113.7,gpubox.example.org:22222#"
                                    + listed.split()[1])
     assert invite.parse(invite.render(made)) == made
     with pytest.raises(NbremoteError, match="ed25519 host key"):
-        invite_cmd.build(user="houser", lan=[], wan=None, extra=[], port=22, host_key_line="ssh-rsa AAAA")
+        steps.build_invite(user="houser", lan=[], wan=None, extra=[], port=22, host_key_line="ssh-rsa AAAA")
     with pytest.raises(NbremoteError, match="no address"):
-        invite_cmd.build(user="houser", lan=[], wan=None, extra=[], port=22, host_key_line=line)
+        steps.build_invite(user="houser", lan=[], wan=None, extra=[], port=22, host_key_line=line)

@@ -13,27 +13,9 @@ import socket
 import click
 
 from nbremote import invite as invites
-from nbremote.addresses import parse_address
 from nbremote.console import Console
-from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import netinfo, steps, system
 from nbremote.server.sshd import Sshd
-
-
-def build(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int, host_key_line: str,
-          wait: str | None = None) -> invites.Invite:
-    """The invite from what this machine knows; LAN first, as the laptop should prefer it.
-    wait: the token of an `init` waiting for this user's first key login."""
-    hosts: list[str] = []
-    for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
-        if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
-            hosts.append(host)
-    fields = host_key_line.split()
-    if len(fields) < 2 or fields[0] != "ssh-ed25519":
-        raise NbremoteError("the ed25519 host key is unreadable", exit_code=ExitCode.ERROR,
-                            hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys")
-    return invites.check(invites.Invite(user=user, hosts=tuple(hosts), port=port,
-                                        fingerprint=invites.fingerprint(fields[1]), wait=wait))
 
 
 @click.command(name="invite")
@@ -46,7 +28,7 @@ def invite(user, port, extra, as_json) -> None:
     """Print the line for `nbremote add NAME --invite LINE` on the laptop."""
     console = Console.for_terminal(json_mode=as_json)
     wan = steps.known_wan()
-    made = build(user=user or os.environ.get("SUDO_USER") or getpass.getuser(), lan=netinfo.lan_addresses(),
+    made = steps.build_invite(user=user or os.environ.get("SUDO_USER") or getpass.getuser(), lan=netinfo.lan_addresses(),
                  wan=wan, extra=list(extra), port=port or min(steps.ssh_ports(Sshd(), system.is_root())),
                  host_key_line=steps.host_key_line())
     line = invites.render(made)

@@ -47,8 +47,15 @@ from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, netinfo, steps, system
 from nbremote.server.files import Transaction
 from nbremote.server.guard import Guard
-from nbremote.server.invite_cmd import build as build_invite
-from nbremote.server.sshd import DROPIN_NAME, MARKER, Sshd, check_users, first, include_dir, with_include
+from nbremote.server.sshd import (
+    DROPIN_NAME,
+    MARKER,
+    Sshd,
+    check_users,
+    first,
+    include_dir,
+    with_include,
+)
 
 WAIT_S = 600.0
 RECORD = "server-init.json"
@@ -232,7 +239,7 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
         waiting.open(confirm, wait_s=options.wait_s)
         try:
             for user in without_key:
-                show_invite(invites.render(build_invite(
+                show_invite(invites.render(steps.build_invite(
                     user=user, lan=netinfo.lan_addresses(), wan=None, extra=[], port=min(current),
                     host_key_line=host_key, wait=waiting.token)))
             joined = waiting.wait(options.wait_s)
@@ -245,7 +252,7 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
         if waiting is not None:
             waiting.failed(exc)
         raise
-    line = invites.render(build_invite(user=users[0], lan=netinfo.lan_addresses(), wan=hosts.get("wan"), extra=[],
+    line = invites.render(steps.build_invite(user=users[0], lan=netinfo.lan_addresses(), wan=hosts.get("wan"), extra=[],
                                        port=port, host_key_line=host_key))
     addresses = list(invites.parse(line).hosts)
     if waiting is not None:

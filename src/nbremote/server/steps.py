@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from nbremote import invite as invites
+from nbremote.addresses import parse_address
 from nbremote.console import Console
-from nbremote.errors import NbremoteError
+from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, firewall, netinfo, system, upnp
 from nbremote.server.sshd import Sshd
 
@@ -216,3 +218,19 @@ def host_key_line(path: Path = HOST_KEY) -> str:
 
 def known_wan() -> str | None:
     return (netinfo.WanRecord(state_dir() / "wan-ip.json").last() or {}).get("address")
+
+
+def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int, host_key_line: str,
+          wait: str | None = None) -> invites.Invite:
+    """The invite from what this machine knows; LAN first, as the laptop should prefer it.
+    wait: the token of an `init` waiting for this user's first key login."""
+    hosts: list[str] = []
+    for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
+        if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
+            hosts.append(host)
+    fields = host_key_line.split()
+    if len(fields) < 2 or fields[0] != "ssh-ed25519":
+        raise NbremoteError("the ed25519 host key is unreadable", exit_code=ExitCode.ERROR,
+                            hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys")
+    return invites.check(invites.Invite(user=user, hosts=tuple(hosts), port=port,
+                                        fingerprint=invites.fingerprint(fields[1]), wait=wait))
