@@ -141,8 +141,9 @@ def _login(profile: Profile, address: Address, known_hosts: Path, *, batch: bool
     return conn, done
 
 
-# Run on the server in the password login, before the key goes in: exit NOT_WAITING unless
-# a `server init` waits with this token (its record is the user's own file).
+# Run on the server in the password login, before the key goes in: exit 0 only while a
+# `server init` waits with this token (its record is the user's own file); MOVED_ON when that
+# init is past its wait (another laptop's key login came first), NOT_WAITING otherwise.
 JOIN_CHECK = r"""
 import json, os, sys
 try:
@@ -150,9 +151,10 @@ try:
         doc = json.load(f)
 except (OSError, ValueError):
     doc = {}
-sys.exit(0 if isinstance(doc, dict) and doc.get("state") == "waiting" and doc.get("token") == sys.argv[1] else 90)
+doc = doc if isinstance(doc, dict) and doc.get("token") == sys.argv[1] else {}
+sys.exit({"waiting": 0, "finishing": 91, "done": 91}.get(doc.get("state"), 90))
 """
-NOT_WAITING = 90
+NOT_WAITING, MOVED_ON = 90, 91
 
 # Run on the server in the first key login: say so to the waiting init, then wait for its
 # record to say done or failed (at most argv[2] seconds) and print it.
@@ -220,6 +222,14 @@ def _install_key(profile: Profile, address: Address, pins: list[tuple[str, str]]
             command = f"{shlex.join(['python3', '-c', JOIN_CHECK, wait])} && {command}"
         conn, done = _login(profile, address, known, batch=False, timeout=timeout,
                             command=command, stdin=public + "\n")
+        if wait is not None and done.returncode == MOVED_ON:
+            raise NbremoteError(
+                f"{profile.name} no longer takes a new laptop: another one's key login came first, and its "
+                "init has moved on; nothing was installed",
+                hint=f"a second laptop can join only while init waits; now add its public key to "
+                     f"~{profile.user}/.ssh/authorized_keys from the first laptop (`ssh {profile.name}`), "
+                     f"then `nbremote add {profile.name} --invite LINE` with the line `nbremote server invite` "
+                     "prints", exit_code=ExitCode.ERROR)
         if wait is not None and done.returncode == NOT_WAITING:
             raise NbremoteError(
                 f"{profile.name} is not waiting for a laptop with this invite: nothing was installed",

@@ -82,8 +82,9 @@ def test_the_join_check_lets_the_key_in_only_for_the_waiting_token(tmp_path):
     (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab"}')
     assert check("0123456789ab") == 0
     assert check("ba9876543210") == hosts.NOT_WAITING
-    (folder / onboard.RECORD).write_text('{"state": "done", "token": "0123456789ab"}')
-    assert check("0123456789ab") == hosts.NOT_WAITING
+    (folder / onboard.RECORD).write_text('{"state": "finishing", "token": "0123456789ab"}')
+    assert check("0123456789ab") == hosts.MOVED_ON  # a second laptop, after the first one's key login
+    assert check("ba9876543210") == hosts.NOT_WAITING
 
 
 def test_the_join_marks_the_key_login_and_prints_the_final_record(tmp_path):
