@@ -152,6 +152,8 @@ try:
 except (OSError, ValueError):
     doc = {}
 doc = doc if isinstance(doc, dict) and doc.get("token") == sys.argv[1] else {}
+if doc.get("state") in ("waiting", "finishing") and not os.path.exists("/proc/%d" % int(doc.get("pid", 0))):
+    doc = {}  # its init was killed
 sys.exit({"waiting": 0, "finishing": 91, "done": 91}.get(doc.get("state"), 90))
 """
 NOT_WAITING, MOVED_ON = 90, 91
@@ -168,7 +170,11 @@ def record():
             doc = json.load(f)
     except (OSError, ValueError):
         return {"state": "gone"}
-    return doc if isinstance(doc, dict) and doc.get("token") == token else {"state": "gone"}
+    if not isinstance(doc, dict) or doc.get("token") != token:
+        return {"state": "gone"}
+    if doc.get("state") in ("waiting", "finishing") and not os.path.exists("/proc/%d" % int(doc.get("pid", 0))):
+        return {"state": "gone"}  # its init was killed
+    return doc
 doc = record()
 if doc.get("state") == "waiting":
     mark = os.path.join(folder, "server-init-joined")

@@ -252,8 +252,8 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
         if waiting is not None:
             waiting.failed(exc)
         raise
-    line = invites.render(steps.build_invite(user=users[0], lan=netinfo.lan_addresses(), wan=hosts.get("wan"), extra=[],
-                                       port=port, host_key_line=host_key))
+    line = invites.render(steps.build_invite(user=users[0], lan=netinfo.lan_addresses(), wan=hosts.get("wan"),
+                                             extra=[], port=port, host_key_line=host_key))
     addresses = list(invites.parse(line).hosts)
     if waiting is not None:
         waiting.done(port, addresses, invites.parse(line).fingerprint)
@@ -361,7 +361,7 @@ class Waiting:
             self.open_sshd = True
             self.sshd._reload(self.port)
             for files in self.files.values():
-                files.write(RECORD, {"state": "waiting", "token": self.token, "since": time.time()})
+                self._record(files, "waiting", since=time.time())
                 files.remove(JOINED)
             _remember_records(steps.state_dir(), list(self.users))
         except BaseException:
@@ -424,11 +424,15 @@ class Waiting:
                                 hint="run `sudo nbremote server init` again to start over",
                                 exit_code=ExitCode.INTERRUPTED) from None
         for files in self.files.values():
-            files.write(RECORD, {"state": "finishing", "token": self.token})
+            self._record(files, "finishing")
         # From here harden's own guard covers sshd: killed during harden, the box is back at
         # the wait's config (the key is in; `restore` or init again go on from there).
         self._end_guard()
         return joined
+
+    def _record(self, files: UserFiles, state: str, **more) -> None:
+        # The pid: a laptop can tell a wait whose init was killed (SIGKILL leaves the record).
+        files.write(RECORD, {"state": state, "token": self.token, "pid": os.getpid(), **more})
 
     def _end_guard(self) -> None:
         if self.guard is not None:
@@ -458,7 +462,7 @@ class Waiting:
         """A step after the wait failed: the laptop is told, and passwords are not left open on the LAN."""
         message = exc.message if isinstance(exc, NbremoteError) else "interrupted"
         for files in self.files.values():
-            files.write(RECORD, {"state": "failed", "token": self.token, "error": message})
+            self._record(files, "failed", error=message)
         dropin = next((p for p in self.tx.originals if p.name == DROPIN_NAME), None)
         still_waiting = dropin is not None and dropin.exists() and dropin.read_bytes().startswith(
             f"# Written by {MARKER} (`nbremote server init`) while".encode())
@@ -473,5 +477,4 @@ class Waiting:
 
     def done(self, port: int, hosts: list[str], fingerprint: str) -> None:
         for files in self.files.values():
-            files.write(RECORD, {"state": "done", "token": self.token, "port": port, "hosts": hosts,
-                                 "fingerprint": fingerprint})
+            self._record(files, "done", port=port, hosts=hosts, fingerprint=fingerprint)
