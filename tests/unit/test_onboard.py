@@ -3,7 +3,7 @@ and the laptop's reading of a refused password login."""
 from __future__ import annotations
 
 import ast
-import os
+import time
 import subprocess
 from pathlib import Path
 
@@ -80,12 +80,12 @@ def test_the_join_check_lets_the_key_in_only_for_the_waiting_token(tmp_path):
         return subprocess.run(["python3", "-c", hosts.JOIN_CHECK, token], env={"HOME": str(tmp_path)}).returncode
 
     assert check("0123456789ab") == hosts.NOT_WAITING  # no record
-    (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "pid": %d}' % os.getpid())
+    (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "beat": %f}' % time.time())
     assert check("0123456789ab") == 0
     assert check("ba9876543210") == hosts.NOT_WAITING
-    (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "pid": 0}')
+    (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "beat": 0}')
     assert check("0123456789ab") == hosts.NOT_WAITING  # its init was killed
-    (folder / onboard.RECORD).write_text('{"state": "finishing", "token": "0123456789ab", "pid": %d}' % os.getpid())
+    (folder / onboard.RECORD).write_text('{"state": "finishing", "token": "0123456789ab", "beat": %f}' % time.time())
     assert check("0123456789ab") == hosts.MOVED_ON  # a second laptop, after the first one's key login
     assert check("ba9876543210") == hosts.NOT_WAITING
 
@@ -98,7 +98,7 @@ def test_the_join_marks_the_key_login_and_prints_the_final_record(tmp_path):
                           text=True, env={"HOME": str(tmp_path), "SSH_CLIENT": "192.168.1.10 50000 22"})
     assert '"port": 22222' in done.stdout
     assert not (folder / onboard.JOINED).exists()  # only a waiting init is told
-    (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "pid": %d}' % os.getpid())
+    (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "beat": %f}' % time.time())
     done = subprocess.run(["python3", "-c", hosts.JOIN_AND_WAIT, "0123456789ab", "0.5"], capture_output=True,
                           text=True, env={"HOME": str(tmp_path), "SSH_CLIENT": "192.168.1.10 50000 22"})
     assert '"state": "waiting"' in done.stdout

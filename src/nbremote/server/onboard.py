@@ -62,6 +62,7 @@ RECORD = "server-init.json"
 JOINED = "server-init-joined"
 RECORDS_WRITTEN = "init-records.json"  # in the state directory: whose homes hold a record, for restore
 POLL_S = 0.5
+BEAT_S = 5.0  # the waiting record is rewritten this often; a laptop takes one older than 20 s for dead
 
 # Runs as the user (never as root) to read, write or remove one file of ~/.local/state/nbremote.
 USER_FILE = r"""
@@ -361,7 +362,7 @@ class Waiting:
             self.open_sshd = True
             self.sshd._reload(self.port)
             for files in self.files.values():
-                self._record(files, "waiting", since=time.time())
+                self._record(files, "waiting")
                 files.remove(JOINED)
             _remember_records(steps.state_dir(), list(self.users))
         except BaseException:
@@ -394,6 +395,7 @@ class Waiting:
         self.console.note(f"waiting up to {wait_s / 60:g} min for the first key login of {', '.join(self.users)}; "
                           "Ctrl-C stops and puts sshd back as it was")
         joined: dict[str, str] = {}
+        beat = started
         try:
             while True:
                 for user in self.users:
@@ -414,6 +416,11 @@ class Waiting:
                         f"{wait_s:g} s: stopped waiting; sshd is as it was before init",
                         hint="run `sudo nbremote server init` again (with a longer --wait if need be) and "
                              "`nbremote add NAME --invite LINE` on the laptop with the new line it prints")
+                if self.clock() - beat >= BEAT_S:
+                    beat = self.clock()
+                    for user in self.users:
+                        if user not in joined:
+                            self._record(self.files[user], "waiting")
                 waiting_for = ", ".join(u for u in self.users if u not in joined)
                 self.console.status(f"… waiting for the first key login of {waiting_for} "
                                     f"({int(left) // 60}:{int(left) % 60:02d} left; Ctrl-C stops)")
@@ -431,8 +438,8 @@ class Waiting:
         return joined
 
     def _record(self, files: UserFiles, state: str, **more) -> None:
-        # The pid: a laptop can tell a wait whose init was killed (SIGKILL leaves the record).
-        files.write(RECORD, {"state": state, "token": self.token, "pid": os.getpid(), **more})
+        # The beat: a laptop can tell a wait whose init was killed (SIGKILL leaves the record).
+        files.write(RECORD, {"state": state, "token": self.token, "beat": time.time(), **more})
 
     def _end_guard(self) -> None:
         if self.guard is not None:

@@ -220,8 +220,8 @@ def known_wan() -> str | None:
     return (netinfo.WanRecord(state_dir() / "wan-ip.json").last() or {}).get("address")
 
 
-def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int, host_key_line: str,
-          wait: str | None = None) -> invites.Invite:
+def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int,
+                 host_key_line: str, wait: str | None = None) -> invites.Invite:
     """The invite from what this machine knows; LAN first, as the laptop should prefer it.
     wait: the token of an `init` waiting for this user's first key login."""
     hosts: list[str] = []
