@@ -305,7 +305,7 @@ def test_ctrl_c_while_the_laptop_waits_for_the_server(lab, fresh):
                                    *lab.nbremote_argv("add", NAME, "--invite", line)],
                                   env=lab.nbremote_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
-        while "first key login" not in init.stderr and time.monotonic() < deadline:
+        while f"first key login of {ALICE} (from" not in init.stderr and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1)
         os.killpg(laptop.pid, signal.SIGINT)
