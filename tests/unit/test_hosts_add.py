@@ -38,7 +38,7 @@ def world(isolated, tmp_path, monkeypatch):
     def scan_all(addresses, timeout):
         return [answers["scans"].get(a) or sshfiles.Scan(a, [], "Connection refused") for a in addresses]
 
-    def install_key(profile, address, pins, key, timeout, console):
+    def install_key(profile, address, pins, key, timeout, console, wait=None):
         answers["install_calls"] += 1
         return answers["installed"]
 

@@ -46,7 +46,7 @@ from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, netinfo, steps, system
 from nbremote.server.files import Transaction
-from nbremote.server.guard import Guard
+from nbremote.server.guardpipe import Guard
 from nbremote.server.sshd import (
     DROPIN_NAME,
     MARKER,
@@ -346,7 +346,7 @@ class Waiting:
                           f"{wait_s / 60:g} min), sshd takes {'a password' if len(self.users) == 1 else 'passwords'} "
                           f"for {names} only from {', '.join(networks)}, and from no other address")
         confirm("Accept those passwords from the LAN while init waits?")
-        self.sshd.service  # resolved from the config in force, before we change it
+        _ = self.sshd.service  # resolved from the config in force, before we change it
         self.guard = Guard.start()
         try:
             for path, _ in writes:

@@ -155,7 +155,8 @@ def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinf
         address, url, _ = netinfo.wan_from_echo(services, timeout)
     except LookupError as exc:
         raise NbremoteError("could not find the WAN address: no router answered UPnP and no echo service worked",
-                            details=list(exc.args[0]), hint="check the network, or give a service with --echo-url")
+                            details=list(exc.args[0]),
+                            hint="check the network, or give a service with --echo-url") from None
     return record.record(address, url)
 
 
