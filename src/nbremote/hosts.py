@@ -79,6 +79,7 @@ def _checked_profile(req: AddRequest, existing: dict[str, Profile]) -> tuple[Pro
         raise _usage(f"~/.ssh/config already has a `Host {name}`",
                      hint=f"choose another name, or use that entry directly: `nbremote up {name}`")
     parsed = None
+    user: str | None
     if req.invite is not None:
         if req.addresses or req.port is not None or req.user is not None:
             raise _usage("--invite gives the user, addresses and port: leave out --address, --user and --port")
