@@ -160,6 +160,10 @@ AGENT_ERROR_EXITS = {
     "sbatch_refused": ExitCode.SLURM,
     "slurm_failed": ExitCode.SLURM,
     "slurm_timeout": ExitCode.SLURM,
+    "no_job": ExitCode.NO_SUCH_JOB,
+    "job_exists": ExitCode.CONFLICT,
+    "env_conflict": ExitCode.CONFLICT,
+    "listen_conflict": ExitCode.CONFLICT,
 }
 
 

@@ -14,7 +14,7 @@ from nbremote import hosts as host_profiles
 from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
 from nbremote.durations import ago
-from nbremote.errors import ExitCode, NbremoteError
+from nbremote.errors import ExitCode, NbremoteError, exit_code_table
 from nbremote.remote import place_for
 from nbremote.tables import table
 from nbremote.verdicts import check_lines, summary
@@ -43,7 +43,8 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=f"Exit codes: {exit_code_table()}.")
 @click.version_option(__version__, prog_name="nbremote")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step (ssh commands, agent calls) to stderr.")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")

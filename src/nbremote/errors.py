@@ -18,7 +18,36 @@ class ExitCode(enum.IntEnum):
     PORT_BUSY = 10
     JUPYTER_FAILED = 11
     SLURM = 12
+    NO_SUCH_JOB = 13
+    CONFLICT = 14
     INTERRUPTED = 130
+
+
+# What each code means, as the README, docs/troubleshooting.md and `nbremote --help` say it
+# (tests/unit/test_exit_codes.py holds the three to this table).
+MEANINGS = {
+    ExitCode.OK: "ok",
+    ExitCode.ERROR: "other error",
+    ExitCode.USAGE: "bad usage",
+    ExitCode.UNREACHABLE: "host unreachable",
+    ExitCode.AUTH_FAILED: "login refused",
+    ExitCode.HOST_KEY: "host key unknown or changed",
+    ExitCode.NO_PYTHON: "no python3 on the server",
+    ExitCode.AGENT_FAILED: "the agent failed",
+    ExitCode.NO_JUPYTER: "no Jupyter (or no such environment)",
+    ExitCode.REMOTE_DIR: "no such directory on the server",
+    ExitCode.PORT_BUSY: "local port busy",
+    ExitCode.JUPYTER_FAILED: "Jupyter failed to start",
+    ExitCode.SLURM: "Slurm refused or ended the job (or has no commands there)",
+    ExitCode.NO_SUCH_JOB: "no such job",
+    ExitCode.CONFLICT: "already there (a job of that name, or another Jupyter in that directory)",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+
+
+def exit_code_table() -> str:
+    """The codes as one sentence, as `nbremote --help` prints it."""
+    return "; ".join(f"{int(code)} {meaning}" for code, meaning in MEANINGS.items())
 
 
 class NbremoteError(Exception):

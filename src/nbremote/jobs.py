@@ -123,9 +123,6 @@ def parse_job(doc: object, where: str) -> Job:
 
 def run(*, host: str | None, argv: list[str], name: str | None, directory: str, env: str | None,
         timeout: float, interactive: bool = False, slurm_options: list[str] | None = None) -> Job:
-    if not argv:
-        raise NbremoteError("no command to run", hint="put it after `--`: nbremote run HOST -- python train.py",
-                            exit_code=ExitCode.USAGE)
     if name is not None:
         validate_name(name)
     validate_text(directory, "directory")
@@ -137,7 +134,15 @@ def run(*, host: str | None, argv: list[str], name: str | None, directory: str, 
     args = {"argv": argv, "name": name, "dir": directory, "env": env}
     if slurm_options is not None:
         args["slurm_options"] = slurm_options  # a batch job instead of tmux
-    reply = place.agent(hello_timeout=timeout + 10).request("run", args, timeout=60)
+    try:
+        reply = place.agent(hello_timeout=timeout + 10).request("run", args, timeout=60)
+    except NbremoteError as exc:
+        if exc.exit_code == ExitCode.CONFLICT and exc.hint and "--prune" in exc.hint:
+            # The agent cannot name the host in its hint; the command it suggests needs it.
+            raise NbremoteError(f"a job named {name} already exists on {place.label}", exit_code=ExitCode.CONFLICT,
+                                hint="pick another --name, or forget finished jobs with "
+                                + _command("jobs", host, "--prune")) from None
+        raise
     job = parse_job(reply.get("job"), place.label)
     jobcache.remember_jobs(host, [job.name], complete=False)
     return job
@@ -169,8 +174,13 @@ def kill(*, host: str | None, name: str, signal_name: str, timeout: float,
     if signal_name not in SIGNALS:
         raise NbremoteError(f"signal {signal_name!r} is not one of {', '.join(SIGNALS)}", exit_code=ExitCode.USAGE)
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
-    reply = place.agent(hello_timeout=timeout + 10).request("kill", {"name": name, "signal_name": signal_name},
-                                                            timeout=60)
+    try:
+        reply = place.agent(hello_timeout=timeout + 10).request("kill", {"name": name, "signal_name": signal_name},
+                                                                timeout=60)
+    except NbremoteError as exc:
+        if exc.exit_code == ExitCode.NO_SUCH_JOB:
+            raise _no_job(host, name) from None
+        raise
     return parse_job(reply.get("job"), place.label), reply.get("signalled") is True
 
 
@@ -216,6 +226,8 @@ def logs(*, host: str | None, name: str, tail: int | None, follow: bool, write: 
                 "logs", args, on_event=on_event, timeout=None if follow else 300)
         except NbremoteError as exc:
             # Errors before the stream began are real (no such job); later ones are the network.
+            if exc.exit_code == ExitCode.NO_SUCH_JOB and not streaming:
+                raise _no_job(host, name) from None
             if not (follow and streaming):
                 raise
             delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
@@ -233,9 +245,14 @@ def find_job(*, host: str | None, name: str, timeout: float, interactive: bool =
     for job in list_jobs(host=host, prune=False, purge=False, timeout=timeout, interactive=interactive).jobs:
         if job.name == name:
             return job
-    raise NbremoteError(f"no job named {name} on {host or 'this machine'}",
-                        hint=_command("jobs", host) + " lists the jobs there",
-                        exit_code=ExitCode.ERROR)
+    raise _no_job(host, name)
+
+
+def _no_job(host: str | None, name: str) -> NbremoteError:
+    """The one "no such job" error of attach, logs and kill, its hint naming the host."""
+    return NbremoteError(f"no job named {name} on {host or 'this machine'}",
+                         hint=_command("jobs", host) + " lists the jobs there",
+                         exit_code=ExitCode.NO_SUCH_JOB)
 
 
 def attach_argv(*, host: str | None, name: str, timeout: float, interactive: bool = True) -> list[str]:

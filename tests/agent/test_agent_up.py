@@ -105,7 +105,7 @@ def test_up_with_another_env_refuses_to_replace_it(running):
     box, reply, _ = running
     with pytest.raises(NbremoteError) as caught:
         box.up(env=str(VENV_BIN.parent))
-    assert caught.value.exit_code == ExitCode.AGENT_FAILED
+    assert caught.value.exit_code == ExitCode.CONFLICT
     assert caught.value.message == f"a Jupyter from the login PATH is already running in {os.path.realpath(box.work)}"
     assert "nbremote down" in caught.value.hint
     assert pid_alive(reply["server"]["pid"])

@@ -180,3 +180,39 @@ def test_status_without_a_gpu_says_so(agent, monkeypatch):
     reply = agent("status")
     assert reply["gpu"] == {"available": False, "reason": "no nvidia-smi", "gpus": [], "apps": []}
     assert reply["machine"]["cpus"] >= 1 and reply["machine"]["memory"]["total"] > 0
+
+
+def test_no_such_job_is_one_error_with_one_exit_code_for_attach_logs_and_kill():
+    from nbremote import jobs
+    from nbremote.console import Console
+    from nbremote.errors import ExitCode
+
+    calls = {
+        "attach": lambda: jobs.attach_argv(host=None, name="nope", timeout=30, interactive=False),
+        "logs": lambda: jobs.logs(host=None, name="nope", tail=None, follow=False, write=lambda b: None,
+                                  console=Console(json_mode=True), timeout=30),
+        "kill": lambda: jobs.kill(host=None, name="nope", signal_name="TERM", timeout=30),
+    }
+    seen = {}
+    for command, call in calls.items():
+        with pytest.raises(NbremoteError) as caught:
+            call()
+        seen[command] = (caught.value.exit_code, caught.value.message, caught.value.hint)
+    assert set(seen.values()) == {(ExitCode.NO_SUCH_JOB, "no job named nope on this machine",
+                                   "`nbremote jobs` lists the jobs there")}, seen
+
+
+def test_a_taken_name_is_a_conflict_not_an_agent_failure(agent):
+    from nbremote import jobs
+    from nbremote.errors import ExitCode
+
+    agent("run", {"argv": ["sleep", "30"], "name": "twice"})
+    with pytest.raises(NbremoteError) as caught:
+        jobs.run(host=None, argv=["true"], name="twice", directory="~", env=None, timeout=30)
+    assert caught.value.exit_code == ExitCode.CONFLICT
+    assert caught.value.message == "a job named twice is running on this machine"
+    agent("kill", {"name": "twice", "signal_name": "KILL"})
+    with pytest.raises(NbremoteError) as caught:
+        jobs.run(host=None, argv=["true"], name="twice", directory="~", env=None, timeout=30)
+    assert caught.value.exit_code == ExitCode.CONFLICT
+    assert caught.value.hint == "pick another --name, or forget finished jobs with `nbremote jobs --prune`"

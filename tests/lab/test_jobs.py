@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -99,11 +100,16 @@ def test_prune_forgets_finished_jobs_keeping_their_logs_unless_purge(lab):
 
 
 def test_unknown_job_and_taken_name(lab):
-    done = lab.nbremote("logs", "server", "nope")
-    assert done.returncode != 0 and "no job named nope on server" in done.stderr
+    for command in ("attach", "logs", "kill"):
+        done = lab.nbremote(command, "server", "nope")
+        assert done.returncode == 13, (command, done.stderr)
+        assert "✗ no job named nope on server\n  hint: `nbremote jobs server` lists the jobs there" in done.stderr
+    # The hint runs as printed.
+    hint = re.search(r"hint: `nbremote (.*?)`", done.stderr).group(1).split()
+    assert lab.nbremote(*hint).returncode == 0
     lab.nbremote("run", "server", "--name", "twice", "--", "sleep", "30")
     again = lab.nbremote("run", "server", "--name", "twice", "--", "true")
-    assert again.returncode != 0 and "a job named twice is running on server" in again.stderr
+    assert again.returncode == 14 and "a job named twice is running on server" in again.stderr
 
 
 def test_follow_survives_a_dropped_connection_without_repeating_a_line(lab):

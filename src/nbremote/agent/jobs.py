@@ -53,8 +53,8 @@ def _wrapper_alive(record: Doc) -> bool:
 def _require(name: object) -> Doc:
     record = jobstore.load(jobstore.validate_name(name))
     if record is None:
-        raise AgentError("no_job", "no job named %s on the server" % name,
-                         hint="`nbremote jobs` lists the jobs there")
+        # The client adds the hint: only it knows how the host was named.
+        raise AgentError("no_job", "no job named %s on the server" % name)
     return record
 
 
