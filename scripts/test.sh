@@ -12,7 +12,7 @@ apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
     sshpass iptables ufw miniupnpd miniupnpd-nftables chromium slurm-wlm munge \
-    zsh fish >/dev/null  # the completion scripts are loaded in each shell
+    sudo zsh fish >/dev/null  # sudo: the root hints are run through it; zsh, fish: the completion scripts
 
 # The lab's users (the laptop and server accounts) must be able to read this venv,
 # so it lives outside root's home and is built from the system python3.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from nbremote.errors import NbremoteError
-from nbremote.server import netinfo, system
+from nbremote.server import netinfo, rootcmd, system
 from nbremote.server.sshd import Sshd, first, listed
 from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check, summary
 
@@ -22,7 +22,10 @@ WEAK_CIPHER = ("-cbc", "3des", "arcfour", "blowfish", "cast128")
 JUPYTER_NAMES = ("jupyter", "jupyter-lab", "jupyter-noteboo", "jupyter-server", "ipykernel")
 
 
-HARDEN = "sudo nbremote server harden --allow-user YOU"
+
+
+def _harden() -> str:
+    return rootcmd.command("server", "harden", "--allow-user", "YOU")
 
 
 def sshd_checks(sshd: Sshd, root: bool) -> list[Check]:
@@ -30,7 +33,7 @@ def sshd_checks(sshd: Sshd, root: bool) -> list[Check]:
         return [Check("openssh-server", FAIL, "sshd is not installed", "sudo apt-get install openssh-server")]
     rows = [Check("openssh-server", PASS, sshd.binary)]
     if not root:
-        return rows + [Check("sshd settings", SKIP, "sshd -T reads the host keys", "sudo nbremote server check")]
+        return rows + [Check("sshd settings", SKIP, "sshd -T reads the host keys", rootcmd.command("server", "check"))]
     broken = sshd.validate()
     if broken:
         return rows + [Check("sshd config", FAIL, broken.splitlines()[-1], f"fix {sshd.config}; `sudo sshd -t` shows the error")]
@@ -40,33 +43,34 @@ def sshd_checks(sshd: Sshd, root: bool) -> list[Check]:
     s = sshd.effective()
     ports = s.get("port", ["22"])
     rows.append(Check("port", WARN if ports == ["22"] else PASS, ", ".join(ports),
-                      None if ports != ["22"] else "sudo nbremote server harden --port 22222  (fewer scanners)"))
+                      None if ports != ["22"]
+                      else rootcmd.command("server", "harden", "--port", "22222") + "  (fewer scanners)"))
 
     def yes_no(key: str, want: str, bad_status: str = FAIL) -> Check:
         value = first(s, key)
-        return Check(key, PASS if value == want else bad_status, value, None if value == want else HARDEN)
+        return Check(key, PASS if value == want else bad_status, value, None if value == want else _harden())
 
     rows += [yes_no("passwordauthentication", "no"), yes_no("kbdinteractiveauthentication", "no"),
              yes_no("pubkeyauthentication", "yes")]
     root_login = first(s, "permitrootlogin")
     rows.append(Check("permitrootlogin", PASS if root_login == "no" else
                       WARN if root_login in ("prohibit-password", "without-password", "forced-commands-only") else FAIL,
-                      root_login, None if root_login == "no" else HARDEN))
+                      root_login, None if root_login == "no" else _harden()))
     users = listed(s, "allowusers")
     rows.append(Check("allowusers", PASS if users else WARN, " ".join(users) or "every account may log in",
-                      None if users else HARDEN))
+                      None if users else _harden()))
     for key, weak, status in (("kexalgorithms", WEAK_KEX, WARN), ("ciphers", WEAK_CIPHER, FAIL),
                               ("macs", ("sha1", "md5", "umac-64", "hmac-sha2-256,", "hmac-sha2-512,"), WARN)):
         values = listed(s, key)
         bad = [v for v in values if any(w in v + "," for w in weak)
                or (key == "macs" and "-etm@" not in v)]
         rows.append(Check(key, status if bad else PASS, f"weak: {', '.join(bad)}" if bad else ", ".join(values),
-                          HARDEN if bad else None))
+                          _harden() if bad else None))
     keys = listed(s, "hostkeyalgorithms")
     others = [k for k in keys if not k.startswith("ssh-ed25519")]
     rows.append(Check("host keys", WARN if others else PASS,
                       f"also offers {', '.join(others[:3])}{'…' if len(others) > 3 else ''}" if others else "ed25519 only",
-                      HARDEN if others else None))
+                      _harden() if others else None))
     return rows
 
 
@@ -96,7 +100,7 @@ def listener_checks(items: Iterable[netinfo.Listener], ssh_ports: set[int], root
         else:
             rows.append(Check("listener", WARN, f"{where}: reachable unless the firewall blocks it"
                               + ("" if item.process or root else " (owner visible to root only)"),
-                              "sudo nbremote server firewall"))
+                              rootcmd.command("server", "firewall")))
     return rows
 
 
@@ -111,7 +115,7 @@ def network_checks(lan: list[str], wan: dict | None, mapping: str | None, router
                           "nbremote server expose  (prints what to enter in the router's page)"))
     else:
         rows.append(Check("router mapping", PASS if mapping else WARN, mapping or f"{router}: no mapping to this ssh port",
-                          None if mapping else "sudo nbremote server expose"))
+                          None if mapping else rootcmd.command("server", "expose")))
     return rows
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nbremote.errors import NbremoteError
-from nbremote.server import system
+from nbremote.server import rootcmd, system
 from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check
 from nbremote.server.files import Backup, Original, Transaction, atomic_write
 
@@ -370,8 +370,8 @@ class Iptables:
             if failures:
                 raise NbremoteError("the firewall change failed and could not be fully undone",
                                     details=[f"the change: {exc}", *failures],
-                                    hint="put the rules back by hand, then run `sudo nbremote server "
-                                         "firewall --remove`") from exc
+                                    hint="put the rules back by hand, then run "
+                                         f"`{rootcmd.command('server', 'firewall', '--remove')}`") from exc
             raise
         files = " and ".join(str(plan[1]) for plan in plans)
         boot = "" if system.which("netfilter-persistent") else \
@@ -430,7 +430,7 @@ def choose(backends: list[Backend] | None = None) -> Backend:
 
 def check_rows(root: bool, ssh_ports: set[int]) -> list[Check]:
     if not root:
-        return [Check("firewall", SKIP, "reading the ruleset needs root", "sudo nbremote server check")]
+        return [Check("firewall", SKIP, "reading the ruleset needs root", rootcmd.command("server", "check"))]
     try:
         backend = choose()
     except NbremoteError as exc:
@@ -438,8 +438,8 @@ def check_rows(root: bool, ssh_ports: set[int]) -> list[Check]:
     port = backend.active_port()
     if port is None:
         return [Check("firewall", WARN, f"{backend.name}: no nbremote rules; other inbound ports are open",
-                      "sudo nbremote server firewall")]
+                      rootcmd.command("server", "firewall"))]
     if port not in ssh_ports:
         return [Check("firewall", FAIL, f"{backend.name} allows {port}/tcp but sshd listens on "
-                      f"{', '.join(map(str, sorted(ssh_ports)))}", "sudo nbremote server firewall")]
+                      f"{', '.join(map(str, sorted(ssh_ports)))}", rootcmd.command("server", "firewall"))]
     return [Check("firewall", PASS, f"{backend.name}: allow {port}/tcp, drop other inbound")]

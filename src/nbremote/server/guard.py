@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from nbremote.errors import NbremoteError
-from nbremote.server import firewall
+from nbremote.server import firewall, rootcmd
 from nbremote.server.files import Original
 from nbremote.server.guardpipe import READY, take_out_verify_key
 from nbremote.server.sshd import Sshd, first
@@ -95,7 +95,7 @@ def main() -> int:
         said = recover(state)
     except (OSError, NbremoteError) as exc:
         _say(f"nbremote server harden was interrupted, and putting sshd back failed: {exc}; "
-             "run `sudo nbremote server restore`")
+             f"run `{rootcmd.command('server', 'restore')}`")
         return 1
     _say(f"nbremote server harden was interrupted: {'; '.join(said)}")
     return 0

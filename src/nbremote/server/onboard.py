@@ -44,7 +44,7 @@ from typing import Callable
 from nbremote import invite as invites
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.server import checks, netinfo, steps, system
+from nbremote.server import checks, netinfo, rootcmd, steps, system
 from nbremote.server.files import Transaction
 from nbremote.server.guardpipe import Guard
 from nbremote.server.sshd import (
@@ -215,7 +215,7 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
          show_invite: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> InitResult:
     """The whole of `server init`; show_invite(line) is called while it waits for a laptop."""
     if not system.is_root():
-        raise NbremoteError("init needs root", hint="run it with sudo: `sudo nbremote server init`")
+        raise NbremoteError("init needs root", hint=f"run it with sudo: `{rootcmd.command('server', 'init')}`")
     if options.allow_users:
         check_users(options.allow_users)
     sshd = Sshd()
@@ -266,7 +266,7 @@ def _default_users() -> tuple[str, ...]:
     if sudo_user and sudo_user != "root":
         return (sudo_user,)
     raise NbremoteError("name the user who may log in over ssh",
-                        hint="e.g. `sudo nbremote server init --allow-user alice`", exit_code=ExitCode.USAGE)
+                        hint=f"e.g. `{rootcmd.command('server', 'init', '--allow-user', 'alice')}`", exit_code=ExitCode.USAGE)
 
 
 def _finish(console: Console, confirm: steps.Confirm, sshd: Sshd, options: Options, port: int,
@@ -414,7 +414,7 @@ class Waiting:
                     raise NbremoteError(
                         f"no key login of {', '.join(u for u in self.users if u not in joined)} within "
                         f"{wait_s:g} s: stopped waiting; sshd is as it was before init",
-                        hint="run `sudo nbremote server init` again (with a longer --wait if need be) and "
+                        hint=f"run `{rootcmd.command('server', 'init')}` again (with a longer --wait if need be) and "
                              "`nbremote add NAME --invite LINE` on the laptop with the new line it prints")
                 if self.clock() - beat >= BEAT_S:
                     beat = self.clock()
@@ -428,7 +428,7 @@ class Waiting:
         except KeyboardInterrupt:
             self.console.end_status()
             raise NbremoteError("stopped waiting (Ctrl-C): sshd is as it was before init",
-                                hint="run `sudo nbremote server init` again to start over",
+                                hint=f"run `{rootcmd.command('server', 'init')}` again to start over",
                                 exit_code=ExitCode.INTERRUPTED) from None
         for files in self.files.values():
             self._record(files, "finishing")
@@ -463,7 +463,7 @@ class Waiting:
         self._end_guard()
         if failures:
             self.console.warn(f"putting sshd back failed: {'; '.join(failures)}; "
-                              "run `sudo nbremote server restore`")
+                              f"run `{rootcmd.command('server', 'restore')}`")
 
     def failed(self, exc: BaseException) -> None:
         """A step after the wait failed: the laptop is told, and passwords are not left open on the LAN."""
@@ -480,7 +480,7 @@ class Waiting:
             try:
                 self.sshd._reload(self.port)
             except NbremoteError as again:
-                self.console.warn(f"putting sshd back failed: {again.message}; run `sudo nbremote server restore`")
+                self.console.warn(f"putting sshd back failed: {again.message}; run `{rootcmd.command('server', 'restore')}`")
 
     def done(self, port: int, hosts: list[str], fingerprint: str) -> None:
         for files in self.files.values():

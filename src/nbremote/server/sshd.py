@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.server import netinfo, system
+from nbremote.server import netinfo, rootcmd, system
 from nbremote.server.files import Backup, Original, Transaction, atomic_write
 from nbremote.server.guardpipe import Guard, take_out_verify_key
 
@@ -473,7 +473,7 @@ class Sshd:
         self.require_installed()
         if not system.is_root():
             raise NbremoteError("harden needs root: sshd's config and host keys are root's",
-                                hint="run it with sudo: `sudo nbremote server harden ...`")
+                                hint=f"run it with sudo: `{rootcmd.command('server', 'harden', '...')}`")
         broken = self.validate()
         if broken:
             raise NbremoteError("the current sshd config is already broken (`sshd -t` fails): "
@@ -692,7 +692,7 @@ class Sshd:
         self.require_installed()
         if not system.is_root():
             raise NbremoteError("restore needs root: sshd's config is root's",
-                                hint="run it with sudo: `sudo nbremote server restore`")
+                                hint=f"run it with sudo: `{rootcmd.command('server', 'restore')}`")
         if not self.backup.exists():
             return []
         originals = self.backup.load()

@@ -15,7 +15,7 @@ from nbremote import invite as invites
 from nbremote.addresses import parse_address
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.server import checks, firewall, netinfo, system, upnp
+from nbremote.server import checks, firewall, netinfo, rootcmd, system, upnp
 from nbremote.server.sshd import Sshd
 
 STATE_ENV = "NBREMOTE_STATE_DIR"
@@ -119,7 +119,7 @@ def _our_firewall():
 
 def run_firewall(console: Console, confirm: Confirm, *, remove: bool, dry_run: bool, port: int | None = None):
     if not system.is_root():
-        raise NbremoteError("firewall needs root", hint="run it with sudo: `sudo nbremote server firewall`")
+        raise NbremoteError("firewall needs root", hint=f"run it with sudo: `{rootcmd.command('server', 'firewall')}`")
     backend = firewall.choose()
     if remove:
         outcome = backend.remove()
