@@ -1,7 +1,10 @@
 """What up reports when it cannot start Jupyter, and that it leaves nothing behind each time."""
 from __future__ import annotations
 
+import glob
 import os
+import re
+import subprocess
 
 import pytest
 from agentbox import VENV_BIN
@@ -66,8 +69,31 @@ def test_no_jupyter_on_the_path(box, mode, what, package):
     error = _up_error(box, environ=environ, mode=mode)
     assert error.exit_code == ExitCode.NO_JUPYTER
     assert error.message == f"no {what} on the login PATH of this machine"
-    assert f"python3 -m pip install --user {package}" in error.hint
+    assert f"~/.venvs/jupyter/bin/pip install {package}`" in error.hint
+    assert error.hint.endswith("then pass `--env '~/.venvs/jupyter'`")
     box.assert_nothing_left()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs the system python3")
+def test_the_install_hint_works_under_pep_668(box, tmp_path):
+    """The hint, run as printed by the system python3 (PEP 668's externally managed one on
+    Debian 12), makes a venv whose pip installs JupyterLab; `pip install --user` is refused there.
+
+    pip resolves against PyPI with --dry-run: the same resolution, without the 200 MB install.
+    """
+    error = _up_error(box, environ=dict(box.env, PATH="/usr/bin:/bin"), mode="lab")
+    command = re.search(r"`(python3 -m venv .*?)`", error.hint).group(1)
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(["bash", "-c", command.replace("pip install", "pip install --dry-run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Would install" in done.stdout and "jupyterlab-" in done.stdout
+    assert (tmp_path / ".venvs" / "jupyter" / "bin" / "python").exists()
+    if glob.glob("/usr/lib/python3*/EXTERNALLY-MANAGED"):
+        old = subprocess.run(["python3", "-m", "pip", "install", "--user", "--dry-run", "jupyterlab"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert old.returncode != 0
 
 
 @pytest.mark.slow

@@ -87,7 +87,10 @@ def _conda_prefix(name: str) -> str | None:
 def _install_hint(mode: str, env: str | None, prefix: str | None) -> str:
     package = "jupyterlab" if mode == "lab" else "notebook"
     if env is None:
-        return "on the server run `python3 -m pip install --user %s`" % package
+        # Not `pip install --user`: Debian 12 and Ubuntu 23.04+ refuse it (PEP 668), a venv works everywhere.
+        return ("on the server make a venv holding it: `python3 -m venv ~/.venvs/jupyter && "
+                "~/.venvs/jupyter/bin/pip install %s` (Debian/Ubuntu: `sudo apt-get install python3-venv` "
+                "first), then pass `--env '~/.venvs/jupyter'`" % package)
     if prefix is not None and ("/" in env or env.startswith((".", "~"))):
         return "on the server run `%s install %s`" % (shlex.quote(os.path.join(prefix, "bin", "pip")), package)
     return "on the server run `conda install -n %s %s` (or `pip install %s` inside it)" % (
