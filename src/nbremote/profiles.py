@@ -25,9 +25,11 @@
     account = "proj42"
     extra = ["--qos=normal"]                              # any other sbatch options
 
-Errors name the file and line. The file is rewritten whole (atomic, 0600) by
-`add` and `remove`, so comments are not kept. What changes on every `up`
-(the last path used) lives in the state dir instead, in hosts.json.
+Errors name the file and line. `add` and `remove` edit the file through a
+round-trip TOML parser (tomlkit) and write it atomically (0600): only the
+tables of the profile they add, change or remove change, so the user's
+comments and layout stay as written. What changes on every `up` (the last
+path used) lives in the state dir instead, in hosts.json.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomlkit
+from tomlkit.items import Table
 
 from nbremote import paths, slurmopts
 
@@ -51,7 +56,6 @@ from nbremote.errors import ExitCode, NbremoteError
 # slashes, wildcards or shell metacharacters.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm"}
 UP_KEYS = {"dir", "env", "mode", "port"}
 
@@ -250,47 +254,87 @@ def up_defaults(host: str | None) -> UpDefaults:
 
 # --- writing ------------------------------------------------------------------
 
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+HEADER = ("# nbremote host profiles: `nbremote add` and `nbremote remove` edit this file.\n"
+          "# Hand edits and comments are kept.\n")
 
 
-def _toml_value(value: object) -> str:
-    # JSON's string escapes (\" \\ \n \uXXXX) are all valid in TOML basic strings.
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"no TOML for {value!r}")
-    return json.dumps(value)
+def _set(table: Table, key: str, value: object, keep_default: object = None) -> None:
+    """Set key to value in place (None takes it out); an equal value is left untouched, as written."""
+    if value is None or (key not in table and value == keep_default):
+        if value is None:
+            table.pop(key, None)
+        return
+    if key not in table or table[key].unwrap() != value:
+        table[key] = value
 
 
-def dumps(profiles: dict[str, Profile]) -> str:
-    lines = ["# nbremote host profiles: written by `nbremote add` and `nbremote remove`.",
-             "# Hand edits are read, but comments are not kept."]
-    for name in sorted(profiles):
-        p = profiles[name]
-        lines += ["", f"[hosts.{_toml_key(name)}]",
-                  f"addresses = {_toml_value([str(a) for a in p.addresses])}"]
-        if p.user is not None:
-            lines.append(f"user = {_toml_value(p.user)}")
-        lines.append(f"port = {p.port}")
-        if p.key is not None:
-            lines.append(f"key = {_toml_value(p.key)}")
-        if p.scheduler is not None:
-            lines.append(f"scheduler = {_toml_value(p.scheduler)}")
-        up = {k: v for k, v in vars(p.up).items() if v is not None}
-        if up:
-            lines += ["", f"[hosts.{_toml_key(name)}.up]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(up.items())]
-        if p.slurm_table:
-            lines += ["", f"[hosts.{_toml_key(name)}.slurm]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(p.slurm_table.items())]
-    return "\n".join(lines) + "\n"
+def _sub(table: Table, key: str, values: dict) -> None:
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        table.pop(key, None)
+        return
+    if key not in table:
+        table[key] = tomlkit.table()
+    sub = table[key]
+    for old in [k for k in sub if k not in values]:
+        del sub[old]
+    for k, v in values.items():
+        _set(sub, k, v)
+
+
+def _write_profile(table: Table, p: Profile, new: bool) -> None:
+    _set(table, "addresses", [str(a) for a in p.addresses])
+    _set(table, "user", p.user)
+    # A hand-written profile without `port` means 22: it is not added.
+    _set(table, "port", p.port, keep_default=None if new else 22)
+    _set(table, "key", p.key)
+    _set(table, "scheduler", p.scheduler)
+    _sub(table, "up", vars(p.up))
+    _sub(table, "slurm", p.slurm_table)
+
+
+def dumps(profiles: dict[str, Profile], text: str = "") -> str:
+    """The profiles file holding `profiles`, made by editing `text` (the file as it is).
+
+    Tables of profiles that did not change are kept byte for byte, with their comments.
+    """
+    doc = tomlkit.parse(text) if text.strip() else tomlkit.parse(HEADER)
+    if "hosts" not in doc:
+        doc["hosts"] = tomlkit.table(is_super_table=True)
+    hosts = doc["hosts"]
+    current = _profiles_of(text) if text.strip() else {}
+    removed = [name for name in hosts if name not in profiles]
+    for name in removed:
+        del hosts[name]
+    for name in sorted(profiles, key=lambda n: (n not in hosts, n)):
+        profile = profiles[name]
+        if current.get(name) == profile:
+            continue
+        if name in hosts:
+            _write_profile(hosts[name], profile, new=False)
+        else:
+            table = tomlkit.table()
+            _write_profile(table, profile, new=True)
+            hosts[name] = table
+    out = tomlkit.dumps(doc)
+    # The blank line that set a removed last table apart from the one before stays behind.
+    return out.rstrip("\n") + "\n" if removed else out
+
+
+def _profiles_of(text: str) -> dict[str, Profile]:
+    doc = tomllib.loads(text)
+    hosts = doc.get("hosts", {})
+    return {name: _profile(name, value, Path("hosts.toml"), text) for name, value in hosts.items()}
 
 
 def save(profiles: dict[str, Profile], path: Path | None = None) -> None:
     path = path or profiles_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths.write_private(path, dumps(profiles))
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    paths.write_private(path, dumps(profiles, text))
 
 
 # --- the last path used (state, not config) --------------------------------------
