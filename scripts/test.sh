@@ -11,8 +11,15 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
-    sshpass iptables ufw miniupnpd miniupnpd-nftables chromium slurm-wlm munge \
+    sshpass iptables ufw miniupnpd miniupnpd-nftables slurm-wlm munge \
     sudo zsh fish >/dev/null  # sudo: the root hints are run through it; zsh, fish: the completion scripts
+
+# Chromium for the browser tests: Debian's package where apt has one. Ubuntu has it only
+# as a snap (its chromium-browser package installs the snap), so there the build of
+# Playwright's own installer goes into the lab folder below, once the venv has Playwright.
+if apt-cache show chromium 2>/dev/null | grep -q '^Filename:'; then
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 
 # The lab's users (the laptop and server accounts) must be able to read this venv,
 # so it lives outside root's home and is built from the system python3.
@@ -21,6 +28,9 @@ venv=/opt/nbremote-lab/venv
 # The dependency set is the locked one (requirements/lock.txt, made by pip-compile), and it
 # is audited against known vulnerabilities before the tests run.
 "$venv/bin/pip" install -q --disable-pip-version-check -c requirements/lock.txt -e '.[test,jupyter]'
+if [ ! -x /usr/bin/chromium ]; then
+    PLAYWRIGHT_BROWSERS_PATH=/opt/nbremote-lab/ms-playwright "$venv/bin/python" -m playwright install --with-deps chromium
+fi
 chmod -R a+rX /opt/nbremote-lab
 "$venv/bin/python" scripts/audit.py requirements/lock.txt
 

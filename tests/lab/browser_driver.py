@@ -19,17 +19,19 @@ stdin and answers each with one JSON line on stdout:
 
 Every answer has "ok"; a failed step answers {"ok": false, "error": ...} with
 a screenshot (base64 PNG) of the page as it was, and the driver carries on.
-Chromium runs from Debian's package (Playwright's browser download is not
-used) with its background networking off, so nothing but the page's own
-requests leaves it.
+Chromium runs from Debian's package, or where there is none (Ubuntu has it only
+as a snap) the build `playwright install chromium` put in the lab folder, named
+by $NBREMOTE_CHROMIUM; its background networking is off, so nothing but the
+page's own requests leaves it.
 
-Needs: playwright (PyPI) and /usr/bin/chromium.
+Needs: playwright (PyPI) and a Chromium (see tests/lab/test_browser.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +41,7 @@ import traceback
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("NBREMOTE_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

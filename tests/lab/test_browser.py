@@ -28,7 +28,22 @@ from test_resilience import lossy_link  # noqa: F401  (a fixture)
 from test_up import wait_until
 
 DRIVER = Path(__file__).with_name("browser_driver.py").read_text()
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's package; else (Ubuntu has Chromium only as a snap) the build scripts/test.sh had
+# Playwright put in the lab folder, where the laptop user can run it.
+PLAYWRIGHT_BROWSERS = Path("/opt/nbremote-lab/ms-playwright")
+
+
+def find_chromium() -> Path | None:
+    named = os.environ.get("NBREMOTE_CHROMIUM")
+    if named:
+        return Path(named)
+    if Path("/usr/bin/chromium").exists():
+        return Path("/usr/bin/chromium")
+    built = sorted(PLAYWRIGHT_BROWSERS.glob("chromium-*/chrome-linux*/chrome"))
+    return built[-1] if built else None
+
+
+CHROMIUM = find_chromium()
 ARTIFACTS = Path(os.environ.get("NBREMOTE_ARTIFACTS") or netlab.REPO_ROOT / "tests" / "lab" / "artifacts")
 
 # The driver's own waits (up to 120 s to load, 120 s for the kernel, 60 s for a
@@ -62,7 +77,8 @@ class Browser:
         with open(self.log_path, "w") as log:
             # TMPDIR in the laptop user's home: the profile and Playwright's
             # scratch files go when the lab removes the user.
-            self.proc = lab.laptop_popen([str(LAB_PYTHON), "-c", DRIVER], env={"TMPDIR": str(home)},
+            self.proc = lab.laptop_popen([str(LAB_PYTHON), "-c", DRIVER],
+                                         env={"TMPDIR": str(home), "NBREMOTE_CHROMIUM": str(CHROMIUM)},
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         self.answers: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -119,7 +135,10 @@ class Browser:
 
 @pytest.fixture
 def browser(lab, request):
-    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    _require(CHROMIUM is not None and CHROMIUM.exists(),
+             "no Chromium: on Debian `apt-get install chromium`; on Ubuntu (a snap only) "
+             f"`PLAYWRIGHT_BROWSERS_PATH={PLAYWRIGHT_BROWSERS} {LAB_PYTHON} -m playwright install --with-deps "
+             "chromium` (scripts/test.sh does one or the other); or set NBREMOTE_CHROMIUM to its path")
     has_playwright = subprocess.run([str(LAB_PYTHON), "-c", "import playwright.sync_api"],
                                     capture_output=True, text=True)
     _require(has_playwright.returncode == 0,
