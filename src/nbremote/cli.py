@@ -9,7 +9,7 @@ import time
 
 import click
 
-from nbremote import __version__, completion, doctor, jobs, keeper, session, sessions, status
+from nbremote import __version__, completion, doctor, jobs, keeper, session, status
 from nbremote import hosts as host_profiles
 from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
@@ -346,11 +346,12 @@ def kill_command(host, job, signal_name, as_json, timeout) -> None:
 def status_command(hosts, as_json, watch, interval, show_token, timeout) -> None:
     """What every host is doing: load, memory, disk, GPUs, Jupyter, jobs.
 
-    Without HOST: every host nbremote has a session with, else this machine.
-    All hosts are asked at once: a dead one costs the timeout, not more.
+    Without HOST: every host profile and every host with a session (this
+    machine too when it has one); with neither, this machine. All hosts are
+    asked at once: a dead one costs the timeout, not more.
     """
     console = Console.for_terminal(json_mode=as_json)
-    targets = list(hosts) or sorted({r.host for r in sessions.load_all().values() if r.host}) or [None]
+    targets = list(hosts) or status.default_hosts()
     if not watch:
         results = status.gather(targets, timeout=timeout, show_token=show_token)
         if as_json:

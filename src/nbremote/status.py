@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from nbremote import jobcache
 from nbremote import jobs as jobs_core
 from nbremote import slurm
-from nbremote import sessions
+from nbremote import profiles, sessions
 from nbremote.agentlink import clean_text, is_server_path
 from nbremote.durations import duration
 from nbremote.errors import NbremoteError
@@ -147,6 +147,15 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
     return HostStatus(host=host, label=label, reachable=True, seconds=time.monotonic() - started, path=path,
                       rtt=rtt, machine=_clean_machine(reply.get("machine")), gpu=_clean_gpu(reply.get("gpu")),
                       servers=servers, jobs=jobs, slurm=in_jobs)
+
+
+def default_hosts() -> list[str | None]:
+    """What `status` asks without HOST: every profile and every host with a session, by name;
+    this machine too when it has a session, and alone when there is nothing else."""
+    recorded = {r.host for r in sessions.load_all().values()}
+    named = sorted(set(profiles.load()) | {h for h in recorded if h})
+    local: list[str | None] = [None] if "" in recorded or not named else []
+    return named + local
 
 
 def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False,
