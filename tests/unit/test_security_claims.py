@@ -1,0 +1,25 @@
+"""docs/security.md says where Jupyter listens as the agent starts it: loopback on a server,
+the node's NodeAddr in a Slurm job; the page must not claim loopback for the second."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = " ".join((REPO / "docs" / "security.md").read_text().split())
+AGENT = REPO / "src" / "nbremote" / "agent"
+
+
+def test_the_agent_listens_on_loopback_on_a_server_and_on_nodeaddr_in_a_slurm_job():
+    assert '"--ip=127.0.0.1"' in (AGENT / "jupyter.py").read_text()
+    slurm = (AGENT / "slurm.py").read_text()
+    assert "'--ip='+ip" in slurm and "NodeAddr=" in slurm
+
+
+def test_the_page_says_so():
+    assert "| Slurm compute node | Jupyter in the batch job | the node's `NodeAddr`" in PAGE
+    assert "Who can reach it:** anyone who can open a TCP connection to that node" in PAGE
+    assert "Why the token still protects it:**" in PAGE
+    # No unqualified claim that nothing listens beyond loopback, or that the forward always ends there.
+    assert not re.search(r"nothing of ours listens on another address\.(?! The one exception is Slurm)", PAGE)
+    assert "the forward is always `127.0.0.1:LOCAL → 127.0.0.1:REMOTE`" not in PAGE
