@@ -1,6 +1,8 @@
 """`nbremote status` without HOST asks what the docs say: every profile and every host with a session."""
 from __future__ import annotations
 
+import time
+
 from nbremote import profiles, sessions, status
 from nbremote.addresses import Address
 from nbremote.profiles import Profile
@@ -8,7 +10,7 @@ from nbremote.profiles import Profile
 
 def _session(host: str) -> sessions.SessionRecord:
     return sessions.SessionRecord(host=host, dir="~", remote_dir="/home/me", local_port=8890, remote_port=8888,
-                                  token="t" * 48, pid=4242, mode="lab", updated=sessions.now())
+                                  token="t" * 48, pid=4242, mode="lab", updated=time.time())
 
 
 def test_nothing_known_is_this_machine(isolated):
