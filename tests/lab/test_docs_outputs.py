@@ -26,9 +26,9 @@ SETTLE = 1.0  # a user reads the URL before pressing Ctrl-C
 def console_blocks(heading: str) -> list[list[tuple[str, list[str]]]]:
     text = QUICKSTART.read_text()
     start = text.index(heading)
-    end = text.find("\n## ", start + 1)
+    following = re.compile(r"\n#{2,} ").search(text, start + 1)  # the next heading, of any level
     blocks = []
-    for block in re.findall(r"```console\n(.*?)```", text[start:end if end > 0 else None], re.S):
+    for block in re.findall(r"```console\n(.*?)```", text[start:following.start() if following else None], re.S):
         steps: list[tuple[str, list[str]]] = []
         for line in block.splitlines():
             if line.startswith("$ "):
