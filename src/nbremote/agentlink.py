@@ -160,6 +160,7 @@ AGENT_ERROR_EXITS = {
     "sbatch_refused": ExitCode.SLURM,
     "slurm_failed": ExitCode.SLURM,
     "slurm_timeout": ExitCode.SLURM,
+    "job_launch_failed": ExitCode.ERROR,  # not 11: no Jupyter is involved
     "no_job": ExitCode.NO_SUCH_JOB,
     "job_exists": ExitCode.CONFLICT,
     "env_conflict": ExitCode.CONFLICT,

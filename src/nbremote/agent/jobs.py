@@ -129,7 +129,7 @@ def _launch(record: Doc, use_tmux: bool) -> tuple[int, str | None]:
              "exec " + shlex.join(wrapper)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         if done.returncode != 0 or not done.stdout.strip().isdigit():
-            raise AgentError("launch_failed", "tmux could not start the job: %s" % done.stderr.strip())
+            raise AgentError("job_launch_failed", "tmux could not start the job: %s" % done.stderr.strip())
         return int(done.stdout.strip()), session
     with open(record["log"], "ab") as log:
         process = subprocess.Popen(wrapper, cwd=record["dir"], stdin=subprocess.DEVNULL,
