@@ -268,7 +268,7 @@ def _set(table: Table, key: str, value: object, keep_default: object = None) -> 
         table[key] = value
 
 
-def _sub(table: Table, key: str, values: dict) -> None:
+def _sub(table: Table, key: str, values: dict[str, object]) -> None:
     values = {k: v for k, v in values.items() if v is not None}
     if not values:
         table.pop(key, None)

@@ -98,6 +98,6 @@ def test_on_one_machine_output_is_what_the_commands_print(world):
     assert [command for command, _ in steps] == ["nbremote up --no-browser", "nbremote down"]
     for command, shown in steps:
         printed = run_step(command, env, home)
-        assert [normalise(l, str(home)) for l in printed] == [normalise(l, "/home/me") for l in shown], (
+        assert [normalise(line, str(home)) for line in printed] == [normalise(line, "/home/me") for line in shown], (
             f"docs/quickstart.md shows other output for `{command}` than it prints now: update the page "
             f"from this run:\n" + "\n".join(printed))

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nbremote import paths, profiles
+from nbremote import paths
 from nbremote.server import cli as server_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def _flat(text: str) -> str:
 def test_macos_config_folder_is_the_documented_one(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert profiles.config_dir() == tmp_path / "Library" / "Application Support" / "nbremote"
+    assert paths.config_dir() == tmp_path / "Library" / "Application Support" / "nbremote"
     for name in ("README.md", "docs/how-it-works.md", "docs/security.md"):
         assert "~/Library/Application Support/nbremote" in PAGES[name], name
 

@@ -12,8 +12,8 @@ AGENT = REPO / "src" / "nbremote" / "agent"
 
 def test_the_agent_listens_on_loopback_on_a_server_and_on_nodeaddr_in_a_slurm_job():
     assert '"--ip=127.0.0.1"' in (AGENT / "jupyter.py").read_text()
-    slurm = (AGENT / "slurm.py").read_text()
-    assert "'--ip='+ip" in slurm and "NodeAddr=" in slurm
+    launcher = (AGENT / "launcher.py").read_text()
+    assert '"--ip=" + ip' in launcher and "NodeAddr=" in launcher
 
 
 def test_the_page_says_so():

@@ -14,7 +14,7 @@ SCRIPT = (Path(__file__).resolve().parents[2] / "scripts" / "test.sh").read_text
 
 def _main_install_line() -> list[str]:
     joined = SCRIPT.replace("\\\n", " ")
-    line = next(l for l in joined.splitlines() if "apt-get install" in l and "openssh-server" in l)
+    line = next(text for text in joined.splitlines() if "apt-get install" in text and "openssh-server" in text)
     return line.split("#")[0].split()
 
 
