@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from nbremote import paths
-from nbremote.server import cli as server_cli
+from nbremote.server import steps as server_steps
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = {name: (REPO / name).read_text() for name in ("README.md", "docs/how-it-works.md", "docs/security.md")}
@@ -36,13 +36,13 @@ def test_runtime_folder_without_xdg_is_under_tmpdir_as_documented(monkeypatch, t
 
 
 def test_wan_ip_record_path_as_documented(monkeypatch, tmp_path):
-    monkeypatch.delenv(server_cli.STATE_ENV, raising=False)
+    monkeypatch.delenv(server_steps.STATE_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    monkeypatch.setattr(server_cli.system, "is_root", lambda: True)
-    assert server_cli.state_dir() / "wan-ip.json" == Path("/var/lib/nbremote/wan-ip.json")
-    monkeypatch.setattr(server_cli.system, "is_root", lambda: False)
-    assert server_cli.state_dir() / "wan-ip.json" == tmp_path / ".local/state/nbremote-server/wan-ip.json"
+    monkeypatch.setattr(server_steps.system, "is_root", lambda: True)
+    assert server_steps.state_dir() / "wan-ip.json" == Path("/var/lib/nbremote/wan-ip.json")
+    monkeypatch.setattr(server_steps.system, "is_root", lambda: False)
+    assert server_steps.state_dir() / "wan-ip.json" == tmp_path / ".local/state/nbremote-server/wan-ip.json"
     readme = _flat(PAGES["README.md"])
     assert "`/var/lib/nbremote/wan-ip.json` when run as root, else in `~/.local/state/nbremote-server/wan-ip.json`" \
         in readme
