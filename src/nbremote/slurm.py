@@ -17,9 +17,11 @@ from typing import Any
 
 from nbremote import profiles, sessions, slurmopts
 from nbremote.console import Console
+from nbremote.durations import duration
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, Place
 from nbremote.runner import Progress, Served, StartRequest
+from nbremote.tables import table
 from nbremote.agentlink import MODES
 from nbremote.sessions import SessionRecord
 
@@ -104,16 +106,6 @@ def clean_job(doc: object) -> dict[str, Any]:
     return out
 
 
-def duration(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def gpu_text(gpus: dict[str, Any] | None) -> str:
     if not gpus:
         return "no GPU"
@@ -148,8 +140,7 @@ def render_ls(servers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
             warnings.append(f"Slurm job {s['job_id']} has only {duration(s['time_left'])} left: save your work")
         if s["state"] == "TIMEOUT":
             warnings.append(f"Slurm job {s['job_id']} reached its time limit; `nbremote up` submits a new one")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows], warnings
+    return table(rows), warnings
 
 
 class SlurmRunner:

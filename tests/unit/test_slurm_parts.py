@@ -202,11 +202,11 @@ def test_ls_table_and_its_warnings():
                                             local_port=None),
                                        _job(job_id="84", state="TIMEOUT", time_left=None, local_port=None)])
     assert lines[0].split() == ["DIR", "JOB", "STATE", "GPUS", "ELAPSED", "TIME", "LEFT", "FORWARD"]
-    assert lines[1].split() == ["/home/a", "81", "running", "on", "gpu07", "1×a100", "12", "min", "1", "h", "47",
-                                "min", "localhost:8890"]
+    assert lines[1].split() == ["/home/a", "81", "running", "on", "gpu07", "1×a100", "12", "min", "05", "s", "1", "h",
+                                "47", "min", "localhost:8890"]
     assert lines[3].split()[:4] == ["/home/a", "83", "pending", "(Priority)"]
     assert "ended: time limit reached" in lines[4]
-    assert warnings == ["Slurm job 82 has only 5 min left: save your work",
+    assert warnings == ["Slurm job 82 has only 5 min 00 s left: save your work",
                         "Slurm job 84 reached its time limit; `nbremote up` submits a new one"]
 
 

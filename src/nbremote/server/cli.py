@@ -15,6 +15,7 @@ from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, netinfo, onboard, steps, upnp
 from nbremote.server.invite_cmd import invite as invite_command
 from nbremote.server.sshd import Sshd
+from nbremote.verdicts import check_lines
 
 
 def confirmer(yes: bool):
@@ -31,12 +32,8 @@ def confirmer(yes: bool):
 
 
 def render_checks(console: Console, rows: list[checks.Check]) -> None:
-    width = max(len(r.name) for r in rows)
-    for r in rows:
-        mark = {"pass": "✓", "warn": "!", "fail": "✗"}.get(r.status, "·")
-        console.result(f"{mark} {r.status:<10} {r.name:<{width}}  {r.detail}")
-        if r.fix:
-            console.result(f"  {'':<10} {'':<{width}}  fix: {r.fix}")
+    for line in check_lines(rows):
+        console.result(line)
 
 
 @click.group(name="server")
