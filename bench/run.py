@@ -307,7 +307,7 @@ class Bench:
         else:
             p = self.lab.server_popen(argv, user=ALICE, **kw)
         lines = Lines(p.stdout)
-        got = lines.wait_for(lambda l: l.split()[:1] in (["ready"], ["open"]), 15)
+        got = lines.wait_for(lambda line: line.split()[:1] in (["ready"], ["open"]), 15)
         if got is None:
             _stop(p)
             raise BenchError("poller did not start")
@@ -330,7 +330,7 @@ class Bench:
             t0 = time.monotonic()
             proc = popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out, err = Lines(proc.stdout), Lines(proc.stderr)
-            got = plines.wait_for(lambda l: l.startswith("{"), timeout + 10)
+            got = plines.wait_for(lambda line: line.startswith("{"), timeout + 10)
             if got is None:
                 raise BenchError(f"{method}: poller gave no result")
             res = json.loads(got[1])
@@ -341,7 +341,7 @@ class Bench:
                           t_listen=None if res["t_listen"] is None else res["t_listen"] - t0)
             token = None
             if url_re is not None:
-                url = out.wait_for(lambda l: bool(url_re.search(l)), timeout)
+                url = out.wait_for(lambda line: bool(url_re.search(line)), timeout)
                 if url is None:
                     raise BenchError(f"{method}: no URL printed; stdout {out.rel(t0)[-5:]} "
                                      f"stderr {err.rel(t0)[-8:]}")
@@ -360,7 +360,7 @@ class Bench:
             poller.stdin.write((token or "") + "\n")
             poller.stdin.flush()
             if token:
-                v = plines.wait_for(lambda l: l.startswith('{"verify"'), 15)
+                v = plines.wait_for(lambda line: line.startswith('{"verify"'), 15)
                 sample["verify"] = json.loads(v[1])["verify"] if v else None
                 if sample["verify"] != 200:
                     raise BenchError(f"{method}: the token did not give 200 ({sample['verify']})")

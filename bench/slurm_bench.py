@@ -151,7 +151,7 @@ def main() -> int:
     bound = med["slurm"] + med["jupyter"] + 1.0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "slurm.json").write_text(json.dumps({"samples": samples, "median": med, "bound": bound}, indent=1))
-    print(f"\n| what | median | min | max |\n|---|---:|---:|---:|")
+    print("\n| what | median | min | max |\n|---|---:|---:|---:|")
     for key, label in (("slurm", "Slurm: `sbatch --wrap true` until it runs"),
                        ("jupyter", "Jupyter's start-up on the node"),
                        ("nbremote", "`nbremote up --slurm` to the first 200 through the tunnel"),

@@ -277,7 +277,7 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
         for job in s.slurm:
             text = f"  Jupyter  {job['dir']}  Slurm job {job['job_id']} {slurm.state_text(job)}"
             if job["state"] == "RUNNING":
-                text += f" · {slurm.gpu_text(job['gpus'])} · {slurm.duration(job['elapsed'])} elapsed · " \
+                text += f" · {slurm.gpu_text(job['gpus'])} · {duration(job['elapsed'])} elapsed · " \
                         f"{slurm.left_text(job)}"
                 if job["time_left"] is not None and job["time_left"] < slurm.LOW_TIME:
                     text += "  ! ending soon"
