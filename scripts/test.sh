@@ -31,6 +31,12 @@ venv=/opt/nbremote-lab/venv
 if [ ! -x /usr/bin/chromium ]; then
     PLAYWRIGHT_BROWSERS_PATH=/opt/nbremote-lab/ms-playwright "$venv/bin/python" -m playwright install --with-deps chromium
 fi
+# `up --keep-output`'s Jupyter (tests/lab/test_keep_output.py): a venv of its own, as a user
+# makes one, so that every other test keeps a Jupyter without server-side execution.
+keep=/opt/nbremote-lab/keep-output
+[ -x "$keep/bin/python" ] || /usr/bin/python3 -m venv "$keep"
+"$keep/bin/pip" install -q --disable-pip-version-check -c requirements/lock.txt jupyterlab notebook ipykernel \
+    'jupyter-server-nbmodel[lab]'
 chmod -R a+rX /opt/nbremote-lab
 "$venv/bin/python" scripts/audit.py requirements/lock.txt
 

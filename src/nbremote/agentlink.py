@@ -152,6 +152,7 @@ def parse_hello(line: str) -> Hello | None:
 AGENT_ERROR_EXITS = {
     "no_jupyter": ExitCode.NO_JUPYTER,
     "no_env": ExitCode.NO_JUPYTER,
+    "no_keep_output": ExitCode.NO_JUPYTER,
     "bad_dir": ExitCode.REMOTE_DIR,
     "jupyter_exited": ExitCode.JUPYTER_FAILED,
     "jupyter_timeout": ExitCode.JUPYTER_FAILED,
@@ -165,6 +166,7 @@ AGENT_ERROR_EXITS = {
     "job_exists": ExitCode.CONFLICT,
     "env_conflict": ExitCode.CONFLICT,
     "listen_conflict": ExitCode.CONFLICT,
+    "keep_output_conflict": ExitCode.CONFLICT,
 }
 
 

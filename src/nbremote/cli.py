@@ -77,10 +77,14 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--socket", "use_socket", is_flag=True,
               help="Jupyter listens on a Unix socket in a private (0700) directory on the server, "
               "not on a loopback port: other users there cannot even connect.")
+@click.option("--keep-output/--no-keep-output", default=None,
+              help="The server runs the cells and keeps their output while no browser is attached "
+              "(needs jupyter-server-nbmodel in the server's Jupyter) [default: the host profile's keep_output].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--slurm", "slurm_text", metavar='"OPTIONS"', help=SLURM_HELP)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json, timeout, slurm_text) -> None:
+def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_output, as_json, timeout,
+       slurm_text) -> None:
     """Start or reattach to Jupyter on HOST and forward it to a local port.
 
     HOST is anything ssh accepts: an alias from ~/.ssh/config, user@host, or
@@ -96,8 +100,11 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, as_json,
     runner = runners.for_up(host, slurm_text)
     if use_socket and runner.name == "slurm":
         raise click.UsageError("--socket is for a server of its own: a Slurm job's Jupyter is on a compute node")
+    keep = bool(defaults.keep_output if keep_output is None else keep_output)
+    if keep and runner.name == "slurm":
+        raise click.UsageError("--keep-output is not available for a Slurm job's Jupyter yet")
     opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
-                             port=port or defaults.port, timeout=timeout, socket=use_socket)
+                             port=port or defaults.port, timeout=timeout, socket=use_socket, keep_output=keep)
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
     result = session.up(place, runner, opts, console)
     _show_url(result, as_json, no_browser, console)

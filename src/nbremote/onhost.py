@@ -52,7 +52,8 @@ class HostRunner:
         with console.progress(f"starting Jupyter on {place.label}"):
             reply = place.agent(hello_timeout=request.timeout + 10).request(
                 "up", {"dir": request.dir, "mode": request.mode, "env": request.env,
-                       "timeout": request.start_timeout, "socket": request.socket},
+                       "timeout": request.start_timeout, "socket": request.socket,
+                       "keep_output": request.keep_output},
                 on_event=on_event, timeout=request.start_timeout + 30)
         server = parse_server(reply.get("server"), place.label)
         reused = reply.get("reused") is True

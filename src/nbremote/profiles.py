@@ -57,7 +57,7 @@ from nbremote.errors import ExitCode, NbremoteError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm"}
-UP_KEYS = {"dir", "env", "mode", "port"}
+UP_KEYS = {"dir", "env", "mode", "port", "keep_output"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class UpDefaults:
     env: str | None = None
     mode: str | None = None
     port: int | None = None
+    keep_output: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,9 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
             check_port(local_port)
         except NbremoteError as exc:
             raise field_error("port", exc, ".up") from None
+    keep_output = up_doc.get("keep_output")
+    if keep_output is not None and not isinstance(keep_output, bool):
+        raise _bad(path, text, table + ".up", "keep_output", "keep_output must be true or false")
     scheduler = doc.get("scheduler")
     if scheduler is not None and scheduler not in slurmopts.SCHEDULERS:
         raise _bad(path, text, table, "scheduler",
@@ -208,7 +212,8 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
     except ValueError as exc:
         raise _bad(path, text, table + ".slurm", exc.args[0], exc.args[1]) from None
     return Profile(name=name, addresses=addresses, user=user, port=port, key=key,
-                   up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port),
+                   up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port,
+                                  keep_output=keep_output),
                    scheduler=scheduler, slurm_table=dict(slurm_doc), slurm=slurm)
 
 

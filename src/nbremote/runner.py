@@ -26,6 +26,7 @@ class StartRequest:
     timeout: float  # seconds for the agent's hello
     start_timeout: float  # seconds for Jupyter to answer once it runs
     socket: bool  # a Unix socket in a private dir instead of a loopback port (host runner only)
+    keep_output: bool = False  # cells run by the server, output kept with no browser (host runner only)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class UpOptions:
     timeout: float = 10.0
     start_timeout: float = 90.0
     socket: bool = False  # Jupyter on a Unix socket in a 0700 dir, not a loopback port
+    keep_output: bool = False  # cells run by the server, output kept while no browser is attached
 
 
 @dataclass(frozen=True)
@@ -177,17 +178,18 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
     # --socket asks the agent: a remembered server on a port would need a conflict check.
     wanted = (previous is not None and runner.reattach_from_record
               and (not opts.socket or isinstance(previous.remote_port, str)))
+    # With --env or --keep-output the agent must see the request: it may be a conflict.
+    asks_agent = opts.env is not None or opts.keep_output
     if isinstance(place, Host) and had_master and wanted and previous is not None \
-            and opts.port in (None, previous.local_port) and opts.env is None:
+            and opts.port in (None, previous.local_port) and not asks_agent:
         result = _reattach_fast(place, previous, opts, console, runner, started)
         if result is not None:
             return result
     local_port = _local_port(place, opts, previous, had_master)
     forwarder = _Forwarder(place, local_port)
     progress = _Progress(place, console, forwarder, started, connected=had_master or isinstance(place, ThisMachine))
-    # With --env the agent must see the request: a server from another environment is a conflict.
     remembered = previous if wanted and previous is not None and local_port == previous.local_port \
-        and opts.env is None else None
+        and not asks_agent else None
     try:
         if isinstance(place, Host) and not had_master and (remembered or isinstance(place, ProfileHost)):
             began = time.monotonic()
@@ -203,7 +205,7 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
                 if probe(local_port, remembered.token, time.monotonic() + max(0.3, login)):
                     return _resumed(place, remembered, opts, console, runner, started, created_master=True)
         request = StartRequest(dir=opts.dir, mode=opts.mode, env=opts.env, timeout=opts.timeout,
-                               start_timeout=opts.start_timeout, socket=opts.socket)
+                               start_timeout=opts.start_timeout, socket=opts.socket, keep_output=opts.keep_output)
         served = runner.start(place, request, console, progress, started)
         if local_port:
             forwarder.to(served.port, served.addr)

@@ -10,6 +10,14 @@ stdin and answers each with one JSON line on stdout:
         load the UI from URL, create a notebook, wait for its kernel to be idle
     {"cmd": "run", "code": CODE}
         type CODE into the notebook's empty last cell, run it, return its output
+    {"cmd": "start", "code": CODE}
+        type CODE into the empty last cell and run it; answer once its first output shows
+    {"cmd": "close_page"}
+        close the notebook's tab, as a closed laptop lid or browser does
+    {"cmd": "reopen", "url": URL}
+        open URL (a notebook's own) in a new tab and wait for its cells
+    {"cmd": "outputs", "index": N, "until": TEXT, "timeout": S}
+        the output of code cell N, once it holds TEXT (or at once without "until")
     {"cmd": "wait_kernel", "states": [...], "timeout": S}
         wait until the page shows the kernel in one of these states
     {"cmd": "location"}
@@ -130,9 +138,7 @@ class Driver:
             dialog.first.get_by_role("button", name="Close").click()
             dialog.first.wait_for(state="detached", timeout=10_000)
 
-    def run(self, code: str) -> dict:
-        self._dismiss_connection_error()
-        began = time.monotonic()
+    def _type_and_run(self, code: str):
         cells = self.page.locator(f"{PANEL} .jp-CodeCell")
         # Pinned by index: running the cell adds a new last one.
         cell = cells.nth(cells.count() - 1)
@@ -142,8 +148,38 @@ class Driver:
         editor.click()
         self.page.keyboard.insert_text(code)
         self.page.keyboard.press("Shift+Enter")
-        output = cell.locator(".jp-OutputArea-output").first
-        output.wait_for(timeout=OUTPUT_TIMEOUT_MS)
+        cell.locator(".jp-OutputArea-output").first.wait_for(timeout=OUTPUT_TIMEOUT_MS)
+        return cell
+
+    def start(self, code: str) -> dict:
+        self._dismiss_connection_error()
+        cell = self._type_and_run(code)
+        return {"output": cell.locator(".jp-OutputArea-output").all_inner_texts()}
+
+    def close_page(self) -> dict:
+        self.page.close()
+        return {}
+
+    def reopen(self, url: str) -> dict:
+        began = time.monotonic()
+        self.page = self.context.new_page()
+        self._watch(self.page)
+        self.page.goto(url, wait_until="domcontentloaded", timeout=LOAD_TIMEOUT_MS)
+        self.page.locator(f"{PANEL} .jp-CodeCell").first.wait_for(timeout=LOAD_TIMEOUT_MS)
+        return {"ready_s": round(time.monotonic() - began, 2), "page_url": self.page.url}
+
+    def outputs(self, index: int, until: str = "", timeout: float = 0) -> dict:
+        cell = self.page.locator(f"{PANEL} .jp-CodeCell").nth(index)
+        texts = cell.locator(".jp-OutputArea-output")
+        deadline = time.monotonic() + timeout
+        while until and until not in "".join(texts.all_inner_texts()) and time.monotonic() < deadline:
+            self.page.wait_for_timeout(200)
+        return {"output": texts.all_inner_texts(), "prompt": cell.locator(".jp-InputArea-prompt").inner_text()}
+
+    def run(self, code: str) -> dict:
+        self._dismiss_connection_error()
+        began = time.monotonic()
+        cell = self._type_and_run(code)
         # The prompt turns from [*] to [N] once the kernel says the cell is done.
         prompt = cell.locator(".jp-InputArea-prompt")
         deadline = time.monotonic() + OUTPUT_TIMEOUT_MS / 1000

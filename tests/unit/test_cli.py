@@ -71,6 +71,8 @@ def test_version(capsys):
     (["up", "--dir", ""], "directory '' is not valid"),
     (["up", "--env", "x\ty"], "environment 'x\\ty' is not valid"),
     (["up", "--bogus"], "--bogus"),
+    (["up", "cluster", "--slurm", "--gres=gpu:1", "--keep-output"],
+     "--keep-output is not available for a Slurm job's Jupyter yet"),
     (["down", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
     (["down", "--dir", "a\nb"], "directory 'a\\nb' is not valid"),
     (["ls", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),

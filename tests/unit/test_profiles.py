@@ -98,7 +98,8 @@ def _profile(name="gpubox", **kw) -> Profile:
 
 
 def test_save_and_load_round_trip_atomic_0600(isolated):
-    every = {"gpubox": _profile(up=UpDefaults(dir="~/projects", env="torch", mode="notebook", port=8890)),
+    every = {"gpubox": _profile(up=UpDefaults(dir="~/projects", env="torch", mode="notebook", port=8890,
+                                               keep_output=True)),
              "my.box": _profile("my.box", user=None, key=None, port=2222)}
     profiles.save(every)
     path = profiles.profiles_path()
@@ -137,6 +138,7 @@ def test_syntax_error_names_file_and_line():
     ('[hosts."bad name"]\naddresses = ["10.0.0.1"]\n', 1, "'bad name'"),
     ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\n[hosts.gpubox.up]\nmode = "tui"\n', 4, "'tui'"),
     ('[global]\nx = 1\n', 1, "'global'"),
+    ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\n[hosts.gpubox.up]\nkeep_output = "yes"\n', 4, "keep_output"),
 ])
 def test_bad_values_name_file_line_and_value(text, line, named):
     path = _write(text)

@@ -127,6 +127,56 @@ def resolve_jupyter(mode: str, env: str | None) -> str:
     return candidate
 
 
+# Server-side execution (jupyter-server-nbmodel) writes each output into the notebook's
+# shared document (jupyter-server-ydoc), which the server saves: so output printed while
+# no browser is attached is in the page when it comes back, and in the .ipynb.
+KEEP_OUTPUT_MODULES = ("jupyter_server_nbmodel", "jupyter_server_ydoc")
+KEEP_OUTPUT_PACKAGE = "jupyter-server-nbmodel[lab]"
+
+
+def _interpreter(program: str) -> str:
+    """The Python that runs this Jupyter: its script's #! line, as pip wrote it."""
+    try:
+        with open(program, "rb") as handle:
+            first = handle.readline(4096).decode("utf-8", "replace").strip()
+    except OSError:
+        first = ""
+    words = first[2:].split()
+    if first.startswith("#!") and words and "python" in os.path.basename(words[0]):
+        return words[0]
+    return os.path.join(os.path.dirname(program), "python3")
+
+
+def _keep_output_hint(env: str | None, program: str) -> str:
+    quoted = shlex.quote(KEEP_OUTPUT_PACKAGE)
+    prefix = os.path.dirname(os.path.dirname(program))
+    if env is not None and "/" not in env and not env.startswith((".", "~")):
+        return "on the server run `conda run -n %s pip install %s`" % (shlex.quote(env), quoted)
+    if env is not None or os.path.exists(os.path.join(prefix, "pyvenv.cfg")) \
+            or os.path.isdir(os.path.join(prefix, "conda-meta")):
+        return "on the server run `%s install %s`" % (shlex.quote(os.path.join(prefix, "bin", "pip")), quoted)
+    # A system or --user Jupyter: a venv of its own, never pip --user into the system Python.
+    return ("on the server make a venv with both: `python3 -m venv ~/jupyter-venv && "
+            "~/jupyter-venv/bin/pip install jupyterlab notebook %s`, then `up --env ~/jupyter-venv "
+            "--keep-output`" % quoted)
+
+
+def check_keep_output(program: str, env: str | None) -> None:
+    """Refuse --keep-output, saying how to add it, when this Jupyter's Python lacks the extension."""
+    probe = ("import importlib.util, sys; "
+             "sys.exit(0 if all(importlib.util.find_spec(m) for m in %r) else 3)" % (KEEP_OUTPUT_MODULES,))
+    try:
+        found = subprocess.run([_interpreter(program), "-c", probe], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        found = False
+    if not found:
+        raise AgentError("no_keep_output",
+                         "the Jupyter at %s cannot keep output while no browser is attached: "
+                         "it lacks jupyter-server-nbmodel" % program,
+                         hint=_keep_output_hint(env, program))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -250,8 +300,10 @@ def socket_path(key: str) -> str:
 
 
 def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str | None, timeout: float,
-          use_socket: bool = False) -> Doc:
+          use_socket: bool = False, keep_output: bool = False) -> Doc:
     program = resolve_jupyter(mode, env_spec)
+    if keep_output:
+        check_keep_output(program, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
     import secrets  # only a start needs it; it costs every other request its import time
@@ -269,6 +321,14 @@ def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str |
         port, sock = free_port(), None
         listen = ["--ip=127.0.0.1", "--port=%d" % port, "--ServerApp.port_retries=0"]
     argv = [program, "--no-browser"] + listen + ["--ServerApp.root_dir=" + directory]
+    if keep_output:
+        # The shared document holds the cells nbmodel writes to: by default it is dropped
+        # 60 s after the last browser leaves, and output printed after that is lost. Its
+        # update store and session file go to our private state, not into the user's folder.
+        kept = state.private_dir("keep-output")
+        argv += ["--YDocExtension.document_cleanup_delay=None",
+                 "--SQLiteYStore.db_path=" + os.path.join(kept, key + ".ystore.db"),
+                 "--YDocExtension.session_store_path=" + os.path.join(kept, key + ".sessions.json")]
     if os.geteuid() == 0:
         # Jupyter refuses root without this; containers and fresh VMs often only have root.
         argv.append("--allow-root")
@@ -286,7 +346,7 @@ def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str |
         "key": key, "dir": directory, "mode": mode, "env": env_spec, "jupyter": program,
         "port": port, "sock": sock, "pid": pid, "token": token, "launcher": launcher,
         "tmux_session": _tmux_session(key) if launcher == "tmux" else None,
-        "log": log_path, "started": time.time(),
+        "log": log_path, "started": time.time(), "keep_output": bool(keep_output),
     }
     state.save_record(record)
     if sock:
@@ -402,6 +462,14 @@ def _restrict_runtime_files(pid: int) -> None:
         pass
 
 
+def _remove_kept_documents(key: str) -> None:
+    for suffix in (".ystore.db", ".sessions.json"):
+        try:
+            os.unlink(os.path.join(state.state_dir(), "keep-output", key + suffix))
+        except OSError:
+            pass
+
+
 def _remove_runtime_files(pid: int) -> None:
     # A killed Jupyter leaves its runtime files; remove them or `jupyter server list` lies.
     for suffix in (".json", "-open.html"):
@@ -417,6 +485,7 @@ def _public(record: Doc, status: Doc | None = None) -> Doc:
     view = {k: record[k] for k in ("dir", "mode", "env", "port", "pid", "token", "launcher", "started")}
     view["sock"] = record.get("sock")
     view["tmux_session"] = record.get("tmux_session")
+    view["keep_output"] = bool(record.get("keep_output"))
     if status is not None:
         view["last_activity"] = status.get("last_activity")
         view["connections"] = status.get("connections")
@@ -427,7 +496,7 @@ def _public(record: Doc, status: Doc | None = None) -> Doc:
 
 
 def op_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, timeout: Any = 60,
-          socket: Any = False) -> Doc:
+          socket: Any = False, keep_output: Any = False) -> Doc:
     if mode not in MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(MODES))
     directory = resolve_directory(dir)
@@ -450,12 +519,19 @@ def op_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None,
                         "a Jupyter from %s is already running in %s" % (record.get("env") or "the login PATH", directory),
                         hint="stop it first with `nbremote down` and the same --dir",
                     )
+                if keep_output and not record.get("keep_output"):
+                    raise AgentError(
+                        "keep_output_conflict",
+                        "the Jupyter running in %s was started without --keep-output" % directory,
+                        hint="stop it first with `nbremote down` and the same --dir, then `up --keep-output` again",
+                    )
                 return {"reused": True, "server": _public(record, status)}
             replaced = record["pid"]
             channel.event("stale", pid=replaced)
             _stop_pid(record["pid"], record)
             state.forget(key)
-        record = start(channel, key, directory, mode, env, float(timeout), use_socket=bool(socket))
+        record = start(channel, key, directory, mode, env, float(timeout), use_socket=bool(socket),
+                       keep_output=bool(keep_output))
         return {"reused": False, "replaced_pid": replaced, "server": _public(record)}
 
 
@@ -472,6 +548,7 @@ def op_down(channel: Channel, dir: Any = None, all: Any = False) -> Doc:
     with state.locked():
         for record in _select(dir, all):
             _stop_pid(record["pid"], record)
+            _remove_kept_documents(record["key"])
             state.forget(record["key"])
             stopped.append({"dir": record["dir"], "pid": record["pid"]})
     return {"stopped": stopped}
