@@ -153,6 +153,8 @@ AGENT_ERROR_EXITS = {
     "no_jupyter": ExitCode.NO_JUPYTER,
     "no_env": ExitCode.NO_JUPYTER,
     "no_keep_output": ExitCode.NO_JUPYTER,
+    "no_ipykernel": ExitCode.NO_JUPYTER,
+    "kernel_failed": ExitCode.JUPYTER_FAILED,
     "bad_dir": ExitCode.REMOTE_DIR,
     "jupyter_exited": ExitCode.JUPYTER_FAILED,
     "jupyter_timeout": ExitCode.JUPYTER_FAILED,

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from nbremote import __version__, completion, doctor, jobs, keeper, session, status
+from nbremote import __version__, completion, doctor, jobs, keeper, kernels, session, status
 from nbremote import hosts as host_profiles
 from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
@@ -502,6 +502,71 @@ def config_group() -> None:
 def config_path() -> None:
     """Print the path of the host profiles file (TOML)."""
     click.echo(str(profiles.profiles_path()))
+
+
+# --- kernels for a local editor ----------------------------------------------------------
+
+@cli.group(name="kernels")
+def kernels_group() -> None:
+    """Kernels that run on HOST, for this laptop's Jupyter or editor.
+
+    A kernel spec on this laptop whose kernels run on HOST, reached through
+    nbremote's ssh connection and healed after a network drop like `up`'s:
+    local JupyterLab, `jupyter console`, VS Code and PyCharm pick it.
+    """
+
+
+@kernels_group.command(name="install")
+@click.argument("host", shell_complete=completion.complete_host)
+@click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, to run the kernel in "
+              "[default: python3 on the server's login PATH].")
+@click.option("--json", "as_json", is_flag=True, help="Print the kernel spec as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def kernels_install(host, env, as_json, timeout) -> None:
+    """Add a kernel spec for HOST (checks that ipykernel is there first).
+
+    Local Jupyter, `jupyter console --kernel NAME`, VS Code and PyCharm list it
+    like any kernel; each kernel started from it runs on HOST.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    began = time.monotonic()
+    spec = kernels.install(host=host, env=env, timeout=timeout, interactive=_interactive())
+    if as_json:
+        console.emit_json(spec.to_json())
+        return
+    python = f" ({spec.python} on {spec.host})" if spec.python else ""
+    console.done(f"kernel {spec.name} installed: \"{spec.display_name}\"{python}", time.monotonic() - began)
+    console.result(f"  {spec.path / 'kernel.json'}")
+    console.note(f"`jupyter console --kernel {spec.name}` uses it; so do JupyterLab, VS Code and PyCharm.")
+
+
+@kernels_group.command(name="remove")
+@click.argument("host", shell_complete=completion.complete_host)
+@click.option("--env", metavar="NAME_OR_PATH", help="The environment the kernel spec was installed with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the removed kernel spec as JSON.")
+def kernels_remove(host, env, as_json) -> None:
+    """Remove HOST's kernel spec; kernels started from it run until they are stopped."""
+    console = Console.for_terminal(json_mode=as_json)
+    spec = kernels.remove(host=host, env=env)
+    if as_json:
+        console.emit_json(spec.to_json())
+        return
+    console.done(f"kernel {spec.name} removed")
+
+
+@kernels_group.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def kernels_ls(as_json) -> None:
+    """The kernel specs nbremote installed on this laptop."""
+    console = Console.for_terminal(json_mode=as_json)
+    specs = kernels.installed()
+    if as_json:
+        console.emit_json([spec.to_json() for spec in specs])
+        return
+    if not specs:
+        console.note("no nbremote kernels; `nbremote kernels install HOST` adds one")
+    for spec in specs:
+        console.result(f"{spec.name}  {spec.display_name}")
 
 
 # --- the laptop itself: shell completion, doctor ---------------------------------------

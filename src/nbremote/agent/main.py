@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from . import jobs, jupyter, protocol, slurm
+from . import jobs, jupyter, kernels, protocol, slurm
 
 TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
 if TYPE_CHECKING:
@@ -23,6 +23,10 @@ HANDLERS: dict[str, Handler] = {
     "slurm_up": slurm.op_slurm_up,
     "slurm_down": slurm.op_slurm_down,
     "slurm_ls": slurm.op_slurm_ls,
+    "kernel_check": kernels.op_kernel_check,
+    "kernel_start": kernels.op_kernel_start,
+    "kernel_signal": kernels.op_kernel_signal,
+    "kernel_stop": kernels.op_kernel_stop,
 }
 
 
