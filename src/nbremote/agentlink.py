@@ -155,6 +155,8 @@ AGENT_ERROR_EXITS = {
     "no_keep_output": ExitCode.NO_JUPYTER,
     "no_ipykernel": ExitCode.NO_JUPYTER,
     "kernel_failed": ExitCode.JUPYTER_FAILED,
+    "not_listening": ExitCode.ERROR,
+    "not_yours": ExitCode.ERROR,
     "bad_dir": ExitCode.REMOTE_DIR,
     "jupyter_exited": ExitCode.JUPYTER_FAILED,
     "jupyter_timeout": ExitCode.JUPYTER_FAILED,

@@ -9,13 +9,14 @@ import time
 
 import click
 
-from nbremote import __version__, completion, doctor, jobs, keeper, kernels, session, status
+from nbremote import __version__, completion, doctor, forwards, jobs, keeper, kernels, session, sessions, status
 from nbremote import hosts as host_profiles
 from nbremote import profiles, runners, slurm, sshfiles
 from nbremote.console import Console
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
 from nbremote.remote import place_for
+from nbremote.ssh import parse_target
 from nbremote.tables import table
 from nbremote.verdicts import check_lines, summary
 
@@ -80,10 +81,13 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--keep-output/--no-keep-output", default=None,
               help="The server runs the cells and keeps their output while no browser is attached "
               "(needs jupyter-server-nbmodel in the server's Jupyter) [default: the host profile's keep_output].")
+@click.option("--forward", "forward_specs", multiple=True, metavar="REMOTE_PORT[:LOCAL_PORT]",
+              help="Also forward this port of the server's loopback (TensorBoard's 6006, say); repeatable. "
+              "Kept with the session like `nbremote forward`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--slurm", "slurm_text", metavar='"OPTIONS"', help=SLURM_HELP)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_output, as_json, timeout,
+def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_output, forward_specs, as_json, timeout,
        slurm_text) -> None:
     """Start or reattach to Jupyter on HOST and forward it to a local port.
 
@@ -103,10 +107,16 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_out
     keep = bool(defaults.keep_output if keep_output is None else keep_output)
     if keep and runner.name == "slurm":
         raise click.UsageError("--keep-output is not available for a Slurm job's Jupyter yet")
+    extra = [forwards.parse_spec(spec) for spec in forward_specs]
+    if extra and (not host or runner.name == "slurm"):
+        raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
     opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
                              port=port or defaults.port, timeout=timeout, socket=use_socket, keep_output=keep)
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
     result = session.up(place, runner, opts, console)
+    for remote, local in extra:
+        added = forwards.add(place, forwards.session_for(place.host, directory), remote, local, timeout=timeout)
+        console.done(f"localhost:{added.local_port} → {place.label}:{remote}", added.seconds)
     _show_url(result, as_json, no_browser, console)
     stop = f"nbremote down {host}" if host else "nbremote down"
     job = result.served.job_id
@@ -206,6 +216,8 @@ def ls_command(host, as_json, show_token, timeout) -> None:
     for s in servers:
         if s["url"]:
             console.result(f"{s['dir']}: {s['url']}")
+        for f in s["forwards"]:
+            console.result(f"{s['dir']}: localhost:{f['local_port']} → {host}:{f['remote_port']}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -502,6 +514,62 @@ def config_group() -> None:
 def config_path() -> None:
     """Print the path of the host profiles file (TOML)."""
     click.echo(str(profiles.profiles_path()))
+
+
+# --- more ports ------------------------------------------------------------------------
+
+@cli.command(name="forward")
+@click.argument("host", shell_complete=completion.complete_host)
+@click.argument("spec", required=False, metavar="[REMOTE_PORT[:LOCAL_PORT]]")
+@click.option("--remove", is_flag=True, help="Take the forward to REMOTE_PORT away.")
+@click.option("--dir", "directory", help="The session (by its --dir) to add it to [default: the host profile's, else ~].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
+def forward_command(host, spec, remove, directory, as_json, timeout) -> None:
+    """Forward another port of HOST's loopback (TensorBoard, say).
+
+    \b
+    Without a port: list what your programs listen on there.
+    With REMOTE_PORT[:LOCAL_PORT]: forward it (to the same local port when
+    that is free); the keeper puts it back after a network drop, and
+    `forward --remove` or `nbremote down` take it away.
+    """
+    console = Console.for_terminal(json_mode=as_json)
+    port_pair = forwards.parse_spec(spec) if spec is not None else None
+    if remove and port_pair is None:
+        raise click.UsageError("--remove needs the REMOTE_PORT to stop forwarding")
+    directory = directory if directory is not None else profiles.up_defaults(host).dir or "~"
+    parse_target(host)  # a bad HOST is refused before anything is made for it
+    # Sessions are remembered under HOST as typed (place.host): checked before any connection.
+    record = forwards.session_for(host, directory) if port_pair is not None else sessions.find(host, directory)
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
+    if port_pair is None:
+        rows = forwards.listing(place, record, timeout=timeout)
+        if as_json:
+            console.emit_json({"host": place.label, "listening": rows})
+            return
+        if not rows:
+            console.result(f"none of your programs listens on {place.label}'s loopback")
+        for row in rows:
+            local = f"→ localhost:{row['local_port']}" if row["local_port"] else ""
+            pid = f"pid {row['pid']}" if row["pid"] else ""
+            console.result(f"{row['port']:>5}  {pid:<10} {row['command'][:60]:<60} {local}".rstrip())
+        return
+    assert record is not None
+    remote, local = port_pair
+    if remove:
+        gone = forwards.remove(place, record, remote, local)
+        if as_json:
+            console.emit_json(gone.to_json())
+            return
+        console.done(f"localhost:{gone.local_port} → {place.label}:{remote} removed")
+        return
+    added = forwards.add(place, record, remote, local, timeout=timeout)
+    if as_json:
+        console.emit_json(added.to_json())
+        return
+    console.done(f"localhost:{added.local_port} → {place.label}:{remote}", added.seconds)
+    console.result(f"  http://127.0.0.1:{added.local_port}/")
 
 
 # --- kernels for a local editor ----------------------------------------------------------

@@ -72,16 +72,24 @@ class Tunnel:
     remote_port: int | str
     token: str
     addr: str = "127.0.0.1"  # the forward's destination seen from the host: its loopback, or a compute node
+    extra: tuple[tuple[int, int], ...] = ()  # (local, remote) ports of the host's loopback, `nbremote forward`
 
     @classmethod
     def of(cls, place: Host, record: SessionRecord) -> Tunnel:
-        return cls(place, record.local_port, record.remote_port, record.token, record.addr)
+        return cls(place, record.local_port, record.remote_port, record.token, record.addr, record.forwards)
 
     def forward(self) -> None:
         self.place.connection.forward(self.local_port, self.remote_port, self.addr)
+        for local, remote in self.extra:
+            try:
+                self.place.connection.forward(local, remote, "127.0.0.1")
+            except NbremoteError as exc:  # Jupyter's tunnel matters more than one extra port
+                log.warning("localhost:%d → %s:%d not put back: %s", local, self.place.label, remote, exc.message)
 
     def cancel(self) -> None:
         self.place.connection.cancel(self.local_port, self.remote_port, self.addr)
+        for local, remote in self.extra:
+            self.place.connection.cancel(local, remote, "127.0.0.1")
 
 
 class Keeper:
@@ -201,12 +209,15 @@ def hold(place: Place, runner: Runner, record: SessionRecord, url: str, *, creat
             console.status(f"● serving {url.split('?')[0]}{what}{via} · {elapsed // 60} min {elapsed % 60:02d} s")
             sleep(CHECK_EVERY)
             if keeper is not None:
+                current = sessions.find(record.host, record.dir)
+                if current is not None and current.token == record.token:
+                    keeper.tunnel.extra = current.forwards  # `nbremote forward` may have added one since
                 keeper.check()
     except KeyboardInterrupt:
         console.end_status()
         stop = f"nbremote down {record.host}" if record.host else "nbremote down"
         if isinstance(place, Host):
-            Tunnel.of(place, record).cancel()
+            Tunnel.of(place, sessions.find(record.host, record.dir) or record).cancel()
             if created_master:
                 place.connection.close()
             console.note(f"stopped forwarding; {runner.left_running(record, place.label, stop)}")
@@ -271,6 +282,7 @@ def _serve(record: SessionRecord) -> None:
         if current is None or current.token != record.token:
             log.info("session %s %s ended; keeper exits", record.host, record.dir)
             return
+        keeper.tunnel.extra = current.forwards  # `nbremote forward` may have added one since
         keeper.check()
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.keeper import CHECK_EVERY, CONNECT_TIMEOUT, FAILED_PROBES, backoff
 from nbremote.remote import Host, place_for
-from nbremote.session import validate_text
+from nbremote.servers import validate_text
 
 log = logging.getLogger(__name__)
 

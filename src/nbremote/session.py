@@ -132,16 +132,26 @@ def _resumed(place: Host, previous: SessionRecord, opts: UpOptions, console: Con
     served = _from_record(previous, place)
     console.done(f"Jupyter already running in {served.dir} on {place.label} (pid {served.pid})",
                  time.monotonic() - started)
-    return _finish(place, runner, opts, previous.local_port, served, created_master=created_master, started=started)
+    return _finish(place, runner, opts, previous.local_port, served, console, created_master=created_master,
+                   started=started)
 
 
-def _finish(place: Place, runner: Runner, opts: UpOptions, local_port: int, served: Served, *,
+def _finish(place: Place, runner: Runner, opts: UpOptions, local_port: int, served: Served, console: Console, *,
             created_master: bool, started: float) -> UpResult:
     mode = opts.mode if opts.mode in MODES else served.mode
+    previous = sessions.find(place.host, opts.dir)
+    # The same server (same token): its extra forwards (`nbremote forward`) come back too.
+    extra = previous.forwards if previous is not None and previous.token == served.token else ()
+    if isinstance(place, Host):
+        for local, remote in extra:
+            try:
+                place.connection.forward(local, remote)
+            except NbremoteError:
+                console.warn(f"localhost:{local} is busy: the forward to {place.label}:{remote} is not back")
     record = SessionRecord(host=place.host, dir=opts.dir, remote_dir=served.dir, local_port=local_port,
                            remote_port=served.port, token=served.token, pid=served.pid, mode=mode,
                            updated=time.time(), runner=runner.name, addr=served.addr, job_id=served.job_id,
-                           node=served.node)
+                           node=served.node, forwards=extra)
     sessions.save(record)
     # Without a forward (this machine), the browser goes to Jupyter's own address.
     address = "127.0.0.1" if isinstance(place, Host) else served.addr
@@ -224,8 +234,8 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         console.done(f"localhost:{local_port} → {runner.route(place, served)}", time.monotonic() - started)
     for warning in served.warnings:
         console.warn(warning)
-    return _finish(place, runner, opts, port, served, created_master=isinstance(place, Host) and not had_master,
-                   started=started)
+    return _finish(place, runner, opts, port, served, console,
+                   created_master=isinstance(place, Host) and not had_master, started=started)
 
 
 def down(place: Place, runner: Runner, *, directory: str, all_dirs: bool, timeout: float,
@@ -240,6 +250,8 @@ def down(place: Place, runner: Runner, *, directory: str, all_dirs: bool, timeou
         for record in mine:
             keeper.stop(record.host, record.dir)  # or it would put the forward back
             place.connection.cancel(record.local_port, record.remote_port, record.addr)
+            for local, remote in record.forwards:
+                place.connection.cancel(local, remote)
     sessions.remove(mine)
     if isinstance(place, Host) and not sessions.for_host(place.host):
         runner.release(place)
@@ -252,5 +264,7 @@ def ls(place: Place, runner: Runner, *, timeout: float, show_token: bool = False
     servers = []
     for row, record in runner.listing(place, records, show_token, timeout):
         row["keeper_pid"] = keeper.keeper_pid(record.host, record.dir) if record else None
+        row["forwards"] = [{"local_port": local, "remote_port": remote} for local, remote in record.forwards] \
+            if record else []
         servers.append(row)
     return servers

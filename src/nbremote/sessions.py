@@ -28,6 +28,17 @@ class SessionRecord:
     addr: str = "127.0.0.1"  # where the forward goes, seen from the host: its loopback, or a compute node
     job_id: str | None = None  # the batch job holding Jupyter, for a scheduler's runner
     node: str | None = None  # the compute node it runs on
+    # More ports of the host's loopback forwarded beside Jupyter (`nbremote forward`), as
+    # (local port, remote port); the keeper puts them back with Jupyter's.
+    forwards: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        # JSON brings lists back; a pair that is not two ports is a record another version wrote.
+        pairs = tuple(tuple(pair) for pair in self.forwards)
+        if not all(len(p) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 65536 for n in p)
+                   for p in pairs):
+            raise TypeError("forwards must be pairs of ports")
+        object.__setattr__(self, "forwards", pairs)
 
     @property
     def key(self) -> str:

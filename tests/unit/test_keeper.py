@@ -133,6 +133,33 @@ def test_a_local_port_still_held_is_retried_on_the_same_port(probes):
     assert said[-1][1].startswith("back via WAN 11.22.33.1:22022")
 
 
+def test_the_sessions_other_forwards_come_back_on_their_ports_after_jupyters(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    kept, said = make_keeper(conn, clock)
+    kept.tunnel.extra = ((6006, 6006), (18787, 8787))
+    kept.rebuild()
+    assert [c for c in conn.calls if isinstance(c, tuple)] == [
+        ("forward", LOCAL, REMOTE), ("forward", 6006, 6006), ("forward", 18787, 8787)]
+
+
+def test_an_extra_forward_that_cannot_come_back_leaves_jupyters_tunnel_up(probes):
+    clock = Clock()
+    conn = FakeConnection(clock, [WAN])
+    kept, said = make_keeper(conn, clock)
+    kept.tunnel.extra = ((6006, 6006),)
+    forward = conn.forward
+
+    def busy_6006(local_port, remote_port, remote_host):
+        forward(local_port, remote_port, remote_host)
+        if local_port == 6006:
+            raise NbremoteError("local port 6006 is busy", exit_code=ExitCode.PORT_BUSY)
+
+    conn.forward = busy_6006
+    kept.rebuild()
+    assert said[-1][1].startswith("back via WAN 11.22.33.1:22022")
+
+
 def test_a_host_without_a_profile_comes_back_without_a_path(probes):
     clock = Clock()
     conn = FakeConnection(clock, [None])  # ssh.Connection.open_master returns nothing

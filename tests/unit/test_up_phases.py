@@ -329,5 +329,6 @@ def test_down_cancels_the_forward_forgets_the_session_and_lets_the_master_go(wor
 def test_ls_joins_the_laptops_record_of_the_runners_sessions_only(world):
     record = remember(8890)
     rows = session.ls(host(Connection(world)), Runner(world), timeout=1)
-    assert rows == [{"dir": "/home/me/proj", "local_port": record.local_port, "keeper_pid": None}]
+    assert rows == [{"dir": "/home/me/proj", "local_port": record.local_port, "keeper_pid": None,
+                     "forwards": []}]
     assert session.ls(host(Connection(world)), Runner(world, name="slurm"), timeout=1)[0]["local_port"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from . import jobs, jupyter, kernels, protocol, slurm
+from . import jobs, jupyter, kernels, ports, protocol, slurm
 
 TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ HANDLERS: dict[str, Handler] = {
     "kernel_start": kernels.op_kernel_start,
     "kernel_signal": kernels.op_kernel_signal,
     "kernel_stop": kernels.op_kernel_stop,
+    "listening": ports.op_listening,
+    "port_check": ports.op_port_check,
 }
 
 
