@@ -544,7 +544,7 @@ def forward_command(host, spec, remove, directory, as_json, timeout) -> None:
     record = forwards.session_for(host, directory) if port_pair is not None else sessions.find(host, directory)
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
     if port_pair is None:
-        rows = forwards.listing(place, record, timeout=timeout)
+        rows = forwards.listening(place, record, timeout=timeout)
         if as_json:
             console.emit_json({"host": place.label, "listening": rows})
             return
