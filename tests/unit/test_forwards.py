@@ -92,3 +92,36 @@ def test_bad_input_is_refused_before_anything_runs(capsys, nothing_runs, args, n
     assert code == ExitCode.USAGE
     assert named in err
     assert sessions.load_all() == {}
+
+
+class _Agent:
+    def __init__(self, reply):
+        self.reply = reply
+
+    def request(self, op, args, timeout):
+        assert op == "listening"
+        return self.reply
+
+
+def _place(reply):
+    from types import SimpleNamespace
+    return SimpleNamespace(label="gpubox", host="gpubox", agent=lambda hello_timeout: _Agent(reply))
+
+
+def test_the_listing_marks_what_is_forwarded_and_cleans_what_the_server_sent():
+    record = _record(remote_port=41000, forwards=((16006, 6006),))
+    reply = {"listening": [{"port": 6006, "pid": 7, "command": "tensorboard \x1b[2J--logdir runs"},
+                           {"port": 41000, "pid": 8, "command": "jupyter-lab"},
+                           {"port": 70000, "pid": 9, "command": "bogus"}, "junk"]}
+    rows = forwards.listening(_place(reply), record, timeout=1)
+    assert [(r["port"], r["local_port"]) for r in rows] == [(6006, 16006), (41000, 8890)]
+    assert "\x1b" not in rows[0]["command"]
+
+
+def test_forward_without_a_port_prints_the_listing(capsys, monkeypatch):
+    from nbremote import cli
+    monkeypatch.setattr(cli, "place_for", lambda *a, **k: _place(
+        {"listening": [{"port": 6006, "pid": 7, "command": "tensorboard --logdir runs"}]}))
+    code, out, err = run_main(capsys, "forward", "gpubox")
+    assert code == 0
+    assert out.split() == ["6006", "pid", "7", "tensorboard", "--logdir", "runs"]
