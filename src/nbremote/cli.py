@@ -216,7 +216,9 @@ def ls_command(host, as_json, show_token, timeout) -> None:
     for s in servers:
         if s["url"]:
             console.result(f"{s['dir']}: {s['url']}")
-        for f in s["forwards"]:
+        extra = s["forwards"]
+        assert isinstance(extra, list)
+        for f in extra:
             console.result(f"{s['dir']}: localhost:{f['local_port']} → {host}:{f['remote_port']}")
 
 
@@ -551,9 +553,9 @@ def forward_command(host, spec, remove, directory, as_json, timeout) -> None:
         if not rows:
             console.result(f"none of your programs listens on {place.label}'s loopback")
         for row in rows:
-            local = f"→ localhost:{row['local_port']}" if row["local_port"] else ""
+            shown = f"→ localhost:{row['local_port']}" if row["local_port"] else ""
             pid = f"pid {row['pid']}" if row["pid"] else ""
-            console.result(f"{row['port']:>5}  {pid:<10} {row['command'][:60]:<60} {local}".rstrip())
+            console.result(f"{row['port']:>5}  {pid:<10} {row['command'][:60]:<60} {shown}".rstrip())
         return
     assert record is not None
     remote, local = port_pair

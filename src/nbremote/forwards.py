@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from nbremote import sessions
 from nbremote.agentlink import clean_text
@@ -57,7 +58,7 @@ def session_for(host: str, directory: str) -> SessionRecord:
 
 
 def _check_local(record: SessionRecord, local: int) -> None:
-    taken = {record.local_port, *(l for l, _ in record.forwards)}
+    taken = {record.local_port, *(mine for mine, _ in record.forwards)}
     if local in taken or not port_free(local):
         raise NbremoteError(f"local port {local} is busy",
                             hint="give another: `nbremote forward HOST REMOTE_PORT:LOCAL_PORT`",
@@ -81,7 +82,7 @@ def add(place: Place, record: SessionRecord, remote: int, local: int | None, *, 
 
 
 def _free_near(record: SessionRecord) -> int:
-    taken = {record.local_port, *(l for l, _ in record.forwards)}
+    taken = {record.local_port, *(mine for mine, _ in record.forwards)}
     while (port := any_free_port()) in taken:
         pass
     return port
@@ -95,7 +96,7 @@ def _open(place: Host, record: SessionRecord, local: int, remote: int, began: fl
 
 
 def remove(place: Place, record: SessionRecord, remote: int, local: int | None) -> Forward:
-    gone = [(l, r) for l, r in record.forwards if r == remote and local in (None, l)]
+    gone = [(mine, theirs) for mine, theirs in record.forwards if theirs == remote and local in (None, mine)]
     if not gone:
         raise NbremoteError(f"no forward to port {remote} in the session on {record.host}",
                             hint=f"`nbremote ls {record.host}` shows the forwards", exit_code=ExitCode.USAGE)
@@ -106,7 +107,7 @@ def remove(place: Place, record: SessionRecord, remote: int, local: int | None) 
     return Forward(record.host, gone[0][0], remote)
 
 
-def listening(place: Place, record: SessionRecord | None, *, timeout: float) -> list[dict[str, object]]:
+def listening(place: Place, record: SessionRecord | None, *, timeout: float) -> list[dict[str, Any]]:
     """The user's own listeners on the server's loopback, and the local port of each one forwarded."""
     reply = place.agent(hello_timeout=timeout + 10).request("listening", {}, timeout=timeout + 30)
     rows = reply.get("listening")
@@ -114,10 +115,10 @@ def listening(place: Place, record: SessionRecord | None, *, timeout: float) -> 
         raise NbremoteError(f"the agent on {place.label} sent an invalid listening", exit_code=ExitCode.AGENT_FAILED)
     forwarded = {}
     if record is not None:
-        forwarded = {r: l for l, r in record.forwards}
+        forwarded = {theirs: mine for mine, theirs in record.forwards}
         if isinstance(record.remote_port, int):
             forwarded[record.remote_port] = record.local_port
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
         port = row.get("port") if isinstance(row, dict) else None
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:

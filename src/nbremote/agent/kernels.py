@@ -6,6 +6,8 @@ with the key the laptop's Jupyter chose; the key reaches it in a 0600 connection
 file, never on a command line. It runs in a session of its own, so it outlives the
 ssh connection that started it: a network outage does not lose its state.
 """
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -17,11 +19,17 @@ from . import state
 from .jupyter import _conda_prefix, _log_tail, _pid_alive, _wait_gone, resolve_directory
 from .protocol import AgentError
 
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .protocol import Channel, Doc
+
 CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 SCHEMES = ("hmac-sha256",)
 
 
-def resolve_python(env):
+def resolve_python(env: str | None) -> str:
     """The python3 of ENV (a conda name or a venv/conda path), else the login PATH's."""
     if env is None:
         import shutil
@@ -35,10 +43,11 @@ def resolve_python(env):
             raise AgentError("no_env", "no environment at %s on the server" % prefix,
                              hint="pass the directory of a venv or conda environment (the one holding bin/)")
     else:
-        prefix = _conda_prefix(env)
-        if prefix is None:
+        found = _conda_prefix(env)
+        if found is None:
             raise AgentError("no_env", 'no conda environment "%s" on the server' % env,
                              hint="`conda env list` on the server shows the names; or pass a venv's path")
+        prefix = found
     for name in ("python3", "python"):
         candidate = os.path.join(prefix, "bin", name)
         if os.access(candidate, os.X_OK):
@@ -47,7 +56,7 @@ def resolve_python(env):
                      hint="pass the directory of a venv or conda environment (the one holding bin/)")
 
 
-def _check_ipykernel(python, env):
+def _check_ipykernel(python: str, env: str | None) -> None:
     done = subprocess.run([python, "-c", "import importlib.util, sys; "
                            "sys.exit(0 if importlib.util.find_spec('ipykernel') else 3)"],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -60,37 +69,38 @@ def _check_ipykernel(python, env):
                          % pip)
 
 
-def op_kernel_check(channel, env=None):
+def op_kernel_check(channel: Channel, env: Any = None) -> Doc:
     python = resolve_python(env)
     _check_ipykernel(python, env)
     return {"python": python}
 
 
-def _free_ports(count):
+def _free_ports(count: int) -> list[int]:
     # All bound at once, so the kernel gets distinct ports; released just before it binds them.
-    socks = []
+    socks: list[socket.socket] = []
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
+        return [int(s.getsockname()[1]) for s in socks]
     finally:
         for sock in socks:
             sock.close()
 
 
-def _listening(port):
+def _listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _connection_path(kernel_id):
+def _connection_path(kernel_id: str) -> str:
     return os.path.join(state.private_dir("kernels"), kernel_id + ".json")
 
 
-def op_kernel_start(channel, env=None, key="", signature_scheme="hmac-sha256", dir=None, timeout=60):
+def op_kernel_start(channel: Channel, env: Any = None, key: Any = "", signature_scheme: Any = "hmac-sha256",
+                    dir: Any = None, timeout: Any = 60) -> Doc:
     if signature_scheme not in SCHEMES or not isinstance(key, str) or not key or len(key) > 256:
         raise AgentError("bad_request", "key and signature_scheme (%s) are required" % ", ".join(SCHEMES))
     directory = resolve_directory(dir)
@@ -123,7 +133,7 @@ def op_kernel_start(channel, env=None, key="", signature_scheme="hmac-sha256", d
     return {"id": kernel_id, "pid": process.pid, "ports": ports, "python": python}
 
 
-def _ours(pid, path):
+def _ours(pid: int, path: str) -> bool:
     """The recorded pid is our kernel only while its command line names our connection file."""
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
@@ -132,7 +142,7 @@ def _ours(pid, path):
         return False
 
 
-def _stop(pid, path):
+def _stop(pid: int, path: str) -> None:
     if _ours(pid, path):
         for signum, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 2)):
             try:
@@ -149,13 +159,13 @@ def _stop(pid, path):
         pass
 
 
-def _kernel(kernel_id, pid):
+def _kernel(kernel_id: object, pid: object) -> str:
     if not isinstance(kernel_id, str) or not kernel_id.isalnum() or not isinstance(pid, int):
         raise AgentError("bad_request", "id and pid of a kernel are required")
     return _connection_path(kernel_id)
 
 
-def op_kernel_signal(channel, id=None, pid=None, signal_name="INT"):
+def op_kernel_signal(channel: Channel, id: Any = None, pid: Any = None, signal_name: Any = "INT") -> Doc:
     path = _kernel(id, pid)
     if signal_name != "INT":
         raise AgentError("bad_request", "only INT is sent to a kernel")
@@ -165,7 +175,7 @@ def op_kernel_signal(channel, id=None, pid=None, signal_name="INT"):
     return {"alive": alive}
 
 
-def op_kernel_stop(channel, id=None, pid=None):
+def op_kernel_stop(channel: Channel, id: Any = None, pid: Any = None) -> Doc:
     path = _kernel(id, pid)
     _stop(pid, path)
     return {"stopped": not _pid_alive(pid)}

@@ -5,9 +5,17 @@ for everyone to read, so a port of another user is told apart from a free one
 without reading that user's processes; our own listeners get their program
 through /proc/PID/fd (readable only for our own processes).
 """
+from __future__ import annotations
+
 import os
 
 from .protocol import AgentError
+
+TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .protocol import Channel, Doc
 
 LISTEN = "0A"
 # Addresses a forward to 127.0.0.1 (or ::1) reaches: loopback and the wildcard.
@@ -15,9 +23,9 @@ REACHABLE = {"0100007F", "00000000", "00000000000000000000000000000000",
              "00000000000000000000000001000000"}
 
 
-def _listeners():
+def _listeners() -> list[tuple[int, str, int, str]]:
     """(port, address as written, uid, inode) of each TCP listener reachable on loopback."""
-    found = []
+    found: list[tuple[int, str, int, str]] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as handle:
@@ -37,10 +45,10 @@ def _listeners():
     return found
 
 
-def _programs(inodes):
+def _programs(inodes: set[str]) -> dict[str, tuple[int, str]]:
     """inode -> (pid, command line) for the sockets of our own processes."""
     wanted = {"socket:[%s]" % inode: inode for inode in inodes}
-    owners = {}
+    owners: dict[str, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -64,11 +72,11 @@ def _programs(inodes):
     return owners
 
 
-def op_listening(channel):
+def op_listening(channel: Channel) -> Doc:
     uid = os.getuid()
     mine = [(port, inode) for port, _, owner, inode in _listeners() if owner == uid]
     programs = _programs({inode for _, inode in mine})
-    ports = {}
+    ports: dict[int, dict[str, Any]] = {}
     for port, inode in mine:
         pid, command = programs.get(inode, (None, ""))
         if port not in ports or (ports[port]["pid"] is None and pid is not None):
@@ -76,7 +84,7 @@ def op_listening(channel):
     return {"listening": [ports[p] for p in sorted(ports)]}
 
 
-def op_port_check(channel, port=None):
+def op_port_check(channel: Channel, port: Any = None) -> Doc:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise AgentError("bad_request", "port must be a number from 1 to 65535")
     owners = {owner for p, _, owner, _ in _listeners() if p == port}
