@@ -24,7 +24,6 @@ import netlab
 import pytest
 from netlab import ALICE, LAB_PYTHON, LAPTOP_ADDR, LAPTOP_USER, SERVER_ADDR
 
-from test_resilience import lossy_link  # noqa: F401  (a fixture)
 from test_up import wait_until
 
 DRIVER = Path(__file__).with_name("browser_driver.py").read_text()
@@ -220,7 +219,7 @@ def _laptop_ssh_pids(lab) -> set[int]:
 
 
 def test_the_open_page_lives_through_an_outage_and_runs_the_next_cell_in_the_same_kernel(
-        lab, lossy_link, browser):  # noqa: F811
+        lab, lossy_link, browser):
     client, url = up_in_foreground(lab)
     try:
         opened = browser.ask("open", url=url, ui="lab")

@@ -10,7 +10,6 @@ import time
 
 from netlab import ALICE, BOB, LAB_PYTHON, SERVER_HOST_ALIAS
 
-from test_resilience import lossy_link  # noqa: F401  (a fixture)
 from test_up import up_json, wait_until
 
 GET = ("import sys, urllib.request\n"
@@ -37,7 +36,7 @@ def _forwards(lab) -> list:
     return json.loads(done.stdout)["servers"][0]["forwards"]
 
 
-def test_a_port_is_listed_forwarded_kept_through_an_outage_and_removed(lab, lossy_link):  # noqa: F811
+def test_a_port_is_listed_forwarded_kept_through_an_outage_and_removed(lab, lossy_link):
     up_json(lab, SERVER_HOST_ALIAS)  # --detach: the background keeper watches the session
     tensorboard = _listen(lab, ALICE, 6006)
     bobs = _listen(lab, BOB, 6008)

@@ -13,7 +13,6 @@ import time
 import netlab
 from netlab import ALICE, LAB_PYTHON, LAPTOP_ADDR, SERVER_ADDR, SERVER_HOST_ALIAS
 
-from test_resilience import lossy_link  # noqa: F401  (a fixture)
 from test_up import wait_until
 
 # The address the kernel's machine uses toward the laptop, and who runs it.
@@ -51,7 +50,7 @@ def _remote_kernels(lab) -> list[str]:
     return done.stdout.split()
 
 
-def test_a_local_jupyter_client_runs_code_on_the_server_through_an_outage(lab, lossy_link):  # noqa: F811
+def test_a_local_jupyter_client_runs_code_on_the_server_through_an_outage(lab, lossy_link):
     installed = lab.nbremote("kernels", "install", SERVER_HOST_ALIAS, "--json", timeout=120)
     assert installed.returncode == 0, installed.stderr
     spec = json.loads(installed.stdout)
