@@ -96,7 +96,8 @@ def _clean_servers(items: object) -> list:
 
 def _with_urls(servers: list, slurm_jobs: list, host: str, show_token: bool) -> tuple[list, list]:
     """The URL of each server the laptop forwards, on the host or in a Slurm job, its token (from
-    the laptop's own record) masked; a Slurm record counts for the job it was made for only."""
+    the laptop's own record) masked, and the server's extra forwards (`nbremote forward`); a Slurm
+    record counts for the job it was made for only."""
     records = sessions.for_host(host)
 
     def url(record: sessions.SessionRecord | None) -> str | None:
@@ -105,7 +106,10 @@ def _with_urls(servers: list, slurm_jobs: list, host: str, show_token: bool) -> 
 
     on_host = {r.remote_dir: r for r in records if r.runner == "host"}
     for server in servers:
-        server["url"] = url(on_host.get(server["dir"]))
+        record = on_host.get(server["dir"])
+        server["url"] = url(record)
+        server["forwards"] = [{"local_port": local, "remote_port": remote}
+                              for local, remote in (record.forwards if record else ())]
     in_jobs = {(r.remote_dir, r.job_id): r for r in records if r.runner == "slurm"}
     for job in slurm_jobs:
         job["url"] = url(in_jobs.get((job["dir"], job["job_id"])))
@@ -274,6 +278,8 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
             state = "" if server.get("running") else "  (stopped)"
             url = f"  {server['url']}" if server.get("url") else ""
             lines.append(f"  Jupyter  {server['dir']}  :{server['port']}{kernels}{state}{url}")
+            lines.extend(f"  forward  localhost:{f['local_port']} → {s.label}:{f['remote_port']}"
+                         for f in server.get("forwards") or ())
         for job in s.slurm:
             text = f"  Jupyter  {job['dir']}  Slurm job {job['job_id']} {slurm.state_text(job)}"
             if job["state"] == "RUNNING":

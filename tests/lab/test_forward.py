@@ -53,6 +53,10 @@ def test_a_port_is_listed_forwarded_kept_through_an_outage_and_removed(lab, loss
         assert forward["local_port"] == 6006 and forward["remote_port"] == 6006
         assert _get(lab, 6006) == "200"
         assert _forwards(lab) == [{"local_port": 6006, "remote_port": 6006}]
+        shown = lab.nbremote("status", SERVER_HOST_ALIAS, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["hosts"][0]["servers"][0]["forwards"] == \
+            [{"local_port": 6006, "remote_port": 6006}]
 
         # Bad inputs: refused, and the session's forwards are as they were.
         nothing = lab.nbremote("forward", SERVER_HOST_ALIAS, "6007")
