@@ -36,7 +36,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements" / "lock.txt"
-EXTRAS = ("jupyter", "server", "test")
+EXTRAS = ("jupyter", "keep-output", "server", "test")
 # The newest Python checked. Not 3.14 yet: miniupnpc (the server extra) has no wheel for it,
 # so an install there compiles it from source.
 NEWEST = (3, 13)

@@ -25,7 +25,7 @@ fi
 # so it lives outside root's home and is built from the system python3.
 venv=/opt/nbremote-lab/venv
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-# The dependency set is the locked one (requirements/lock.txt, made by pip-compile), and it
+# The dependency set is the locked one (requirements/lock.txt, made by scripts/lock.py), and it
 # is audited against known vulnerabilities before the tests run.
 "$venv/bin/pip" install -q --disable-pip-version-check -c requirements/lock.txt -e '.[test,jupyter]'
 if [ ! -x /usr/bin/chromium ]; then
