@@ -28,13 +28,42 @@ _VPN_SUFFIXES = (".ts.net",)
 class Address:
     host: str  # a host name or an IP address, without brackets
     port: int | None = None  # None: the profile's port
+    via: Relay | None = None  # reached through this relay's loopback (host and port are on the relay)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port is None else f"{host}:{self.port}"
+        text = host if self.port is None else f"{host}:{self.port}"
+        return text if self.via is None else f"{text} via {self.via}"
 
     def with_port(self, default: int) -> "Address":
-        return self if self.port is not None else Address(self.host, default)
+        return self if self.port is not None else Address(self.host, default, self.via)
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A machine with a public address that the box keeps a reverse tunnel to: USER@HOST[:PORT]."""
+
+    user: str
+    host: str
+    port: int = 22
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}" + ("" if self.port == 22 else f":{self.port}")
+
+
+_RELAY_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+
+
+def parse_relay(text: str) -> Relay:
+    """USER@HOST[:PORT] (HOST may be [IPv6]); the user is required: it is an account on the relay."""
+    user, at, rest = text.partition("@")
+    if not at or not _RELAY_USER.match(user):
+        raise NbremoteError(f"relay {text!r} is not USER@HOST[:PORT]",
+                            hint="name your account on the relay, e.g. alice@vps.example.org:22",
+                            exit_code=ExitCode.USAGE)
+    address = parse_address(rest)
+    return Relay(user, address.host, address.port or 22)
 
 
 def check_port(value: object, what: str = "port") -> int:
@@ -89,7 +118,7 @@ def parse_address(text: str) -> Address:
 
 
 def kind(host: str) -> str:
-    """LAN, VPN or WAN: how `up` names the path it took."""
+    """LAN, VPN or WAN: how `up` names the path it took (an Address with `via` is "relay")."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

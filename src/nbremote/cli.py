@@ -477,7 +477,9 @@ def hosts_command(as_json) -> None:
         path = "-" if last is None else (
             f"{last['kind']} {last['address']}"
             + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "") + f" ({ago(last['when'])})")
-        shown.append((row["name"], row["user"] or "-", " ".join(row["addresses"]), path))
+        relay = row["relay"]
+        via = [] if relay is None else [f"relay {relay['relay']} :{relay['tunnel']}"]
+        shown.append((row["name"], row["user"] or "-", " ".join(row["addresses"] + via), path))
     for line in table(shown):
         console.result(line)
 

@@ -80,11 +80,13 @@ def _checked_profile(req: AddRequest, existing: dict[str, Profile]) -> tuple[Pro
                      hint=f"choose another name, or use that entry directly: `nbremote up {name}`")
     parsed = None
     user: str | None
+    relay, tunnel = None, None
     if req.invite is not None:
         if req.addresses or req.port is not None or req.user is not None:
             raise _usage("--invite gives the user, addresses and port: leave out --address, --user and --port")
         parsed = invites.parse(req.invite)
         addresses, user, port = tuple(parsed.addresses), parsed.user, parsed.port
+        relay, tunnel = parsed.relay, parsed.tunnel_port
     else:
         if not req.addresses:
             raise _usage(f"no address for {name}", hint="give --address (several, best first) or --invite")
@@ -94,7 +96,8 @@ def _checked_profile(req: AddRequest, existing: dict[str, Profile]) -> tuple[Pro
     key = None
     if req.key is not None:
         key = str(sshfiles.check_key(Path(req.key).expanduser().absolute()))
-    return Profile(name=name, addresses=addresses, user=user, port=port, key=key, up=req.up), parsed
+    return Profile(name=name, addresses=addresses, user=user, port=port, key=key, up=req.up,
+                   relay=relay, tunnel=tunnel), parsed
 
 
 def _pin(profile: Profile, scans: list[sshfiles.Scan], fingerprint: str | None,
@@ -385,6 +388,7 @@ def listing() -> list[dict]:
         rows.append({
             "name": name, "user": p.user, "port": p.port, "addresses": [str(a) for a in p.addresses],
             "key": p.key, "up": {k: v for k, v in vars(p.up).items() if v is not None},
+            "relay": None if p.relay is None else {"relay": str(p.relay), "tunnel": p.tunnel},
             "last_path": None if recent is None else {
                 "address": recent.address, "kind": recent.kind, "rtt_ms": recent.rtt_ms,
                 "login_s": recent.login_s, "when": recent.when},

@@ -1,6 +1,6 @@
 """The invite line: everything a laptop needs to add a server, in one copyable line.
 
-    nbr1:USER@ADDR1,ADDR2:PORT#SHA256:FINGERPRINT[#wait=TOKEN]
+    nbr1:USER@ADDR1,ADDR2:PORT#SHA256:FINGERPRINT[,relay=RUSER@RHOST[:RPORT],tunnel=TPORT][#wait=TOKEN]
 
 Addresses in order of preference (LAN first, then WAN or a DNS name, then a
 VPN address), IPv6 ones in brackets; one port for all of them (`server init`
@@ -9,10 +9,20 @@ as `ssh-keygen -l` prints it. The fingerprint is enough to pin the key without
 trusting on first use: `nbremote add --invite` fetches the key with
 ssh-keyscan and accepts it only if its fingerprint is this one.
 
+A box behind carrier-grade NAT adds its relay after the fingerprint:
+
+    nbr1:USER@ADDR1:PORT#SHA256:FINGERPRINT,relay=RUSER@RHOST[:RPORT],tunnel=TPORT
+
+The laptop then also reaches the box at the relay's loopback port TPORT,
+through an ssh hop to RUSER@RHOST (`nbremote server relay` keeps the tunnel).
+
 `#wait=TOKEN` marks an invite printed by a `server init` that waits for the
 user's first key login: the laptop installs its key only while that same
 wait is on (the token is in the waiting record on the server), and then
 waits for the server to finish, so that its profile gets the final port.
+It comes last, after the relay when there is one:
+
+    nbr1:USER@ADDRS:PORT#SHA256:FP,relay=RUSER@RHOST[:RPORT],tunnel=TPORT#wait=TOKEN
 
 Both sides use these two pure functions: `nbremote server invite` / `init`
 render, `nbremote add --invite` parses.
@@ -25,7 +35,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from nbremote.addresses import Address, check_port, parse_address
+from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
 from nbremote.errors import ExitCode, NbremoteError
 
 PREFIX = "nbr1:"
@@ -41,6 +51,8 @@ class Invite:
     hosts: tuple[str, ...]
     port: int
     fingerprint: str  # SHA256:… of the host key
+    relay: Relay | None = None
+    tunnel_port: int | None = None  # the relay's loopback port that leads to the box's sshd
     wait: str | None = None  # the token of the `server init` waiting for this user's first key login
 
     @property
@@ -66,8 +78,9 @@ def valid_fingerprint(text: str) -> bool:
 def render(invite: Invite) -> str:
     check(invite)
     hosts = ",".join(f"[{h}]" if ":" in h else h for h in invite.hosts)
+    relay = "" if invite.relay is None else f",relay={invite.relay},tunnel={invite.tunnel_port}"
     wait = f"#{WAIT_TAG}{invite.wait}" if invite.wait else ""
-    return f"{PREFIX}{invite.user}@{hosts}:{invite.port}#{invite.fingerprint}{wait}"
+    return f"{PREFIX}{invite.user}@{hosts}:{invite.port}#{invite.fingerprint}{relay}{wait}"
 
 
 def check(invite: Invite) -> Invite:
@@ -85,10 +98,33 @@ def check(invite: Invite) -> Invite:
             f"invite: {invite.fingerprint!r} is not a SHA256 host key fingerprint",
             hint="it looks like SHA256: and 43 characters; copy the whole line again",
             exit_code=ExitCode.USAGE)
+    if (invite.relay is None) != (invite.tunnel_port is None):
+        raise NbremoteError("invite: a relay needs its tunnel port, and a tunnel port its relay",
+                            hint="copy the whole line again", exit_code=ExitCode.USAGE)
+    if invite.tunnel_port is not None:
+        check_port(invite.tunnel_port, "invite: tunnel port")
     if invite.wait is not None and not _WAIT.match(invite.wait):
         raise NbremoteError(f"invite: {invite.wait!r} is not the token of a waiting `server init`",
                             hint="copy the whole line again", exit_code=ExitCode.USAGE)
     return invite
+
+
+def _relay_fields(text: str) -> tuple[Relay | None, int | None]:
+    """The `,relay=…,tunnel=…` after the fingerprint (empty text: none).
+
+    Commas, not semicolons: the line is pasted unquoted into a shell."""
+    fields: dict[str, str] = {}
+    for item in text.split(",")[1:]:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("relay", "tunnel") or key in fields:
+            raise NbremoteError(f"invite: {item!r} is not relay=USER@HOST[:PORT] or tunnel=PORT",
+                                hint="copy the whole line again", exit_code=ExitCode.USAGE)
+        fields[key] = value
+    relay = parse_relay(fields["relay"]) if "relay" in fields else None
+    tunnel = fields.get("tunnel")
+    if tunnel is not None and not tunnel.isdigit():
+        raise NbremoteError(f"invite: tunnel port {tunnel!r} is not a number", exit_code=ExitCode.USAGE)
+    return relay, None if tunnel is None else int(tunnel)
 
 
 def parse(text: str) -> Invite:
@@ -101,10 +137,16 @@ def parse(text: str) -> Invite:
         exit_code=ExitCode.USAGE)
     if not line.startswith(PREFIX) or "#" not in line or "@" not in line:
         raise bad
-    body, _, fingerprint = line[len(PREFIX):].partition("#")
-    fingerprint, _, wait = fingerprint.partition("#")
-    if wait and not wait.startswith(WAIT_TAG):
+    # Three parts at most: the addresses, the fingerprint with its relay, the wait.
+    parts = line[len(PREFIX):].split("#")
+    if len(parts) > 3:
         raise bad
+    body, tail = parts[0], parts[1]
+    wait = parts[2] if len(parts) == 3 else ""
+    if len(parts) == 3 and not wait.startswith(WAIT_TAG):
+        raise bad
+    fingerprint = tail.split(",", 1)[0]
+    relay, tunnel = _relay_fields(tail[len(fingerprint):])
     user, _, where = body.partition("@")
     match = re.fullmatch(r"(.+):(\d{1,5})", where)
     if not match:
@@ -117,4 +159,4 @@ def parse(text: str) -> Invite:
                                 hint="the one port goes after the last address")
         hosts.append(address.host)
     return check(Invite(user=user, hosts=tuple(hosts), port=int(match.group(2)), fingerprint=fingerprint,
-                        wait=wait[len(WAIT_TAG):] if wait else None))
+                        relay=relay, tunnel_port=tunnel, wait=wait[len(WAIT_TAG):] if wait else None))

@@ -5,6 +5,8 @@
     user = "houser"
     port = 22                                             # for addresses without their own
     key = "/home/me/.ssh/id_ed25519"
+    relay = "me@vps.example.org"                          # behind carrier-grade NAT: the box's relay
+    tunnel = 2222                                         # its loopback port that leads to the box
 
     [hosts.gpubox.up]                                     # defaults for `nbremote up gpubox`
     dir = "~/projects"
@@ -48,7 +50,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the same parser, before it joined the standard library
     import tomli as tomllib
-from nbremote.addresses import Address, check_port, parse_address
+from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -56,7 +58,7 @@ from nbremote.errors import ExitCode, NbremoteError
 # slashes, wildcards or shell metacharacters.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
-HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm"}
+HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm", "relay", "tunnel"}
 UP_KEYS = {"dir", "env", "mode", "port", "keep_output"}
 
 
@@ -80,6 +82,8 @@ class Profile:
     scheduler: str | None = None
     slurm_table: dict[str, object] = field(default_factory=dict, hash=False)  # as written, for dumps()
     slurm: tuple[str, ...] = ()  # the same as sbatch options
+    relay: Relay | None = None
+    tunnel: int | None = None  # the relay's loopback port that leads to this host's sshd
 
     @property
     def host_key_alias(self) -> str:
@@ -87,7 +91,9 @@ class Profile:
         return f"nbremote.{self.name}"
 
     def endpoints(self) -> list[Address]:
-        return [a.with_port(self.port) for a in self.addresses]
+        # The relay last: it costs a second login, and any direct address is better when it works.
+        through = [Address("127.0.0.1", self.tunnel, self.relay)] if self.relay and self.tunnel else []
+        return [a.with_port(self.port) for a in self.addresses] + through
 
 
 def profiles_path() -> Path:
@@ -211,7 +217,17 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
         slurm = tuple(slurmopts.from_profile(slurm_doc))
     except ValueError as exc:
         raise _bad(path, text, table + ".slurm", exc.args[0], exc.args[1]) from None
-    return Profile(name=name, addresses=addresses, user=user, port=port, key=key,
+    relay, tunnel = doc.get("relay"), doc.get("tunnel")
+    if (relay is None) != (tunnel is None):
+        raise _bad(path, text, table, "tunnel" if relay is None else "relay",
+                   "relay and tunnel go together: the relay's USER@HOST[:PORT] and its loopback port")
+    if relay is not None:
+        try:
+            relay = parse_relay(relay if isinstance(relay, str) else repr(relay))
+            tunnel = check_port(tunnel, "tunnel")
+        except NbremoteError as exc:
+            raise field_error("relay", exc) from None
+    return Profile(name=name, addresses=addresses, user=user, port=port, key=key, relay=relay, tunnel=tunnel,
                    up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port,
                                   keep_output=keep_output),
                    scheduler=scheduler, slurm_table=dict(slurm_doc), slurm=slurm)
@@ -294,6 +310,8 @@ def _write_profile(table: Table, p: Profile, new: bool) -> None:
     _set(table, "port", p.port, keep_default=None if new else 22)
     _set(table, "key", p.key)
     _set(table, "scheduler", p.scheduler)
+    _set(table, "relay", None if p.relay is None else str(p.relay))
+    _set(table, "tunnel", p.tunnel)
     _sub(table, "up", vars(p.up))
     _sub(table, "slurm", p.slurm_table)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nbremote import addresses
+from nbremote import addresses, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import Profile
@@ -39,7 +39,7 @@ class Reached:
 
     @property
     def kind(self) -> str:
-        return addresses.kind(self.address.host)
+        return "relay" if self.address.via else addresses.kind(self.address.host)
 
     def describe(self) -> str:
         rtt = f" ({self.rtt_s * 1000:.0f} ms)" if self.rtt_s is not None else ""
@@ -115,11 +115,28 @@ def race(candidates: list[tuple[Address, Connection]], *, connect_timeout: float
     for index in range(len(candidates)):
         if index not in failures:
             failures[index] = f"ssh: connect to host {candidates[index][0]}: Connection timed out"
-    errors = [candidates[i][1].failure(failures[i]) for i in range(len(candidates))]
+    errors = [_failure(candidates[i], failures[i]) for i in range(len(candidates))]
     for index, error in enumerate(errors):
         if error.exit_code != ExitCode.UNREACHABLE:
             raise LoginRefused(error, index)  # sshd answered: its word is what matters
     raise _unreachable(candidates[0][1].target.label, errors, [a for a, _ in candidates])
+
+
+def _failure(candidate: tuple[Address, Connection], stderr: str) -> NbremoteError:
+    address, conn = candidate
+    reason = None
+    if address.via is not None:
+        # Through a relay, ssh's stderr mixes the hop's words with the box's: the hop's come first.
+        reason = sshfiles.relay_reason(stderr, address.via, address.port)
+        hop = dict(conn.target.options).get("ProxyCommand")
+        if reason is None and "kex_exchange_identification" in stderr and hop:
+            # A master (ControlPersist) sends its hop's stderr to /dev/null: ask the hop alone.
+            reason = sshfiles.relay_reason(sshfiles.probe_hop(hop, address, conn.timeout), address.via, address.port)
+    if reason is None:
+        return conn.failure(stderr)
+    return NbremoteError(f"cannot reach {conn.target.label} through the relay ({reason})",
+                         hint="the relay's address and your account there are in `nbremote hosts`",
+                         exit_code=ExitCode.UNREACHABLE)
 
 
 def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -> NbremoteError:
@@ -127,6 +144,13 @@ def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -
     for address, error in zip(tried, errors):
         reason = error.message.rsplit("(", 1)[-1].rstrip(")") if "(" in error.message else error.message
         reasons.append(f"{address} ({reason})")
+    if any(address.via for address in tried):
+        return NbremoteError(
+            f"cannot reach {name}",
+            details=["tried " + ", ".join(reasons)],
+            hint="check that the server is on and that `nbremote server relay` runs there; "
+            "the addresses and the relay are in `nbremote hosts`",
+            exit_code=ExitCode.UNREACHABLE)
     return NbremoteError(
         f"cannot reach {name}",
         details=["tried " + ", ".join(reasons)],

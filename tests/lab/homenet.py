@@ -4,6 +4,7 @@
     home.cafe_exec(["ssh", ...])        # a client on the internet side
     home.forward_port(22022)            # the router's WAN 22022 to the server's sshd
     home.laptop_uplink()                # the laptop gets a second way out, through the café
+    home.add_relay()                    # a VPS on the internet side with a stock sshd
     home.teardown()
 
 Topology, still an island (no veth touches the root namespace; netlab's
@@ -16,6 +17,9 @@ blackhole routes cover both ranges)::
 
     laptop netns  wan1 11.22.33.66/26 ── up0 11.22.33.65/26  café netns   (laptop_uplink)
                   default via .65               masquerade out of eth0
+
+    relay netns   eth0 11.22.33.130/26 ── rl0 11.22.33.129/26  café netns   (add_relay)
+                  default via .129; sshd on .130:22 as a VPS has it
 
 The /25 is more specific than the lab's 192.168.77.0/24 on eth0, so the
 laptop (192.168.77.10) is still reached directly. With laptop_uplink the
@@ -30,8 +34,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +45,7 @@ from netlab import BLACKHOLE_NETS, LAPTOP_USER, LabError, _run, root_blackholes
 
 ROUTER_LAN, ROUTER_WAN, SERVER_LAN2, CAFE_ADDR = "192.168.77.129", "11.22.33.1", "192.168.77.130", "11.22.33.10"
 CAFE_WIFI, LAPTOP_WIFI = "11.22.33.65", "11.22.33.66"  # a /26 inside the blackholed 11.22.33.0/24
+CAFE_RELAY_SIDE, RELAY_ADDR = "11.22.33.129", "11.22.33.130"  # another /26 of it
 WAN_ADDR = ROUTER_WAN
 ECHO_URL = f"http://{CAFE_ADDR}/ip"
 
@@ -107,6 +114,10 @@ class HomeNet:
         self._procs: list[subprocess.Popen] = []
         self.miniupnpd: subprocess.Popen | None = None
         self.miniupnpd_log = workdir / "miniupnpd.log"
+        self.relay_ns = f"nbr-rly-{tag}"
+        self.relay_dir = workdir / "relay"
+        self.relay_sshd: subprocess.Popen | None = None
+        self.relay_keys: Path | None = None
 
     @classmethod
     def build(cls, lab, workdir: Path) -> "HomeNet":
@@ -166,6 +177,82 @@ class HomeNet:
         if done.returncode != 0:
             raise LabError(f"café NAT: {done.stderr.strip()}")
         self.assert_island()
+
+    RELAY_SSHD_CONF = """Port 22
+ListenAddress {addr}
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {keys}/%u
+StrictModes no
+UsePAM yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers {user}
+"""
+
+    def add_relay(self, user: str) -> None:
+        """A VPS on the internet side: Debian's sshd with a config of its own, `user` its account.
+
+        Nothing of nbremote there, no root for the user, no GatewayPorts: what
+        `server relay` promises to need. authorize_on_relay sets the user's keys."""
+        _run(["ip", "netns", "add", self.relay_ns])
+        self._namespaces.append(self.relay_ns)
+        _run(["ip", "-n", self.relay_ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", self.cafe_ns, "link", "add", "rl0", "type", "veth", "peer", "name", "eth0",
+              "netns", self.relay_ns])
+        for ns, dev, addr in ((self.cafe_ns, "rl0", f"{CAFE_RELAY_SIDE}/26"), (self.relay_ns, "eth0", f"{RELAY_ADDR}/26")):
+            _run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
+            _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        _run(["ip", "-n", self.relay_ns, "route", "replace", "default", "via", CAFE_RELAY_SIDE])
+        _run(["ip", "netns", "exec", self.cafe_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        # The router reaches the relay's /26 through the café, as the internet would route it.
+        _run(["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26",
+              "via", CAFE_ADDR])
+        self.assert_island()
+        self.relay_dir.mkdir(parents=True, exist_ok=True)
+        # sshd reads authorized keys as the user: a folder the user can enter (pytest's is root's only).
+        self.relay_keys = Path(tempfile.mkdtemp(prefix="nbr-relaykeys-"))
+        os.chmod(self.relay_keys, 0o755)
+        key = self.relay_dir / "ssh_host_ed25519_key"
+        if not key.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        (self.relay_dir / "sshd_config").write_text(
+            self.RELAY_SSHD_CONF.format(addr=RELAY_ADDR, dir=self.relay_dir, keys=self.relay_keys, user=user))
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self.start_relay_sshd()
+
+    def authorize_on_relay(self, user: str, public_keys: list[str]) -> None:
+        path = self.relay_keys / user
+        path.write_text("".join(k.strip() + "\n" for k in public_keys))
+        os.chmod(path, 0o644)
+
+    def start_relay_sshd(self) -> None:
+        log = (self.relay_dir / "sshd.log").open("ab")
+        self.relay_sshd = self._popen(self.relay_ns, ["/usr/sbin/sshd", "-D", "-f", str(self.relay_dir / "sshd_config"),
+                                                      "-E", str(self.relay_dir / "sshd.log")],
+                                      stdout=log, stderr=subprocess.STDOUT)
+        self._wait(lambda: f"{RELAY_ADDR}:22" in self.ns_exec(self.relay_ns, ["ss", "-Htln"]).stdout, "relay sshd")
+
+    def stop_relay_sshd(self) -> None:
+        """The relay's sshd and every session it serves, as a restart of its service does."""
+        for pid in self._ns_pids(self.relay_ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.relay_sshd is not None:
+            self.relay_sshd.wait(10)
+            self.relay_sshd = None
+        self._wait(lambda: not self._ns_pids(self.relay_ns), "relay sshd to go")
+
+    @staticmethod
+    def _ns_pids(ns: str) -> list[int]:
+        done = _run(["ip", "netns", "pids", ns], check=False)
+        return [int(p) for p in done.stdout.split()]
+
+    def relay_listens(self, port: int) -> bool:
+        return f"127.0.0.1:{port}" in self.ns_exec(self.relay_ns, ["ss", "-Htln"]).stdout
 
     def _popen(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", *argv], stdin=subprocess.DEVNULL,
@@ -243,6 +330,10 @@ class HomeNet:
 
     def teardown(self) -> None:
         self.stop_miniupnpd()
+        if self.relay_ns in self._namespaces:
+            self.stop_relay_sshd()
+        if self.relay_keys is not None:
+            shutil.rmtree(self.relay_keys, ignore_errors=True)
         for proc in self._procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -17,7 +17,13 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # Cycles another branch is removing; the lead deletes each entry once that branch is merged.
 ALLOWED_CYCLES: set[frozenset[str]] = set()
 # The click layer: the commands and their shell completion.
-CLICK_MODULES = {"nbremote.cli", "nbremote.completion", "nbremote.server.cli", "nbremote.server.invite_cmd"}
+CLICK_MODULES = {
+    "nbremote.cli",
+    "nbremote.completion",
+    "nbremote.server.cli",
+    "nbremote.server.invite_cmd",
+    "nbremote.server.relay_cmd",
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -2,7 +2,8 @@
 
 The LAN addresses of this machine, then the WAN address when `server wan-ip`
 or `expose` has recorded one, then any --address given (a DNS name, a VPN
-address); the port sshd serves; the SHA256 fingerprint of the ed25519 host key.
+address); the port sshd serves; the SHA256 fingerprint of the ed25519 host key;
+the relay, when `server relay` has built a tunnel to one.
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ def invite(user, port, extra, as_json) -> None:
     wan = steps.known_wan()
     made = steps.build_invite(user=user or os.environ.get("SUDO_USER") or getpass.getuser(), lan=netinfo.lan_addresses(),
                  wan=wan, extra=list(extra), port=port or min(steps.ssh_ports(Sshd(), system.is_root())),
-                 host_key_line=steps.host_key_line())
+                 host_key_line=steps.host_key_line(), relay=steps.known_relay())
     line = invites.render(made)
     if as_json:
         console.emit_json({"invite": line, "user": made.user, "addresses": list(made.hosts), "port": made.port,
-                           "fingerprint": made.fingerprint})
+                           "fingerprint": made.fingerprint,
+                           "relay": None if made.relay is None else str(made.relay), "tunnel": made.tunnel_port})
         return
     if wan is None:
         console.note("no WAN address known (`nbremote server wan-ip` finds it): LAN addresses only")

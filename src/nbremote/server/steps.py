@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from nbremote import invite as invites
-from nbremote.addresses import parse_address
+from nbremote.addresses import parse_address, parse_relay
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, firewall, netinfo, rootcmd, system, upnp
+from nbremote.server.relay import RelayRecord
 from nbremote.server.sshd import Sshd
 
 STATE_ENV = "NBREMOTE_STATE_DIR"
@@ -221,10 +222,17 @@ def known_wan() -> str | None:
     return (netinfo.WanRecord(state_dir() / "wan-ip.json").last() or {}).get("address")
 
 
+def known_relay() -> tuple[str, int] | None:
+    """The relay and its tunnel port, when `server relay` has built a tunnel to one."""
+    return RelayRecord(state_dir() / "relay.json").last()
+
+
 def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int,
-                 host_key_line: str, wait: str | None = None) -> invites.Invite:
+                 host_key_line: str, wait: str | None = None,
+                 relay: tuple[str, int] | None = None) -> invites.Invite:
     """The invite from what this machine knows; LAN first, as the laptop should prefer it.
-    wait: the token of an `init` waiting for this user's first key login."""
+    wait: the token of an `init` waiting for this user's first key login;
+    relay: the relay's USER@HOST[:PORT] and the tunnel's port there."""
     hosts: list[str] = []
     for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
         if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
@@ -234,4 +242,6 @@ def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str]
         raise NbremoteError("the ed25519 host key is unreadable", exit_code=ExitCode.ERROR,
                             hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys")
     return invites.check(invites.Invite(user=user, hosts=tuple(hosts), port=port,
-                                        fingerprint=invites.fingerprint(fields[1]), wait=wait))
+                                        fingerprint=invites.fingerprint(fields[1]), wait=wait,
+                                        relay=parse_relay(relay[0]) if relay else None,
+                                        tunnel_port=relay[1] if relay else None))

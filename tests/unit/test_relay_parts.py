@@ -1,0 +1,184 @@
+"""The relay (issue 13, part 4) as pure parts: its spec, the invite's relay fields, the profile's,
+the laptop's hop through it, and the box's tunnel command and its errors."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from nbremote import invite, profiles, reach, sshfiles
+from nbremote.addresses import Address, Relay, parse_relay
+from nbremote.errors import ExitCode, NbremoteError
+from nbremote.profiles import Profile
+from nbremote.server import relay as relays
+
+FP = "SHA256:" + "q8Zk" * 10 + "abc"
+BOB = Relay("bob", "vps.example.org", 2022)
+
+
+@pytest.mark.parametrize("text, expected, shown", [
+    ("bob@vps.example.org", Relay("bob", "vps.example.org", 22), "bob@vps.example.org"),
+    ("bob@vps.example.org:2022", BOB, "bob@vps.example.org:2022"),
+    ("bob@[2001:db8::5]:22", Relay("bob", "2001:db8::5", 22), "bob@[2001:db8::5]"),
+])
+def test_parse_relay(text, expected, shown):
+    assert parse_relay(text) == expected
+    assert str(expected) == shown
+
+
+@pytest.mark.parametrize("text, named", [
+    ("vps.example.org", "'vps.example.org' is not USER@HOST[:PORT]"),
+    ("@vps.example.org", "is not USER@HOST[:PORT]"),
+    ("-oProxyCommand=x@vps", "is not USER@HOST[:PORT]"),
+    ("bob@-oProxyCommand=x", "'-oProxyCommand=x' is not a host name"),
+    ("bob@vps:0", "out of range"),
+    ("bob@vps;id", "'vps;id'"),
+])
+def test_parse_relay_rejects(text, named):
+    with pytest.raises(NbremoteError) as caught:
+        parse_relay(text)
+    assert named in caught.value.message and caught.value.exit_code == ExitCode.USAGE
+
+
+# --- the invite ----------------------------------------------------------------------
+
+def test_invite_with_a_relay_round_trips_and_one_without_is_unchanged():
+    made = invite.Invite(user="houser", hosts=("192.168.1.112",), port=22, fingerprint=FP, relay=BOB, tunnel_port=2222)
+    line = invite.render(made)
+    assert line == f"nbr1:houser@192.168.1.112:22#{FP},relay=bob@vps.example.org:2022,tunnel=2222"
+    assert invite.parse(line) == made
+    assert shlex.split(f"nbremote add box --invite {line}")[-1] == line  # pasted unquoted into a shell
+    plain = invite.Invite(user="houser", hosts=("192.168.1.112",), port=22, fingerprint=FP)
+    assert invite.render(plain) == f"nbr1:houser@192.168.1.112:22#{FP}"
+
+
+@pytest.mark.parametrize("tail, named", [
+    (",relay=bob@vps", "a relay needs its tunnel port"),
+    (",tunnel=2222", "a relay needs its tunnel port"),
+    (",relay=vps,tunnel=2222", "'vps' is not USER@HOST[:PORT]"),
+    (",relay=bob@vps,tunnel=x", "tunnel port 'x' is not a number"),
+    (",relay=bob@vps,tunnel=70000", "tunnel port 70000 is out of range"),
+    (",relay=bob@vps,tunnel=2222,tunnel=2223", "'tunnel=2223' is not relay="),
+    (",via=bob@vps", "'via=bob@vps' is not relay="),
+    (",relay=bob@vps$(id),tunnel=2222", "'vps$(id)'"),
+])
+def test_invite_rejects_bad_relay_fields(tail, named):
+    with pytest.raises(NbremoteError) as caught:
+        invite.parse(f"nbr1:houser@192.168.1.112:22#{FP}{tail}")
+    assert named in caught.value.message and caught.value.exit_code == ExitCode.USAGE
+
+
+# --- the profile -----------------------------------------------------------------------
+
+def _box(**kw) -> Profile:
+    return Profile(name="box", addresses=(Address("192.168.1.112"),), user="houser", port=22,
+                   key="/home/me/.ssh/id_ed25519", **kw)
+
+
+def test_profile_with_a_relay_round_trips_and_tries_the_relay_last(isolated):
+    box = _box(relay=BOB, tunnel=2222)
+    profiles.save({"box": box})
+    assert profiles.load() == {"box": box}
+    assert 'relay = "bob@vps.example.org:2022"\ntunnel = 2222\n' in profiles.profiles_path().read_text()
+    assert box.endpoints() == [Address("192.168.1.112", 22), Address("127.0.0.1", 2222, BOB)]
+    assert str(box.endpoints()[-1]) == "127.0.0.1:2222 via bob@vps.example.org:2022"
+
+
+@pytest.mark.parametrize("extra, line, named", [
+    ('relay = "bob@vps"\n', 3, "relay and tunnel go together"),
+    ("tunnel = 2222\n", 3, "relay and tunnel go together"),
+    ('relay = "vps"\ntunnel = 2222\n', 3, "'vps' is not USER@HOST[:PORT]"),
+    ('relay = "bob@vps"\ntunnel = 0\n', 3, "tunnel 0 is out of range"),
+])
+def test_profile_rejects_a_bad_relay_naming_file_and_line(extra, line, named):
+    path = profiles.profiles_path()
+    path.parent.mkdir(parents=True)
+    path.write_text('[hosts.box]\naddresses = ["10.0.0.1"]\n' + extra)
+    with pytest.raises(NbremoteError) as caught:
+        profiles.load()
+    assert caught.value.message.startswith(f"{path}:{line}: ") and named in caught.value.message
+
+
+def test_the_hop_through_the_relay_pins_the_box_and_keeps_the_relay_key_apart(isolated):
+    box = _box(relay=BOB, tunnel=2222)
+    options = dict(sshfiles.connection_options(box, box.endpoints()[-1]))
+    assert options["HostName"] == "127.0.0.1" and options["Port"] == "2222"
+    assert options["HostKeyAlias"] == "nbremote.box" and options["StrictHostKeyChecking"] == "yes"
+    hop = shlex.split(options["ProxyCommand"])
+    assert hop[-4:] == ["-W", "%h:%p", "--", "vps.example.org"]
+    assert ["-p", "2022", "-l", "bob"] == hop[hop.index("-p"):hop.index("-p") + 4]
+    assert f"UserKnownHostsFile={sshfiles.relay_known_hosts_path()}" in hop
+    assert ["-i", "/home/me/.ssh/id_ed25519"] == hop[hop.index("-i"):hop.index("-i") + 2]
+    assert "ProxyCommand" not in dict(sshfiles.connection_options(box, box.endpoints()[0]))
+    config = sshfiles.render_config({"box": box}, {})
+    assert "ProxyCommand" not in config  # plain `ssh box` takes the first address until `up` used the relay
+
+
+@pytest.mark.parametrize("stderr, reason", [
+    ("bob@vps.example.org: Permission denied (publickey).\r\nkex_exchange_identification: Connection closed by "
+     "remote host", "the relay vps.example.org refused bob's key"),
+    ("channel 0: open failed: connect failed: Connection refused\r\nstdio forwarding failed\r\n"
+     "kex_exchange_identification: Connection closed by remote host",
+     "nothing answers on the relay's port 2222: is `nbremote server relay` running on the box?"),
+    ("ssh: connect to host vps.example.org port 2022: Connection refused\r\nkex_exchange_identification: "
+     "Connection closed by remote host", "cannot reach the relay vps.example.org:2022 (Connection refused)"),
+    ("ssh: Could not resolve hostname vps.example.org: Name or service not known",
+     "cannot reach the relay vps.example.org:2022 (name not found)"),
+    ("houser@box: Permission denied (publickey).", None),  # the box refused: not the relay's doing
+])
+def test_relay_reason(stderr, reason, isolated):
+    assert sshfiles.relay_reason(stderr, BOB, 2222) == reason
+
+
+def test_a_refusing_relay_is_unreachable_not_a_login_to_retry_with_a_password(isolated):
+    box = _box(relay=BOB, tunnel=2222)
+    conn = reach.PathConnection(box, sshfiles.connection_options, control_dir=Path("/nonexistent"), timeout=1,
+                                interactive=True, persist=False).candidates[-1]
+    error = reach._failure(conn, "bob@vps.example.org: Permission denied (publickey).")
+    assert error.exit_code == ExitCode.UNREACHABLE
+    assert error.message == "cannot reach box through the relay (the relay vps.example.org refused bob's key)"
+
+
+# --- the box's tunnel ------------------------------------------------------------------
+
+def _plan(key=None) -> relays.Plan:
+    return relays.Plan(relay=BOB, tunnel_port=2222, local_port=22022, key=key, known_hosts=Path("/state/relay_kh"))
+
+
+def test_tunnel_argv_forwards_the_relay_loopback_to_sshd_and_fails_fast():
+    argv = relays.tunnel_argv(_plan(Path("/home/al/.ssh/id_ed25519")))
+    assert argv[:3] == ["ssh", "-v", "-N"]
+    assert ["-R", "127.0.0.1:2222:127.0.0.1:22022"] == argv[argv.index("-R"):argv.index("-R") + 2]
+    for option in ("ExitOnForwardFailure=yes", "BatchMode=yes", "StrictHostKeyChecking=accept-new",
+                   "UserKnownHostsFile=/state/relay_kh", "IdentitiesOnly=yes"):
+        assert option in argv
+    assert argv[-6:] == ["-p", "2022", "-l", "bob", "--", "vps.example.org"]
+    assert "-i" not in relays.tunnel_argv(_plan())
+
+
+@pytest.mark.parametrize("stderr, code, message", [
+    ("debug1: Authentications that can continue: publickey\nbob@vps.example.org: Permission denied (publickey).",
+     ExitCode.AUTH_FAILED, "the relay bob@vps.example.org:2022 refused the key"),
+    ("debug1: remote forward failure for: listen 127.0.0.1:2222\n"
+     "Error: remote port forwarding failed for listen port 2222", ExitCode.PORT_BUSY,
+     "port 2222 is already taken on the relay vps.example.org"),
+    ("ssh: connect to host vps.example.org port 2022: No route to host", ExitCode.UNREACHABLE,
+     "cannot reach the relay bob@vps.example.org:2022 (No route to host)"),
+    ("@@@\nWARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!", ExitCode.HOST_KEY,
+     "the host key of the relay vps.example.org has changed: refusing to connect"),
+    ("debug1: x\nsomething else went wrong", ExitCode.ERROR,
+     "the tunnel to the relay bob@vps.example.org:2022 failed: something else went wrong"),
+])
+def test_tunnel_failures_say_what_to_do(stderr, code, message):
+    error = relays.failure(stderr, _plan())
+    assert (error.exit_code, error.message) == (code, message)
+
+
+def test_relay_record_round_trip(tmp_path):
+    record = relays.RelayRecord(tmp_path / "relay.json")
+    assert record.last() is None
+    record.record(_plan())
+    assert record.last() == ("bob@vps.example.org:2022", 2222)
+    (tmp_path / "relay.json").write_text("{not json")
+    assert record.last() is None
