@@ -148,6 +148,26 @@ def test_from_the_cafe_add_and_up_go_through_the_relay_and_survive_its_drops(lab
         stop(relay)
 
 
+def test_server_check_offers_the_relay_when_the_internet_sees_another_address(lab, home, tmp_path):
+    from serverlab import server_cli
+    state = tmp_path / "state"
+    state.mkdir()
+    # What `server wan-ip` records when an echo service sees the provider's NAT, not the router.
+    (state / "wan-ip.json").write_text(json.dumps({"address": "11.22.33.99", "source": "http://11.22.33.10/ip",
+                                                   "at": 1700000000.0}))
+    home.start_miniupnpd()
+    try:
+        done = server_cli(lab, "check", "--json", state_dir=state)
+    finally:
+        home.stop_miniupnpd()
+    rows = {row["name"]: row for row in json.loads(done.stdout)["checks"]}
+    row = rows["reachable from the internet"]
+    assert row["status"] == "warn"
+    assert row["detail"] == ("the router's WAN address is 11.22.33.1 but the internet sees 11.22.33.99 "
+                             "(http://11.22.33.10/ip): a NAT is in front of the router")
+    assert row["fix"].startswith("nbremote server relay USER@HOST")
+
+
 def test_a_relay_that_refuses_the_box_key_is_a_clear_error_and_nothing_is_recorded(lab, home, box_state):
     home.authorize_on_relay(BOB, [laptop_key(lab)])
     alice_key(lab)

@@ -182,3 +182,21 @@ def test_relay_record_round_trip(tmp_path):
     assert record.last() == ("bob@vps.example.org:2022", 2222)
     (tmp_path / "relay.json").write_text("{not json")
     assert record.last() is None
+
+
+# --- carrier-grade NAT, seen from the box -------------------------------------------------
+
+@pytest.mark.parametrize("router_wan, seen, reason", [
+    ("100.72.9.4", None, "the router's WAN address 100.72.9.4 is in 100.64.0.0/10: the provider's carrier-grade NAT"),
+    ("10.0.0.7", None, "the router's WAN address 10.0.0.7 is private: another router or the provider's NAT is in front"),
+    ("11.22.33.1", {"address": "11.22.33.99", "source": "https://api.ipify.org"},
+     "the router's WAN address is 11.22.33.1 but the internet sees 11.22.33.99 (https://api.ipify.org): "
+     "a NAT is in front of the router"),
+    ("11.22.33.1", {"address": "11.22.33.1", "source": "https://api.ipify.org"}, None),
+    ("11.22.33.1", {"address": "11.22.33.99", "source": "the router (UPnP)"}, None),  # not an outside view
+    ("11.22.33.1", None, None),
+    (None, None, None),
+])
+def test_nat_in_front(router_wan, seen, reason):
+    from nbremote.server import netinfo
+    assert netinfo.nat_in_front(router_wan, seen) == reason

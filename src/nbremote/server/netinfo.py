@@ -186,6 +186,35 @@ def wan_from_echo(services: Sequence[str], timeout: float,
     raise LookupError(failures)
 
 
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def nat_in_front(router_wan: str | None, seen: dict | None) -> str | None:
+    """Why no port forward on the router can reach this machine from the internet, if it cannot.
+
+    router_wan: the router's own WAN address (UPnP); seen: the last `server wan-ip`
+    record, whose address counts only when an echo service (a URL) saw it.
+    """
+    if router_wan is None:
+        return None
+    try:
+        address = ipaddress.ip_address(router_wan)
+    except ValueError:
+        return None
+    if address.version == 4 and address in _CGNAT:
+        return f"the router's WAN address {router_wan} is in 100.64.0.0/10: the provider's carrier-grade NAT"
+    if not address.is_global:
+        return f"the router's WAN address {router_wan} is private: another router or the provider's NAT is in front"
+    if seen and str(seen.get("source", "")).startswith(("http://", "https://")) \
+            and seen.get("address") and seen["address"] != router_wan:
+        return (f"the router's WAN address is {router_wan} but the internet sees {seen['address']} "
+                f"({seen['source']}): a NAT is in front of the router")
+    return None
+
+
+RELAY_FIX = "nbremote server relay USER@HOST  (a machine of yours with a public address: a VPS, a login node)"
+
+
 class WanRecord:
     """The last WAN address seen, with its time, so a change can be reported."""
 

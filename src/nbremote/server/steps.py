@@ -50,6 +50,11 @@ def collect_checks(timeout: float) -> list[checks.Check]:
         wan = netinfo.WanRecord(state_dir() / "wan-ip.json").last()
     mapping = router.mapping_for(ssh_ports(sshd, root)) if router else None
     rows += checks.network_checks(netinfo.lan_addresses(), wan, mapping, router.name if router else None)
+    if router and router.wan_address:
+        nat = netinfo.nat_in_front(router.wan_address, netinfo.WanRecord(state_dir() / "wan-ip.json").last())
+        rows.append(checks.Check("reachable from the internet", checks.WARN if nat else checks.PASS,
+                                 nat or f"the router's WAN address {router.wan_address} is public",
+                                 netinfo.RELAY_FIX if nat else None))
     return rows
 
 
@@ -149,7 +154,8 @@ def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinf
         return record.record(router.wan_address, "the router (UPnP)")
     if router and router.wan_address:
         console.warn(f"the router's own WAN address {router.wan_address} is not public "
-                     "(carrier-grade NAT or a second router?): asking an echo service")
+                     "(carrier-grade NAT or a second router?): asking an echo service; no port forward "
+                     "can reach this machine, a relay can: `nbremote server relay USER@HOST`")
     services = echo_urls or tuple(u for u in os.environ.get("NBREMOTE_ECHO_URLS", "").split() if u) \
         or netinfo.DEFAULT_ECHO_SERVICES
     try:
