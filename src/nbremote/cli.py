@@ -462,7 +462,7 @@ def add(name, addresses, user, port, key, invite, directory, env, lab, local_por
 @cli.command(name="hosts")
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
 def hosts_command(as_json) -> None:
-    """List host profiles, with the path `up` last took to each and when."""
+    """List host profiles, when each address last answered, and the last path."""
     console = Console.for_terminal(json_mode=as_json)
     rows = host_profiles.listing()
     if as_json:
@@ -479,7 +479,10 @@ def hosts_command(as_json) -> None:
             + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "") + f" ({ago(last['when'])})")
         relay = row["relay"]
         via = [] if relay is None else [f"relay {relay['relay']} :{relay['tunnel']}"]
-        shown.append((row["name"], row["user"] or "-", " ".join(row["addresses"] + via), path))
+        # Each way in with when it last answered; the relay's is the last of `answered`.
+        ages = [f" ({ago(when)})" if when else "" for when in row["answered"].values()]
+        ways = [a + ages[i] if i < len(ages) else a for i, a in enumerate(row["addresses"] + via)]
+        shown.append((row["name"], row["user"] or "-", " ".join(ways), path))
     for line in table(shown):
         console.result(line)
 

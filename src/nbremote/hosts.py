@@ -32,6 +32,7 @@ from nbremote.addresses import Address, check_port, parse_address
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import Profile, UpDefaults
+from nbremote import reach
 from nbremote.reach import Reached
 from nbremote.ssh import Connection, Target, ssh_env
 
@@ -377,11 +378,13 @@ def remove(name: str) -> Profile:
     profiles.save(existing)
     sshfiles.write_files(existing, alias=profile.host_key_alias, keys=None)
     profiles.forget_path(name)
+    reach.forget_answers(name)
     return profile
 
 
 def listing() -> list[dict]:
     last = profiles.last_paths()
+    seen = reach.answered()
     rows = []
     for name, p in sorted(profiles.load().items()):
         recent = last.get(name)
@@ -389,6 +392,8 @@ def listing() -> list[dict]:
             "name": name, "user": p.user, "port": p.port, "addresses": [str(a) for a in p.addresses],
             "key": p.key, "up": {k: v for k, v in vars(p.up).items() if v is not None},
             "relay": None if p.relay is None else {"relay": str(p.relay), "tunnel": p.tunnel},
+            # When each way in last completed a login (the relay's as "127.0.0.1:N via …").
+            "answered": {str(a): seen.get(name, {}).get(str(a)) for a in p.endpoints()},
             "last_path": None if recent is None else {
                 "address": recent.address, "kind": recent.kind, "rtt_ms": recent.rtt_ms,
                 "login_s": recent.login_s, "when": recent.when},

@@ -11,6 +11,7 @@ the connection of the address that won (or whose master is still alive).
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import subprocess
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nbremote import addresses, sshfiles
+from nbremote import addresses, durations, paths, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import Profile
@@ -44,6 +45,38 @@ class Reached:
     def describe(self) -> str:
         rtt = f" ({self.rtt_s * 1000:.0f} ms)" if self.rtt_s is not None else ""
         return f"{self.kind} {self.address}{rtt}"
+
+
+# --- when each address last answered (state, per profile) ------------------------------
+
+def answered() -> dict[str, dict[str, float]]:
+    """{profile: {address: time it last completed a login}}; a broken file is no record."""
+    try:
+        raw = json.loads(paths.state_file("answered.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {name: {a: float(t) for a, t in seen.items() if isinstance(t, (int, float))}
+            for name, seen in raw.items() if isinstance(seen, dict)}
+
+
+def record_answer(name: str, address: Address, when: float) -> None:
+    records = answered()
+    records.setdefault(name, {})[str(address)] = when
+    paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
+
+
+def forget_answers(name: str) -> None:
+    records = answered()
+    if records.pop(name, None) is not None:
+        paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
+
+
+def ago(when: float | None, now: float) -> str:
+    if when is None:
+        return "never answered"
+    return f"last answered {durations.duration(now - when)} ago"
 
 
 class LoginRefused(NbremoteError):
@@ -141,9 +174,10 @@ def _failure(candidate: tuple[Address, Connection], stderr: str) -> NbremoteErro
 
 def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -> NbremoteError:
     reasons = []
+    seen, now = answered().get(name, {}), time.time()
     for address, error in zip(tried, errors):
         reason = error.message.rsplit("(", 1)[-1].rstrip(")") if "(" in error.message else error.message
-        reasons.append(f"{address} ({reason})")
+        reasons.append(f"{address} ({reason}; {ago(seen.get(str(address)), now)})")
     if any(address.via for address in tried):
         return NbremoteError(
             f"cannot reach {name}",
@@ -154,9 +188,10 @@ def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -
     return NbremoteError(
         f"cannot reach {name}",
         details=["tried " + ", ".join(reasons)],
-        hint="check that the server is on and sshd runs; away from home the router must forward "
-        "the ssh port (`nbremote server expose` on the server), and the addresses are in "
-        "`nbremote hosts`",
+        hint="check that the server is on and sshd runs; at home, its LAN address works; away, the router "
+        "must forward the ssh port (`nbremote server expose` on the server) to a WAN address that has not "
+        "changed (`nbremote server wan-ip` there), or the box needs a relay (`nbremote server relay`); "
+        "the addresses are in `nbremote hosts`",
         exit_code=ExitCode.UNREACHABLE)
 
 

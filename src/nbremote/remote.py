@@ -77,6 +77,7 @@ class ProfileHost(Host):
             on_reached=self._remember)
 
     def _remember(self, reached: reach.Reached) -> None:
+        reach.record_answer(self.profile.name, reached.address, time.time())
         profiles.record_path(self.profile.name, profiles.LastPath(
             address=str(reached.address), kind=reached.kind, login_s=round(reached.login_s, 3),
             rtt_ms=None if reached.rtt_s is None else round(reached.rtt_s * 1000, 1), when=time.time()))

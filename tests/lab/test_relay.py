@@ -126,6 +126,11 @@ def test_from_the_cafe_add_and_up_go_through_the_relay_and_survive_its_drops(lab
         up = cafe_nbremote(lab, home, "up", "box", "--no-browser", "--detach")
         assert up.returncode == 0, up.stderr
         assert f"connected to box via relay 127.0.0.1:{TUNNEL} via {RELAY}" in up.stderr
+        host = json.loads(cafe_nbremote(lab, home, "hosts", "--json").stdout)["hosts"][0]
+        assert host["last_path"]["kind"] == "relay"
+        relay_way = f"127.0.0.1:{TUNNEL} via {RELAY}"
+        assert isinstance(host["answered"].pop(relay_way), float)
+        assert set(host["answered"].values()) == {None}  # the LAN addresses never answered in the café
         assert cafe_nbremote(lab, home, "down", "box").returncode == 0
 
         # The box's tunnel killed: the relay command builds it again.
@@ -207,6 +212,7 @@ def test_the_laptop_names_the_relay_when_it_refuses_the_laptop_or_no_tunnel_runs
     assert done.returncode == 3, done.stderr  # UNREACHABLE
     assert f"nothing answers on the relay's port {TUNNEL}" in done.stderr, done.stderr
     assert "`nbremote server relay` runs there" in done.stderr
+    assert "never answered" in done.stderr  # `add` logged in, `up` never did
 
     home.authorize_on_relay(BOB, [alice_key(lab)])
     done = cafe_nbremote(lab, home, "up", "box", "--no-browser", "--detach", "--json")

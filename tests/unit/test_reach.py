@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,33 @@ def test_all_unreachable_lists_every_address():
     error = caught.value
     assert error.exit_code == ExitCode.UNREACHABLE
     assert error.message == "cannot reach gpubox"
-    assert error.details == ["tried 10.0.0.1:22 (connection refused), 10.0.0.2:22 (no answer after 5 s)"]
+    assert error.details == ["tried 10.0.0.1:22 (connection refused; never answered), "
+                             "10.0.0.2:22 (no answer after 5 s; never answered)"]
+    assert "at home, its LAN address works" in error.hint and "`nbremote server relay`" in error.hint
+
+
+def test_all_unreachable_says_when_each_address_last_answered():
+    reach.record_answer("gpubox", Address("10.0.0.2", 22), time.time() - 2 * 3600 - 5)
+    with pytest.raises(NbremoteError) as caught:
+        reach.race(_candidates(FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)),
+                   connect_timeout=5, stagger=0.05)
+    assert caught.value.details == ["tried 10.0.0.1:22 (connection refused; never answered), "
+                                    "10.0.0.2:22 (no answer after 5 s; last answered 2 h 00 min ago)"]
+    reach.forget_answers("gpubox")
+    assert reach.answered() == {}
+
+
+@pytest.mark.parametrize("seconds, shown", [(None, "never answered"), (5, "last answered 5 s ago"),
+                                            (61, "last answered 1 min 01 s ago"), (3 * 86400, "last answered 3 d 0 h ago")])
+def test_ago(seconds, shown):
+    now = 1_700_000_000.0
+    assert reach.ago(None if seconds is None else now - seconds, now) == shown
+
+
+def test_a_broken_answers_file_is_no_record(isolated):
+    (isolated.state / "nbremote").mkdir(parents=True)
+    (isolated.state / "nbremote" / "answered.json").write_text("[1, 2")
+    assert reach.answered() == {}
 
 
 def test_a_refused_login_beats_an_unreachable_address():
