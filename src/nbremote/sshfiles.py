@@ -227,7 +227,8 @@ def relay_reason(stderr: str, relay: Relay, tunnel: int | None) -> str | None:
     if str(relay_known_hosts_path()) in text and "IDENTIFICATION HAS CHANGED" in text:
         return (f"the relay {relay.host}'s own host key has changed (if that is expected, remove its line "
                 f"from {relay_known_hosts_path()})")
-    if re.search(rf"{re.escape(relay.user)}@\S+: Permission denied", text):
+    # The hop names the relay as given on its command line; the box's own refusal names the profile.
+    if f"{relay.user}@{relay.host}: Permission denied" in text:
         return f"the relay {relay.host} refused {relay.user}'s key"
     if "open failed" in text or "stdio forwarding failed" in text:
         return f"nothing answers on the relay's port {tunnel}: is `nbremote server relay` running on the box?"

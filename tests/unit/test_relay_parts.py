@@ -126,6 +126,7 @@ def test_the_hop_through_the_relay_pins_the_box_and_keeps_the_relay_key_apart(is
     ("ssh: Could not resolve hostname vps.example.org: Name or service not known",
      "cannot reach the relay vps.example.org:2022 (name not found)"),
     ("houser@box: Permission denied (publickey).", None),  # the box refused: not the relay's doing
+    ("bob@box: Permission denied (publickey).", None),  # the same account name on the box: still the box
 ])
 def test_relay_reason(stderr, reason, isolated):
     assert sshfiles.relay_reason(stderr, BOB, 2222) == reason
