@@ -2,10 +2,14 @@
 the laptop's hop through it, and the box's tunnel command and its errors."""
 from __future__ import annotations
 
+import json
+import re
 import shlex
+import time
 from pathlib import Path
 
 import pytest
+from clirun import run_main
 
 from nbremote import invite, profiles, reach, sshfiles
 from nbremote.addresses import Address, Relay, parse_relay
@@ -201,3 +205,17 @@ def test_relay_record_round_trip(tmp_path):
 def test_nat_in_front(router_wan, seen, reason):
     from nbremote.server import netinfo
     assert netinfo.nat_in_front(router_wan, seen) == reason
+
+
+def test_hosts_shows_the_relay_and_when_each_way_last_answered(capsys, isolated):
+    profiles.save({"box": _box(relay=BOB, tunnel=2222)})
+    reach.record_answer("box", Address("127.0.0.1", 2222, BOB), time.time() - 5)
+    code, out, _ = run_main(capsys, "hosts", "--json")
+    assert code == 0
+    host = json.loads(out)["hosts"][0]
+    assert host["relay"] == {"relay": "bob@vps.example.org:2022", "tunnel": 2222}
+    assert host["answered"]["192.168.1.112:22"] is None
+    assert isinstance(host["answered"]["127.0.0.1:2222 via bob@vps.example.org:2022"], float)
+    code, out, _ = run_main(capsys, "hosts")
+    assert code == 0
+    assert re.search(r"192\.168\.1\.112 relay bob@vps\.example\.org:2022 :2222 \(\d+ s ago\)", out.splitlines()[1])
