@@ -69,8 +69,10 @@ def start_relay(lab, home, log: Path) -> subprocess.Popen:
     proc = lab.server_popen([str(LAB_PYTHON), "-m", "nbremote", "server", "relay", RELAY,
                              "--tunnel-port", str(TUNNEL), "--port", "22"], user=ALICE, env=lab.nbremote_env(),
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # Listening on the relay comes a moment before the record is written: wait for both.
+    record = lab.user(ALICE).home / ".local" / "state" / "nbremote-server" / "relay.json"
     deadline = time.monotonic() + 20
-    while not home.relay_listens(TUNNEL):
+    while not (home.relay_listens(TUNNEL) and record.exists()):
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
