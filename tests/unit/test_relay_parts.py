@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from nbremote.addresses import Address, Relay, parse_relay
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import Profile
 from nbremote.server import relay as relays
+from nbremote.server import steps
 
 FP = "SHA256:" + "q8Zk" * 10 + "abc"
 BOB = Relay("bob", "vps.example.org", 2022)
@@ -73,6 +75,48 @@ def test_invite_rejects_bad_relay_fields(tail, named):
     assert named in caught.value.message and caught.value.exit_code == ExitCode.USAGE
 
 
+TOKEN = "0123456789ab"
+
+
+@pytest.mark.parametrize("relay, wait, tail", [
+    (False, False, ""),
+    (True, False, ",relay=bob@vps.example.org:2022,tunnel=2222"),
+    (False, True, f"#wait={TOKEN}"),
+    (True, True, f",relay=bob@vps.example.org:2022,tunnel=2222#wait={TOKEN}"),
+])
+def test_invite_relay_and_wait_in_every_combination(relay, wait, tail):
+    made = invite.Invite(user="houser", hosts=("192.168.1.112", "203.0.113.7"), port=22, fingerprint=FP,
+                         relay=BOB if relay else None, tunnel_port=2222 if relay else None,
+                         wait=TOKEN if wait else None)
+    line = invite.render(made)
+    assert line == f"nbr1:houser@192.168.1.112,203.0.113.7:22#{FP}{tail}"
+    assert invite.parse(line) == made
+    assert shlex.split(f"nbremote add box --invite {line}")[-1] == line
+
+
+@pytest.mark.parametrize("tail, named", [
+    (f"#wait={TOKEN},relay=bob@vps,tunnel=2222", "is not the token of a waiting"),  # the wait comes last
+    (",relay=bob@vps,tunnel=2222#wait=xyz", "'xyz' is not the token of a waiting"),
+    (",relay=bob@vps#wait=" + TOKEN, "a relay needs its tunnel port"),
+    (",relay=vps,tunnel=2222#wait=" + TOKEN, "'vps' is not USER@HOST[:PORT]"),
+    (",relay=bob@vps,tunnel=2222#later=" + TOKEN, "is not an nbremote invite"),
+    (f",relay=bob@vps,tunnel=2222#wait={TOKEN}#wait={TOKEN}", "is not an nbremote invite"),
+])
+def test_invite_rejects_a_bad_relay_or_wait_beside_the_other(tail, named):
+    with pytest.raises(NbremoteError) as caught:
+        invite.parse(f"nbr1:houser@192.168.1.112:22#{FP}{tail}")
+    assert named in caught.value.message and caught.value.exit_code == ExitCode.USAGE
+
+
+def test_the_one_invite_builder_carries_the_relay_and_the_wait():
+    blob = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    made = steps.build_invite(user="houser", lan=["192.168.1.112"], wan=None, extra=[], port=22,
+                              host_key_line=f"ssh-ed25519 {blob} root@box", wait=TOKEN,
+                              relay=("bob@vps.example.org:2022", 2222))
+    assert (made.relay, made.tunnel_port, made.wait) == (BOB, 2222, TOKEN)
+    assert invite.render(made).endswith(",relay=bob@vps.example.org:2022,tunnel=2222#wait=" + TOKEN)
+
+
 # --- the profile -----------------------------------------------------------------------
 
 def _box(**kw) -> Profile:
@@ -87,6 +131,21 @@ def test_profile_with_a_relay_round_trips_and_tries_the_relay_last(isolated):
     assert 'relay = "bob@vps.example.org:2022"\ntunnel = 2222\n' in profiles.profiles_path().read_text()
     assert box.endpoints() == [Address("192.168.1.112", 22), Address("127.0.0.1", 2222, BOB)]
     assert str(box.endpoints()[-1]) == "127.0.0.1:2222 via bob@vps.example.org:2022"
+
+
+def test_a_relay_added_to_a_written_profile_keeps_its_comments_and_tables(isolated):
+    path = profiles.profiles_path()
+    path.parent.mkdir(parents=True)
+    text = ('# my hosts\n[hosts.box]  # the one at home\naddresses = ["192.168.1.112"]\nuser = "houser"\n'
+            'key = "/home/me/.ssh/id_ed25519"\n\n[hosts.box.up]\ndir = "~/work"  # projects\n')
+    path.write_text(text)
+    box = profiles.load()["box"]
+    with_relay = profiles.dumps({"box": replace(box, relay=BOB, tunnel=2222)}, text)
+    assert "# my hosts\n[hosts.box]  # the one at home\n" in with_relay
+    assert 'dir = "~/work"  # projects\n' in with_relay
+    path.write_text(with_relay)
+    assert profiles.load()["box"] == replace(box, relay=BOB, tunnel=2222)
+    assert profiles.dumps({"box": box}, with_relay) == text
 
 
 @pytest.mark.parametrize("extra, line, named", [
