@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from netlab import BLACKHOLE_NETS, LAPTOP_USER, LabError, _run, root_blackholes
+from netlab import BLACKHOLE_NETS, LAPTOP_USER, LabError, _kill_until_gone, _netns_pids, _run, root_blackholes
 
 ROUTER_LAN, ROUTER_WAN, SERVER_LAN2, CAFE_ADDR = "192.168.77.129", "11.22.33.1", "192.168.77.130", "11.22.33.10"
 CAFE_WIFI, LAPTOP_WIFI = "11.22.33.65", "11.22.33.66"  # a /26 inside the blackholed 11.22.33.0/24
@@ -341,7 +341,20 @@ AllowUsers {user}
         srv = self.lab.server_ns
         if Path("/run/netns", srv).exists():
             _run(["ip", "-n", srv, "route", "del", "default"], check=False)
+        # A namespace outlives `ip netns del` while a process is in it, and so would its
+        # veths: the next test's home would find the server's eth1 still there.
+        survivors = []
+        for ns in self._namespaces:
+            try:
+                _kill_until_gone(lambda ns=ns: _netns_pids(ns), f"netns {ns}")
+            except LabError as e:
+                survivors.append(str(e))
+        for ns, dev in ((srv, "eth1"), (self.lab.laptop_ns, "wan1")):
+            if Path("/run/netns", ns).exists():
+                _run(["ip", "-n", ns, "link", "del", dev], check=False)
         for ns in reversed(self._namespaces):
-            # Takes the veths, the server's eth1 and the laptop's wan1 (with its default route) included.
+            # Takes the remaining veths (the laptop's wan1 with its default route included).
             _run(["ip", "netns", "del", ns], check=False)
         self._namespaces.clear()
+        if survivors:
+            raise LabError("; ".join(survivors))
