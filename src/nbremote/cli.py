@@ -9,16 +9,13 @@ import time
 
 import click
 
-from nbremote import __version__, completion, doctor, forwards, jobs, keeper, kernels, session, sessions, status
-from nbremote import hosts as host_profiles
-from nbremote import profiles, runners, slurm, sshfiles
+from nbremote import __version__, completion, forwards, jobs, keeper, kernels, profiles, runners, session, sessions, slurm
 from nbremote.console import Console
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
 from nbremote.remote import place_for
 from nbremote.ssh import parse_target
 from nbremote.tables import table
-from nbremote.verdicts import check_lines, summary
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
 SLURM_HELP = ('sbatch options, quoted as one argument, e.g. "--gres=gpu:1 --time=2:00:00"; they replace '
@@ -241,6 +238,8 @@ def run(host, command, name, directory, env, follow, slurm_text, as_json, timeou
     Each argument reaches the server exactly as typed, with no shell in between.
     On a Slurm cluster (profile scheduler = "slurm", or --slurm) it is a batch job.
     """
+    from nbremote import status
+
     console = Console.for_terminal(json_mode=as_json)
     options = slurm.options_for(host, slurm_text) if slurm.uses_slurm(host, slurm_text) else None
     job = jobs.run(host=host, argv=list(command), name=name, directory=directory, env=env, timeout=timeout,
@@ -257,6 +256,8 @@ def run(host, command, name, directory, env, follow, slurm_text, as_json, timeou
 
 
 def _follow(host, name, console, timeout, tail=None) -> None:
+    from nbremote import status
+
     out = sys.stdout.buffer
 
     def write(chunk: bytes) -> None:
@@ -280,6 +281,8 @@ def _follow(host, name, console, timeout, tail=None) -> None:
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def jobs_command(host, prune, purge, as_json, timeout) -> None:
     """List the jobs started with `nbremote run` on HOST."""
+    from nbremote import status
+
     if purge and not prune:
         raise click.UsageError("--purge goes with --prune")
     console = Console.for_terminal(json_mode=as_json)
@@ -342,6 +345,8 @@ def attach(host, job, timeout) -> None:
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def kill_command(host, job, signal_name, as_json, timeout) -> None:
     """Stop JOB on HOST (SIGTERM to its processes unless --signal says otherwise)."""
+    from nbremote import status
+
     console = Console.for_terminal(json_mode=as_json)
     result, signalled = jobs.kill(host=host, name=job, signal_name=signal_name, timeout=timeout,
                                   interactive=_interactive())
@@ -371,6 +376,8 @@ def status_command(hosts, as_json, watch, interval, show_token, timeout) -> None
     machine too when it has one); with neither, this machine. All hosts are
     asked at once: a dead one costs the timeout, not more.
     """
+    from nbremote import status
+
     console = Console.for_terminal(json_mode=as_json)
     targets = list(hosts) or status.default_hosts()
     if not watch:
@@ -432,6 +439,9 @@ def add(name, addresses, user, port, key, invite, directory, env, lab, local_por
     and adds one Include line at the top of ~/.ssh/config, so `ssh gpubox`,
     scp and rsync work too. Asks for what is missing on a terminal.
     """
+    from nbremote import hosts as host_profiles
+    from nbremote import sshfiles
+
     console = Console.for_terminal(json_mode=as_json)
     interactive = _interactive()
     if interactive and not addresses and not invite:
@@ -463,6 +473,8 @@ def add(name, addresses, user, port, key, invite, directory, env, lab, local_por
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
 def hosts_command(as_json) -> None:
     """List host profiles, when each address last answered, and the last path."""
+    from nbremote import hosts as host_profiles
+
     console = Console.for_terminal(json_mode=as_json)
     rows = host_profiles.listing()
     if as_json:
@@ -491,6 +503,8 @@ def hosts_command(as_json) -> None:
 @click.argument("name", shell_complete=completion.complete_profile)
 def remove(name) -> None:
     """Forget host profile NAME: its Host entry and pinned host key go too."""
+    from nbremote import hosts as host_profiles
+
     console = Console.for_terminal()
     host_profiles.remove(name)
     console.done(f"removed {name} (profile, Host entry, pinned host key); "
@@ -503,6 +517,8 @@ def remove(name) -> None:
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def ssh_command(name, command, timeout) -> None:
     """Open a shell on host profile NAME (or run `-- CMD`) over its best address."""
+    from nbremote import hosts as host_profiles
+
     console = Console.for_terminal()
     started = time.monotonic()
     argv, reached = host_profiles.ssh_argv(name, list(command), timeout=timeout, interactive=_interactive())
@@ -672,6 +688,9 @@ def doctor_command(hosts, as_json, timeout) -> None:
     ~/.ssh/config; then each HOST (without HOST: every profile), all at once:
     a key login (never a prompt) and the agent answering. Exit 1 on any fail.
     """
+    from nbremote import doctor
+    from nbremote.verdicts import check_lines, summary
+
     console = Console.for_terminal(json_mode=as_json)
     with console.progress("checking"):
         rows = doctor.diagnose(list(hosts), timeout=timeout)

@@ -226,6 +226,9 @@ class PathConnection:
         assert self._active is not None
         return self._active
 
+    def may_have_master(self) -> bool:
+        return any(conn.may_have_master() for _, conn in self.candidates)
+
     def master_alive(self) -> bool:
         for _, conn in self.candidates:
             if conn.master_alive():

@@ -113,7 +113,8 @@ def _from_record(record: SessionRecord, place: Place) -> Served:
 
 def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, console: Console,
                    runner: Runner, started: float) -> UpResult | None:
-    """With a live master and a remembered server: re-forward and check, no agent round trip."""
+    """With a live master and a remembered server: re-forward and check, no agent round trip.
+    None when there is no live master, or the server does not answer to its token."""
     conn = place.connection
     # The master accepts a forward it holds already and refuses a port another process holds,
     # so success proves the port is ours to send the token to.
@@ -184,17 +185,18 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
     previous = sessions.find(place.host, opts.dir)
     if previous is not None and previous.runner != runner.name:
         previous = None
-    had_master = isinstance(place, Host) and place.connection.master_alive()
     # --socket asks the agent: a remembered server on a port would need a conflict check.
     wanted = (previous is not None and runner.reattach_from_record
               and (not opts.socket or isinstance(previous.remote_port, str)))
     # With --env or --keep-output the agent must see the request: it may be a conflict.
     asks_agent = opts.env is not None or opts.keep_output
-    if isinstance(place, Host) and had_master and wanted and previous is not None \
-            and opts.port in (None, previous.local_port) and not asks_agent:
+    if isinstance(place, Host) and wanted and previous is not None \
+            and opts.port in (None, previous.local_port) and not asks_agent and place.connection.may_have_master():
+        # No `-O check` first: the forward itself fails at once without a live master.
         result = _reattach_fast(place, previous, opts, console, runner, started)
         if result is not None:
             return result
+    had_master = isinstance(place, Host) and place.connection.master_alive()
     local_port = _local_port(place, opts, previous, had_master)
     forwarder = _Forwarder(place, local_port)
     progress = _Progress(place, console, forwarder, started, connected=had_master or isinstance(place, ThisMachine))

@@ -148,8 +148,12 @@ class Connection:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=self.timeout + 5, env=ssh_env())
 
+    def may_have_master(self) -> bool:
+        """Whether a master may be alive, without asking it: its control socket exists."""
+        return self.control_path.exists()
+
     def master_alive(self) -> bool:
-        if not self.control_path.exists():
+        if not self.may_have_master():
             return False
         return self._control("-O", "check").returncode == 0
 

@@ -52,6 +52,9 @@ class Connection:
         self.forwards: dict[int, tuple[tuple[int | str, str], http.server.HTTPServer]] = {}
         self.calls: list[object] = []
 
+    def may_have_master(self) -> bool:
+        return self.alive
+
     def master_alive(self) -> bool:
         return self.alive
 
