@@ -161,7 +161,7 @@ def test_agent_errors(error):
 def test_the_agent_answers_every_request_line_with_json(lines):
     """The server side of the protocol: any request line gets one well-formed answer."""
     out = io.StringIO()
-    protocol.serve([line.replace("\n", " ") + "\n" for line in lines], out, {"ping": lambda channel: {}}, "0" * 12)
+    protocol.serve([line.replace("\n", " ") + "\n" for line in lines], out, {"ping": lambda channel: {}}.get, "0" * 12)
     answers = [json.loads(line) for line in out.getvalue().splitlines()]
     assert answers[0]["nbremote_agent"] == protocol.PROTOCOL_VERSION
     assert len(answers) == 1 + sum(1 for line in lines if line.replace("\n", " ").strip())

@@ -274,17 +274,20 @@ def _launch(argv: list[str], directory: str, env: dict[str, str], key: str, log_
     """Start argv detached; return (pid of Jupyter, Popen or None, launcher name)."""
     if use_tmux:
         session = _tmux_session(key)
-        subprocess.run(["tmux", "kill-session", "-t", "=" + session],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assignments = ["%s=%s" % (k, env[k]) for k in ("PATH", "JUPYTER_RUNTIME_DIR", "JUPYTER_TOKEN_FILE")]
         # exec keeps the pane's pid for Jupyter itself, so pane_pid is the server's pid.
         # stdin stays on the pane's terminal: once no process holds it, tmux closes the pane.
         command = "exec %s >>%s 2>&1" % (
             shlex.join(["env"] + assignments + argv), shlex.quote(log_path))
-        done = subprocess.run(
-            ["tmux", "new-session", "-d", "-s", session, "-c", directory, "-P", "-F", "#{pane_pid}", command],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env,
-        )
+        new = ["tmux", "new-session", "-d", "-s", session, "-c", directory, "-P", "-F", "#{pane_pid}", command]
+        done = subprocess.run(new, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
+        if done.returncode != 0 and "duplicate session" in done.stderr:
+            # A session left by a Jupyter that died: killed only when there is one, as a
+            # kill-session first would cost every start one more tmux process.
+            subprocess.run(["tmux", "kill-session", "-t", "=" + session],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            done = subprocess.run(new, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                                  env=env)
         if done.returncode != 0 or not done.stdout.strip().isdigit():
             raise AgentError("launch_failed", "tmux could not start Jupyter: %s" % done.stderr.strip())
         return int(done.stdout.strip()), None, "tmux"

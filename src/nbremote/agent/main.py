@@ -1,36 +1,40 @@
 """Agent entry point: the bootstrap calls ``main`` once the modules are loaded."""
 from __future__ import annotations
 
-from __future__ import annotations
-
 import sys
 
-from . import jobs, jupyter, kernels, ports, protocol, slurm
+from . import protocol
 
 TYPE_CHECKING = False  # typing's import would cost every request; mypy reads these alone
 if TYPE_CHECKING:
     from .protocol import Handler
 
-HANDLERS: dict[str, Handler] = {
-    "up": jupyter.op_up,
-    "down": jupyter.op_down,
-    "ls": jupyter.op_ls,
-    "run": jobs.op_run,
-    "jobs": jobs.op_jobs,
-    "logs": jobs.op_logs,
-    "kill": jobs.op_kill,
-    "status": jobs.op_status,
-    "slurm_up": slurm.op_slurm_up,
-    "slurm_down": slurm.op_slurm_down,
-    "slurm_ls": slurm.op_slurm_ls,
-    "kernel_check": kernels.op_kernel_check,
-    "kernel_start": kernels.op_kernel_start,
-    "kernel_signal": kernels.op_kernel_signal,
-    "kernel_stop": kernels.op_kernel_stop,
-    "listening": ports.op_listening,
-    "port_check": ports.op_port_check,
-}
+
+def handler_for(op: str) -> Handler | None:
+    """The op's handler. Its module is compiled and imported only now: the agent travels as
+    source, and a cold `up` waits on every millisecond before Jupyter's launch."""
+    handlers: dict[str, Handler]
+    if op in ("up", "down", "ls"):
+        from . import jupyter
+        handlers = {"up": jupyter.op_up, "down": jupyter.op_down, "ls": jupyter.op_ls}
+    elif op in ("run", "jobs", "logs", "kill", "status"):
+        from . import jobs
+        handlers = {"run": jobs.op_run, "jobs": jobs.op_jobs, "logs": jobs.op_logs, "kill": jobs.op_kill,
+                    "status": jobs.op_status}
+    elif op in ("slurm_up", "slurm_down", "slurm_ls"):
+        from . import slurm
+        handlers = {"slurm_up": slurm.op_slurm_up, "slurm_down": slurm.op_slurm_down, "slurm_ls": slurm.op_slurm_ls}
+    elif op in ("kernel_check", "kernel_start", "kernel_signal", "kernel_stop"):
+        from . import kernels
+        handlers = {"kernel_check": kernels.op_kernel_check, "kernel_start": kernels.op_kernel_start,
+                    "kernel_signal": kernels.op_kernel_signal, "kernel_stop": kernels.op_kernel_stop}
+    elif op in ("listening", "port_check"):
+        from . import ports
+        handlers = {"listening": ports.op_listening, "port_check": ports.op_port_check}
+    else:
+        return None
+    return handlers[op]
 
 
 def main(agent_hash: str, request: str) -> None:
-    protocol.serve([request], sys.stdout, HANDLERS, agent_hash, stdin=sys.stdin)
+    protocol.serve([request], sys.stdout, handler_for, agent_hash, stdin=sys.stdin)

@@ -96,9 +96,9 @@ def _answer_pings(stdin: TextIO, channel: Channel) -> threading.Thread:
     return thread
 
 
-def serve(requests: Iterable[str], stdout: TextIO, handlers: dict[str, Handler], agent_hash: str,
-          stdin: TextIO | None = None) -> None:
-    """Answer each request line in turn. Never raises for a bad request."""
+def serve(requests: Iterable[str], stdout: TextIO, handler_for: Callable[[str], Handler | None],
+          agent_hash: str, stdin: TextIO | None = None) -> None:
+    """Answer each request line in turn, each op by its handler_for(op). Never raises for a bad request."""
     stdout.write(json.dumps(hello(agent_hash)) + "\n")
     stdout.flush()
     for line in requests:
@@ -112,7 +112,7 @@ def serve(requests: Iterable[str], stdout: TextIO, handlers: dict[str, Handler],
             request_id = request.get("id")
             channel = Channel(stdout, request_id)
             op = request.get("op")
-            handler = handlers.get(op) if isinstance(op, str) else None
+            handler = handler_for(op) if isinstance(op, str) else None
             if handler is None:
                 raise AgentError("bad_request", "unknown operation %r" % (op,))
             args = request.get("args") or {}
