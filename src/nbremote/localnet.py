@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -74,3 +75,41 @@ def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = t
         if clock() >= deadline:
             return False
         time.sleep(0.02)
+
+
+class Poller:
+    """Polls GET /api/status with a token on a local port while Jupyter starts: an attempt
+    every INTERVAL s, each in its own thread (through a forward one takes about two round
+    trips), at most MAX_IN_FLIGHT at once, until one answers 200 or stop()."""
+
+    INTERVAL = 0.025
+    MAX_IN_FLIGHT = 8
+
+    def __init__(self, port: int, token: str, host: str = "127.0.0.1"):
+        self.port, self.token, self.host = port, token, host
+        self.answered = threading.Event()
+        self._stopped = threading.Event()
+        self._slots = threading.BoundedSemaphore(self.MAX_IN_FLIGHT)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not (self._stopped.is_set() or self.answered.is_set()):
+            if self._slots.acquire(blocking=False):
+                threading.Thread(target=self._attempt, daemon=True).start()
+            self._stopped.wait(self.INTERVAL)
+
+    def _attempt(self) -> None:
+        try:
+            if not self._stopped.is_set() and _status_of(self.host, self.port, self.token, 5.0) == 200:
+                self.answered.set()
+        finally:
+            self._slots.release()
+
+    def wait(self, deadline: float) -> bool:
+        """True once an attempt got 200 (before deadline, CLOCK_MONOTONIC); stops polling either way."""
+        answered = self.answered.wait(max(0.0, deadline - time.monotonic()))
+        self.stop()
+        return answered
+
+    def stop(self) -> None:
+        self._stopped.set()

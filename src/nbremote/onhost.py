@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from nbremote.agentlink import is_server_path
+from nbremote.agentlink import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, Place, ThisMachine
@@ -44,6 +44,9 @@ class HostRunner:
                                             and 0 < port < 65536):
                     # Forward while Jupyter is still starting: the tunnel is ready when it is.
                     progress.forward_to(port, "127.0.0.1")
+                    token = data.get("token")
+                    if is_safe_text(token, 256):
+                        progress.poll_with(token)
             elif name == "stale":
                 pid = data.get("pid")
                 shown = f" (pid {pid})" if isinstance(pid, int) and not isinstance(pid, bool) else ""

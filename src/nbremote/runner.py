@@ -56,6 +56,10 @@ class Progress(Protocol):
     def forward_to(self, port: int | str, addr: str) -> None:
         """Jupyter's port is known before it answers: the forward can go up now."""
 
+    def poll_with(self, token: str) -> None:
+        """Jupyter's token is known before it answers: a poll through the forward can start now,
+        so its first answer proves the URL."""
+
 
 class Runner(Protocol):
     name: str  # remembered in each session record ("host", "slurm")

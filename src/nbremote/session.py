@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from nbremote import keeper, sessions
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.localnet import choose_local_port, port_free, probe
+from nbremote.localnet import Poller, choose_local_port, port_free, probe
 from nbremote.remote import Host, Place, ProfileHost, ThisMachine
 from nbremote.runner import Runner, Served, StartRequest
 from nbremote.agentlink import MODES
@@ -89,6 +89,7 @@ class _Progress:
     def __init__(self, place: Place, console: Console, forwarder: _Forwarder, began: float, connected: bool):
         self.place, self.console, self.forwarder, self.began = place, console, forwarder, began
         self.connected = connected
+        self.poller: Poller | None = None
 
     def contact(self) -> None:
         if not self.connected:
@@ -98,6 +99,20 @@ class _Progress:
     def forward_to(self, port: int | str, addr: str) -> None:
         if self.forwarder.local_port:
             self.forwarder.to(port, addr)
+
+    def poll_with(self, token: str) -> None:
+        if self.forwarder.remote is not None and self.poller is None:
+            self.poller = Poller(self.forwarder.local_port, token)
+
+    def proven(self, token: str, deadline: float) -> bool | None:
+        """Whether the poll begun at poll_with answered with this token; None if none was begun."""
+        if self.poller is None or self.poller.token != token:
+            return None
+        return self.poller.wait(deadline)
+
+    def stop(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
 
 
 def _from_record(record: SessionRecord, place: Place) -> Served:
@@ -224,10 +239,15 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         port = local_port or served.port
         assert isinstance(port, int), "a Unix socket is served only through a forward (refused above)"
         address = "127.0.0.1" if local_port else served.addr
-        if not probe(port, served.token, time.monotonic() + opts.timeout, host=address):
+        deadline = time.monotonic() + opts.timeout
+        # The poll through the forward that began while Jupyter started is the proof, when
+        # there is one: its answer comes about a round trip before a probe begun now would.
+        proven = progress.proven(served.token, deadline) if local_port else None
+        if not (proven if proven is not None else probe(port, served.token, deadline, host=address)):
             raise NbremoteError(f"Jupyter on {served.where} does not answer through localhost:{port}",
                                 hint="run with --verbose to see each step", exit_code=ExitCode.ERROR)
     except BaseException:
+        progress.stop()
         forwarder.undo()
         if isinstance(place, Host) and not had_master:
             place.connection.close()

@@ -46,11 +46,11 @@ def test_first_up_starts_jupyterlab_in_tmux(running):
     assert (info.port, info.pid, info.token) == (server["port"], server["pid"], server["token"])
 
 
-def test_starting_event_comes_first_and_names_the_port(running):
+def test_starting_event_comes_first_and_names_the_port_and_token(running):
     _, reply, events = running
     assert [name for name, _ in events] == ["starting"]
     server = reply["server"]
-    assert events[0][1] == {"port": server["port"], "pid": server["pid"], "launcher": "tmux"}
+    assert events[0][1] == {"port": server["port"], "pid": server["pid"], "launcher": "tmux", "token": server["token"]}
 
 
 def test_api_needs_the_token(running):

@@ -14,7 +14,7 @@ import pytest
 
 from nbremote import paths, sessions
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.localnet import any_free_port, port_free, probe
+from nbremote.localnet import Poller, any_free_port, port_free, probe
 from nbremote.servers import ServerInfo, parse_server, url_for, validate_text
 from nbremote.sessions import SessionRecord
 
@@ -164,6 +164,29 @@ def test_probe_gives_up_at_the_deadline_when_nothing_listens():
     started = time.monotonic()
     assert not probe(port, TOKEN, time.monotonic() + 0.3)
     assert time.monotonic() - started < 3
+
+
+def test_the_poller_answers_once_jupyter_answers_to_its_token(fake_jupyter):
+    poller = Poller(fake_jupyter, TOKEN)
+    assert poller.wait(time.monotonic() + 5)
+    wrong = Poller(fake_jupyter, "wrong" + TOKEN)
+    started = time.monotonic()
+    assert not wrong.wait(time.monotonic() + 0.3)
+    assert time.monotonic() - started < 3
+
+
+def test_the_poller_keeps_trying_until_something_listens():
+    port = any_free_port()
+    poller = Poller(port, TOKEN)
+    time.sleep(0.1)  # refused attempts meanwhile
+    assert not poller.answered.is_set()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert poller.wait(time.monotonic() + 5)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- the laptop's session records ---------------------------------------------------

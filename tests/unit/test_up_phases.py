@@ -108,6 +108,7 @@ class Runner:
     port: int = REMOTE
     fail: NbremoteError | None = None
     answers: bool = True
+    early_token: bool = False  # hands the token over with the port, as the host runner's agent does
     warnings: tuple[str, ...] = ()
     started: list[str] = field(default_factory=list)
     stopped: list[tuple[str, bool]] = field(default_factory=list)
@@ -121,6 +122,8 @@ class Runner:
         # The forward goes up before Jupyter answers; the session's probe waits for it.
         progress.forward_to(self.port, self.addr)
         assert place.connection.forwards if isinstance(place, Host) else True
+        if self.early_token:
+            progress.poll_with(TOKEN)
         if self.answers:
             self.world.servers[(self.addr, self.port)] = TOKEN
         console.done("JupyterLab started")
@@ -206,6 +209,28 @@ def test_cold_up_forwards_while_jupyter_starts_and_proves_the_url_through_it(wor
     assert sessions.find("gpubox", "proj") == result.record
     assert result.record.runner == "host" and result.record.remote_dir == "/home/me/proj"
     assert result.to_json()["pid"] == 4242 and "seconds" in result.to_json()
+
+
+def test_the_poll_begun_with_the_early_token_proves_the_url_and_stops(world, cleanup, monkeypatch):
+    conn = Connection(world)
+    cleanup.append(conn)
+    runner = Runner(world, early_token=True)
+    probed: list[int] = []
+    monkeypatch.setattr(session, "probe", lambda port, *a, **kw: probed.append(port) or False)
+    out, _ = console()
+    result = session.up(host(conn), runner, opts(timeout=5), out)
+    assert probed == []  # no second request after the runner's reply
+    assert result.url == f"http://127.0.0.1:{result.local_port}/lab?token={TOKEN}"
+
+
+def test_an_early_token_that_never_answers_is_an_error_and_nothing_is_kept(world, cleanup):
+    conn = Connection(world)
+    cleanup.append(conn)
+    runner = Runner(world, early_token=True, answers=False)
+    out, _ = console()
+    with pytest.raises(NbremoteError, match="does not answer through localhost"):
+        session.up(host(conn), runner, opts(), out)
+    assert conn.forwards == {} and sessions.find("gpubox", "proj") is None
 
 
 def test_a_live_master_and_a_remembered_server_need_no_agent(world, cleanup):

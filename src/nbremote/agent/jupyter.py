@@ -5,7 +5,7 @@ with setsid) so it outlives the SSH connection that asked for it. It listens
 on 127.0.0.1 only, on a port chosen here, with a token made here. Any user on
 the server can read command lines through ``ps``, so the token is never on one:
 requests reach the agent on its command line, so the client cannot send it; it
-goes back in the reply, over the ssh channel, and to Jupyter in a 0600 file named
+goes back in the `starting` event and the reply, over the ssh channel, and to Jupyter in a 0600 file named
 by JUPYTER_TOKEN_FILE. (Not ``--config``: that file would replace the user's own
 jupyter_server_config.)
 """
@@ -352,10 +352,13 @@ def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str |
         "log": log_path, "started": time.time(), "keep_output": bool(keep_output),
     }
     state.save_record(record)
+    # The token rides the ssh channel, as in the final reply: the client polls through its
+    # forward with it while Jupyter starts, and that poll's answer proves the URL.
     if sock:
-        channel.event("starting", sock=sock, pid=pid, launcher=launcher)
+        channel.event("starting", sock=sock, pid=pid, launcher=launcher, token=token)
     else:
-        channel.event("starting", port=port, pid=pid, launcher=launcher)
+        channel.event("starting", port=port, pid=pid, launcher=launcher, token=token)
+    import http.client  # noqa: F401  api() needs it at the first answer: paid now, while Jupyter starts
     deadline = time.monotonic() + timeout
     while True:
         exited = process.poll() is not None if process else not _pid_alive(pid)
