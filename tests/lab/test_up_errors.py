@@ -105,7 +105,8 @@ def test_no_jupyter_on_the_login_path_says_how_to_install_it(lab):
     done = up(lab, "server-bob")
     assert done.returncode == 8, done.stderr
     assert "no JupyterLab on the login PATH of server-bob" in done.stderr
-    assert "pip install --user jupyterlab" in done.stderr
+    assert "~/.venvs/jupyter/bin/pip install jupyterlab" in done.stderr  # not pip --user: PEP 668
+    assert "--env '~/.venvs/jupyter'" in done.stderr
     assert_nothing_left(lab)
 
 
