@@ -9,8 +9,9 @@ import pytest
 
 # By path, so `import agentbox` works under any --import-mode.
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
+for _dir in (_HERE, _HERE.parent):  # the parent holds helpers both suites share (docs_examples.py)
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
 from agentbox import HAVE_JUPYTER, HAVE_TMUX, AgentBox  # noqa: E402
 

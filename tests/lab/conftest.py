@@ -18,8 +18,9 @@ import pytest
 # Import by path so this works under any --import-mode and without an
 # __init__.py in tests/lab.
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
+for _dir in (_HERE, _HERE.parent):  # the parent holds helpers both suites share (docs_examples.py)
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
 import netlab  # noqa: E402
 
