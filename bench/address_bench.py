@@ -17,6 +17,7 @@ answers through the tunnel: a working session), timed from start to exit, then
 `nbremote hosts --json`. Target: dead first costs at most one stagger step
 (0.25 s) more than good only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,15 @@ def setup(lab, rtt_ms: float) -> None:
     lab.replace_link(functools.partial(delaylink.DelayLink.start, delay_ms=rtt_ms / 2))
     ifname = lab.link.ifname
     subprocess.run(["ip", "-n", lab.server_ns, "addr", "add", f"{SECOND}/24", "dev", ifname], check=True)
-    subprocess.run(["ip", "netns", "exec", lab.server_ns, "nft", "-f", "-"], check=True, text=True, input=(
-        "table inet nbrbench {\n chain input {\n type filter hook input priority -10;\n"
-        f" ip daddr {netlab.SERVER_ADDR} tcp dport 22 drop;\n }}\n}}\n"))
+    subprocess.run(
+        ["ip", "netns", "exec", lab.server_ns, "nft", "-f", "-"],
+        check=True,
+        text=True,
+        input=(
+            "table inet nbrbench {\n chain input {\n type filter hook input priority -10;\n"
+            f" ip daddr {netlab.SERVER_ADDR} tcp dport 22 drop;\n }}\n}}\n"
+        ),
+    )
 
 
 def one(lab, name: str) -> tuple[float, float]:
@@ -70,8 +77,10 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rtts", default="0,100")
     args = parser.parse_args()
-    lab = netlab.Lab.build(Path(tempfile.mkdtemp(prefix="nbr-address-bench-")),
-                           link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=0))
+    lab = netlab.Lab.build(
+        Path(tempfile.mkdtemp(prefix="nbr-address-bench-")),
+        link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=0),
+    )
     results = []
     try:
         for rtt in [float(r) for r in args.rtts.split(",")]:
@@ -88,10 +97,12 @@ def main() -> int:
                     times[name].append(one(lab, name))
             row = {"rtt_ms": rtt}
             for name, samples in times.items():
-                row[name] = {"up_s": round(statistics.median(s[0] for s in samples), 3),
-                             "login_s": round(statistics.median(s[1] for s in samples), 3),
-                             "up_all": [round(s[0], 3) for s in samples],
-                             "login_all": [round(s[1], 3) for s in samples]}
+                row[name] = {
+                    "up_s": round(statistics.median(s[0] for s in samples), 3),
+                    "login_s": round(statistics.median(s[1] for s in samples), 3),
+                    "up_all": [round(s[0], 3) for s in samples],
+                    "login_all": [round(s[1], 3) for s in samples],
+                }
             row["extra_up_s"] = round(row["deadfirst"]["up_s"] - row["good"]["up_s"], 3)
             row["extra_login_s"] = round(row["deadfirst"]["login_s"] - row["good"]["login_s"], 3)
             results.append(row)

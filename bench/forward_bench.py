@@ -15,6 +15,7 @@ namespace as the laptop user, one Python process times:
 then `nbremote forward server 6006 --remove`. Medians per RTT, with the target for the first
 answer: 2 RTT + 0.1 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,17 +66,23 @@ def main() -> int:
                 lab.replace_link(functools.partial(DelayLink.start, delay_ms=rtt / 2))
                 up = lab.nbremote("up", "server", "--no-browser", "--detach", timeout=120)
                 assert up.returncode == 0, up.stderr
-                server = lab.server_popen([str(netlab.LAB_PYTHON), "-m", "http.server", str(PORT), "--bind",
-                                           "127.0.0.1"], user=netlab.ALICE, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
+                server = lab.server_popen(
+                    [str(netlab.LAB_PYTHON), "-m", "http.server", str(PORT), "--bind", "127.0.0.1"],
+                    user=netlab.ALICE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 probe = f"import socket; socket.create_connection(('127.0.0.1', {PORT}), timeout=1)"
                 while lab.server_exec([str(netlab.LAB_PYTHON), "-c", probe]).returncode != 0:
                     pass
                 try:
                     samples = []
                     for _ in range(args.reps):
-                        done = lab.laptop_exec([str(netlab.LAB_PYTHON), "-c", TIMER, *lab.nbremote_argv()],
-                                               env=lab.nbremote_env(), timeout=120)
+                        done = lab.laptop_exec(
+                            [str(netlab.LAB_PYTHON), "-c", TIMER, *lab.nbremote_argv()],
+                            env=lab.nbremote_env(),
+                            timeout=120,
+                        )
                         assert done.returncode == 0, done.stderr
                         samples.append(json.loads(done.stdout))
                 finally:
@@ -86,8 +93,11 @@ def main() -> int:
                 for what in ("command", "first_answer"):
                     row[what] = statistics.median(s[what] for s in samples)
                 rows.append(row)
-                print(f"rtt {rtt:g} ms: command {row['command']:.3f} s, first answer {row['first_answer']:.3f} s "
-                      f"(target {row['target_first_answer']:.3f} s)", flush=True)
+                print(
+                    f"rtt {rtt:g} ms: command {row['command']:.3f} s, first answer {row['first_answer']:.3f} s "
+                    f"(target {row['target_first_answer']:.3f} s)",
+                    flush=True,
+                )
         finally:
             lab.teardown()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ first one's master is still up (warm). Reported per tool and RTT, medians over t
 seconds to `start_new_kernel` returning (the kernel answered kernel_info through the
 tunnel), to the first execute's reply after that, and the sum.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,13 +72,23 @@ def _sshpyk_alias(lab: netlab.Lab) -> None:
         if key == "identityfile":
             keys.append(Path(value.replace("~", str(home), 1)))
     key_file = next(k for k in keys if k.exists())
-    block = [f"Host {SSHPYK_ALIAS}", f"  HostName {values['hostname']}", f"  Port {values['port']}",
-             f"  User {values['user']}", f"  IdentityFile {key_file}",
-             f"  UserKnownHostsFile {values['userknownhostsfile']}"]
+    block = [
+        f"Host {SSHPYK_ALIAS}",
+        f"  HostName {values['hostname']}",
+        f"  Port {values['port']}",
+        f"  User {values['user']}",
+        f"  IdentityFile {key_file}",
+        f"  UserKnownHostsFile {values['userknownhostsfile']}",
+    ]
     if "hostkeyalias" in values:
         block.append(f"  HostKeyAlias {values['hostkeyalias']}")
-    block += ["  BatchMode yes", "  ControlMaster auto", "  ControlPath ~/.ssh/sshpyk_%r@%h_%p",
-              "  ControlPersist 10m", ""]
+    block += [
+        "  BatchMode yes",
+        "  ControlMaster auto",
+        "  ControlPath ~/.ssh/sshpyk_%r@%h_%p",
+        "  ControlPersist 10m",
+        "",
+    ]
     config = home / ".ssh" / "config"
     config.write_text("\n".join(block) + "\n" + config.read_text())
 
@@ -117,11 +128,26 @@ def main() -> int:
             installed = lab.nbremote("kernels", "install", netlab.SERVER_HOST_ALIAS, timeout=120)
             assert installed.returncode == 0, installed.stderr
             _sshpyk_alias(lab)
-            added = lab.laptop_exec([str(SSHPYK_VENV / "bin" / "sshpyk"), "add", "--ssh-host-alias", SSHPYK_ALIAS,
-                                     "--kernel-name", SSHPYK_KERNEL, "--display-name", "Python on server (sshpyk)",
-                                     "--language", "python",
-                                     "--remote-python", str(netlab.LAB_PYTHON), "--remote-kernel-name", "python3",
-                                     "--replace"], timeout=120)
+            added = lab.laptop_exec(
+                [
+                    str(SSHPYK_VENV / "bin" / "sshpyk"),
+                    "add",
+                    "--ssh-host-alias",
+                    SSHPYK_ALIAS,
+                    "--kernel-name",
+                    SSHPYK_KERNEL,
+                    "--display-name",
+                    "Python on server (sshpyk)",
+                    "--language",
+                    "python",
+                    "--remote-python",
+                    str(netlab.LAB_PYTHON),
+                    "--remote-kernel-name",
+                    "python3",
+                    "--replace",
+                ],
+                timeout=120,
+            )
             assert added.returncode == 0, added.stdout + added.stderr
             for rtt in [float(r) for r in args.rtts.split(",")]:
                 lab.replace_link(functools.partial(DelayLink.start, delay_ms=rtt / 2))
@@ -136,10 +162,13 @@ def main() -> int:
                             row[f"{kind}_{what}"] = statistics.median(r[i][what] for r in runs)
                         row[f"{kind}_total"] = statistics.median(r[i]["start"] + r[i]["first_execute"] for r in runs)
                     rows.append(row)
-                    print(f"rtt {rtt:g} ms {tool:9s} cold: start {row['cold_start']:.2f} s + execute "
-                          f"{row['cold_first_execute']:.3f} s = {row['cold_total']:.2f} s; warm: start "
-                          f"{row['warm_start']:.2f} s + execute {row['warm_first_execute']:.3f} s = "
-                          f"{row['warm_total']:.2f} s", flush=True)
+                    print(
+                        f"rtt {rtt:g} ms {tool:9s} cold: start {row['cold_start']:.2f} s + execute "
+                        f"{row['cold_first_execute']:.3f} s = {row['cold_total']:.2f} s; warm: start "
+                        f"{row['warm_start']:.2f} s + execute {row['warm_first_execute']:.3f} s = "
+                        f"{row['warm_total']:.2f} s",
+                        flush=True,
+                    )
         finally:
             lab.teardown()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

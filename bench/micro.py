@@ -17,6 +17,7 @@ On one lab (DelayLink with rtt/2 each way), medians of:
    python start, `import nbremote.cli`, some of its parts; and the agent's
    start-up run locally (`python -c BOOTSTRAP` with an `ls` request).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,13 @@ def stdin_costs(lab, reps):
     }
     mux = ["ssh", "-o", "BatchMode=yes", "-o", "ControlPath=/tmp/nbr-micro-%C"]
     lab.laptop_exec(mux + ["-o", "ControlMaster=auto", "-o", "ControlPersist=yes", "server", "true"])
-    out.update({
-        "live master: true": t(mux + ["server", "true"]),
-        "live master: 7.6 KB on stdin": t(mux + ["server", "head -c 7600 >/dev/null"], blob),
-        "live master: 7.6 KB in the command line": t(mux + ["server", f"echo {blob} >/dev/null"]),
-    })
+    out.update(
+        {
+            "live master: true": t(mux + ["server", "true"]),
+            "live master: 7.6 KB on stdin": t(mux + ["server", "head -c 7600 >/dev/null"], blob),
+            "live master: 7.6 KB in the command line": t(mux + ["server", f"echo {blob} >/dev/null"]),
+        }
+    )
     lab.laptop_exec(mux + ["-O", "exit", "server"])
     return out
 
@@ -83,16 +86,40 @@ def forward_costs(lab, reps, tmp):
     os.chmod(small, 0o644)
     procs = []
     try:
-        srv = lab.server_popen([str(LAB_PYTHON), "-c", PROBE_SRC, "serve", "18950", str(small)], user=ALICE,
-                               stdout=subprocess.PIPE)
+        srv = lab.server_popen(
+            [str(LAB_PYTHON), "-c", PROBE_SRC, "serve", "18950", str(small)], user=ALICE, stdout=subprocess.PIPE
+        )
         procs.append(srv)
         srv.stdout.readline()
         kinds = {
-            "ssh -N -L (ControlMaster=no)": (["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-N",
-                                               "-L", "127.0.0.1:19001:127.0.0.1:18950", "server"], 19001),
+            "ssh -N -L (ControlMaster=no)": (
+                [
+                    "ssh",
+                    "-o",
+                    "ControlMaster=no",
+                    "-o",
+                    "ControlPath=none",
+                    "-N",
+                    "-L",
+                    "127.0.0.1:19001:127.0.0.1:18950",
+                    "server",
+                ],
+                19001,
+            ),
             "ssh -N -L as a master (ControlMaster=yes)": (
-                ["ssh", "-o", "ControlMaster=yes", "-o", "ControlPath=/tmp/nbr-micro-n-%C", "-N",
-                 "-L", "127.0.0.1:19002:127.0.0.1:18950", "server"], 19002),
+                [
+                    "ssh",
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPath=/tmp/nbr-micro-n-%C",
+                    "-N",
+                    "-L",
+                    "127.0.0.1:19002:127.0.0.1:18950",
+                    "server",
+                ],
+                19002,
+            ),
         }
         for argv, _ in kinds.values():
             procs.append(lab.laptop_popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -106,8 +133,9 @@ def forward_costs(lab, reps, tmp):
         out = {k: [] for k in kinds}
         for _ in range(reps):
             for name, (_, port) in kinds.items():
-                r = lab.laptop_exec([str(LAB_PYTHON), "-c", PROBE_SRC, "gets", "127.0.0.1", str(port), "x", "10"],
-                                    timeout=120)
+                r = lab.laptop_exec(
+                    [str(LAB_PYTHON), "-c", PROBE_SRC, "gets", "127.0.0.1", str(port), "x", "10"], timeout=120
+                )
                 out[name].append(json.loads(r.stdout)["seconds"] / 10)
         lab.laptop_exec(["ssh", "-o", cp, "-O", "exit", "server"])
         return {f"one fresh GET through {k}": med_ms(v) for k, v in out.items()}
@@ -133,16 +161,36 @@ def import_costs(src: Path, reps):
     py = str(LAB_PYTHON)
     base = t([py, "-c", "pass"])
     out = {"python -c pass": round(base, 1)}
-    for mod in ("click", "logging", "http.client", "webbrowser", "nbremote.localnet", "nbremote.session",
-                "nbremote.cli"):
+    for mod in (
+        "click",
+        "logging",
+        "http.client",
+        "webbrowser",
+        "nbremote.localnet",
+        "nbremote.session",
+        "nbremote.cli",
+    ):
         out[f"+ import {mod}"] = round(t([py, "-c", f"import {mod}"]) - base, 1)
     out["python -m nbremote --version"] = round(t([py, "-m", "nbremote", "--version"]), 1)
-    code = ("import sys; sys.path.insert(0, %r); from nbremote import agentlink; "
-            "sys.stdout.buffer.write(agentlink.bundle()[0])" % str(src))
+    code = (
+        "import sys; sys.path.insert(0, %r); from nbremote import agentlink; "
+        "sys.stdout.buffer.write(agentlink.bundle()[0])" % str(src)
+    )
     payload = subprocess.run([py, "-c", code], capture_output=True, check=True, env=env).stdout
-    argv = json.loads(subprocess.run([py, "-c", "import sys, json; sys.path.insert(0, %r); from nbremote import "
-                                      "agentlink; print(json.dumps(agentlink.local_argv()))" % str(src)],
-                                     capture_output=True, text=True, check=True, env=env).stdout)
+    argv = json.loads(
+        subprocess.run(
+            [
+                py,
+                "-c",
+                "import sys, json; sys.path.insert(0, %r); from nbremote import "
+                "agentlink; print(json.dumps(agentlink.local_argv()))" % str(src),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
+    )
     home = Path(tempfile.mkdtemp(prefix="nbr-micro-home-"))
     try:
         req = json.dumps({"id": 1, "op": "ls", "args": {}}).encode() + b"\n"
@@ -175,11 +223,16 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
         subprocess.run([str(LAB_PYTHON), "-m", "compileall", "-q", str(src / "src")], check=True)
         subprocess.run(["chmod", "-R", "a+rX", str(tmp)], check=True)
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", args.rev], capture_output=True,
-                             text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", args.rev], capture_output=True, text=True
+        ).stdout.strip()
         result = {"commit": rev, "rtt_ms": args.rtt, "imports_ms": import_costs(src / "src", args.reps)}
-        lab = netlab.Lab.build(tmp / "lab", src_dir=src / "src", lock_timeout=900,
-                               link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=args.rtt / 2))
+        lab = netlab.Lab.build(
+            tmp / "lab",
+            src_dir=src / "src",
+            lock_timeout=900,
+            link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=args.rtt / 2),
+        )
         result["stdin_ms"] = stdin_costs(lab, args.reps)
         result["forward_ms"] = forward_costs(lab, args.reps, tmp)
         print(json.dumps(result, indent=1))

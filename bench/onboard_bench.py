@@ -22,6 +22,7 @@ Each rep ends with `down`, `server restore` and the laptop's files removed.
 The first rep's output is kept next to the results (onboard.transcript.txt):
 docs/quickstart.md shows it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,23 @@ def one(lab, home, state: Path, workdir: Path) -> dict:
     env = lab.nbremote_env({"NBREMOTE_STATE_DIR": str(state)})
     err = (workdir / "init.err").open("w")
     t0 = time.monotonic()
-    init = lab.server_popen([str(netlab.LAB_VENV / "bin" / "python"), "-m", "nbremote", "server", "init", "--yes",
-                             "--allow-user", netlab.ALICE, "--echo-url", homenet.ECHO_URL],
-                            env=env, stdout=subprocess.PIPE, stderr=err)
+    init = lab.server_popen(
+        [
+            str(netlab.LAB_VENV / "bin" / "python"),
+            "-m",
+            "nbremote",
+            "server",
+            "init",
+            "--yes",
+            "--allow-user",
+            netlab.ALICE,
+            "--echo-url",
+            homenet.ECHO_URL,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err,
+    )
     line = None
     with selectors.DefaultSelector() as sel:
         sel.register(init.stdout, selectors.EVENT_READ)
@@ -77,8 +92,11 @@ def one(lab, home, state: Path, workdir: Path) -> dict:
     if line is None:
         raise RuntimeError(f"init printed no invite: {(workdir / 'init.err').read_text()}")
     t_invite = time.monotonic()
-    add = lab.laptop_exec(["sshpass", "-p", PASSWORD, *lab.nbremote_argv("add", NAME, "--invite", line)],
-                          env=lab.nbremote_env(), timeout=300)
+    add = lab.laptop_exec(
+        ["sshpass", "-p", PASSWORD, *lab.nbremote_argv("add", NAME, "--invite", line)],
+        env=lab.nbremote_env(),
+        timeout=300,
+    )
     t_joined = time.monotonic()
     if add.returncode != 0:
         raise RuntimeError(f"add failed: {add.stderr}")
@@ -86,8 +104,9 @@ def one(lab, home, state: Path, workdir: Path) -> dict:
     t_init = time.monotonic()
     if init.returncode != 0:
         raise RuntimeError(f"init failed: {(workdir / 'init.err').read_text()}")
-    up = home.cafe_laptop(lab.nbremote_argv("up", NAME, "--no-browser", "--detach"), env=lab.nbremote_env(),
-                          timeout=300)
+    up = home.cafe_laptop(
+        lab.nbremote_argv("up", NAME, "--no-browser", "--detach"), env=lab.nbremote_env(), timeout=300
+    )
     t_up = time.monotonic()
     if up.returncode != 0:
         raise RuntimeError(f"up from the café failed: {up.stderr}")
@@ -98,14 +117,26 @@ def one(lab, home, state: Path, workdir: Path) -> dict:
     lab.server_exec(["nft", "delete", "table", "inet", "nbremote"])
     home.stop_miniupnpd()
     home.start_miniupnpd()  # its lease file goes: the next rep asks a router that forwards nothing
-    transcript = "\n".join([
-        "$ sudo nbremote server init --allow-user alice --yes", (workdir / "init.err").read_text().rstrip(),
-        f"  nbremote add {NAME} --invite {line}",
-        f"$ nbremote add {NAME} --invite {line}", add.stderr.rstrip(),
-        f"$ nbremote up {NAME} --no-browser --detach   # in the café", up.stderr.rstrip(), up.stdout.rstrip()])
+    transcript = "\n".join(
+        [
+            "$ sudo nbremote server init --allow-user alice --yes",
+            (workdir / "init.err").read_text().rstrip(),
+            f"  nbremote add {NAME} --invite {line}",
+            f"$ nbremote add {NAME} --invite {line}",
+            add.stderr.rstrip(),
+            f"$ nbremote up {NAME} --no-browser --detach   # in the café",
+            up.stderr.rstrip(),
+            up.stdout.rstrip(),
+        ]
+    )
     (workdir / "transcript.txt").write_text(transcript + "\n")
-    return {"invite": t_invite - t0, "add": t_joined - t_invite, "init_done": t_init - t0,
-            "up_from_cafe": t_up - t_init, "total": t_up - t0}
+    return {
+        "invite": t_invite - t0,
+        "add": t_joined - t_invite,
+        "init_done": t_init - t0,
+        "up_from_cafe": t_up - t_init,
+        "total": t_up - t0,
+    }
 
 
 def main() -> int:
@@ -136,8 +167,13 @@ def main() -> int:
     finally:
         lab.teardown()
     summary = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
-    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{os.cpu_count()} cores, {platform.release()}",
-           "reps": args.reps, "samples": samples, "median": summary}
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": f"{os.cpu_count()} cores, {platform.release()}",
+        "reps": args.reps,
+        "samples": samples,
+        "median": summary,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     print(json.dumps({"median": {k: round(v, 2) for k, v in summary.items()}}))

@@ -29,6 +29,7 @@ harness can compare it with its own t0 across processes and namespaces.
       An HTTP/1.0 server on 127.0.0.1:PORT that answers every GET with FILE,
       sent with sendfile(); prints ``listening`` when ready.
 """
+
 import json
 import os
 import socket
@@ -45,8 +46,11 @@ def http_status(host, port, token, timeout):
         with socket.create_connection((host, port), timeout=timeout) as sock:
             connected = True
             auth = "Authorization: token %s\r\n" % token if token else ""
-            sock.sendall(("GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s"
-                          "Connection: close\r\n\r\n" % (port, auth)).encode())
+            sock.sendall(
+                (
+                    "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%sConnection: close\r\n\r\n" % (port, auth)
+                ).encode()
+            )
             data = b""
             while b"\r\n" not in data:
                 chunk = sock.recv(4096)
@@ -113,8 +117,12 @@ def poll(host, port, token, interval, timeout):
     time.sleep(interval)
     with lock:
         first = box["first"]
-        out = {"status": first[0] if first else None, "t": first[1] if first else None,
-               "t_listen": box["listen"], "attempts": box["attempts"]}
+        out = {
+            "status": first[0] if first else None,
+            "t": first[1] if first else None,
+            "t_listen": box["listen"],
+            "attempts": box["attempts"],
+        }
     print(json.dumps(out), flush=True)
     line = sys.stdin.readline().strip()
     if line:
@@ -149,6 +157,7 @@ def download(host, port):
 
 def gets(host, port, token, count):
     import http.client
+
     t = time.monotonic()
     codes = []
     for _ in range(int(count)):
@@ -190,8 +199,9 @@ def serve(port, path):
                 if not chunk:
                     return
                 data += chunk
-            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                         b"Content-Length: %d\r\n\r\n" % size)
+            conn.sendall(
+                b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % size
+            )
             with open(path, "rb") as f:
                 conn.sendfile(f)
 
@@ -200,8 +210,7 @@ def serve(port, path):
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-COMMANDS = {"poll": poll, "rtt": rtt, "download": download, "gets": gets, "wait": wait,
-            "serve": serve}
+COMMANDS = {"poll": poll, "rtt": rtt, "download": download, "gets": gets, "wait": wait, "serve": serve}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -23,6 +23,7 @@ connection to each local port and GETs /api/status with the token (1 s
 timeout). Reported: seconds from the link coming back to the first 200 on
 each port (capped at 120 s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,11 +77,30 @@ def trial(lab: netlab.Lab, link: DelayLink, outage: float, cluster: SlurmCluster
     addr = result.get("remote_addr") or "127.0.0.1"  # a Slurm job's node, as the login node reaches it
     theirs = ours + 1
     autossh = lab.laptop_popen(
-        ["autossh", "-M", "0", "-N", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
-         "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-L", f"127.0.0.1:{theirs}:{addr}:{remote}",
-         "server"], env={"AUTOSSH_GATETIME": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    poller = lab.laptop_popen([str(netlab.LAB_PYTHON), "-c", POLLER, token, str(ours), str(theirs)],
-                              stdout=subprocess.PIPE)
+        [
+            "autossh",
+            "-M",
+            "0",
+            "-N",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=3",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "BatchMode=yes",
+            "-L",
+            f"127.0.0.1:{theirs}:{addr}:{remote}",
+            "server",
+        ],
+        env={"AUTOSSH_GATETIME": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    poller = lab.laptop_popen(
+        [str(netlab.LAB_PYTHON), "-c", POLLER, token, str(ours), str(theirs)], stdout=subprocess.PIPE
+    )
     try:
         seen: dict[int, float] = {}
         deadline = time.monotonic() + 20
@@ -131,13 +151,15 @@ def main() -> int:
                 login = time.monotonic() - began
                 for outage in [float(o) for o in args.outages.split(",")]:
                     samples = [trial(lab, link, outage, cluster) for _ in range(args.reps)]
-                    row = {"rtt_ms": rtt, "outage_s": outage, "ssh_login_s": login,
-                           "samples": samples}
+                    row = {"rtt_ms": rtt, "outage_s": outage, "ssh_login_s": login, "samples": samples}
                     for method in ("nbremote", "autossh"):
                         row[method] = statistics.median(s[method] for s in samples)
                     rows.append(row)
-                    print(f"rtt {rtt:g} ms, outage {outage:g} s: nbremote {row['nbremote']:.2f} s, "
-                          f"autossh {row['autossh']:.2f} s (login {row['ssh_login_s']:.2f} s)", flush=True)
+                    print(
+                        f"rtt {rtt:g} ms, outage {outage:g} s: nbremote {row['nbremote']:.2f} s, "
+                        f"autossh {row['autossh']:.2f} s (login {row['ssh_login_s']:.2f} s)",
+                        flush=True,
+                    )
         finally:
             if cluster is not None:
                 cluster.stop()

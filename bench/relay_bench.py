@@ -25,6 +25,7 @@ sshd started again; from the moment it listens, `up relay` is run again and
 again until it succeeds. Reported: seconds from the relay's return to the
 successful `up`'s exit, and how many `up`s failed before. Target: 2 s + one login.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,20 @@ def nbremote(lab, *args: str) -> subprocess.CompletedProcess:
 
 
 def launch_relay_sshd(lab, workdir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.server_ns}", "--", "/usr/sbin/sshd", "-D",
-                             "-f", str(workdir / "sshd_config"), "-E", str(workdir / "sshd.log")],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{lab.server_ns}",
+            "--",
+            "/usr/sbin/sshd",
+            "-D",
+            "-f",
+            str(workdir / "sshd_config"),
+            "-E",
+            str(workdir / "sshd.log"),
+        ],
+        start_new_session=True,
+    )
     while f"{netlab.SERVER_ADDR}:{RELAY_PORT}" not in lab.server_exec(["ss", "-Htln"]).stdout:
         time.sleep(0.02)
     return proc
@@ -116,19 +128,35 @@ def start_relay_sshd(lab, workdir: Path) -> subprocess.Popen:
     laptop_pub = (lab.user(netlab.LAPTOP_USER).home / ".ssh" / "id_ed25519.pub").read_text()
     (keys / netlab.BOB).write_text(Path(f"{alice_key}.pub").read_text() + laptop_pub)
     os.chmod(keys / netlab.BOB, 0o644)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "ssh_host_ed25519_key")],
-                   check=True)
-    (workdir / "sshd_config").write_text(RELAY_CONF.format(port=RELAY_PORT, addr=netlab.SERVER_ADDR, dir=workdir,
-                                                           keys=keys, user=netlab.BOB))
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "ssh_host_ed25519_key")], check=True
+    )
+    (workdir / "sshd_config").write_text(
+        RELAY_CONF.format(port=RELAY_PORT, addr=netlab.SERVER_ADDR, dir=workdir, keys=keys, user=netlab.BOB)
+    )
     Path("/run/sshd").mkdir(exist_ok=True)
     return launch_relay_sshd(lab, workdir)
 
 
 def start_tunnel(lab, workdir: Path) -> subprocess.Popen:
-    proc = lab.server_popen([str(netlab.LAB_PYTHON), "-m", "nbremote", "server", "relay",
-                             f"{netlab.BOB}@{netlab.SERVER_ADDR}:{RELAY_PORT}", "--tunnel-port", str(TUNNEL),
-                             "--port", "22"], user=netlab.ALICE, env=lab.nbremote_env(),
-                            stdout=(workdir / "relay.log").open("w"), stderr=subprocess.STDOUT)
+    proc = lab.server_popen(
+        [
+            str(netlab.LAB_PYTHON),
+            "-m",
+            "nbremote",
+            "server",
+            "relay",
+            f"{netlab.BOB}@{netlab.SERVER_ADDR}:{RELAY_PORT}",
+            "--tunnel-port",
+            str(TUNNEL),
+            "--port",
+            "22",
+        ],
+        user=netlab.ALICE,
+        env=lab.nbremote_env(),
+        stdout=(workdir / "relay.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while f"127.0.0.1:{TUNNEL}" not in lab.server_exec(["ss", "-Htln"]).stdout:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -179,11 +207,17 @@ def main() -> int:
     try:
         relay_sshd = start_relay_sshd(lab, workdir)
         tunnel = start_tunnel(lab, workdir)
-        fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key.pub")],
-                                     capture_output=True, text=True, check=True).stdout.split()[1]
-        invites = {"direct": f"nbr1:{netlab.ALICE}@{netlab.SERVER_ADDR}:22#{fingerprint}",
-                   "relay": f"nbr1:{netlab.ALICE}@127.0.0.1:1#{fingerprint},relay={netlab.BOB}@{netlab.SERVER_ADDR}:"
-                            f"{RELAY_PORT},tunnel={TUNNEL}"}
+        fingerprint = subprocess.run(
+            ["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key.pub")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[1]
+        invites = {
+            "direct": f"nbr1:{netlab.ALICE}@{netlab.SERVER_ADDR}:22#{fingerprint}",
+            "relay": f"nbr1:{netlab.ALICE}@127.0.0.1:1#{fingerprint},relay={netlab.BOB}@{netlab.SERVER_ADDR}:"
+            f"{RELAY_PORT},tunnel={TUNNEL}",
+        }
         for name, line in invites.items():
             nbremote(lab, "add", name, "--invite", line, "--timeout", "2")
         for rtt in [float(r) for r in args.rtts.split(",")]:

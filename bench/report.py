@@ -7,6 +7,7 @@ separate venv, /opt/nbremote-lab/benchvenv, has it). Without matplotlib the
 Markdown is still written and the plot is skipped with a message.
 bench/notes.md, the hand-written analysis of the run, is appended verbatim.
 """
+
 from __future__ import annotations
 
 import json
@@ -126,41 +127,74 @@ def targets(R: Results) -> tuple[str, list[str]]:
         checks = []
         if None not in (wm, r):
             bound = 2 * r + 0.05
-            checks.append(("warm+master ≤ 2 RTT + 0.05 s",
-                           f"{fmt_t(wm)} s ≤ 2×{r * 1000:.1f} ms + 0.05 = {fmt_t(bound)} s", wm <= bound))
+            checks.append(
+                (
+                    "warm+master ≤ 2 RTT + 0.05 s",
+                    f"{fmt_t(wm)} s ≤ 2×{r * 1000:.1f} ms + 0.05 = {fmt_t(bound)} s",
+                    wm <= bound,
+                )
+            )
         if None not in (w, r, login):
             bound = login + 2 * r + 0.1
-            checks.append(("warm ≤ login + 2 RTT + 0.1 s",
-                           f"{fmt_t(w)} s ≤ {fmt_t(login)} + 2×{r * 1000:.1f} ms + 0.1 = {fmt_t(bound)} s", w <= bound))
+            checks.append(
+                (
+                    "warm ≤ login + 2 RTT + 0.1 s",
+                    f"{fmt_t(w)} s ≤ {fmt_t(login)} + 2×{r * 1000:.1f} ms + 0.1 = {fmt_t(bound)} s",
+                    w <= bound,
+                )
+            )
         if None not in (c, r, login, jup):
             bound = login + jup + 3 * r + 0.15
-            checks.append(("cold ≤ login + Jupyter + 3 RTT + 0.15 s",
-                           f"{fmt_t(c)} s ≤ {fmt_t(login)} + {fmt_t(jup)} + 3×{r * 1000:.1f} ms + 0.15 = {fmt_t(bound)} s",
-                           c <= bound))
+            checks.append(
+                (
+                    "cold ≤ login + Jupyter + 3 RTT + 0.15 s",
+                    f"{fmt_t(c)} s ≤ {fmt_t(login)} + {fmt_t(jup)} + 3×{r * 1000:.1f} ms + 0.15 = {fmt_t(bound)} s",
+                    c <= bound,
+                )
+            )
         if None not in (c, manual):
-            checks.append(("cold ≤ manual recipe", f"{fmt_t(c)} s ≤ {fmt_t(manual)} s (ratio {c / manual:.2f})",
-                           c <= manual))
+            checks.append(
+                ("cold ≤ manual recipe", f"{fmt_t(c)} s ≤ {fmt_t(manual)} s (ratio {c / manual:.2f})", c <= manual)
+            )
         if None not in (c, jf) and b["rtt_ms"] == 100:
-            checks.append(("jupyter-forward ≥ 2.5 × cold (at 100 ms)",
-                           f"{fmt_t(jf)} / {fmt_t(c)} = {jf / c:.2f}× ≥ 2.5×", jf / c >= 2.5))
+            checks.append(
+                (
+                    "jupyter-forward ≥ 2.5 × cold (at 100 ms)",
+                    f"{fmt_t(jf)} / {fmt_t(c)} = {jf / c:.2f}× ≥ 2.5×",
+                    jf / c >= 2.5,
+                )
+            )
         for m in NB:
             lags = [s["t_url"] - s["t"] for s in b["samples"].get(m, []) if s.get("t_url") is not None]
             if lags:
                 lag = med(lags)
-                checks.append((f"URL within 50 ms of the tunnel answering ({m.replace('nbremote ', '')})",
-                               f"median {lag * 1000:+.0f} ms ≤ +50 ms (max {max(lags) * 1000:+.0f} ms)", lag <= 0.05))
+                checks.append(
+                    (
+                        f"URL within 50 ms of the tunnel answering ({m.replace('nbremote ', '')})",
+                        f"median {lag * 1000:+.0f} ms ≤ +50 ms (max {max(lags) * 1000:+.0f} ms)",
+                        lag <= 0.05,
+                    )
+                )
         tp = b.get("throughput")
         if tp:
             d = {k: med([tp["bytes"] / 1e6 / x["seconds"] for x in v]) for k, v in tp["download"].items()}
             g = {k: med([x["seconds"] for x in v]) for k, v in tp["gets"].items()}
             if d.get("nbremote") and d.get("plain"):
-                checks.append(("200 MB download: nbremote's tunnel no worse than `ssh -L`",
-                               f"{d['nbremote']:.0f} MB/s ≥ {1 - TOLERANCE:.2f}×{d['plain']:.0f} MB/s",
-                               d["nbremote"] >= (1 - TOLERANCE) * d["plain"]))
+                checks.append(
+                    (
+                        "200 MB download: nbremote's tunnel no worse than `ssh -L`",
+                        f"{d['nbremote']:.0f} MB/s ≥ {1 - TOLERANCE:.2f}×{d['plain']:.0f} MB/s",
+                        d["nbremote"] >= (1 - TOLERANCE) * d["plain"],
+                    )
+                )
             if g.get("nbremote") and g.get("plain"):
-                checks.append((f"{tp['gets_count']} GET /api/status: nbremote's tunnel no worse than `ssh -L`",
-                               f"{fmt_t(g['nbremote'])} s ≤ {1 + TOLERANCE:.2f}×{fmt_t(g['plain'])} s",
-                               g["nbremote"] <= (1 + TOLERANCE) * g["plain"]))
+                checks.append(
+                    (
+                        f"{tp['gets_count']} GET /api/status: nbremote's tunnel no worse than `ssh -L`",
+                        f"{fmt_t(g['nbremote'])} s ≤ {1 + TOLERANCE:.2f}×{fmt_t(g['plain'])} s",
+                        g["nbremote"] <= (1 + TOLERANCE) * g["plain"],
+                    )
+                )
         for name, detail, ok in checks:
             # the comparison sign shows which way it went
             detail = detail.replace(" ≤ ", " ≤ " if ok else " > ", 1).replace(" ≥ ", " ≥ " if ok else " < ", 1)
@@ -175,12 +209,15 @@ def ratios_table(R: Results) -> str:
     for b in R.blocks:
         c, manual, jf = R.median(b, "nbremote cold"), R.median(b, "manual recipe"), R.median(b, "jupyter-forward")
         jfu = R.median(b, "jupyter-forward", "t_url")
-        rows.append([rtt_label(b["rtt_ms"]),
-                     f"{c / manual:.2f}" if c and manual else "–",
-                     f"{jf / c:.2f}" if c and jf else "–",
-                     f"{jfu / c:.2f}" if c and jfu else "–"])
-    return table(["RTT", "cold / manual", "jupyter-forward / cold (first answer)",
-                  "jupyter-forward URL / cold"], rows)
+        rows.append(
+            [
+                rtt_label(b["rtt_ms"]),
+                f"{c / manual:.2f}" if c and manual else "–",
+                f"{jf / c:.2f}" if c and jf else "–",
+                f"{jfu / c:.2f}" if c and jfu else "–",
+            ]
+        )
+    return table(["RTT", "cold / manual", "jupyter-forward / cold (first answer)", "jupyter-forward URL / cold"], rows)
 
 
 def logins_table(R: Results) -> str:
@@ -204,12 +241,29 @@ def throughput_table(R: Results) -> str:
         d = {k: [tp["bytes"] / 1e6 / x["seconds"] for x in v] for k, v in tp["download"].items()}
         g = {k: [x["seconds"] for x in v] for k, v in tp["gets"].items()}
         n = len(d.get("nbremote", []))
-        rows.append([rtt_label(b["rtt_ms"]), str(n),
-                     fmt(med(d.get("nbremote", [])), 0), fmt(med(d.get("plain", [])), 0),
-                     fmt(med(d.get("direct", [])), 0),
-                     fmt_t(med(g.get("nbremote", []))), fmt_t(med(g.get("plain", [])))])
-    return table(["RTT", "reps", "download MB/s: nbremote's forward", "plain `ssh -N -L`",
-                  "direct (server loopback)", "GETs s: nbremote's forward", "plain `ssh -N -L`"], rows)
+        rows.append(
+            [
+                rtt_label(b["rtt_ms"]),
+                str(n),
+                fmt(med(d.get("nbremote", [])), 0),
+                fmt(med(d.get("plain", [])), 0),
+                fmt(med(d.get("direct", [])), 0),
+                fmt_t(med(g.get("nbremote", []))),
+                fmt_t(med(g.get("plain", []))),
+            ]
+        )
+    return table(
+        [
+            "RTT",
+            "reps",
+            "download MB/s: nbremote's forward",
+            "plain `ssh -N -L`",
+            "direct (server loopback)",
+            "GETs s: nbremote's forward",
+            "plain `ssh -N -L`",
+        ],
+        rows,
+    )
 
 
 def _first_line_time(sample, needle):
@@ -221,22 +275,38 @@ def _first_line_time(sample, needle):
 
 def breakdown_table(R: Results) -> str:
     """Where the time goes, from the extra `nbremote -v` runs (one each)."""
-    header = ["RTT", "run", "first ssh started", "agent's hello", "forward up",
-              "first answer", "URL printed", "exit"]
+    header = ["RTT", "run", "first ssh started", "agent's hello", "forward up", "first answer", "URL printed", "exit"]
     rows = []
     for b in R.blocks:
         for m, s in (b.get("diag") or {}).items():
-            first_ssh = min([t for t in (_first_line_time(s, "nbremote.ssh: run"),
-                                         _first_line_time(s, "<agent:")) if t is not None], default=None)
+            first_ssh = min(
+                [
+                    t
+                    for t in (_first_line_time(s, "nbremote.ssh: run"), _first_line_time(s, "<agent:"))
+                    if t is not None
+                ],
+                default=None,
+            )
             hello = _first_line_time(s, "nbremote.agentlink: agent ")
-            rows.append([rtt_label(b["rtt_ms"]), m.replace("nbremote ", ""), fmt_t(first_ssh), fmt_t(hello),
-                         fmt_t(s.get("t_listen")), fmt_t(s.get("t")), fmt_t(s.get("t_url")), fmt_t(s.get("t_exit"))])
+            rows.append(
+                [
+                    rtt_label(b["rtt_ms"]),
+                    m.replace("nbremote ", ""),
+                    fmt_t(first_ssh),
+                    fmt_t(hello),
+                    fmt_t(s.get("t_listen")),
+                    fmt_t(s.get("t")),
+                    fmt_t(s.get("t_url")),
+                    fmt_t(s.get("t_exit")),
+                ]
+            )
     return table(header, rows) if rows else "(no diagnostic runs in these results)"
 
 
 def plot(R: Results) -> str | None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -252,8 +322,11 @@ def plot(R: Results) -> str | None:
         "jupyter start-up": dict(color="black", linestyle=":", marker="."),
         "round trip": dict(color="silver", linestyle="-.", marker="."),
     }
-    names = {"ssh login": "floor: one ssh login", "jupyter start-up": "floor: Jupyter start-up",
-             "round trip": "floor: one round trip"}
+    names = {
+        "ssh login": "floor: one ssh login",
+        "jupyter start-up": "floor: Jupyter start-up",
+        "round trip": "floor: one round trip",
+    }
     for m in METHODS + FLOORS:
         xs, ys, lo, hi = [], [], [], []
         for b in R.blocks:
@@ -289,8 +362,11 @@ def render(R: Results) -> str:
     reps_note = f"{m['reps']} reps per method and RTT"
     if jf_reps and any(j != m["reps"] for j in jf_reps):
         reps_note += ", jupyter-forward " + "/".join(map(str, jf_reps))
-    errors = [f"{rtt_label(b['rtt_ms'])} {e['method']}" + (f" rep {e['rep']}" if "rep" in e else "") + f": {e['error']}"
-              for b in R.blocks for e in b.get("errors", [])]
+    errors = [
+        f"{rtt_label(b['rtt_ms'])} {e['method']}" + (f" rep {e['rep']}" if "rep" in e else "") + f": {e['error']}"
+        for b in R.blocks
+        for e in b.get("errors", [])
+    ]
     parts = [
         "# Benchmarks: from command to a notebook that answers",
         "",
@@ -317,9 +393,13 @@ def render(R: Results) -> str:
         f"- {m['openssh']}; Python {m['python']}; JupyterLab {m['jupyterlab']}, jupyter_server {m['jupyter_server']}, "
         f"notebook {m['notebook']}; jupyter-forward {m['jupyter_forward']} (paramiko {m['paramiko']}).",
         f"- nbremote: {m['nbremote_src']} (bytecode compiled once, as an installed package has it).",
-        "- Load average (1 min) at the start and end of each RTT block: " + ", ".join(
+        "- Load average (1 min) at the start and end of each RTT block: "
+        + ", ".join(
             f"{rtt_label(b['rtt_ms'])}: {b['loadavg_start'][0]:.2f} → {b['loadavg_end'][0]:.2f}"
-            for b in R.blocks if b.get("loadavg_start") and b.get("loadavg_end")) + ".",
+            for b in R.blocks
+            if b.get("loadavg_start") and b.get("loadavg_end")
+        )
+        + ".",
         "",
         "## How it is measured",
         "",
@@ -341,7 +421,7 @@ def render(R: Results) -> str:
         "cancelled (`ssh -O cancel`) first, otherwise the port would answer before the command starts (or the "
         "keeper would put it back mid-run). **warm**: Jupyter running, keeper stopped, the master ended with "
         "`ssh -O exit`.",
-        "- **manual recipe**: `ssh server \"bash -lc 'tmux new -d -s nb \\\"jupyter lab --no-browser "
+        '- **manual recipe**: `ssh server "bash -lc \'tmux new -d -s nb \\"jupyter lab --no-browser '
         "--port=8889\\\"'\" && ssh -N -L P:localhost:8889 server` (JupyterLab like nbremote's default; `bash -lc` "
         "because Jupyter is on the login PATH only). **jupyter-forward**: `BROWSER=true jupyter-forward --port P "
         "server` as the laptop user (it has no no-browser switch); both its first answer and the moment it prints "
@@ -359,8 +439,9 @@ def render(R: Results) -> str:
         "",
         times_table(R),
         "",
-        "Ping through the link (median ms): " + ", ".join(
-            f"{rtt_label(b['rtt_ms'])}: {med(b['ping_ms']):.2f}" for b in R.blocks if b.get("ping_ms")) + ".",
+        "Ping through the link (median ms): "
+        + ", ".join(f"{rtt_label(b['rtt_ms'])}: {med(b['ping_ms']):.2f}" for b in R.blocks if b.get("ping_ms"))
+        + ".",
         "",
         f"![time against round-trip time]({PLOT.name})",
         "",

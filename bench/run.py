@@ -50,6 +50,7 @@ Raw samples go to OUT/results.json; bench/report.py renders docs/benchmarks.md
 and docs/benchmarks-up.png from it (run.py calls it when
 /opt/nbremote-lab/benchvenv, which has matplotlib, exists).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,15 +85,15 @@ JF = JF_VENV / "bin" / "jupyter-forward"
 JF_VERSION = "2022.9.10"
 BENCH_VENV = Path("/opt/nbremote-lab/benchvenv")
 
-PORT_NB = 18888          # nbremote's local port (--port), every nbremote run
-PORT_MANUAL = 18889      # the manual recipe's ssh -L
-PORT_JF = 18890          # jupyter-forward --port
-PORT_PLAIN = 18891       # plain ssh -L to nbremote's Jupyter (GETs)
-PORT_DL_NB = 18892       # blob server through nbremote's master
-PORT_DL_PLAIN = 18893    # blob server through a plain ssh -L
-MANUAL_REMOTE = 8889     # the recipe's Jupyter port on the server
-FLOOR_JUPYTER = 18900    # server-side port of the Jupyter start-up floor
-BLOB_PORT = 18950        # server-side port of the blob server
+PORT_NB = 18888  # nbremote's local port (--port), every nbremote run
+PORT_MANUAL = 18889  # the manual recipe's ssh -L
+PORT_JF = 18890  # jupyter-forward --port
+PORT_PLAIN = 18891  # plain ssh -L to nbremote's Jupyter (GETs)
+PORT_DL_NB = 18892  # blob server through nbremote's master
+PORT_DL_PLAIN = 18893  # blob server through a plain ssh -L
+MANUAL_REMOTE = 8889  # the recipe's Jupyter port on the server
+FLOOR_JUPYTER = 18900  # server-side port of the Jupyter start-up floor
+BLOB_PORT = 18950  # server-side port of the blob server
 BLOB_BYTES = 200 * 1000 * 1000
 GETS = 50
 POLL_INTERVAL = 0.01
@@ -100,8 +101,9 @@ POLL_INTERVAL = 0.01
 NB_URL = re.compile(r"^\s*(http://127\.0\.0\.1:\d+/\S*token=([A-Za-z0-9]+))")
 JF_URL = re.compile(r"Jupyter Lab URL:\s*(http\S*token=([A-Za-z0-9]+)\S*)")
 MANUAL_SCRIPT = (
-    "ssh server \"bash -lc 'tmux new -d -s nb \\\"jupyter lab --no-browser --port=%d\\\"'\" "
-    "&& exec ssh -N -L %d:localhost:%d server" % (MANUAL_REMOTE, PORT_MANUAL, MANUAL_REMOTE))
+    'ssh server "bash -lc \'tmux new -d -s nb \\"jupyter lab --no-browser --port=%d\\"\'" '
+    "&& exec ssh -N -L %d:localhost:%d server" % (MANUAL_REMOTE, PORT_MANUAL, MANUAL_REMOTE)
+)
 
 METHODS = ("nbremote cold", "nbremote warm+master", "nbremote warm", "manual recipe", "jupyter-forward")
 FLOORS = ("ssh login", "jupyter start-up", "round trip")
@@ -217,6 +219,7 @@ class Bench:
         uid = self.lab.user(LAPTOP_USER).uid
         d = Path(tempfile.gettempdir()) / f"nbremote-{uid}"
         import stat as st
+
         return [p for p in d.glob("*") if st.S_ISSOCK(p.lstat().st_mode)] if d.is_dir() else []
 
     def session_record(self) -> dict:
@@ -299,8 +302,17 @@ class Bench:
     # ------------------------------------------------------------ measuring
 
     def _poller(self, where: str, port: int, token: str | None, timeout: float):
-        argv = [str(LAB_PYTHON), "-c", PROBE_SRC, "poll", "127.0.0.1", str(port), token or "-",
-                str(POLL_INTERVAL), str(timeout)]
+        argv = [
+            str(LAB_PYTHON),
+            "-c",
+            PROBE_SRC,
+            "poll",
+            "127.0.0.1",
+            str(port),
+            token or "-",
+            str(POLL_INTERVAL),
+            str(timeout),
+        ]
         kw = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         if where == "laptop":
             p = self.lab.laptop_popen(argv, **kw)
@@ -316,17 +328,28 @@ class Bench:
             raise BenchError(f"port {port} already answers before the command starts")
         return p, lines
 
-    def timed(self, method: str, argv: list[str], *, port: int, env=None, where: str = "laptop",
-              url_re: re.Pattern | None = None, wait_exit: bool = True, poll_token: str | None = None,
-              token_of=None, timeout: float = 90.0, stderr_lines: int = 40) -> dict:
+    def timed(
+        self,
+        method: str,
+        argv: list[str],
+        *,
+        port: int,
+        env=None,
+        where: str = "laptop",
+        url_re: re.Pattern | None = None,
+        wait_exit: bool = True,
+        poll_token: str | None = None,
+        token_of=None,
+        timeout: float = 90.0,
+        stderr_lines: int = 40,
+    ) -> dict:
         """Start argv at t0 with a poller on port; return one sample."""
         logins0 = self.logins()
         poller, plines = self._poller(where, port, poll_token, timeout)
         proc = None
         sample: dict = {"method": method}
         try:
-            popen = self.lab.laptop_popen if where == "laptop" else functools.partial(
-                self.lab.server_popen, user=ALICE)
+            popen = self.lab.laptop_popen if where == "laptop" else functools.partial(self.lab.server_popen, user=ALICE)
             t0 = time.monotonic()
             proc = popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out, err = Lines(proc.stdout), Lines(proc.stderr)
@@ -335,16 +358,18 @@ class Bench:
                 raise BenchError(f"{method}: poller gave no result")
             res = json.loads(got[1])
             if res["t"] is None:
-                raise BenchError(f"{method}: no HTTP answer within {timeout} s; "
-                                 f"stderr: {err.rel(t0)[-8:]}")
-            sample.update(t=res["t"] - t0, status=res["status"], attempts=res["attempts"],
-                          t_listen=None if res["t_listen"] is None else res["t_listen"] - t0)
+                raise BenchError(f"{method}: no HTTP answer within {timeout} s; stderr: {err.rel(t0)[-8:]}")
+            sample.update(
+                t=res["t"] - t0,
+                status=res["status"],
+                attempts=res["attempts"],
+                t_listen=None if res["t_listen"] is None else res["t_listen"] - t0,
+            )
             token = None
             if url_re is not None:
                 url = out.wait_for(lambda line: bool(url_re.search(line)), timeout)
                 if url is None:
-                    raise BenchError(f"{method}: no URL printed; stdout {out.rel(t0)[-5:]} "
-                                     f"stderr {err.rel(t0)[-8:]}")
+                    raise BenchError(f"{method}: no URL printed; stdout {out.rel(t0)[-5:]} stderr {err.rel(t0)[-8:]}")
                 sample["t_url"] = url[0] - t0
                 token = url_re.search(url[1]).group(2)
             if wait_exit:
@@ -390,32 +415,41 @@ class Bench:
 
     def m_cold(self) -> dict:
         self.reset()
-        return self.timed("nbremote cold", self._nb_up_argv(), port=PORT_NB,
-                          env=self.lab.nbremote_env(), url_re=NB_URL)
+        return self.timed("nbremote cold", self._nb_up_argv(), port=PORT_NB, env=self.lab.nbremote_env(), url_re=NB_URL)
 
     def m_warm_master(self) -> dict:
         self.prepare_warm_master()
-        return self.timed("nbremote warm+master", self._nb_up_argv(), port=PORT_NB,
-                          env=self.lab.nbremote_env(), url_re=NB_URL)
+        return self.timed(
+            "nbremote warm+master", self._nb_up_argv(), port=PORT_NB, env=self.lab.nbremote_env(), url_re=NB_URL
+        )
 
     def m_warm(self) -> dict:
         self.prepare_warm()
-        return self.timed("nbremote warm", self._nb_up_argv(), port=PORT_NB,
-                          env=self.lab.nbremote_env(), url_re=NB_URL)
+        return self.timed("nbremote warm", self._nb_up_argv(), port=PORT_NB, env=self.lab.nbremote_env(), url_re=NB_URL)
 
     def _nb_up_argv(self, verbose: bool = False) -> list[str]:
-        return self.lab.nbremote_argv(*(["-v"] if verbose else []), "up", "server", "--port", str(PORT_NB),
-                                      "--no-browser", "--detach")
+        return self.lab.nbremote_argv(
+            *(["-v"] if verbose else []), "up", "server", "--port", str(PORT_NB), "--no-browser", "--detach"
+        )
 
     def diag(self) -> dict:
         """One more cold / warm+master / warm with `nbremote -v` (step-by-step log
         with its own ms clock); kept apart from the medians, for the analysis."""
         out = {}
-        for name, prep in (("nbremote cold", self.reset), ("nbremote warm+master", self.prepare_warm_master),
-                           ("nbremote warm", self.prepare_warm)):
+        for name, prep in (
+            ("nbremote cold", self.reset),
+            ("nbremote warm+master", self.prepare_warm_master),
+            ("nbremote warm", self.prepare_warm),
+        ):
             prep()
-            out[name] = self.timed(name + " -v", self._nb_up_argv(verbose=True), port=PORT_NB,
-                                   env=self.lab.nbremote_env(), url_re=NB_URL, stderr_lines=300)
+            out[name] = self.timed(
+                name + " -v",
+                self._nb_up_argv(verbose=True),
+                port=PORT_NB,
+                env=self.lab.nbremote_env(),
+                url_re=NB_URL,
+                stderr_lines=300,
+            )
         return out
 
     def m_manual(self) -> dict:
@@ -432,27 +466,43 @@ class Bench:
                     return doc.get("token")
             return None
 
-        return self.timed("manual recipe", ["bash", "-c", MANUAL_SCRIPT], port=PORT_MANUAL,
-                          wait_exit=False, token_of=token_of)
+        return self.timed(
+            "manual recipe", ["bash", "-c", MANUAL_SCRIPT], port=PORT_MANUAL, wait_exit=False, token_of=token_of
+        )
 
     def m_jf(self) -> dict:
         self.reset()
         env = {"BROWSER": "true", "COLUMNS": "400", "PYTHONUNBUFFERED": "1", "TERM": "dumb"}
-        return self.timed("jupyter-forward", [str(JF), "--port", str(PORT_JF), "server"],
-                          port=PORT_JF, env=env, url_re=JF_URL, wait_exit=False, timeout=120)
+        return self.timed(
+            "jupyter-forward",
+            [str(JF), "--port", str(PORT_JF), "server"],
+            port=PORT_JF,
+            env=env,
+            url_re=JF_URL,
+            wait_exit=False,
+            timeout=120,
+        )
 
     def f_login(self) -> dict:
-        return self.timed_exit("ssh login", ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-                                             "-o", "BatchMode=yes", "server", "true"])
+        return self.timed_exit(
+            "ssh login",
+            ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "BatchMode=yes", "server", "true"],
+        )
 
     def f_jupyter(self) -> dict:
         self.reset()
         token = os.urandom(24).hex()
-        argv = [str(LAB_VENV / "bin" / "jupyter-lab"), "--no-browser", "--ip=127.0.0.1",
-                f"--port={FLOOR_JUPYTER}", "--ServerApp.port_retries=0"]
+        argv = [
+            str(LAB_VENV / "bin" / "jupyter-lab"),
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={FLOOR_JUPYTER}",
+            "--ServerApp.port_retries=0",
+        ]
         env = {"JUPYTER_TOKEN": token, "PATH": f"{LAB_VENV}/bin:{netlab.CLEAN_PATH}"}
-        s = self.timed("jupyter start-up", argv, port=FLOOR_JUPYTER, env=env, where="server",
-                       wait_exit=False, poll_token=token)
+        s = self.timed(
+            "jupyter start-up", argv, port=FLOOR_JUPYTER, env=env, where="server", wait_exit=False, poll_token=token
+        )
         return s
 
     def f_rtt(self) -> dict:
@@ -466,8 +516,9 @@ class Bench:
         return self.timed_exit("launch overhead", ["true"])
 
     def i_client(self) -> dict:
-        return self.timed_exit("nbremote client start", self.lab.nbremote_argv("--version"),
-                               env=self.lab.nbremote_env())
+        return self.timed_exit(
+            "nbremote client start", self.lab.nbremote_argv("--version"), env=self.lab.nbremote_env()
+        )
 
     # ------------------------------------------------------------ throughput
 
@@ -477,17 +528,25 @@ class Bench:
 
     def throughput(self, reps: int) -> dict:
         self.reset()
-        out: dict = {"download": {"nbremote": [], "plain": [], "direct": []},
-                     "gets": {"nbremote": [], "plain": []}, "bytes": BLOB_BYTES, "gets_count": GETS}
-        up = self.lab.nbremote("up", "server", "--port", str(PORT_NB), "--no-browser", "--detach",
-                               env=self.lab.nbremote_env(), timeout=120)
+        out: dict = {
+            "download": {"nbremote": [], "plain": [], "direct": []},
+            "gets": {"nbremote": [], "plain": []},
+            "bytes": BLOB_BYTES,
+            "gets_count": GETS,
+        }
+        up = self.lab.nbremote(
+            "up", "server", "--port", str(PORT_NB), "--no-browser", "--detach", env=self.lab.nbremote_env(), timeout=120
+        )
         if up.returncode != 0:
             raise BenchError(f"throughput: up failed: {up.stderr}")
         rec = self.session_record()
         blob = self.blob_dir / "big.bin"
         self.blob_server = self.lab.server_popen(
-            [str(LAB_PYTHON), "-c", PROBE_SRC, "serve", str(BLOB_PORT), str(blob)], user=ALICE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [str(LAB_PYTHON), "-c", PROBE_SRC, "serve", str(BLOB_PORT), str(blob)],
+            user=ALICE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         if self.blob_server.stdout.readline().strip() != "listening":
             raise BenchError("blob server did not start")
         sock = self.control_sockets()[0]
@@ -495,14 +554,38 @@ class Bench:
         if fwd.returncode != 0:
             raise BenchError(f"-O forward: {fwd.stderr}")
         plain = self.lab.laptop_popen(
-            ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "BatchMode=yes",
-             "-o", "ExitOnForwardFailure=yes", "-N",
-             "-L", f"127.0.0.1:{PORT_DL_PLAIN}:127.0.0.1:{BLOB_PORT}",
-             "-L", f"127.0.0.1:{PORT_PLAIN}:127.0.0.1:{rec['remote_port']}", "server"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                "ssh",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ControlPath=none",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-N",
+                "-L",
+                f"127.0.0.1:{PORT_DL_PLAIN}:127.0.0.1:{BLOB_PORT}",
+                "-L",
+                f"127.0.0.1:{PORT_PLAIN}:127.0.0.1:{rec['remote_port']}",
+                "server",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
-            w = self.lab.laptop_exec([str(LAB_PYTHON), "-c", PROBE_SRC, "wait", "127.0.0.1",
-                                      f"{PORT_DL_PLAIN},{PORT_PLAIN},{PORT_DL_NB},{PORT_NB}", "30"])
+            w = self.lab.laptop_exec(
+                [
+                    str(LAB_PYTHON),
+                    "-c",
+                    PROBE_SRC,
+                    "wait",
+                    "127.0.0.1",
+                    f"{PORT_DL_PLAIN},{PORT_PLAIN},{PORT_DL_NB},{PORT_NB}",
+                    "30",
+                ]
+            )
             if w.returncode != 0:
                 raise BenchError("tunnels for the throughput test did not come up")
 
@@ -518,8 +601,9 @@ class Bench:
                     order.reverse()
                 for name, port in order:
                     out["download"][name].append(laptop_probe("download", "127.0.0.1", str(port)))
-                r = self.lab.server_exec([str(LAB_PYTHON), "-c", PROBE_SRC, "download", "127.0.0.1",
-                                          str(BLOB_PORT)], user=ALICE, timeout=300)
+                r = self.lab.server_exec(
+                    [str(LAB_PYTHON), "-c", PROBE_SRC, "download", "127.0.0.1", str(BLOB_PORT)], user=ALICE, timeout=300
+                )
                 out["download"]["direct"].append(json.loads(r.stdout))
                 order = [("nbremote", PORT_NB), ("plain", PORT_PLAIN)]
                 if i % 2:
@@ -544,14 +628,20 @@ class Bench:
         self.lab.replace_link(functools.partial(delaylink.DelayLink.start, delay_ms=rtt_ms / 2))
         ping = [x for x in delaylink.icmp_ping(self.lab.laptop_ns, SERVER_ADDR, count=10) if x is not None]
         log(f"ping median {statistics.median(ping):.2f} ms" if ping else "ping: no answer")
-        block: dict = {"rtt_ms": rtt_ms, "ping_ms": ping, "samples": {}, "errors": [],
-                       "loadavg_start": os.getloadavg()}
+        block: dict = {"rtt_ms": rtt_ms, "ping_ms": ping, "samples": {}, "errors": [], "loadavg_start": os.getloadavg()}
         samples = block["samples"]
-        plan = [("launch overhead", self.i_launch), ("nbremote client start", self.i_client),
-                ("round trip", self.f_rtt), ("ssh login", self.f_login),
-                ("nbremote cold", self.m_cold), ("nbremote warm+master", self.m_warm_master),
-                ("nbremote warm", self.m_warm), ("manual recipe", self.m_manual),
-                ("jupyter start-up", self.f_jupyter), ("jupyter-forward", self.m_jf)]
+        plan = [
+            ("launch overhead", self.i_launch),
+            ("nbremote client start", self.i_client),
+            ("round trip", self.f_rtt),
+            ("ssh login", self.f_login),
+            ("nbremote cold", self.m_cold),
+            ("nbremote warm+master", self.m_warm_master),
+            ("nbremote warm", self.m_warm),
+            ("manual recipe", self.m_manual),
+            ("jupyter start-up", self.f_jupyter),
+            ("jupyter-forward", self.m_jf),
+        ]
         for rep in range(reps):
             for name, fn in plan:
                 if name == "jupyter-forward" and rep >= jf_reps:
@@ -560,8 +650,9 @@ class Bench:
                     s = fn()
                 except Exception as e:  # noqa: BLE001 - record and go on
                     log(f"{name} rep {rep}: FAILED {e}")
-                    block["errors"].append({"method": name, "rep": rep, "error": str(e),
-                                            "trace": traceback.format_exc()[-2000:]})
+                    block["errors"].append(
+                        {"method": name, "rep": rep, "error": str(e), "trace": traceback.format_exc()[-2000:]}
+                    )
                     continue
                 s["rep"] = rep
                 samples.setdefault(name, []).append(s)
@@ -579,26 +670,39 @@ class Bench:
                 block["throughput"] = self.throughput(tput_reps)
                 d = block["throughput"]["download"]
                 g = block["throughput"]["gets"]
-                log("download MB/s: " + ", ".join(
-                    f"{k} {statistics.median(BLOB_BYTES / 1e6 / r['seconds'] for r in v):.0f}" for k, v in d.items()))
-                log("50 GETs s: " + ", ".join(
-                    f"{k} {statistics.median(r['seconds'] for r in v):.3f}" for k, v in g.items()))
+                log(
+                    "download MB/s: "
+                    + ", ".join(
+                        f"{k} {statistics.median(BLOB_BYTES / 1e6 / r['seconds'] for r in v):.0f}" for k, v in d.items()
+                    )
+                )
+                log(
+                    "50 GETs s: "
+                    + ", ".join(f"{k} {statistics.median(r['seconds'] for r in v):.3f}" for k, v in g.items())
+                )
             except Exception as e:  # noqa: BLE001
                 log(f"throughput: FAILED {e}")
-                block["errors"].append({"method": "throughput", "error": str(e),
-                                        "trace": traceback.format_exc()[-2000:]})
+                block["errors"].append(
+                    {"method": "throughput", "error": str(e), "trace": traceback.format_exc()[-2000:]}
+                )
         self.reset()
         block["loadavg_end"] = os.getloadavg()
         return block
 
 
 def _meta(args, src_desc: str) -> dict:
-    lab_py = [str(LAB_PYTHON), "-c",
-              "import jupyterlab, jupyter_server, notebook, sys; "
-              "print(jupyterlab.__version__, jupyter_server.__version__, notebook.__version__, sys.version.split()[0])"]
+    lab_py = [
+        str(LAB_PYTHON),
+        "-c",
+        "import jupyterlab, jupyter_server, notebook, sys; "
+        "print(jupyterlab.__version__, jupyter_server.__version__, notebook.__version__, sys.version.split()[0])",
+    ]
     jl, js, nb, py = subprocess.run(lab_py, capture_output=True, text=True).stdout.split()
-    jf_py = [str(JF_VENV / "bin" / "python"), "-c",
-             "import importlib.metadata as m; print(m.version('jupyter-forward'), m.version('paramiko'))"]
+    jf_py = [
+        str(JF_VENV / "bin" / "python"),
+        "-c",
+        "import importlib.metadata as m; print(m.version('jupyter-forward'), m.version('paramiko'))",
+    ]
     jf = subprocess.run(jf_py, capture_output=True, text=True).stdout.split() or ["?", "?"]
     cpu = "?"
     try:
@@ -611,23 +715,40 @@ def _meta(args, src_desc: str) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "sudo /opt/nbremote-lab/venv/bin/python bench/run.py " + shlex.join(sys.argv[1:]),
-        "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu,
-        "openssh": _cmd_version(["ssh", "-V"]), "python": py,
-        "jupyterlab": jl, "jupyter_server": js, "notebook": nb,
-        "jupyter_forward": jf[0], "paramiko": jf[1] if len(jf) > 1 else "?",
-        "nbremote_src": src_desc, "reps": args.reps, "jf_reps": args.jf_reps, "rtts_ms": args.rtts,
-        "tput_reps": args.tput_reps, "poll_interval_s": POLL_INTERVAL, "settle_s": args.settle,
-        "blob_bytes": BLOB_BYTES, "gets": GETS,
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "openssh": _cmd_version(["ssh", "-V"]),
+        "python": py,
+        "jupyterlab": jl,
+        "jupyter_server": js,
+        "notebook": nb,
+        "jupyter_forward": jf[0],
+        "paramiko": jf[1] if len(jf) > 1 else "?",
+        "nbremote_src": src_desc,
+        "reps": args.reps,
+        "jf_reps": args.jf_reps,
+        "rtts_ms": args.rtts,
+        "tput_reps": args.tput_reps,
+        "poll_interval_s": POLL_INTERVAL,
+        "settle_s": args.settle,
+        "blob_bytes": BLOB_BYTES,
+        "gets": GETS,
     }
 
 
 def _source(args, tmp: Path) -> tuple[Path, str]:
     """The nbremote source the laptop runs: HEAD (default) or the working tree."""
-    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
-                         capture_output=True, text=True).stdout.strip() or "unknown"
+    rev = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
     if args.src == "worktree":
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True
+        ).stdout.strip()
         return REPO / "src", f"working tree at {rev}" + (" (src/ modified)" if dirty else "")
     dst = tmp / "src-head"
     dst.mkdir()
@@ -640,16 +761,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rtts", default="0,20,100", help="round-trip times in ms, comma separated")
-    ap.add_argument("--jf-reps", default=None,
-                    help="jupyter-forward reps: one number, or one per RTT (e.g. 5,5,3); default --reps")
-    ap.add_argument("--tput-reps", default="3,1,1",
-                    help="throughput reps per RTT (one number, or one per RTT; 0 skips)")
+    ap.add_argument(
+        "--jf-reps", default=None, help="jupyter-forward reps: one number, or one per RTT (e.g. 5,5,3); default --reps"
+    )
+    ap.add_argument(
+        "--tput-reps", default="3,1,1", help="throughput reps per RTT (one number, or one per RTT; 0 skips)"
+    )
     ap.add_argument("--settle", type=float, default=0.5, help="pause before each measured run, s")
-    ap.add_argument("--src", choices=("HEAD", "worktree"), default="HEAD",
-                    help="which nbremote source the laptop runs (default: the committed HEAD)")
+    ap.add_argument(
+        "--src",
+        choices=("HEAD", "worktree"),
+        default="HEAD",
+        help="which nbremote source the laptop runs (default: the committed HEAD)",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--no-diag", dest="diag", action="store_false",
-                    help="skip the extra `nbremote -v` runs kept for the analysis")
+    ap.add_argument(
+        "--no-diag", dest="diag", action="store_false", help="skip the extra `nbremote -v` runs kept for the analysis"
+    )
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     args.rtts = [float(x) for x in args.rtts.split(",")]
@@ -665,8 +793,11 @@ def main() -> int:
         print("run as root (the lab builds namespaces and users)", file=sys.stderr)
         return 2
     if not JF.exists():
-        print(f"{JF} missing: /usr/bin/python3 -m venv {JF_VENV} && {JF_VENV}/bin/pip install "
-              f"jupyter-forward=={JF_VERSION} && chmod -R a+rX {JF_VENV}", file=sys.stderr)
+        print(
+            f"{JF} missing: /usr/bin/python3 -m venv {JF_VENV} && {JF_VENV}/bin/pip install "
+            f"jupyter-forward=={JF_VERSION} && chmod -R a+rX {JF_VENV}",
+            file=sys.stderr,
+        )
         return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -678,8 +809,12 @@ def main() -> int:
         src_dir, src_desc = _source(args, tmp)
         meta = _meta(args, src_desc)
         log(f"building the lab ({src_desc})")
-        lab = netlab.Lab.build(tmp / "lab", src_dir=src_dir, lock_timeout=900,
-                               link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=0))
+        lab = netlab.Lab.build(
+            tmp / "lab",
+            src_dir=src_dir,
+            lock_timeout=900,
+            link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=0),
+        )
         # An installed package has its bytecode; the lab's root-owned copy has
         # none and runs with PYTHONDONTWRITEBYTECODE, so compile it once.
         subprocess.run([str(LAB_PYTHON), "-m", "compileall", "-q", str(lab.src_copy / "src")], check=True)

@@ -22,6 +22,7 @@ Between repetitions the job is cancelled (`nbremote down`) and the queue is
 empty. Target: nbremote within Jupyter's start-up + 1 s of Slurm's start time.
 Raw samples go to OUT/slurm.json and a table to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,15 +106,24 @@ def slurm_start(lab) -> float:
 
 
 def jupyter_start(lab) -> float:
-    return seconds_of(lab.server_exec([str(netlab.LAB_PYTHON), "-c", JUPYTER_START,
-                                       str(netlab.LAB_VENV / "bin" / "jupyter-lab")], user=netlab.ALICE, timeout=120))
+    return seconds_of(
+        lab.server_exec(
+            [str(netlab.LAB_PYTHON), "-c", JUPYTER_START, str(netlab.LAB_VENV / "bin" / "jupyter-lab")],
+            user=netlab.ALICE,
+            timeout=120,
+        )
+    )
 
 
 def nbremote_up(lab, port: int) -> dict:
-    argv = lab.nbremote_argv("up", "server", "--slurm", "--time=10", "--port", str(port), "--no-browser",
-                             "--detach", "--json")
-    done = lab.laptop_exec([str(netlab.LAB_PYTHON), "-c", UP_AND_POLL, json.dumps(argv), str(port)],
-                           env=lab.nbremote_env(None), timeout=300)
+    argv = lab.nbremote_argv(
+        "up", "server", "--slurm", "--time=10", "--port", str(port), "--no-browser", "--detach", "--json"
+    )
+    done = lab.laptop_exec(
+        [str(netlab.LAB_PYTHON), "-c", UP_AND_POLL, json.dumps(argv), str(port)],
+        env=lab.nbremote_env(None),
+        timeout=300,
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -152,10 +162,12 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "slurm.json").write_text(json.dumps({"samples": samples, "median": med, "bound": bound}, indent=1))
     print("\n| what | median | min | max |\n|---|---:|---:|---:|")
-    for key, label in (("slurm", "Slurm: `sbatch --wrap true` until it runs"),
-                       ("jupyter", "Jupyter's start-up on the node"),
-                       ("nbremote", "`nbremote up --slurm` to the first 200 through the tunnel"),
-                       ("nbremote_exit", "`nbremote up --slurm` to its exit")):
+    for key, label in (
+        ("slurm", "Slurm: `sbatch --wrap true` until it runs"),
+        ("jupyter", "Jupyter's start-up on the node"),
+        ("nbremote", "`nbremote up --slurm` to the first 200 through the tunnel"),
+        ("nbremote_exit", "`nbremote up --slurm` to its exit"),
+    ):
         v = samples[key]
         print(f"| {label} | {med[key]:.2f} s | {min(v):.2f} s | {max(v):.2f} s |")
     verdict = "met" if med["nbremote"] <= bound else "missed"

@@ -23,6 +23,7 @@ after are measured in the same run; with --ssh-option, this tree again with
 that line in every alias (sbench1 … sbenchN), as a user would put it in
 ~/.ssh/config. Raw samples go to OUT/status.json and a table to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,13 @@ def add_aliases(lab: netlab.Lab, prefix: str, count: int, options: list[str]) ->
     laptop = lab.user(netlab.LAPTOP_USER)
     config = laptop.home / ".ssh" / "config"
     extra = "".join(f"    {key} {value}\n" for key, value in (o.split("=", 1) for o in options))
-    config.write_text(config.read_text() + "".join(
-        f"Host {prefix}{i}\n    HostName {netlab.SERVER_ADDR}\n    User {netlab.ALICE}\n{extra}\n"
-        for i in range(1, count + 1)))
+    config.write_text(
+        config.read_text()
+        + "".join(
+            f"Host {prefix}{i}\n    HostName {netlab.SERVER_ADDR}\n    User {netlab.ALICE}\n{extra}\n"
+            for i in range(1, count + 1)
+        )
+    )
 
 
 def allow_many_logins(lab: netlab.Lab) -> None:
@@ -71,8 +76,15 @@ def one_run(lab: netlab.Lab, prefix: str, count: int, timeout: float) -> dict:
         raise RuntimeError(f"status failed: {done.stderr}")
     reply = json.loads(done.stdout)["hosts"]
     unreachable = [h["label"] for h in reply if not h["reachable"]]
-    return {"count": count, "seconds": seconds, "unreachable": unreachable, "load": load, "laptop_cpu": laptop_cpu,
-            "per_host": [h["seconds"] for h in reply], "rtt_ms": [h["rtt_ms"] for h in reply]}
+    return {
+        "count": count,
+        "seconds": seconds,
+        "unreachable": unreachable,
+        "load": load,
+        "laptop_cpu": laptop_cpu,
+        "per_host": [h["seconds"] for h in reply],
+        "rtt_ms": [h["rtt_ms"] for h in reply],
+    }
 
 
 def main() -> int:
@@ -83,8 +95,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--baseline-src", type=Path, help="another tree's src/ to time in the same run")
-    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="time this tree again with this ssh_config line in every alias")
+    parser.add_argument(
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="time this tree again with this ssh_config line in every alias",
+    )
     args = parser.parse_args()
     if any("=" not in o for o in args.ssh_option):
         parser.error("--ssh-option takes KEY=VALUE")
@@ -97,8 +114,7 @@ def main() -> int:
     if args.ssh_option:
         arms.append(("this tree, " + " ".join(args.ssh_option), REPO / "src", "sbench"))
     workdir = Path("/tmp") / f"nbr-status-bench-{int(time.time())}"
-    lab = netlab.Lab.build(workdir, link_factory=functools.partial(delaylink.DelayLink.start,
-                                                                    delay_ms=args.rtt / 2))
+    lab = netlab.Lab.build(workdir, link_factory=functools.partial(delaylink.DelayLink.start, delay_ms=args.rtt / 2))
     samples = []
     try:
         add_aliases(lab, "bench", max(counts), [])
@@ -113,15 +129,26 @@ def main() -> int:
                     sample = one_run(lab, prefix, count, args.timeout)
                     sample.update(rep=rep, arm=arm)
                     samples.append(sample)
-                    print(f"rep {rep} {arm:<12} n={count:>2}: {sample['seconds']:.2f} s, laptop CPU "
-                          f"{sample['laptop_cpu']:.2f} s  (load {sample['load']:.2f})"
-                          + (f"  unreachable: {sample['unreachable']}" if sample["unreachable"] else ""), flush=True)
+                    print(
+                        f"rep {rep} {arm:<12} n={count:>2}: {sample['seconds']:.2f} s, laptop CPU "
+                        f"{sample['laptop_cpu']:.2f} s  (load {sample['load']:.2f})"
+                        + (f"  unreachable: {sample['unreachable']}" if sample["unreachable"] else ""),
+                        flush=True,
+                    )
     finally:
         lab.teardown()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "status.json").write_text(json.dumps({"rtt_ms": args.rtt, "ssh_options": args.ssh_option,
-                                                      "baseline_src": str(args.baseline_src or ""),
-                                                      "samples": samples}, indent=1))
+    (args.out / "status.json").write_text(
+        json.dumps(
+            {
+                "rtt_ms": args.rtt,
+                "ssh_options": args.ssh_option,
+                "baseline_src": str(args.baseline_src or ""),
+                "samples": samples,
+            },
+            indent=1,
+        )
+    )
     print(f"\nnbremote status at {args.rtt:g} ms RTT, median of {args.reps}:")
     print("arm                  hosts  median s  min s   max s   × one host  laptop CPU s")
     for arm, _, _ in arms:
@@ -130,8 +157,10 @@ def main() -> int:
         for c in counts:
             median = statistics.median(values[c])
             cpu = statistics.median(s["laptop_cpu"] for s in samples if s["count"] == c and s["arm"] == arm)
-            print(f"{arm[:20]:<20} {c:>5}  {median:8.2f}  {min(values[c]):6.2f}  {max(values[c]):6.2f}  "
-                  f"{median / one:9.2f}  {cpu:11.2f}")
+            print(
+                f"{arm[:20]:<20} {c:>5}  {median:8.2f}  {min(values[c]):6.2f}  {max(values[c]):6.2f}  "
+                f"{median / one:9.2f}  {cpu:11.2f}"
+            )
     return 0
 
 

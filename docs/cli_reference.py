@@ -3,6 +3,7 @@
 Run by cog (`cog -r -I docs docs/reference.md`); tests/unit/test_docs.py checks that the
 page is current, that every command has help, and that every command has an example.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,11 +27,13 @@ EXAMPLES = DOCS / "examples.toml"
 WIDTH = 80  # fixed, so the page does not depend on the terminal it is made in
 
 
-def walk(command: click.Command = cli, parent: click.Context | None = None,
-         name: str = "nbremote") -> Iterator[tuple[str, click.Command, click.Context]]:
+def walk(
+    command: click.Command = cli, parent: click.Context | None = None, name: str = "nbremote"
+) -> Iterator[tuple[str, click.Command, click.Context]]:
     """Every visible command, depth first: ("server init", command, its context); the root is ""."""
-    ctx = command.make_context(name, [], parent=parent, resilient_parsing=True,
-                               terminal_width=WIDTH, max_content_width=WIDTH)
+    ctx = command.make_context(
+        name, [], parent=parent, resilient_parsing=True, terminal_width=WIDTH, max_content_width=WIDTH
+    )
     path = " ".join(ctx.command_path.split()[1:])
     yield path, command, ctx
     if isinstance(command, click.Group):

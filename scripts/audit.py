@@ -15,6 +15,7 @@ The lock pins some packages twice, for different Pythons (scripts/lock.py): ever
 pinned release is audited, whichever Python runs this, so pip-audit gets the pins
 without their markers, in as many files as a name has pins.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -52,8 +53,23 @@ def pip_audit(layer: list[tuple[str, str]]) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as requirements:
         requirements.write("".join(f"{name}=={version}\n" for name, version in layer))
         requirements.flush()
-        done = subprocess.run([sys.executable, "-m", "pip_audit", "--no-deps", "--disable-pip", "--progress-spinner",
-                               "off", "--format", "json", "-r", requirements.name], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip_audit",
+                "--no-deps",
+                "--disable-pip",
+                "--progress-spinner",
+                "off",
+                "--format",
+                "json",
+                "-r",
+                requirements.name,
+            ],
+            capture_output=True,
+            text=True,
+        )
     if done.returncode not in (0, 1) or not done.stdout.strip():
         sys.exit(f"pip-audit failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)
@@ -79,12 +95,17 @@ def main(lock: Path) -> int:
             if dep.get("skip_reason"):
                 skipped.append((name, versions.get(name)))
             for vuln in dep.get("vulns", []):
-                found.append(f"{dep['name']} {dep.get('version')}: {vuln['id']} "
-                             f"(fixed in {', '.join(vuln.get('fix_versions') or ['-'])})")
+                found.append(
+                    f"{dep['name']} {dep.get('version')}: {vuln['id']} "
+                    f"(fixed in {', '.join(vuln.get('fix_versions') or ['-'])})"
+                )
     unaudited = []
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = {pool.submit(latest_release_vulns, name, version): (name, version)
-                   for name, version in skipped if version is not None}
+        futures = {
+            pool.submit(latest_release_vulns, name, version): (name, version)
+            for name, version in skipped
+            if version is not None
+        }
         for future in concurrent.futures.as_completed(futures):
             name, version = futures[future]
             try:

@@ -16,6 +16,7 @@ needs another Python, or conflicts with another pin. pip there evaluates the mar
 of the packages' own dependencies for the Python running it, not X, so the lock's own
 markers are evaluated here instead. The index is PyPI itself, whatever pip.conf says.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,16 @@ def _pip_env() -> dict[str, str]:
 
 
 def _environment(version: str) -> dict[str, str]:
-    return {"python_version": version, "python_full_version": f"{version}.0", "implementation_name": "cpython",
-            "platform_python_implementation": "CPython", "sys_platform": "linux", "os_name": "posix",
-            "platform_system": "Linux", "platform_machine": "x86_64"}
+    return {
+        "python_version": version,
+        "python_full_version": f"{version}.0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "sys_platform": "linux",
+        "os_name": "posix",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+    }
 
 
 def pins_for(version: str, lock: Path = LOCK) -> list[str]:
@@ -101,20 +109,56 @@ def check(version: str, lock: Path = LOCK) -> subprocess.CompletedProcess:
         wanted.write_text("\n".join(pins_for(version, lock) + requirements_for(version)) + "\n")
         # --target: pip before 23.1 takes --python-version only with it, even for a dry run.
         return subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-             "--python-version", version, "--only-binary=:all:", "--index-url", INDEX,
-             "--target", str(Path(folder) / "target"), "-r", str(wanted)],
-            capture_output=True, text=True, env=_pip_env(), timeout=900)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--python-version",
+                version,
+                "--only-binary=:all:",
+                "--index-url",
+                INDEX,
+                "--target",
+                str(Path(folder) / "target"),
+                "-r",
+                str(wanted),
+            ],
+            capture_output=True,
+            text=True,
+            env=_pip_env(),
+            timeout=900,
+        )
 
 
 def generate(upgrade: bool) -> int:
     uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv is None:
         sys.exit("scripts/lock.py needs uv: `pip install uv`")
-    argv = [uv, "pip", "compile", "pyproject.toml", "--universal", "--python-version", supported()[0],
-            *[f"--extra={extra}" for extra in EXTRAS], "--only-binary", ":all:", "--index-url", INDEX,
-            "--no-emit-index-url", "--no-emit-package", "pip", "--custom-compile-command", "python scripts/lock.py",
-            "--output-file", str(LOCK.relative_to(REPO))]
+    argv = [
+        uv,
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--universal",
+        "--python-version",
+        supported()[0],
+        *[f"--extra={extra}" for extra in EXTRAS],
+        "--only-binary",
+        ":all:",
+        "--index-url",
+        INDEX,
+        "--no-emit-index-url",
+        "--no-emit-package",
+        "pip",
+        "--custom-compile-command",
+        "python scripts/lock.py",
+        "--output-file",
+        str(LOCK.relative_to(REPO)),
+    ]
     if upgrade:
         argv.append("--upgrade")
     return subprocess.run(argv, cwd=REPO, env=_pip_env()).returncode

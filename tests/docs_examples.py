@@ -3,6 +3,7 @@ typed as a user types it, and one normaliser for what differs between runs (time
 pids, ports, tokens, the home folder, the server's address,
 Slurm's job ids and time left) so that everything else
 must match line for line. Used by the lab and the agent tests alike."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def console_blocks(page: Path, heading: str) -> list[list[tuple[str, list[str]]]
     start = text.index(heading)
     following = re.compile(r"\n#{2,} ").search(text, start + 1)  # the next heading, of any level
     blocks = []
-    for block in re.findall(r"```console\n(.*?)```", text[start:following.start() if following else None], re.S):
+    for block in re.findall(r"```console\n(.*?)```", text[start : following.start() if following else None], re.S):
         steps: list[tuple[str, list[str]]] = []
         for line in block.splitlines():
             if line.startswith("$ "):

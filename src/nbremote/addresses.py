@@ -3,6 +3,7 @@
 Pure functions: the profile file, `nbremote add --address` and the invite line
 all validate with these, so a value refused in one place is refused in all.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -17,9 +18,19 @@ _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _VPN_NETS = tuple(ipaddress.ip_network(n) for n in ("100.64.0.0/10", "fd7a:115c:a1e0::/48"))
 # Not ipaddress's is_private: that also counts the documentation ranges (203.0.113.0/24), which
 # stand for WAN addresses in examples.
-_LAN_NETS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8",
-    "fc00::/7", "fe80::/10", "::1/128"))
+_LAN_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+)
 _LAN_SUFFIXES = (".local", ".lan", ".home.arpa", ".internal")
 _VPN_SUFFIXES = (".ts.net",)
 
@@ -59,9 +70,11 @@ def parse_relay(text: str) -> Relay:
     """USER@HOST[:PORT] (HOST may be [IPv6]); the user is required: it is an account on the relay."""
     user, at, rest = text.partition("@")
     if not at or not _RELAY_USER.match(user):
-        raise NbremoteError(f"relay {text!r} is not USER@HOST[:PORT]",
-                            hint="name your account on the relay, e.g. alice@vps.example.org:22",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"relay {text!r} is not USER@HOST[:PORT]",
+            hint="name your account on the relay, e.g. alice@vps.example.org:22",
+            exit_code=ExitCode.USAGE,
+        )
     address = parse_address(rest)
     return Relay(user, address.host, address.port or 22)
 

@@ -14,6 +14,7 @@ The remote command is a short POSIX sh script; what it assumes of the server:
 /bin/sh, a `python3` (or `python` >= 3.8) on the login PATH. Exit code 97 means
 no Python was found, 255 is ssh's own failure.
 """
+
 from __future__ import annotations
 
 import base64
@@ -74,7 +75,7 @@ import nbremote_agent.main as M;M.main(b['hash'],sys.argv[2])
 # -S: the agent is stdlib only, so site-packages and their .pth files (many in a
 # big conda base) would only slow every start.
 _REMOTE_SCRIPT = (
-    'for p in python3 python; do '
+    "for p in python3 python; do "
     'if command -v "$p" >/dev/null 2>&1; then exec "$p" -S -c "$1" "$2" "$3"; fi; '
     "done; echo 'nbremote: no python3 on the server' >&2; exit %d" % NO_PYTHON_EXIT
 )
@@ -120,7 +121,7 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]
 def clean_text(value: object, limit: int = MAX_MESSAGE) -> str:
     """A server's free text (an error message, a GPU's name) made safe to print: one line, bounded."""
     text = _UNSAFE.sub("\ufffd", value if isinstance(value, str) else str(value))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def is_safe_text(value: object, limit: int = 4096) -> TypeGuard[str]:
@@ -142,10 +143,17 @@ def parse_hello(line: str) -> Hello | None:
     if not isinstance(doc, dict) or HELLO_KEY not in doc:
         return None
     protocol, digest, python = doc.get(HELLO_KEY), doc.get("hash"), doc.get("python")
-    if protocol != PROTOCOL_VERSION or not isinstance(digest, str) or not _HASH.fullmatch(digest) \
-            or not isinstance(python, str) or not _VERSION.fullmatch(python):
-        raise NbremoteError(f"the agent on the server speaks another protocol ({clean_text(line.strip(), 80)})",
-                            exit_code=ExitCode.AGENT_FAILED)
+    if (
+        protocol != PROTOCOL_VERSION
+        or not isinstance(digest, str)
+        or not _HASH.fullmatch(digest)
+        or not isinstance(python, str)
+        or not _VERSION.fullmatch(python)
+    ):
+        raise NbremoteError(
+            f"the agent on the server speaks another protocol ({clean_text(line.strip(), 80)})",
+            exit_code=ExitCode.AGENT_FAILED,
+        )
     return Hello(protocol, digest, python)
 
 
@@ -184,7 +192,9 @@ def _agent_error(error: object, where: str) -> NbremoteError:
     return NbremoteError(
         message,
         hint=clean_text(hint).replace("the server", where) if isinstance(hint, str) else None,
-        exit_code=AGENT_ERROR_EXITS.get(code, ExitCode.AGENT_FAILED) if isinstance(code, str) else ExitCode.AGENT_FAILED,
+        exit_code=AGENT_ERROR_EXITS.get(code, ExitCode.AGENT_FAILED)
+        if isinstance(code, str)
+        else ExitCode.AGENT_FAILED,
         details=[clean_text(d, 500) for d in details[-MAX_DETAILS:]] if isinstance(details, list) else [],
     )
 
@@ -218,9 +228,15 @@ def _pump(stream: IO[bytes], sink: queue.Queue[bytes | None]) -> None:
 class AgentCall:
     """One agent process (over ssh or local) answering one request."""
 
-    def __init__(self, command: Callable[[str], list[str]], *, where: str,
-                 on_ssh_failure: Callable[[str], NbremoteError] | None,
-                 hello_timeout: float | None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        command: Callable[[str], list[str]],
+        *,
+        where: str,
+        on_ssh_failure: Callable[[str], NbremoteError] | None,
+        hello_timeout: float | None,
+        env: dict[str, str] | None = None,
+    ):
         self.command = command  # argv that runs the agent on one request line
         self.where = where
         self.on_ssh_failure = on_ssh_failure
@@ -228,8 +244,14 @@ class AgentCall:
         self.env = env
         self.round_trip: float | None = None  # seconds, from a request made with ping=True
 
-    def request(self, op: str, args: dict[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                timeout: float | None = 120.0, ping: bool = False) -> dict[str, Any]:
+    def request(
+        self,
+        op: str,
+        args: dict[str, Any],
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        timeout: float | None = 120.0,
+        ping: bool = False,
+    ) -> dict[str, Any]:
         """The op's result. With ping, also time one round trip over the same channel
         (into ``round_trip``): a line on the agent's stdin once it says hello, answered
         while the op runs."""
@@ -238,8 +260,13 @@ class AgentCall:
             doc["ping"] = True
         line = json.dumps(doc)
         log.info("<agent: %s> via %s", op, self.where)
-        process = subprocess.Popen(self.command(line), stdin=subprocess.PIPE if ping else subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        process = subprocess.Popen(
+            self.command(line),
+            stdin=subprocess.PIPE if ping else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+        )
         out: queue.Queue[bytes | None] = queue.Queue()
         err: collections.deque[bytes] = collections.deque()
         threading.Thread(target=_pump, args=(process.stdout, out), daemon=True).start()
@@ -272,9 +299,15 @@ class AgentCall:
             return None
         return time.monotonic()
 
-    def _read(self, process: subprocess.Popen[bytes], out: queue.Queue[bytes | None],
-              err: collections.deque[bytes], err_thread: threading.Thread,
-              on_event: Callable[[str, dict[str, Any]], None] | None, timeout: float | None) -> dict[str, Any]:
+    def _read(
+        self,
+        process: subprocess.Popen[bytes],
+        out: queue.Queue[bytes | None],
+        err: collections.deque[bytes],
+        err_thread: threading.Thread,
+        on_event: Callable[[str, dict[str, Any]], None] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
         started = time.monotonic()
         hello = None
         pinged = None
@@ -285,14 +318,19 @@ class AgentCall:
             try:
                 raw = out.get(timeout=remaining if remaining is None or remaining > 0 else 0.001)
             except queue.Empty:
-                raise NbremoteError(f"no answer from {self.where} within {limit:g} s",
-                                    hint="check the network, or raise --timeout",
-                                    exit_code=ExitCode.UNREACHABLE if hello is None else ExitCode.AGENT_FAILED) from None
+                raise NbremoteError(
+                    f"no answer from {self.where} within {limit:g} s",
+                    hint="check the network, or raise --timeout",
+                    exit_code=ExitCode.UNREACHABLE if hello is None else ExitCode.AGENT_FAILED,
+                ) from None
             if raw is None:
                 return self._ended(process, err, err_thread)
             if isinstance(raw, _Oversized):
-                raise NbremoteError(f"the agent on {self.where} sent a line longer than {MAX_LINE // 2**20} MiB",
-                                    exit_code=ExitCode.AGENT_FAILED, details=[clean_text(raw.decode("utf-8", "replace"), 200)])
+                raise NbremoteError(
+                    f"the agent on {self.where} sent a line longer than {MAX_LINE // 2**20} MiB",
+                    exit_code=ExitCode.AGENT_FAILED,
+                    details=[clean_text(raw.decode("utf-8", "replace"), 200)],
+                )
             text = raw.decode("utf-8", "replace")
             if hello is None:
                 hello = parse_hello(text)
@@ -303,9 +341,12 @@ class AgentCall:
                     continue
                 noise += len(raw)
                 if noise > MAX_NOISE:
-                    raise NbremoteError(f"{self.where} printed more than {MAX_NOISE // 2**20} MiB before the agent "
-                                        "started", hint="check what the login shell's start-up files print there",
-                                        exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)])
+                    raise NbremoteError(
+                        f"{self.where} printed more than {MAX_NOISE // 2**20} MiB before the agent started",
+                        hint="check what the login shell's start-up files print there",
+                        exit_code=ExitCode.AGENT_FAILED,
+                        details=[clean_text(text.strip(), 200)],
+                    )
                 continue
             reply = self._parse(text)
             if "event" in reply:
@@ -324,35 +365,51 @@ class AgentCall:
         try:
             reply = json.loads(text)
         except ValueError:
-            raise NbremoteError(f"the agent on {self.where} sent a line that is not JSON",
-                                exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)]) from None
+            raise NbremoteError(
+                f"the agent on {self.where} sent a line that is not JSON",
+                exit_code=ExitCode.AGENT_FAILED,
+                details=[clean_text(text.strip(), 200)],
+            ) from None
         except RecursionError:  # [[[[… nested beyond what json will parse
-            raise NbremoteError(f"the agent on {self.where} sent a reply nested too deeply",
-                                exit_code=ExitCode.AGENT_FAILED) from None
+            raise NbremoteError(
+                f"the agent on {self.where} sent a reply nested too deeply", exit_code=ExitCode.AGENT_FAILED
+            ) from None
         if not isinstance(reply, dict):
             valid = False
         elif "event" in reply:
             event = reply["event"]
-            valid = isinstance(event, str) and _EVENT.fullmatch(event) is not None and isinstance(reply.get("data"), dict)
+            valid = (
+                isinstance(event, str) and _EVENT.fullmatch(event) is not None and isinstance(reply.get("data"), dict)
+            )
         else:
             valid = (reply.get("ok") is True and isinstance(reply.get("result"), dict)) or reply.get("ok") is False
         if not valid:
-            raise NbremoteError(f"the agent on {self.where} sent a malformed reply",
-                                exit_code=ExitCode.AGENT_FAILED, details=[clean_text(text.strip(), 200)])
+            raise NbremoteError(
+                f"the agent on {self.where} sent a malformed reply",
+                exit_code=ExitCode.AGENT_FAILED,
+                details=[clean_text(text.strip(), 200)],
+            )
         parsed: dict[str, Any] = reply
         return parsed
 
-    def _ended(self, process: subprocess.Popen[bytes], err: collections.deque[bytes],
-               err_thread: threading.Thread) -> dict[str, Any]:
+    def _ended(
+        self, process: subprocess.Popen[bytes], err: collections.deque[bytes], err_thread: threading.Thread
+    ) -> dict[str, Any]:
         code = process.wait()
         err_thread.join(timeout=2)
         stderr = b"".join(err).decode("utf-8", "replace")
         if code == 255 and self.on_ssh_failure is not None:
             raise self.on_ssh_failure(stderr)
         if code == NO_PYTHON_EXIT:
-            raise NbremoteError(f"no python3 on {self.where}",
-                                hint="install it there (`sudo apt install python3`); nbremote needs 3.8 or newer",
-                                exit_code=ExitCode.NO_PYTHON)
+            raise NbremoteError(
+                f"no python3 on {self.where}",
+                hint="install it there (`sudo apt install python3`); nbremote needs 3.8 or newer",
+                exit_code=ExitCode.NO_PYTHON,
+            )
         tail = [clean_text(line, 500) for line in stderr.splitlines()[-200:] if line.strip()][-10:]
-        raise NbremoteError(f"the agent on {self.where} stopped without answering (exit status {code})",
-                            hint="run with --verbose for details", exit_code=ExitCode.AGENT_FAILED, details=tail)
+        raise NbremoteError(
+            f"the agent on {self.where} stopped without answering (exit status {code})",
+            hint="run with --verbose for details",
+            exit_code=ExitCode.AGENT_FAILED,
+            details=tail,
+        )

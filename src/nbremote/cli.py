@@ -1,4 +1,5 @@
 """The command line: parse, call one core function, render. Nothing else."""
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,19 @@ import time
 
 import click
 
-from nbremote import __version__, completion, forwards, jobs, keeper, kernels, profiles, runners, session, sessions, slurm
+from nbremote import (
+    __version__,
+    completion,
+    forwards,
+    jobs,
+    keeper,
+    kernels,
+    profiles,
+    runners,
+    session,
+    sessions,
+    slurm,
+)
 from nbremote.console import Console
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
@@ -18,8 +31,10 @@ from nbremote.ssh import parse_target
 from nbremote.tables import table
 
 TIMEOUT_HELP = "Seconds to wait for the host to answer."
-SLURM_HELP = ('sbatch options, quoted as one argument, e.g. "--gres=gpu:1 --time=2:00:00"; they replace '
-              "the host profile's options of the same name. Runs Jupyter in a Slurm batch job.")
+SLURM_HELP = (
+    'sbatch options, quoted as one argument, e.g. "--gres=gpu:1 --time=2:00:00"; they replace '
+    "the host profile's options of the same name. Runs Jupyter in a Slurm batch job."
+)
 
 
 def _interactive() -> bool:
@@ -41,8 +56,9 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=f"Exit codes: {exit_code_table()}.")
+@click.group(
+    cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]}, epilog=f"Exit codes: {exit_code_table()}."
+)
 @click.version_option(__version__, prog_name="nbremote")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step (ssh commands, agent calls) to stderr.")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
@@ -58,34 +74,62 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """
     ctx.obj = {"debug": debug}
     if verbose or debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
-                            format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
+        )
 
 
 @cli.command()
 @click.argument("host", required=False, shell_complete=completion.complete_host)
-@click.option("--dir", "directory",
-              help="Directory on the server to run Jupyter in (one server per directory) "
-              "[default: the host profile's, else ~].")
+@click.option(
+    "--dir",
+    "directory",
+    help="Directory on the server to run Jupyter in (one server per directory) [default: the host profile's, else ~].",
+)
 @click.option("--lab/--notebook", "lab", default=None, help="JupyterLab (default) or the classic Notebook UI.")
 @click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, holding Jupyter.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Local port [default: the last one used, else free].")
 @click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
 @click.option("--detach", is_flag=True, help="Return at once and leave the forward in place.")
-@click.option("--socket", "use_socket", is_flag=True,
-              help="Jupyter listens on a Unix socket in a private (0700) directory on the server, "
-              "not on a loopback port: other users there cannot even connect.")
-@click.option("--keep-output/--no-keep-output", default=None,
-              help="The server runs the cells and keeps their output while no browser is attached "
-              "(needs jupyter-server-nbmodel in the server's Jupyter) [default: the host profile's keep_output].")
-@click.option("--forward", "forward_specs", multiple=True, metavar="REMOTE_PORT[:LOCAL_PORT]",
-              help="Also forward this port of the server's loopback (TensorBoard's 6006, say); repeatable. "
-              "Kept with the session like `nbremote forward`.")
+@click.option(
+    "--socket",
+    "use_socket",
+    is_flag=True,
+    help="Jupyter listens on a Unix socket in a private (0700) directory on the server, "
+    "not on a loopback port: other users there cannot even connect.",
+)
+@click.option(
+    "--keep-output/--no-keep-output",
+    default=None,
+    help="The server runs the cells and keeps their output while no browser is attached "
+    "(needs jupyter-server-nbmodel in the server's Jupyter) [default: the host profile's keep_output].",
+)
+@click.option(
+    "--forward",
+    "forward_specs",
+    multiple=True,
+    metavar="REMOTE_PORT[:LOCAL_PORT]",
+    help="Also forward this port of the server's loopback (TensorBoard's 6006, say); repeatable. "
+    "Kept with the session like `nbremote forward`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--slurm", "slurm_text", metavar='"OPTIONS"', help=SLURM_HELP)
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
-def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_output, forward_specs, as_json, timeout,
-       slurm_text) -> None:
+def up(
+    host,
+    directory,
+    lab,
+    env,
+    port,
+    no_browser,
+    detach,
+    use_socket,
+    keep_output,
+    forward_specs,
+    as_json,
+    timeout,
+    slurm_text,
+) -> None:
     """Start or reattach to Jupyter on HOST and forward it to a local port.
 
     HOST is anything ssh accepts: an alias from ~/.ssh/config, user@host, or
@@ -107,8 +151,16 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_out
     extra = [forwards.parse_spec(spec) for spec in forward_specs]
     if extra and (not host or runner.name == "slurm"):
         raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
-    opts = session.UpOptions(host=host, dir=directory, mode=mode, env=env or defaults.env,
-                             port=port or defaults.port, timeout=timeout, socket=use_socket, keep_output=keep)
+    opts = session.UpOptions(
+        host=host,
+        dir=directory,
+        mode=mode,
+        env=env or defaults.env,
+        port=port or defaults.port,
+        timeout=timeout,
+        socket=use_socket,
+        keep_output=keep,
+    )
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
     result = session.up(place, runner, opts, console)
     for remote, local in extra:
@@ -121,12 +173,17 @@ def up(host, directory, lab, env, port, no_browser, detach, use_socket, keep_out
         if host:
             assert result.host is not None  # set whenever a host was given
             keeper.spawn(result.host, directory)
-        console.note(f"Slurm job {job} keeps running; `{stop}` cancels it." if job else
-                     f"the notebook keeps running; `{stop}` stops it.")
+        console.note(
+            f"Slurm job {job} keeps running; `{stop}` cancels it."
+            if job
+            else f"the notebook keeps running; `{stop}` stops it."
+        )
         return
-    console.note(f"Ctrl-C stops the forwarding; Slurm job {job} keeps running. `{stop}` cancels it." if job else
-                 f"Ctrl-C stops {'the forwarding' if host else 'this view'}; the notebook keeps running. "
-                 f"`{stop}` stops it.")
+    console.note(
+        f"Ctrl-C stops the forwarding; Slurm job {job} keeps running. `{stop}` cancels it."
+        if job
+        else f"Ctrl-C stops {'the forwarding' if host else 'this view'}; the notebook keeps running. `{stop}` stops it."
+    )
     keeper.hold(place, runner, result.record, result.url, created_master=result.created_master, console=console)
 
 
@@ -160,8 +217,10 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
         if not stopped:
             console.note(f"no Slurm job of nbremote's for {'any directory' if all_dirs else directory} on {host}")
         for item in stopped:
-            console.done(f"Slurm job {item.get('job_id')} ({item.get('dir')}) on {host}: "
-                         + ("cancelled" if item.get("was") != item.get("state") else f"had ended ({item.get('state')})"))
+            console.done(
+                f"Slurm job {item.get('job_id')} ({item.get('dir')}) on {host}: "
+                + ("cancelled" if item.get("was") != item.get("state") else f"had ended ({item.get('state')})")
+            )
         return
     where = host or "this machine"
     if not stopped:
@@ -206,8 +265,17 @@ def ls_command(host, as_json, show_token, timeout) -> None:
         forward = f"localhost:{s['local_port']}" if s["local_port"] else f"remote :{s['remote_port']}"
         if s["keeper_pid"]:
             forward += " (kept)"
-        rows.append((str(s["dir"]), "running" if s["running"] else "stopped", str(s["pid"]), forward,
-                     ago(s["started"]), kernels, ago(s["last_activity"])))
+        rows.append(
+            (
+                str(s["dir"]),
+                "running" if s["running"] else "stopped",
+                str(s["pid"]),
+                forward,
+                ago(s["started"]),
+                kernels,
+                ago(s["last_activity"]),
+            )
+        )
     for line in table(rows):
         console.result(line)
     for s in servers:
@@ -226,8 +294,12 @@ def ls_command(host, as_json, show_token, timeout) -> None:
 @click.option("--dir", "directory", default="~", show_default=True, help="Directory on the server to run in.")
 @click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, to run in.")
 @click.option("--follow", is_flag=True, help="Stream the output until the job ends; Ctrl-C detaches, it does not kill.")
-@click.option("--slurm", "slurm_text", metavar='"OPTIONS"',
-              help='sbatch options, e.g. "--gres=gpu:1 --time=1:00:00": submit COMMAND as a Slurm batch job.')
+@click.option(
+    "--slurm",
+    "slurm_text",
+    metavar='"OPTIONS"',
+    help='sbatch options, e.g. "--gres=gpu:1 --time=1:00:00": submit COMMAND as a Slurm batch job.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def run(host, command, name, directory, env, follow, slurm_text, as_json, timeout) -> None:
@@ -242,15 +314,25 @@ def run(host, command, name, directory, env, follow, slurm_text, as_json, timeou
 
     console = Console.for_terminal(json_mode=as_json)
     options = slurm.options_for(host, slurm_text) if slurm.uses_slurm(host, slurm_text) else None
-    job = jobs.run(host=host, argv=list(command), name=name, directory=directory, env=env, timeout=timeout,
-                   interactive=_interactive(), slurm_options=options)
+    job = jobs.run(
+        host=host,
+        argv=list(command),
+        name=name,
+        directory=directory,
+        env=env,
+        timeout=timeout,
+        interactive=_interactive(),
+        slurm_options=options,
+    )
     if as_json:
         console.emit_json(job.to_json())
     else:
         console.result(job.name)
         launcher = f"Slurm job {job.slurm_job_id}, {status.job_state(job)}" if job.slurm_job_id else job.launcher
-        console.note(f"started in {job.dir} on {host} ({launcher}); "
-                     f"`nbremote logs {host} {job.name} -f` follows it, `nbremote kill {host} {job.name}` stops it")
+        console.note(
+            f"started in {job.dir} on {host} ({launcher}); "
+            f"`nbremote logs {host} {job.name} -f` follows it, `nbremote kill {host} {job.name}` stops it"
+        )
     if follow:
         _follow(host, job.name, console, timeout)
 
@@ -265,8 +347,16 @@ def _follow(host, name, console, timeout, tail=None) -> None:
         out.flush()
 
     try:
-        job = jobs.logs(host=host, name=name, tail=tail, follow=True, write=write, console=console,
-                        timeout=timeout, interactive=_interactive())
+        job = jobs.logs(
+            host=host,
+            name=name,
+            tail=tail,
+            follow=True,
+            write=write,
+            console=console,
+            timeout=timeout,
+            interactive=_interactive(),
+        )
     except KeyboardInterrupt:
         console.note(f"detached; job {name} keeps running on {host or 'this machine'}")
         return
@@ -306,7 +396,9 @@ def jobs_command(host, prune, purge, as_json, timeout) -> None:
 @cli.command()
 @click.argument("host", shell_complete=completion.complete_host)
 @click.argument("job", shell_complete=completion.complete_job)
-@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends (reconnects if the network drops).")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep streaming until the job ends (reconnects if the network drops)."
+)
 @click.option("--tail", type=click.IntRange(min=0), help="Start with the last N lines.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def logs(host, job, follow, tail, timeout) -> None:
@@ -316,8 +408,16 @@ def logs(host, job, follow, tail, timeout) -> None:
         _follow(host, job, console, timeout, tail=tail)
         return
     out = sys.stdout.buffer
-    jobs.logs(host=host, name=job, tail=tail, follow=False, write=out.write, console=console, timeout=timeout,
-              interactive=_interactive())
+    jobs.logs(
+        host=host,
+        name=job,
+        tail=tail,
+        follow=False,
+        write=out.write,
+        console=console,
+        timeout=timeout,
+        interactive=_interactive(),
+    )
     out.flush()
 
 
@@ -339,8 +439,14 @@ def attach(host, job, timeout) -> None:
 @cli.command(name="kill")
 @click.argument("host", shell_complete=completion.complete_host)
 @click.argument("job", shell_complete=completion.complete_job)
-@click.option("--signal", "signal_name", type=click.Choice(jobs.SIGNALS), default="TERM", show_default=True,
-              help="Signal for the job's processes.")
+@click.option(
+    "--signal",
+    "signal_name",
+    type=click.Choice(jobs.SIGNALS),
+    default="TERM",
+    show_default=True,
+    help="Signal for the job's processes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def kill_command(host, job, signal_name, as_json, timeout) -> None:
@@ -348,15 +454,18 @@ def kill_command(host, job, signal_name, as_json, timeout) -> None:
     from nbremote import status
 
     console = Console.for_terminal(json_mode=as_json)
-    result, signalled = jobs.kill(host=host, name=job, signal_name=signal_name, timeout=timeout,
-                                  interactive=_interactive())
+    result, signalled = jobs.kill(
+        host=host, name=job, signal_name=signal_name, timeout=timeout, interactive=_interactive()
+    )
     if as_json:
         console.emit_json({"job": result.to_json(), "signalled": signalled})
     elif not signalled:
         console.note(f"job {job} had already ended: {status.job_state(result)}")
     elif result.state == "running":
-        console.warn(f"sent SIG{signal_name} to job {job}; it is still running "
-                     f"(`nbremote kill {host} {job} --signal KILL` forces it)")
+        console.warn(
+            f"sent SIG{signal_name} to job {job}; it is still running "
+            f"(`nbremote kill {host} {job} --signal KILL` forces it)"
+        )
     else:
         console.done(f"job {job} {status.job_state(result)}")
 
@@ -365,8 +474,13 @@ def kill_command(host, job, signal_name, as_json, timeout) -> None:
 @click.argument("hosts", nargs=-1, shell_complete=completion.complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh in place, with a short history of each GPU.")
-@click.option("--interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
-              help="Seconds between refreshes with --watch.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.5),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @click.option("--show-token", is_flag=True, help="Show the token in each forwarded Jupyter's URL (masked by default).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=5.0, show_default=True, help=TIMEOUT_HELP)
 def status_command(hosts, as_json, watch, interval, show_token, timeout) -> None:
@@ -411,14 +525,20 @@ def status_command(hosts, as_json, watch, interval, show_token, timeout) -> None
 
 # --- host profiles -----------------------------------------------------------------
 
+
 def _split_addresses(text: str) -> list[str]:
     return [a for a in text.replace(",", " ").split() if a]
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--address", "addresses", multiple=True, metavar="ADDR",
-              help="Address of the server, HOST or HOST:PORT; repeat it, best first (LAN, then WAN or VPN).")
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    metavar="ADDR",
+    help="Address of the server, HOST or HOST:PORT; repeat it, best first (LAN, then WAN or VPN).",
+)
 @click.option("--user", help="User on the server [default: ssh's, your local user name].")
 @click.option("--port", type=click.IntRange(1, 65535), help="ssh port for addresses without their own [default: 22].")
 @click.option("--key", metavar="PATH", help="Private key to use [default: ~/.ssh/id_ed25519 etc., made if none].")
@@ -445,8 +565,9 @@ def add(name, addresses, user, port, key, invite, directory, env, lab, local_por
     console = Console.for_terminal(json_mode=as_json)
     interactive = _interactive()
     if interactive and not addresses and not invite:
-        addresses = tuple(_split_addresses(click.prompt(
-            f"Addresses of {name}, best first (LAN, then WAN or VPN)", err=True)))
+        addresses = tuple(
+            _split_addresses(click.prompt(f"Addresses of {name}, best first (LAN, then WAN or VPN)", err=True))
+        )
         if user is None:
             user = click.prompt(f"User on {name}", default=os.environ.get("USER", ""), err=True) or None
 
@@ -456,17 +577,21 @@ def add(name, addresses, user, port, key, invite, directory, env, lab, local_por
         console.note(f"{question} Yes: not on a terminal, so trusted on first use.")
         return True
 
-    up_defaults = profiles.UpDefaults(dir=directory, env=env, port=local_port,
-                                      mode=None if lab is None else "lab" if lab else "notebook")
-    request = host_profiles.AddRequest(name=name, addresses=tuple(addresses), user=user, port=port, key=key,
-                                       invite=invite, up=up_defaults)
+    up_defaults = profiles.UpDefaults(
+        dir=directory, env=env, port=local_port, mode=None if lab is None else "lab" if lab else "notebook"
+    )
+    request = host_profiles.AddRequest(
+        name=name, addresses=tuple(addresses), user=user, port=port, key=key, invite=invite, up=up_defaults
+    )
     result = host_profiles.add(request, console, interactive=interactive, confirm=confirm, timeout=timeout)
     if as_json:
         console.emit_json(result.to_json())
         return
     console.done(f"added {name}: `nbremote up {name}`, or plain `ssh {name}`, scp and rsync")
-    console.note(f"profile in {profiles.profiles_path()}; ~/.ssh/config includes {sshfiles.our_config_path()}"
-                 + (f" (your old one is in {result.include_backup})" if result.include_backup else ""))
+    console.note(
+        f"profile in {profiles.profiles_path()}; ~/.ssh/config includes {sshfiles.our_config_path()}"
+        + (f" (your old one is in {result.include_backup})" if result.include_backup else "")
+    )
 
 
 @cli.command(name="hosts")
@@ -486,9 +611,15 @@ def hosts_command(as_json) -> None:
     shown = [("NAME", "USER", "ADDRESSES", "LAST PATH")]
     for row in rows:
         last = row["last_path"]
-        path = "-" if last is None else (
-            f"{last['kind']} {last['address']}"
-            + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "") + f" ({ago(last['when'])})")
+        path = (
+            "-"
+            if last is None
+            else (
+                f"{last['kind']} {last['address']}"
+                + (f", {last['rtt_ms']:.0f} ms" if last["rtt_ms"] is not None else "")
+                + f" ({ago(last['when'])})"
+            )
+        )
         relay = row["relay"]
         via = [] if relay is None else [f"relay {relay['relay']} :{relay['tunnel']}"]
         # Each way in with when it last answered; the relay's is the last of `answered`.
@@ -507,8 +638,7 @@ def remove(name) -> None:
 
     console = Console.for_terminal()
     host_profiles.remove(name)
-    console.done(f"removed {name} (profile, Host entry, pinned host key); "
-                 "your key stays authorized on the server")
+    console.done(f"removed {name} (profile, Host entry, pinned host key); your key stays authorized on the server")
 
 
 @cli.command(name="ssh", context_settings={"ignore_unknown_options": True})
@@ -541,11 +671,14 @@ def config_path() -> None:
 
 # --- more ports ------------------------------------------------------------------------
 
+
 @cli.command(name="forward")
 @click.argument("host", shell_complete=completion.complete_host)
 @click.argument("spec", required=False, metavar="[REMOTE_PORT[:LOCAL_PORT]]")
 @click.option("--remove", is_flag=True, help="Take the forward to REMOTE_PORT away.")
-@click.option("--dir", "directory", help="The session (by its --dir) to add it to [default: the host profile's, else ~].")
+@click.option(
+    "--dir", "directory", help="The session (by its --dir) to add it to [default: the host profile's, else ~]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def forward_command(host, spec, remove, directory, as_json, timeout) -> None:
@@ -597,6 +730,7 @@ def forward_command(host, spec, remove, directory, as_json, timeout) -> None:
 
 # --- kernels for a local editor ----------------------------------------------------------
 
+
 @cli.group(name="kernels")
 def kernels_group() -> None:
     """Kernels that run on HOST, for this laptop's Jupyter or editor.
@@ -609,8 +743,12 @@ def kernels_group() -> None:
 
 @kernels_group.command(name="install")
 @click.argument("host", shell_complete=completion.complete_host)
-@click.option("--env", metavar="NAME_OR_PATH", help="Conda environment name, or venv/conda path, to run the kernel in "
-              "[default: python3 on the server's login PATH].")
+@click.option(
+    "--env",
+    metavar="NAME_OR_PATH",
+    help="Conda environment name, or venv/conda path, to run the kernel in "
+    "[default: python3 on the server's login PATH].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the kernel spec as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=10.0, show_default=True, help=TIMEOUT_HELP)
 def kernels_install(host, env, as_json, timeout) -> None:
@@ -626,7 +764,7 @@ def kernels_install(host, env, as_json, timeout) -> None:
         console.emit_json(spec.to_json())
         return
     python = f" ({spec.python} on {spec.host})" if spec.python else ""
-    console.done(f"kernel {spec.name} installed: \"{spec.display_name}\"{python}", time.monotonic() - began)
+    console.done(f'kernel {spec.name} installed: "{spec.display_name}"{python}', time.monotonic() - began)
     console.result(f"  {spec.path / 'kernel.json'}")
     console.note(f"`jupyter console --kernel {spec.name}` uses it; so do JupyterLab, VS Code and PyCharm.")
 
@@ -661,6 +799,7 @@ def kernels_ls(as_json) -> None:
 
 
 # --- the laptop itself: shell completion, doctor ---------------------------------------
+
 
 @cli.command(name="completion")
 @click.argument("shell", type=click.Choice(completion.SHELLS))

@@ -8,6 +8,7 @@ connects, never prompts and never fails loudly: a tab press must answer at
 once, so a broken or missing file just means fewer suggestions. A job started
 from another laptop appears after the next `nbremote jobs HOST`.
 """
+
 from __future__ import annotations
 
 import click
@@ -29,6 +30,7 @@ def script(command: click.Command, shell: str) -> str:
 
 
 # --- host names --------------------------------------------------------------------
+
 
 def host_names() -> list[str]:
     """Profile names first, then other literal Host names of ~/.ssh/config."""
@@ -56,6 +58,7 @@ def complete_profile(ctx: click.Context, param: click.Parameter, incomplete: str
 
 
 # --- job names -----------------------------------------------------------------------
+
 
 def complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     host = ctx.params.get("host")

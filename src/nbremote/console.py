@@ -4,6 +4,7 @@ Everything goes through a Console so tests can pass their own streams, TTY
 flag and browser opener: no test ever opens a browser or waits on a spinner.
 Progress and steps go to stderr; results (the URL, tables, JSON) to stdout.
 """
+
 from __future__ import annotations
 
 import contextlib

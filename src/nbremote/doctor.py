@@ -7,6 +7,7 @@ Nothing is changed, except that a login records the address that answered, as
 so a dead host costs the timeout and not more. Rows are the same Check as
 `nbremote server check`.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,15 @@ CONTROL_NAME_LENGTH = 20  # ssh.Connection names its sockets by 20 hex digits
 
 def _run(argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess | None:
     try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, env=ssh_env())
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=ssh_env()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
 # --- OpenSSH -----------------------------------------------------------------------------
+
 
 def ssh_version() -> str | None:
     """What `ssh -V` says, or None when there is no ssh on PATH."""
@@ -62,16 +65,22 @@ def parse_openssh_version(text: str) -> tuple[int, int] | None:
 
 def openssh_check(version_text: str | None) -> Check:
     if version_text is None:
-        return Check("openssh", FAIL, "no ssh on PATH",
-                     "install the OpenSSH client (`sudo apt-get install openssh-client`)")
+        return Check(
+            "openssh", FAIL, "no ssh on PATH", "install the OpenSSH client (`sudo apt-get install openssh-client`)"
+        )
     version = parse_openssh_version(version_text)
     wanted = ".".join(map(str, MIN_OPENSSH))
     if version is None:
-        return Check("openssh", FAIL, f"ssh is not OpenSSH ({version_text or 'no version'})",
-                     f"install the OpenSSH client, {wanted} or newer: nbremote uses its ControlMaster")
+        return Check(
+            "openssh",
+            FAIL,
+            f"ssh is not OpenSSH ({version_text or 'no version'})",
+            f"install the OpenSSH client, {wanted} or newer: nbremote uses its ControlMaster",
+        )
     if version < MIN_OPENSSH:
-        return Check("openssh", FAIL, f"{version_text}: older than {wanted}",
-                     f"upgrade the OpenSSH client to {wanted} or newer")
+        return Check(
+            "openssh", FAIL, f"{version_text}: older than {wanted}", f"upgrade the OpenSSH client to {wanted} or newer"
+        )
     return Check("openssh", PASS, version_text.split(",")[0])
 
 
@@ -87,15 +96,22 @@ def multiplexing_check() -> Check:
     probe = folder / (secrets.token_hex(CONTROL_NAME_LENGTH // 2) + "." + "x" * (CONTROL_TEMP_SUFFIX - 1))
     length = len(os.fsencode(probe)) + 1
     if length > SOCKET_PATH_MAX:
-        return Check("multiplexing", FAIL,
-                     f"control sockets in {folder} need {length} bytes; a Unix socket path has {SOCKET_PATH_MAX}",
-                     "set XDG_RUNTIME_DIR to a shorter directory of yours")
+        return Check(
+            "multiplexing",
+            FAIL,
+            f"control sockets in {folder} need {length} bytes; a Unix socket path has {SOCKET_PATH_MAX}",
+            "set XDG_RUNTIME_DIR to a shorter directory of yours",
+        )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(probe))
     except OSError as exc:
-        return Check("multiplexing", FAIL, f"cannot make a control socket in {folder}: {exc.strerror or exc}",
-                     "set XDG_RUNTIME_DIR to a local directory of yours")
+        return Check(
+            "multiplexing",
+            FAIL,
+            f"cannot make a control socket in {folder}: {exc.strerror or exc}",
+            "set XDG_RUNTIME_DIR to a local directory of yours",
+        )
     finally:
         sock.close()
         probe.unlink(missing_ok=True)
@@ -103,6 +119,7 @@ def multiplexing_check() -> Check:
 
 
 # --- keys, profiles, ~/.ssh/config ---------------------------------------------------------
+
 
 def _agent_keys() -> int:
     """How many keys ssh-agent holds (0 without an agent)."""
@@ -118,13 +135,20 @@ def _key_row(key: Path, users: list[str]) -> Check:
     """One key file: there, and private (ssh ignores a key that others can read)."""
     used_by = f" (used by {', '.join(users)})" if users else ""
     if not key.is_file():
-        return Check("key", FAIL, f"{key} is missing{used_by}",
-                     f"put the key back, or `nbremote remove {users[0]}` then `nbremote add {users[0]}` "
-                     "(makes or picks another key)" if users else None)
+        return Check(
+            "key",
+            FAIL,
+            f"{key} is missing{used_by}",
+            f"put the key back, or `nbremote remove {users[0]}` then `nbremote add {users[0]}` "
+            "(makes or picks another key)"
+            if users
+            else None,
+        )
     mode = key.stat().st_mode & 0o777
     if mode & 0o077:
-        return Check("key", FAIL, f"{key} can be read by others (mode {mode:04o}): ssh refuses to use it",
-                     f"chmod 600 {key}")
+        return Check(
+            "key", FAIL, f"{key} can be read by others (mode {mode:04o}): ssh refuses to use it", f"chmod 600 {key}"
+        )
     return Check("key", PASS, f"{key}{used_by}")
 
 
@@ -145,9 +169,14 @@ def key_checks(all_profiles: dict[str, Profile]) -> list[Check]:
         return [Check("key", PASS, f"{in_agent} in ssh-agent")]
     names = ", ".join(sshfiles.DEFAULT_KEYS)
     # Before the first `add` nothing needs a key yet, and `add` makes one.
-    return [Check("key", FAIL if all_profiles else WARN,
-                  f"no key pair in {sshfiles.ssh_dir()} ({names}) and none in ssh-agent",
-                  "`nbremote add NAME` makes one, or run `ssh-keygen -t ed25519`")]
+    return [
+        Check(
+            "key",
+            FAIL if all_profiles else WARN,
+            f"no key pair in {sshfiles.ssh_dir()} ({names}) and none in ssh-agent",
+            "`nbremote add NAME` makes one, or run `ssh-keygen -t ed25519`",
+        )
+    ]
 
 
 def profiles_check() -> tuple[Check, dict[str, Profile]]:
@@ -157,12 +186,19 @@ def profiles_check() -> tuple[Check, dict[str, Profile]]:
     except NbremoteError as exc:
         return Check("profiles", FAIL, exc.message, exc.hint), {}
     if not path.exists():
-        return Check("profiles", WARN, f"no host profiles yet ({path})",
-                     "nbremote add NAME --address ADDR  (or --invite LINE from `nbremote server invite`)"), {}
+        return Check(
+            "profiles",
+            WARN,
+            f"no host profiles yet ({path})",
+            "nbremote add NAME --address ADDR  (or --invite LINE from `nbremote server invite`)",
+        ), {}
     count = len(loaded)
-    return Check("profiles", PASS if loaded else WARN,
-                 f"{count} host profile{'s' if count != 1 else ''} in {path}" if loaded else f"{path} has no hosts",
-                 None if loaded else "nbremote add NAME --address ADDR"), loaded
+    return Check(
+        "profiles",
+        PASS if loaded else WARN,
+        f"{count} host profile{'s' if count != 1 else ''} in {path}" if loaded else f"{path} has no hosts",
+        None if loaded else "nbremote add NAME --address ADDR",
+    ), loaded
 
 
 def _is_block_start(line: str) -> bool:
@@ -183,25 +219,40 @@ def include_check(all_profiles: dict[str, Profile], ssh_works: bool) -> Check:
         return Check("ssh config", FAIL, f"cannot read {config}: {exc.strerror or exc}", f"chmod 600 {config}")
     found = next((i for i, text in enumerate(lines) if text.strip() == line), None)
     if found is None:
-        return Check("ssh config", FAIL, f"{config} does not include {ours}: plain `ssh NAME`, scp and rsync "
-                     "do not know the host profiles", fix)
+        return Check(
+            "ssh config",
+            FAIL,
+            f"{config} does not include {ours}: plain `ssh NAME`, scp and rsync do not know the host profiles",
+            fix,
+        )
     block = next((i for i, text in enumerate(lines[:found]) if _is_block_start(text)), None)
     if block is not None:
-        return Check("ssh config", FAIL, f"the Include at {config}:{found + 1} is inside the block that starts at "
-                     f"line {block + 1}: it applies only to that block",
-                     f"move `{line}` to the top of {config}")
+        return Check(
+            "ssh config",
+            FAIL,
+            f"the Include at {config}:{found + 1} is inside the block that starts at "
+            f"line {block + 1}: it applies only to that block",
+            f"move `{line}` to the top of {config}",
+        )
     if not ours.is_file():
-        return Check("ssh config", FAIL, f"{ours} is missing",
-                     "`nbremote remove NAME` then `nbremote add NAME` writes it again")
+        return Check(
+            "ssh config", FAIL, f"{ours} is missing", "`nbremote remove NAME` then `nbremote add NAME` writes it again"
+        )
     if ssh_works:
-        missing = [name for name in sorted(all_profiles)
-                   if not _ssh_uses_profile(config, name, all_profiles[name].host_key_alias)]
+        missing = [
+            name
+            for name in sorted(all_profiles)
+            if not _ssh_uses_profile(config, name, all_profiles[name].host_key_alias)
+        ]
         if missing:
-            return Check("ssh config", FAIL,
-                         f"plain `ssh {missing[0]}` does not use nbremote's entry"
-                         + (f" (nor for {', '.join(missing[1:])})" if missing[1:] else "")
-                         + f": {ours} lacks it, or an earlier line of {config} overrides it",
-                         f"`nbremote remove {missing[0]}` then `nbremote add {missing[0]}` writes it again")
+            return Check(
+                "ssh config",
+                FAIL,
+                f"plain `ssh {missing[0]}` does not use nbremote's entry"
+                + (f" (nor for {', '.join(missing[1:])})" if missing[1:] else "")
+                + f": {ours} lacks it, or an earlier line of {config} overrides it",
+                f"`nbremote remove {missing[0]}` then `nbremote add {missing[0]}` writes it again",
+            )
     return Check("ssh config", PASS, f"{config}:{found + 1} includes {ours}")
 
 
@@ -212,6 +263,7 @@ def _ssh_uses_profile(config: Path, name: str, alias: str) -> bool:
 
 
 # --- hosts ------------------------------------------------------------------------------
+
 
 def _error_detail(exc: NbremoteError) -> str:
     return "; ".join([exc.message, *exc.details])
@@ -242,13 +294,23 @@ def host_checks(host: str, *, timeout: float) -> list[Check]:
         try:
             reply = place.agent(hello_timeout=timeout).request("ls", {}, timeout=timeout + 10)
         except NbremoteError as exc:
-            return [reach, Check(f"{host} agent", FAIL, _error_detail(exc),
-                                 exc.hint or "run `nbremote -v ls HOST` to see each step")]
+            return [
+                reach,
+                Check(
+                    f"{host} agent", FAIL, _error_detail(exc), exc.hint or "run `nbremote -v ls HOST` to see each step"
+                ),
+            ]
         servers = reply.get("servers")
         count = len(servers) if isinstance(servers, list) else 0
-        return [reach, Check(f"{host} agent", PASS,
-                             f"answers in {time.monotonic() - began:.2f} s; "
-                             f"{count} Jupyter server{'s' if count != 1 else ''} of nbremote's there")]
+        return [
+            reach,
+            Check(
+                f"{host} agent",
+                PASS,
+                f"answers in {time.monotonic() - began:.2f} s; "
+                f"{count} Jupyter server{'s' if count != 1 else ''} of nbremote's there",
+            ),
+        ]
     finally:
         if not had_master:
             place.connection.close()
@@ -269,6 +331,7 @@ def all_host_checks(hosts: list[str], *, timeout: float) -> list[Check]:
 
 # --- everything ------------------------------------------------------------------------
 
+
 def diagnose(hosts: list[str] | None, *, timeout: float) -> list[Check]:
     """The laptop's checks, then each host's (HOSTS, or every profile) in parallel."""
     version = ssh_version()
@@ -285,6 +348,7 @@ def diagnose(hosts: list[str] | None, *, timeout: float) -> list[Check]:
     if ssh_works:
         rows += all_host_checks(targets, timeout=timeout)
     elif targets:
-        rows.append(Check("hosts", FAIL, f"not tried without a working ssh: {', '.join(targets)}",
-                          "fix the openssh row first"))
+        rows.append(
+            Check("hosts", FAIL, f"not tried without a working ssh: {', '.join(targets)}", "fix the openssh row first")
+        )
     return rows

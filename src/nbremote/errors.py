@@ -1,4 +1,5 @@
 """The one error type the core raises, and the exit codes the CLI turns it into."""
+
 from __future__ import annotations
 
 import enum

@@ -8,6 +8,7 @@ forward is remembered in the session's record, so the keeper puts it back on
 the same local port after a network drop, `up` puts it back, and `forward
 --remove` or `down` take it away.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,13 @@ class Forward:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "local_port": self.local_port, "remote_port": self.remote_port,
-                "url": f"http://127.0.0.1:{self.local_port}/", "seconds": round(self.seconds, 3)}
+        return {
+            "host": self.host,
+            "local_port": self.local_port,
+            "remote_port": self.remote_port,
+            "url": f"http://127.0.0.1:{self.local_port}/",
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def parse_spec(text: str) -> tuple[int, int | None]:
@@ -42,27 +48,33 @@ def parse_spec(text: str) -> tuple[int, int | None]:
     match = _SPEC.match(text)
     ports = [int(p) for p in match.groups() if p is not None] if match else []
     if not ports or not all(0 < p < 65536 for p in ports):
-        raise NbremoteError(f"'{text}' is not REMOTE_PORT or REMOTE_PORT:LOCAL_PORT",
-                            hint="ports are numbers from 1 to 65535, e.g. 6006 or 6006:16006",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"'{text}' is not REMOTE_PORT or REMOTE_PORT:LOCAL_PORT",
+            hint="ports are numbers from 1 to 65535, e.g. 6006 or 6006:16006",
+            exit_code=ExitCode.USAGE,
+        )
     return ports[0], ports[1] if len(ports) == 2 else None
 
 
 def session_for(host: str, directory: str) -> SessionRecord:
     record = sessions.find(host, directory)
     if record is None or record.runner != "host":
-        raise NbremoteError(f"no nbremote session on {host} for {directory}",
-                            hint=f"`nbremote up {host}` first (forwards go with a session; `--dir` picks which)",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"no nbremote session on {host} for {directory}",
+            hint=f"`nbremote up {host}` first (forwards go with a session; `--dir` picks which)",
+            exit_code=ExitCode.USAGE,
+        )
     return record
 
 
 def _check_local(record: SessionRecord, local: int) -> None:
     taken = {record.local_port, *(mine for mine, _ in record.forwards)}
     if local in taken or not port_free(local):
-        raise NbremoteError(f"local port {local} is busy",
-                            hint="give another: `nbremote forward HOST REMOTE_PORT:LOCAL_PORT`",
-                            exit_code=ExitCode.PORT_BUSY)
+        raise NbremoteError(
+            f"local port {local} is busy",
+            hint="give another: `nbremote forward HOST REMOTE_PORT:LOCAL_PORT`",
+            exit_code=ExitCode.PORT_BUSY,
+        )
 
 
 def add(place: Place, record: SessionRecord, remote: int, local: int | None, *, timeout: float) -> Forward:
@@ -98,8 +110,11 @@ def _open(place: Host, record: SessionRecord, local: int, remote: int, began: fl
 def remove(place: Place, record: SessionRecord, remote: int, local: int | None) -> Forward:
     gone = [(mine, theirs) for mine, theirs in record.forwards if theirs == remote and local in (None, mine)]
     if not gone:
-        raise NbremoteError(f"no forward to port {remote} in the session on {record.host}",
-                            hint=f"`nbremote ls {record.host}` shows the forwards", exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"no forward to port {remote} in the session on {record.host}",
+            hint=f"`nbremote ls {record.host}` shows the forwards",
+            exit_code=ExitCode.USAGE,
+        )
     if isinstance(place, Host) and place.connection.master_alive():
         for mine, theirs in gone:
             place.connection.cancel(mine, theirs)
@@ -125,7 +140,12 @@ def listening(place: Place, record: SessionRecord | None, *, timeout: float) -> 
             continue
         pid = row.get("pid")
         command = row.get("command")
-        out.append({"port": port, "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-                    "command": clean_text(command, 200) if isinstance(command, str) else "",
-                    "local_port": forwarded.get(port)})
+        out.append(
+            {
+                "port": port,
+                "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                "command": clean_text(command, 200) if isinstance(command, str) else "",
+                "local_port": forwarded.get(port),
+            }
+        )
     return out

@@ -14,6 +14,7 @@ that follows is the one the server waits for, and it stays on the server
 until init has finished, so that the profile gets the final port and
 addresses from the record init writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,18 @@ class AddResult:
     include_backup: Path | None
 
     def to_json(self) -> dict:
-        return {"name": self.profile.name, "addresses": [str(a) for a in self.profile.addresses],
-                "user": self.profile.user, "port": self.profile.port, "reached": str(self.reached),
-                "fingerprint": self.fingerprint, "pinned_from": self.pinned_from, "key": str(self.key),
-                "key_generated": self.key_generated, "key_installed": self.key_installed}
+        return {
+            "name": self.profile.name,
+            "addresses": [str(a) for a in self.profile.addresses],
+            "user": self.profile.user,
+            "port": self.profile.port,
+            "reached": str(self.reached),
+            "fingerprint": self.fingerprint,
+            "pinned_from": self.pinned_from,
+            "key": str(self.key),
+            "key_generated": self.key_generated,
+            "key_installed": self.key_installed,
+        }
 
 
 def _usage(message: str, hint: str | None = None) -> NbremoteError:
@@ -74,11 +83,14 @@ def _checked_profile(req: AddRequest, existing: dict[str, Profile]) -> tuple[Pro
     """The profile to add and the invite, or a USAGE error; nothing touched."""
     name = profiles.check_name(req.name)
     if name in existing:
-        raise _usage(f"a host profile {name!r} exists already",
-                     hint=f"`nbremote remove {name}` first to set it up again")
+        raise _usage(
+            f"a host profile {name!r} exists already", hint=f"`nbremote remove {name}` first to set it up again"
+        )
     if sshfiles.collides(name):
-        raise _usage(f"~/.ssh/config already has a `Host {name}`",
-                     hint=f"choose another name, or use that entry directly: `nbremote up {name}`")
+        raise _usage(
+            f"~/.ssh/config already has a `Host {name}`",
+            hint=f"choose another name, or use that entry directly: `nbremote up {name}`",
+        )
     parsed = None
     user: str | None
     relay, tunnel = None, None
@@ -97,12 +109,18 @@ def _checked_profile(req: AddRequest, existing: dict[str, Profile]) -> tuple[Pro
     key = None
     if req.key is not None:
         key = str(sshfiles.check_key(Path(req.key).expanduser().absolute()))
-    return Profile(name=name, addresses=addresses, user=user, port=port, key=key, up=req.up,
-                   relay=relay, tunnel=tunnel), parsed
+    return Profile(
+        name=name, addresses=addresses, user=user, port=port, key=key, up=req.up, relay=relay, tunnel=tunnel
+    ), parsed
 
 
-def _pin(profile: Profile, scans: list[sshfiles.Scan], fingerprint: str | None,
-         confirm: Callable[[str], bool], console: Console) -> tuple[list[tuple[str, str]], str]:
+def _pin(
+    profile: Profile,
+    scans: list[sshfiles.Scan],
+    fingerprint: str | None,
+    confirm: Callable[[str], bool],
+    console: Console,
+) -> tuple[list[tuple[str, str]], str]:
     answered = [s for s in scans if s.keys]
     if fingerprint is not None:
         for scan in answered:
@@ -115,7 +133,8 @@ def _pin(profile: Profile, scans: list[sshfiles.Scan], fingerprint: str | None,
                     hint="if the server was reinstalled, ask its owner for a fresh invite "
                     "(`nbremote server invite` on the server); otherwise someone may be intercepting "
                     "the connection",
-                    exit_code=ExitCode.HOST_KEY)
+                    exit_code=ExitCode.HOST_KEY,
+                )
         return matching, "invite"
     kind, blob = answered[0].keys[0]
     shown = invites.fingerprint(blob)
@@ -126,23 +145,48 @@ def _pin(profile: Profile, scans: list[sshfiles.Scan], fingerprint: str | None,
                 details=[f"{answered[0].address}: {shown}"]
                 + [f"{scan.address}: {invites.fingerprint(scan.keys[0][1])}"],
                 hint="check the addresses, or use an invite from the server (`nbremote server invite`)",
-                exit_code=ExitCode.HOST_KEY)
+                exit_code=ExitCode.HOST_KEY,
+            )
     if not confirm(f"{profile.name} at {answered[0].address} has the {kind} key {shown}. Trust it?"):
-        raise NbremoteError("nothing changed (host key not trusted)",
-                            hint="compare it with `nbremote server invite` on the server, "
-                            "or add with --invite", exit_code=ExitCode.HOST_KEY)
+        raise NbremoteError(
+            "nothing changed (host key not trusted)",
+            hint="compare it with `nbremote server invite` on the server, or add with --invite",
+            exit_code=ExitCode.HOST_KEY,
+        )
     return [(kind, blob)], "first use"
 
 
-def _login(profile: Profile, address: Address, known_hosts: Path, *, batch: bool, timeout: float,
-           command: str, stdin: str | None = None, wait_s: float = 0) -> tuple[Connection, subprocess.CompletedProcess]:
-    options = tuple((k, str(known_hosts) if k == "UserKnownHostsFile" else v)
-                    for k, v in sshfiles.connection_options(profile, address))
-    conn = Connection(Target(label=profile.name, destination=profile.name, options=options),
-                      control_dir=paths.runtime_dir(), timeout=timeout, batch=batch, persist=False)
-    done = subprocess.run(conn.command_argv(command), input=stdin, capture_output=True, text=True,
-                          stdin=None if stdin is not None else subprocess.DEVNULL,
-                          timeout=None if not batch else timeout + 30 + wait_s, env=ssh_env())
+def _login(
+    profile: Profile,
+    address: Address,
+    known_hosts: Path,
+    *,
+    batch: bool,
+    timeout: float,
+    command: str,
+    stdin: str | None = None,
+    wait_s: float = 0,
+) -> tuple[Connection, subprocess.CompletedProcess]:
+    options = tuple(
+        (k, str(known_hosts) if k == "UserKnownHostsFile" else v)
+        for k, v in sshfiles.connection_options(profile, address)
+    )
+    conn = Connection(
+        Target(label=profile.name, destination=profile.name, options=options),
+        control_dir=paths.runtime_dir(),
+        timeout=timeout,
+        batch=batch,
+        persist=False,
+    )
+    done = subprocess.run(
+        conn.command_argv(command),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        timeout=None if not batch else timeout + 30 + wait_s,
+        env=ssh_env(),
+    )
     return conn, done
 
 
@@ -197,19 +241,32 @@ def _password_refused(profile: Profile, stderr: str) -> NbremoteError | None:
     if not match:
         return None
     if {"password", "keyboard-interactive"} & set(match.group(1).split(",")):
-        return NbremoteError(f"wrong password for {profile.user} on {profile.name}", exit_code=ExitCode.AUTH_FAILED,
-                             hint=f"{profile.name} keeps waiting: run the same `nbremote add` again and type "
-                                  f"{profile.user}'s password on the server")
-    return NbremoteError(f"{profile.name} takes no password from this laptop", exit_code=ExitCode.AUTH_FAILED,
-                         details=[f"it offers only: {match.group(1)}"],
-                         hint="while `server init` waits, it takes a password only from its own network "
-                              f"(the LAN) and only for {profile.user}: run `nbremote add` on the same network "
-                              "as the server; if its init has finished already, passwords are off: ask its "
-                              "owner to add your public key")
+        return NbremoteError(
+            f"wrong password for {profile.user} on {profile.name}",
+            exit_code=ExitCode.AUTH_FAILED,
+            hint=f"{profile.name} keeps waiting: run the same `nbremote add` again and type "
+            f"{profile.user}'s password on the server",
+        )
+    return NbremoteError(
+        f"{profile.name} takes no password from this laptop",
+        exit_code=ExitCode.AUTH_FAILED,
+        details=[f"it offers only: {match.group(1)}"],
+        hint="while `server init` waits, it takes a password only from its own network "
+        f"(the LAN) and only for {profile.user}: run `nbremote add` on the same network "
+        "as the server; if its init has finished already, passwords are off: ask its "
+        "owner to add your public key",
+    )
 
 
-def _install_key(profile: Profile, address: Address, pins: list[tuple[str, str]], key: Path,
-                 timeout: float, console: Console, wait: str | None = None) -> bool:
+def _install_key(
+    profile: Profile,
+    address: Address,
+    pins: list[tuple[str, str]],
+    key: Path,
+    timeout: float,
+    console: Console,
+    wait: str | None = None,
+) -> bool:
     """True when the key had to be installed; an error when login with it still fails.
     wait: the token of a waiting `server init`; the key goes in only while it waits."""
     with tempfile.TemporaryDirectory(prefix="nbremote-add-") as tmp:
@@ -222,44 +279,62 @@ def _install_key(profile: Profile, address: Address, pins: list[tuple[str, str]]
         if error.exit_code != ExitCode.AUTH_FAILED:
             raise error
         public = Path(f"{key}.pub").read_text().strip()
-        console.note(f"installing {key.name}.pub for {profile.user or 'you'} on {profile.name}: "
-                     "log in once with the password")
+        console.note(
+            f"installing {key.name}.pub for {profile.user or 'you'} on {profile.name}: log in once with the password"
+        )
         command = sshfiles.install_command()
         if wait is not None:
             command = f"{shlex.join(['python3', '-c', JOIN_CHECK, wait])} && {command}"
-        conn, done = _login(profile, address, known, batch=False, timeout=timeout,
-                            command=command, stdin=public + "\n")
+        conn, done = _login(profile, address, known, batch=False, timeout=timeout, command=command, stdin=public + "\n")
         if wait is not None and done.returncode == MOVED_ON:
             raise NbremoteError(
                 f"{profile.name} no longer takes a new laptop: another one's key login came first, and its "
                 "init has moved on; nothing was installed",
                 hint=f"a second laptop can join only while init waits; now add its public key to "
-                     f"~{profile.user}/.ssh/authorized_keys from the first laptop (`ssh {profile.name}`), "
-                     f"then `nbremote add {profile.name} --invite LINE` with the line `nbremote server invite` "
-                     "prints", exit_code=ExitCode.ERROR)
+                f"~{profile.user}/.ssh/authorized_keys from the first laptop (`ssh {profile.name}`), "
+                f"then `nbremote add {profile.name} --invite LINE` with the line `nbremote server invite` "
+                "prints",
+                exit_code=ExitCode.ERROR,
+            )
         if wait is not None and done.returncode == NOT_WAITING:
             raise NbremoteError(
                 f"{profile.name} is not waiting for a laptop with this invite: nothing was installed",
                 hint=f"its `server init` stopped or ran out of time, or printed a newer invite since: run "
-                     f"`sudo nbremote server init` on {profile.name} again and use the line it prints",
-                exit_code=ExitCode.ERROR)
+                f"`sudo nbremote server init` on {profile.name} again and use the line it prints",
+                exit_code=ExitCode.ERROR,
+            )
         if done.returncode != 0:
             refused = _password_refused(profile, done.stderr) if wait is not None and done.returncode == 255 else None
-            raise refused or (conn.failure(done.stderr) if done.returncode == 255 else NbremoteError(
-                f"could not add the key to ~/.ssh/authorized_keys on {profile.name}",
-                details=done.stderr.strip().splitlines()[-3:], exit_code=ExitCode.ERROR))
+            raise refused or (
+                conn.failure(done.stderr)
+                if done.returncode == 255
+                else NbremoteError(
+                    f"could not add the key to ~/.ssh/authorized_keys on {profile.name}",
+                    details=done.stderr.strip().splitlines()[-3:],
+                    exit_code=ExitCode.ERROR,
+                )
+            )
         conn, done = _login(profile, address, known, batch=True, timeout=timeout, command="true")
         if done.returncode != 0:
-            raise NbremoteError(f"the key is installed on {profile.name} but logging in with it still fails",
-                                details=done.stderr.strip().splitlines()[-3:],
-                                hint="the server may not accept keys (PubkeyAuthentication), "
-                                "or its home directory is writable by others (sshd's StrictModes)",
-                                exit_code=ExitCode.AUTH_FAILED)
+            raise NbremoteError(
+                f"the key is installed on {profile.name} but logging in with it still fails",
+                details=done.stderr.strip().splitlines()[-3:],
+                hint="the server may not accept keys (PubkeyAuthentication), "
+                "or its home directory is writable by others (sshd's StrictModes)",
+                exit_code=ExitCode.AUTH_FAILED,
+            )
     return True
 
 
-def _join(profile: Profile, address: Address, pins: list[tuple[str, str]], fingerprint: str, wait: str,
-          timeout: float, console: Console) -> Profile:
+def _join(
+    profile: Profile,
+    address: Address,
+    pins: list[tuple[str, str]],
+    fingerprint: str,
+    wait: str,
+    timeout: float,
+    console: Console,
+) -> Profile:
     """The key login a waiting init waits for; then its final record: the profile with the final
     port and addresses, proved by one more key login there."""
     started = time.monotonic()
@@ -269,57 +344,87 @@ def _join(profile: Profile, address: Address, pins: list[tuple[str, str]], finge
         command = shlex.join(["python3", "-c", JOIN_AND_WAIT, wait, str(SERVER_FINISH_S)])
         try:
             with console.progress(f"{profile.name} is hardening sshd, setting its firewall and asking its router"):
-                conn, done = _login(profile, address, known, batch=True, timeout=timeout, command=command,
-                                    wait_s=SERVER_FINISH_S)
+                conn, done = _login(
+                    profile, address, known, batch=True, timeout=timeout, command=command, wait_s=SERVER_FINISH_S
+                )
         except KeyboardInterrupt:
             raise NbremoteError(
                 f"stopped waiting for {profile.name} to finish (Ctrl-C): your key is installed there, "
-                "nothing was written on this laptop", exit_code=ExitCode.INTERRUPTED,
+                "nothing was written on this laptop",
+                exit_code=ExitCode.INTERRUPTED,
                 hint=f"once its init has finished, `nbremote server invite` on {profile.name} prints the line "
-                     f"for `nbremote add {profile.name} --invite LINE`") from None
+                f"for `nbremote add {profile.name} --invite LINE`",
+            ) from None
         if done.returncode != 0:
-            raise conn.failure(done.stderr) if done.returncode == 255 else NbremoteError(
-                f"could not tell {profile.name}'s init about the key login", exit_code=ExitCode.ERROR,
-                details=done.stderr.strip().splitlines()[-3:], hint="python3 must be on the server's PATH")
+            raise (
+                conn.failure(done.stderr)
+                if done.returncode == 255
+                else NbremoteError(
+                    f"could not tell {profile.name}'s init about the key login",
+                    exit_code=ExitCode.ERROR,
+                    details=done.stderr.strip().splitlines()[-3:],
+                    hint="python3 must be on the server's PATH",
+                )
+            )
         try:
             record = json.loads(done.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             record = {"state": "unreadable"}
         state = record.get("state")
         if state == "failed":
-            raise NbremoteError(f"{profile.name}'s init failed after your key login: {record.get('error')}",
-                                hint="your key is installed; the server's terminal says more; once init has "
-                                     "finished there, `nbremote server invite` prints the line for `nbremote add`",
-                                exit_code=ExitCode.ERROR)
+            raise NbremoteError(
+                f"{profile.name}'s init failed after your key login: {record.get('error')}",
+                hint="your key is installed; the server's terminal says more; once init has "
+                "finished there, `nbremote server invite` prints the line for `nbremote add`",
+                exit_code=ExitCode.ERROR,
+            )
         if state != "done":
             raise NbremoteError(
                 f"{profile.name} stopped waiting before it had finished (its record says {state})",
                 hint=f"your key is installed; run `sudo nbremote server init` on {profile.name} again, "
-                     "then `nbremote server invite` there prints the line for `nbremote add`",
-                exit_code=ExitCode.ERROR)
+                "then `nbremote server invite` there prints the line for `nbremote add`",
+                exit_code=ExitCode.ERROR,
+            )
         if record.get("fingerprint") != fingerprint:
-            raise NbremoteError(f"{profile.name}'s init names another host key than the invite: refusing",
-                                details=[f"invite: {fingerprint}", f"record: {record.get('fingerprint')}"],
-                                exit_code=ExitCode.HOST_KEY)
+            raise NbremoteError(
+                f"{profile.name}'s init names another host key than the invite: refusing",
+                details=[f"invite: {fingerprint}", f"record: {record.get('fingerprint')}"],
+                exit_code=ExitCode.HOST_KEY,
+            )
         try:
-            final = invites.check(invites.Invite(user=profile.user or "", hosts=tuple(record["hosts"]),
-                                                 port=int(record["port"]), fingerprint=fingerprint))
+            final = invites.check(
+                invites.Invite(
+                    user=profile.user or "",
+                    hosts=tuple(record["hosts"]),
+                    port=int(record["port"]),
+                    fingerprint=fingerprint,
+                )
+            )
         except (KeyError, TypeError, ValueError):
-            raise NbremoteError(f"{profile.name}'s init wrote a record this nbremote cannot read",
-                                details=[json.dumps(record)[:200]], exit_code=ExitCode.ERROR) from None
+            raise NbremoteError(
+                f"{profile.name}'s init wrote a record this nbremote cannot read",
+                details=[json.dumps(record)[:200]],
+                exit_code=ExitCode.ERROR,
+            ) from None
         profile = replace(profile, addresses=tuple(final.addresses), port=final.port)
-        console.done(f"{profile.name} has finished: port {final.port}, addresses {', '.join(final.hosts)}",
-                     time.monotonic() - started)
+        console.done(
+            f"{profile.name} has finished: port {final.port}, addresses {', '.join(final.hosts)}",
+            time.monotonic() - started,
+        )
         conn, done = _login(profile, profile.addresses[0], known, batch=True, timeout=timeout, command="true")
         if done.returncode != 0:
-            raise NbremoteError(f"{profile.name} has finished, but a key login on port {final.port} fails",
-                                details=done.stderr.strip().splitlines()[-3:], exit_code=ExitCode.UNREACHABLE,
-                                hint=f"`nbremote server check` on {profile.name} shows its firewall and sshd")
+            raise NbremoteError(
+                f"{profile.name} has finished, but a key login on port {final.port} fails",
+                details=done.stderr.strip().splitlines()[-3:],
+                exit_code=ExitCode.UNREACHABLE,
+                hint=f"`nbremote server check` on {profile.name} shows its firewall and sshd",
+            )
     return profile
 
 
-def add(req: AddRequest, console: Console, *, interactive: bool, confirm: Callable[[str], bool],
-        timeout: float = 5.0) -> AddResult:
+def add(
+    req: AddRequest, console: Console, *, interactive: bool, confirm: Callable[[str], bool], timeout: float = 5.0
+) -> AddResult:
     started = time.monotonic()
     existing = profiles.load()
     profile, parsed = _checked_profile(req, existing)
@@ -330,24 +435,30 @@ def add(req: AddRequest, console: Console, *, interactive: bool, confirm: Callab
         scans = sshfiles.scan_all(profile.endpoints(), timeout)
     answered = [s for s in scans if s.keys]
     if not answered:
-        raise NbremoteError(f"cannot reach {profile.name}",
-                            details=["tried " + ", ".join(f"{s.address} ({s.error})" for s in scans)],
-                            hint="check the address and that sshd runs there"
-                            + ("; a waiting `server init` is reached on its LAN only" if wait else ""),
-                            exit_code=ExitCode.UNREACHABLE)
+        raise NbremoteError(
+            f"cannot reach {profile.name}",
+            details=["tried " + ", ".join(f"{s.address} ({s.error})" for s in scans)],
+            hint="check the address and that sshd runs there"
+            + ("; a waiting `server init` is reached on its LAN only" if wait else ""),
+            exit_code=ExitCode.UNREACHABLE,
+        )
     pins, pinned_from = _pin(profile, scans, fingerprint, confirm, console)
     shown = invites.fingerprint(pins[0][1])
-    console.done(f"{profile.name} answers at {answered[0].address}; host key {shown} "
-                 f"({'matches the invite' if pinned_from == 'invite' else 'trusted on first use'})",
-                 time.monotonic() - started)
+    console.done(
+        f"{profile.name} answers at {answered[0].address}; host key {shown} "
+        f"({'matches the invite' if pinned_from == 'invite' else 'trusted on first use'})",
+        time.monotonic() - started,
+    )
 
     generated = False
     key = Path(profile.key) if profile.key else sshfiles.find_key()
     if key is None:
         key = sshfiles.generate_key(interactive)
         generated = True
-        console.done(f"made a new key {key}" + ("" if interactive else " (no passphrase: not on a terminal)"),
-                     time.monotonic() - started)
+        console.done(
+            f"made a new key {key}" + ("" if interactive else " (no passphrase: not on a terminal)"),
+            time.monotonic() - started,
+        )
     profile = replace(profile, key=str(key))
     try:
         installed = _install_key(profile, answered[0].address, pins, key, timeout, console, wait)
@@ -356,8 +467,9 @@ def add(req: AddRequest, console: Console, *, interactive: bool, confirm: Callab
             key.unlink(missing_ok=True)
             Path(f"{key}.pub").unlink(missing_ok=True)
         raise
-    console.done(f"key login to {profile.name} works" + (" (key installed)" if installed else ""),
-                 time.monotonic() - started)
+    console.done(
+        f"key login to {profile.name} works" + (" (key installed)" if installed else ""), time.monotonic() - started
+    )
     if wait is not None:
         profile = _join(profile, answered[0].address, pins, shown, wait, timeout, console)
 
@@ -365,16 +477,23 @@ def add(req: AddRequest, console: Console, *, interactive: bool, confirm: Callab
     sshfiles.write_files(everything, alias=profile.host_key_alias, keys=pins)
     profiles.save(everything)
     backup = sshfiles.ensure_include()
-    return AddResult(profile=profile, reached=answered[0].address, fingerprint=shown, pinned_from=pinned_from,
-                     key=key, key_generated=generated, key_installed=installed, include_backup=backup)
+    return AddResult(
+        profile=profile,
+        reached=answered[0].address,
+        fingerprint=shown,
+        pinned_from=pinned_from,
+        key=key,
+        key_generated=generated,
+        key_installed=installed,
+        include_backup=backup,
+    )
 
 
 def remove(name: str) -> Profile:
     existing = profiles.load()
     profile = existing.pop(name, None)
     if profile is None:
-        raise NbremoteError(f"no host profile {name!r}", hint="`nbremote hosts` lists them",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(f"no host profile {name!r}", hint="`nbremote hosts` lists them", exit_code=ExitCode.USAGE)
     profiles.save(existing)
     sshfiles.write_files(existing, alias=profile.host_key_alias, keys=None)
     profiles.forget_path(name)
@@ -388,16 +507,28 @@ def listing() -> list[dict]:
     rows = []
     for name, p in sorted(profiles.load().items()):
         recent = last.get(name)
-        rows.append({
-            "name": name, "user": p.user, "port": p.port, "addresses": [str(a) for a in p.addresses],
-            "key": p.key, "up": {k: v for k, v in vars(p.up).items() if v is not None},
-            "relay": None if p.relay is None else {"relay": str(p.relay), "tunnel": p.tunnel},
-            # When each way in last completed a login (the relay's as "127.0.0.1:N via …").
-            "answered": {str(a): seen.get(name, {}).get(str(a)) for a in p.endpoints()},
-            "last_path": None if recent is None else {
-                "address": recent.address, "kind": recent.kind, "rtt_ms": recent.rtt_ms,
-                "login_s": recent.login_s, "when": recent.when},
-        })
+        rows.append(
+            {
+                "name": name,
+                "user": p.user,
+                "port": p.port,
+                "addresses": [str(a) for a in p.addresses],
+                "key": p.key,
+                "up": {k: v for k, v in vars(p.up).items() if v is not None},
+                "relay": None if p.relay is None else {"relay": str(p.relay), "tunnel": p.tunnel},
+                # When each way in last completed a login (the relay's as "127.0.0.1:N via …").
+                "answered": {str(a): seen.get(name, {}).get(str(a)) for a in p.endpoints()},
+                "last_path": None
+                if recent is None
+                else {
+                    "address": recent.address,
+                    "kind": recent.kind,
+                    "rtt_ms": recent.rtt_ms,
+                    "login_s": recent.login_s,
+                    "when": recent.when,
+                },
+            }
+        )
     return rows
 
 
@@ -405,8 +536,9 @@ def ssh_argv(name: str, command: list[str], *, timeout: float, interactive: bool
     """ssh to a profile over the address that answers first: the argv to exec, and the race's winner."""
     profile = profiles.load().get(profiles.check_name(name))
     if profile is None:
-        raise NbremoteError(f"no host profile {name!r}", hint=f"`nbremote add {name}` sets one up",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"no host profile {name!r}", hint=f"`nbremote add {name}` sets one up", exit_code=ExitCode.USAGE
+        )
     place = remote.ProfileHost(profile, timeout=timeout, interactive=interactive, persist=False)
     reached = place.connect()
     return place.connection.ssh_argv(command), reached

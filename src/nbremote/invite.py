@@ -27,6 +27,7 @@ It comes last, after the relay when there is one:
 Both sides use these two pure functions: `nbremote server invite` / `init`
 render, `nbremote add --invite` parses.
 """
+
 from __future__ import annotations
 
 import base64
@@ -97,15 +98,22 @@ def check(invite: Invite) -> Invite:
         raise NbremoteError(
             f"invite: {invite.fingerprint!r} is not a SHA256 host key fingerprint",
             hint="it looks like SHA256: and 43 characters; copy the whole line again",
-            exit_code=ExitCode.USAGE)
+            exit_code=ExitCode.USAGE,
+        )
     if (invite.relay is None) != (invite.tunnel_port is None):
-        raise NbremoteError("invite: a relay needs its tunnel port, and a tunnel port its relay",
-                            hint="copy the whole line again", exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            "invite: a relay needs its tunnel port, and a tunnel port its relay",
+            hint="copy the whole line again",
+            exit_code=ExitCode.USAGE,
+        )
     if invite.tunnel_port is not None:
         check_port(invite.tunnel_port, "invite: tunnel port")
     if invite.wait is not None and not _WAIT.match(invite.wait):
-        raise NbremoteError(f"invite: {invite.wait!r} is not the token of a waiting `server init`",
-                            hint="copy the whole line again", exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"invite: {invite.wait!r} is not the token of a waiting `server init`",
+            hint="copy the whole line again",
+            exit_code=ExitCode.USAGE,
+        )
     return invite
 
 
@@ -117,8 +125,11 @@ def _relay_fields(text: str) -> tuple[Relay | None, int | None]:
     for item in text.split(",")[1:]:
         key, eq, value = item.partition("=")
         if not eq or key not in ("relay", "tunnel") or key in fields:
-            raise NbremoteError(f"invite: {item!r} is not relay=USER@HOST[:PORT] or tunnel=PORT",
-                                hint="copy the whole line again", exit_code=ExitCode.USAGE)
+            raise NbremoteError(
+                f"invite: {item!r} is not relay=USER@HOST[:PORT] or tunnel=PORT",
+                hint="copy the whole line again",
+                exit_code=ExitCode.USAGE,
+            )
         fields[key] = value
     relay = parse_relay(fields["relay"]) if "relay" in fields else None
     tunnel = fields.get("tunnel")
@@ -134,11 +145,12 @@ def parse(text: str) -> Invite:
         f"{shown!r} is not an nbremote invite",
         hint="an invite looks like nbr1:USER@ADDRESS,…:PORT#SHA256:…; "
         "on the server, `nbremote server invite` prints it (copy the whole line)",
-        exit_code=ExitCode.USAGE)
+        exit_code=ExitCode.USAGE,
+    )
     if not line.startswith(PREFIX) or "#" not in line or "@" not in line:
         raise bad
     # Three parts at most: the addresses, the fingerprint with its relay, the wait.
-    parts = line[len(PREFIX):].split("#")
+    parts = line[len(PREFIX) :].split("#")
     if len(parts) > 3:
         raise bad
     body, tail = parts[0], parts[1]
@@ -146,7 +158,7 @@ def parse(text: str) -> Invite:
     if len(parts) == 3 and not wait.startswith(WAIT_TAG):
         raise bad
     fingerprint = tail.split(",", 1)[0]
-    relay, tunnel = _relay_fields(tail[len(fingerprint):])
+    relay, tunnel = _relay_fields(tail[len(fingerprint) :])
     user, _, where = body.partition("@")
     match = re.fullmatch(r"(.+):(\d{1,5})", where)
     if not match:
@@ -155,8 +167,20 @@ def parse(text: str) -> Invite:
     for item in match.group(1).split(","):
         address = parse_address(item)
         if address.port is not None:
-            raise NbremoteError(f"invite: address {item!r} has a port of its own", exit_code=ExitCode.USAGE,
-                                hint="the one port goes after the last address")
+            raise NbremoteError(
+                f"invite: address {item!r} has a port of its own",
+                exit_code=ExitCode.USAGE,
+                hint="the one port goes after the last address",
+            )
         hosts.append(address.host)
-    return check(Invite(user=user, hosts=tuple(hosts), port=int(match.group(2)), fingerprint=fingerprint,
-                        relay=relay, tunnel_port=tunnel, wait=wait[len(WAIT_TAG):] if wait else None))
+    return check(
+        Invite(
+            user=user,
+            hosts=tuple(hosts),
+            port=int(match.group(2)),
+            fingerprint=fingerprint,
+            relay=relay,
+            tunnel_port=tunnel,
+            wait=wait[len(WAIT_TAG) :] if wait else None,
+        )
+    )

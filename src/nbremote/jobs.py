@@ -3,6 +3,7 @@
 The agent does the work (nbremote/agent/jobs.py); here the request is checked
 before anything connects, and every field of the reply is checked before use.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,9 +36,11 @@ def _command(*words: str | None) -> str:
 
 def validate_name(name: str) -> str:
     if not NAME.fullmatch(name) or name.endswith(".end"):
-        raise NbremoteError(f"job name {name!r} is not valid",
-                            hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"job name {name!r} is not valid",
+            hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+            exit_code=ExitCode.USAGE,
+        )
     return name
 
 
@@ -62,12 +65,25 @@ class Job:
     node: str | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "argv": list(self.argv), "dir": self.dir, "state": self.state,
-                "started": self.started, "runtime": round(self.runtime, 1), "launcher": self.launcher,
-                "exit_code": self.exit_code, "ended": self.ended, "signal": self.signal,
-                "tmux_session": self.tmux_session, "log": self.log, "pid": self.pid,
-                "gpu_memory_mib": self.gpu_memory_mib, "slurm_job_id": self.slurm_job_id,
-                "slurm_reason": self.slurm_reason, "node": self.node}
+        return {
+            "name": self.name,
+            "argv": list(self.argv),
+            "dir": self.dir,
+            "state": self.state,
+            "started": self.started,
+            "runtime": round(self.runtime, 1),
+            "launcher": self.launcher,
+            "exit_code": self.exit_code,
+            "ended": self.ended,
+            "signal": self.signal,
+            "tmux_session": self.tmux_session,
+            "log": self.log,
+            "pid": self.pid,
+            "gpu_memory_mib": self.gpu_memory_mib,
+            "slurm_job_id": self.slurm_job_id,
+            "slurm_reason": self.slurm_reason,
+            "node": self.node,
+        }
 
 
 def _bad(where: str, what: str) -> NbremoteError:
@@ -89,8 +105,13 @@ def parse_job(doc: object, where: str) -> Job:
     name, argv, directory = doc.get("name"), doc.get("argv"), doc.get("dir")
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise _bad(where, "job name")
-    if not isinstance(argv, list) or not argv or len(argv) > MAX_ARGS or not all(isinstance(a, str) for a in argv) \
-            or sum(len(a) for a in argv) > MAX_COMMAND:
+    if (
+        not isinstance(argv, list)
+        or not argv
+        or len(argv) > MAX_ARGS
+        or not all(isinstance(a, str) for a in argv)
+        or sum(len(a) for a in argv) > MAX_COMMAND
+    ):
         raise _bad(where, "job command")
     if not is_server_path(directory) or doc.get("state") not in STATES:
         raise _bad(where, "job")
@@ -108,21 +129,47 @@ def parse_job(doc: object, where: str) -> Job:
             raise _bad(where, f"job {key}")
     number = (int, float)
     started, runtime = doc.get("started"), doc.get("runtime")
-    if not isinstance(started, number) or not isinstance(runtime, number) or isinstance(started, bool) \
-            or isinstance(runtime, bool) or not 0 <= started < 2**40 or not 0 <= runtime < 2**40:
+    if (
+        not isinstance(started, number)
+        or not isinstance(runtime, number)
+        or isinstance(started, bool)
+        or isinstance(runtime, bool)
+        or not 0 <= started < 2**40
+        or not 0 <= runtime < 2**40
+    ):
         raise _bad(where, "job time")
-    return Job(name=name, argv=tuple(argv), dir=directory, state=doc["state"], started=float(started),
-               runtime=float(runtime), launcher=launcher,
-               exit_code=_optional(doc, "exit_code", int, where), ended=_optional(doc, "ended", number, where),
-               signal=_optional(doc, "signal", str, where), tmux_session=_optional(doc, "tmux_session", str, where),
-               log=_optional(doc, "log", str, where), pid=_optional(doc, "pid", int, where),
-               gpu_memory_mib=_optional(doc, "gpu_memory_mib", int, where),
-               slurm_job_id=_optional(doc, "slurm_job_id", str, where),
-               slurm_reason=_optional(doc, "slurm_reason", str, where), node=_optional(doc, "node", str, where))
+    return Job(
+        name=name,
+        argv=tuple(argv),
+        dir=directory,
+        state=doc["state"],
+        started=float(started),
+        runtime=float(runtime),
+        launcher=launcher,
+        exit_code=_optional(doc, "exit_code", int, where),
+        ended=_optional(doc, "ended", number, where),
+        signal=_optional(doc, "signal", str, where),
+        tmux_session=_optional(doc, "tmux_session", str, where),
+        log=_optional(doc, "log", str, where),
+        pid=_optional(doc, "pid", int, where),
+        gpu_memory_mib=_optional(doc, "gpu_memory_mib", int, where),
+        slurm_job_id=_optional(doc, "slurm_job_id", str, where),
+        slurm_reason=_optional(doc, "slurm_reason", str, where),
+        node=_optional(doc, "node", str, where),
+    )
 
 
-def run(*, host: str | None, argv: list[str], name: str | None, directory: str, env: str | None,
-        timeout: float, interactive: bool = False, slurm_options: list[str] | None = None) -> Job:
+def run(
+    *,
+    host: str | None,
+    argv: list[str],
+    name: str | None,
+    directory: str,
+    env: str | None,
+    timeout: float,
+    interactive: bool = False,
+    slurm_options: list[str] | None = None,
+) -> Job:
     if name is not None:
         validate_name(name)
     validate_text(directory, "directory")
@@ -139,9 +186,11 @@ def run(*, host: str | None, argv: list[str], name: str | None, directory: str, 
     except NbremoteError as exc:
         if exc.exit_code == ExitCode.CONFLICT and exc.hint and "--prune" in exc.hint:
             # The agent cannot name the host in its hint; the command it suggests needs it.
-            raise NbremoteError(f"a job named {name} already exists on {place.label}", exit_code=ExitCode.CONFLICT,
-                                hint="pick another --name, or forget finished jobs with "
-                                + _command("jobs", host, "--prune")) from None
+            raise NbremoteError(
+                f"a job named {name} already exists on {place.label}",
+                exit_code=ExitCode.CONFLICT,
+                hint="pick another --name, or forget finished jobs with " + _command("jobs", host, "--prune"),
+            ) from None
         raise
     job = parse_job(reply.get("job"), place.label)
     jobcache.remember_jobs(host, [job.name], complete=False)
@@ -160,23 +209,30 @@ def list_jobs(*, host: str | None, prune: bool, purge: bool, timeout: float, int
     reply = place.agent(hello_timeout=timeout + 10).request("jobs", {"prune": prune, "purge": purge}, timeout=60)
     jobs = reply.get("jobs")
     pruned = reply.get("pruned")
-    if not isinstance(jobs, list) or not isinstance(pruned, list) or len(jobs) > MAX_JOBS \
-            or len(pruned) > MAX_JOBS or not all(isinstance(p, str) and NAME.fullmatch(p) for p in pruned):
+    if (
+        not isinstance(jobs, list)
+        or not isinstance(pruned, list)
+        or len(jobs) > MAX_JOBS
+        or len(pruned) > MAX_JOBS
+        or not all(isinstance(p, str) and NAME.fullmatch(p) for p in pruned)
+    ):
         raise _bad(place.label, "job list")
     listed = JobList([parse_job(doc, place.label) for doc in jobs], pruned, reply.get("gpu") is True)
     jobcache.remember_jobs(host, [job.name for job in listed.jobs], complete=True)
     return listed
 
 
-def kill(*, host: str | None, name: str, signal_name: str, timeout: float,
-         interactive: bool = False) -> tuple[Job, bool]:
+def kill(
+    *, host: str | None, name: str, signal_name: str, timeout: float, interactive: bool = False
+) -> tuple[Job, bool]:
     validate_name(name)
     if signal_name not in SIGNALS:
         raise NbremoteError(f"signal {signal_name!r} is not one of {', '.join(SIGNALS)}", exit_code=ExitCode.USAGE)
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
     try:
-        reply = place.agent(hello_timeout=timeout + 10).request("kill", {"name": name, "signal_name": signal_name},
-                                                                timeout=60)
+        reply = place.agent(hello_timeout=timeout + 10).request(
+            "kill", {"name": name, "signal_name": signal_name}, timeout=60
+        )
     except NbremoteError as exc:
         if exc.exit_code == ExitCode.NO_SUCH_JOB:
             raise _no_job(host, name) from None
@@ -184,9 +240,18 @@ def kill(*, host: str | None, name: str, signal_name: str, timeout: float,
     return parse_job(reply.get("job"), place.label), reply.get("signalled") is True
 
 
-def logs(*, host: str | None, name: str, tail: int | None, follow: bool, write: Callable[[bytes], object],
-         console: Console, timeout: float, interactive: bool = False,
-         sleep: Callable[[float], None] = time.sleep) -> Job:
+def logs(
+    *,
+    host: str | None,
+    name: str,
+    tail: int | None,
+    follow: bool,
+    write: Callable[[bytes], object],
+    console: Console,
+    timeout: float,
+    interactive: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Job:
     """Write the job's output through `write`; with follow, until the job ends.
 
     A follow that loses its connection after it started reconnects, with
@@ -223,7 +288,8 @@ def logs(*, host: str | None, name: str, tail: int | None, follow: bool, write: 
             args["tail"] = tail
         try:
             reply = place.agent(hello_timeout=timeout + 10).request(
-                "logs", args, on_event=on_event, timeout=None if follow else 300)
+                "logs", args, on_event=on_event, timeout=None if follow else 300
+            )
         except NbremoteError as exc:
             # Errors before the stream began are real (no such job); later ones are the network.
             if exc.exit_code == ExitCode.NO_SUCH_JOB and not streaming:
@@ -250,20 +316,25 @@ def find_job(*, host: str | None, name: str, timeout: float, interactive: bool =
 
 def _no_job(host: str | None, name: str) -> NbremoteError:
     """The one "no such job" error of attach, logs and kill, its hint naming the host."""
-    return NbremoteError(f"no job named {name} on {host or 'this machine'}",
-                         hint=_command("jobs", host) + " lists the jobs there",
-                         exit_code=ExitCode.NO_SUCH_JOB)
+    return NbremoteError(
+        f"no job named {name} on {host or 'this machine'}",
+        hint=_command("jobs", host) + " lists the jobs there",
+        exit_code=ExitCode.NO_SUCH_JOB,
+    )
 
 
 def attach_argv(*, host: str | None, name: str, timeout: float, interactive: bool = True) -> list[str]:
     """The command that puts this terminal in the job's tmux session."""
     job = find_job(host=host, name=name, timeout=timeout, interactive=interactive)
     if job.tmux_session is None:
-        raise NbremoteError(f"job {name} runs without tmux (it was started with setsid): there is nothing to attach to",
-                            hint=_command("logs", host, name, "-f") + " follows its output")
+        raise NbremoteError(
+            f"job {name} runs without tmux (it was started with setsid): there is nothing to attach to",
+            hint=_command("logs", host, name, "-f") + " follows its output",
+        )
     if job.state != "running":
-        raise NbremoteError(f"job {name} is no longer running ({job.state})",
-                            hint=_command("logs", host, name) + " shows its output")
+        raise NbremoteError(
+            f"job {name} is no longer running ({job.state})", hint=_command("logs", host, name) + " shows its output"
+        )
     command = ["tmux", "attach-session", "-t", "=" + job.tmux_session]
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
     if isinstance(place, Host):

@@ -17,6 +17,7 @@ the forward goes through the login node to the compute node, and when Jupyter
 no longer answers through a rebuilt tunnel the runner says why (the job hit
 its time limit, was cancelled, its node failed): said once, then it stops.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,10 +102,17 @@ class Keeper:
     Jupyter no longer answers through a rebuilt tunnel, why it is gone for good.
     """
 
-    def __init__(self, tunnel: Tunnel, *, report: Callable[[str], None], announce: Callable[[str], None],
-                 via: str | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic,
-                 ended: Callable[[], NbremoteError | None] = lambda: None):
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        *,
+        report: Callable[[str], None],
+        announce: Callable[[str], None],
+        via: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        ended: Callable[[], NbremoteError | None] = lambda: None,
+    ):
         self.tunnel = tunnel
         self.ended = ended
         self.report = report
@@ -166,12 +174,12 @@ class Keeper:
                 if isinstance(reached, Reached):
                     self.via = f"{reached.kind} {reached.address}"
                     path = f" via {reached.describe()}"
-                self.announce(f"back{path} after {self.clock() - began:.1f} s: "
-                              f"localhost:{port} → {place.label} again")
+                self.announce(f"back{path} after {self.clock() - began:.1f} s: localhost:{port} → {place.label} again")
                 return
             raise self.ended() or NbremoteError(
                 f"the Jupyter on {place.label} no longer answers (it was stopped or the server restarted)",
-                hint=f"`nbremote up {place.label}` starts a fresh one")
+                hint=f"`nbremote up {place.label}` starts a fresh one",
+            )
 
 
 def last_via(place: Host) -> str | None:
@@ -182,18 +190,40 @@ def last_via(place: Host) -> str | None:
     return f"{recent.kind} {recent.address}" if recent else None
 
 
-def keeper_for(place: Host, runner: Runner, record: SessionRecord, *, report: Callable[[str], None],
-               announce: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> Keeper:
-    return Keeper(Tunnel.of(place, record), report=report, announce=announce, via=last_via(place), sleep=sleep,
-                  ended=lambda: runner.ended(place, record))
+def keeper_for(
+    place: Host,
+    runner: Runner,
+    record: SessionRecord,
+    *,
+    report: Callable[[str], None],
+    announce: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Keeper:
+    return Keeper(
+        Tunnel.of(place, record),
+        report=report,
+        announce=announce,
+        via=last_via(place),
+        sleep=sleep,
+        ended=lambda: runner.ended(place, record),
+    )
 
 
-def hold(place: Place, runner: Runner, record: SessionRecord, url: str, *, created_master: bool,
-         console: Console, sleep: Callable[[float], None] = time.sleep) -> None:
+def hold(
+    place: Place,
+    runner: Runner,
+    record: SessionRecord,
+    url: str,
+    *,
+    created_master: bool,
+    console: Console,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Stay in the foreground until Ctrl-C, keeping the tunnel up; a session whose runner says it
     ended for good (a Slurm job's time limit) ends this with that error."""
     keeper = None
     if isinstance(place, Host):
+
         def announce(text: str) -> None:
             console.end_status()
             console.note(text)
@@ -230,6 +260,7 @@ def hold(place: Place, runner: Runner, record: SessionRecord, url: str, *, creat
 
 # --- the background keeper of `up --detach` -------------------------------------
 
+
 def _pid_file(host: str, directory: str) -> Path:
     name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
     folder = paths.state_dir() / "keepers"
@@ -256,8 +287,13 @@ def spawn(host: str, directory: str) -> None:
     log_path = paths.state_dir() / "keeper.log"
     with open(log_path, "ab") as log_file:
         os.chmod(log_path, 0o600)
-        subprocess.Popen([sys.executable, "-m", "nbremote.keeper", host, directory],
-                         stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "nbremote.keeper", host, directory],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
 
 
 def stop(host: str, directory: str, wait: float = 5.0) -> None:
@@ -274,8 +310,13 @@ def stop(host: str, directory: str, wait: float = 5.0) -> None:
 def _serve(record: SessionRecord) -> None:
     place = place_for(record.host, timeout=10, interactive=False, persist=True)
     assert isinstance(place, Host), "a detached session is on a host: this machine needs no forward"
-    keeper = keeper_for(place, runners.for_record(record), record, report=lambda text: log.info("%s", text),
-                        announce=lambda text: log.warning("%s", text))
+    keeper = keeper_for(
+        place,
+        runners.for_record(record),
+        record,
+        report=lambda text: log.info("%s", text),
+        announce=lambda text: log.warning("%s", text),
+    )
     while True:
         time.sleep(CHECK_EVERY)
         current = sessions.find(record.host, record.dir)

@@ -17,6 +17,7 @@ back on the same local ports (a master another nbremote process rebuilt is reuse
 else a fresh login. The kernel on the server never notices an outage, so its
 variables survive it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,6 +49,7 @@ START_TIMEOUT = 60.0
 
 
 # --- kernel specs ----------------------------------------------------------------------
+
 
 def data_dir() -> Path:
     """Jupyter's user data dir, as jupyter_core computes it (without importing it)."""
@@ -84,8 +86,14 @@ class KernelSpec:
     python: str | None = None  # the server's python, when install asked the agent
 
     def to_json(self) -> dict:
-        return {"name": self.name, "host": self.host, "env": self.env, "path": str(self.path),
-                "display_name": self.display_name, "python": self.python}
+        return {
+            "name": self.name,
+            "host": self.host,
+            "env": self.env,
+            "path": str(self.path),
+            "display_name": self.display_name,
+            "python": self.python,
+        }
 
 
 def _display_name(host: str, env: str | None) -> str:
@@ -129,9 +137,11 @@ def install(*, host: str, env: str | None, timeout: float, interactive: bool) ->
         validate_text(env, "environment")
     place = place_for(host, timeout=timeout, interactive=interactive, persist=False)
     if not isinstance(place, Host):
-        raise NbremoteError("kernels install needs a HOST: a kernel on this machine needs no nbremote",
-                            hint="`python -m ipykernel install --user` installs this machine's own",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            "kernels install needs a HOST: a kernel on this machine needs no nbremote",
+            hint="`python -m ipykernel install --user` installs this machine's own",
+            exit_code=ExitCode.USAGE,
+        )
     reply = place.agent(hello_timeout=timeout + 10).request("kernel_check", {"env": env}, timeout=timeout + 30)
     python = reply.get("python") if isinstance(reply.get("python"), str) else None
     name = spec_name(place.host, env)
@@ -140,8 +150,9 @@ def install(*, host: str, env: str | None, timeout: float, interactive: bool) ->
     tmp = path / ".kernel.json.tmp"
     tmp.write_text(json.dumps(_spec_document(place.host, env), indent=1) + "\n")
     tmp.replace(path / "kernel.json")
-    return KernelSpec(name=name, host=place.host, env=env, path=path,
-                      display_name=_display_name(place.host, env), python=python)
+    return KernelSpec(
+        name=name, host=place.host, env=env, path=path, display_name=_display_name(place.host, env), python=python
+    )
 
 
 def remove(*, host: str, env: str | None) -> KernelSpec:
@@ -149,8 +160,11 @@ def remove(*, host: str, env: str | None) -> KernelSpec:
     spec = next((s for s in installed() if s.host == host and s.env == env), None)
     if spec is None:
         env_text = f" with --env {env}" if env else ""
-        raise NbremoteError(f"no nbremote kernel for {host}{env_text} is installed",
-                            hint="`nbremote kernels ls` lists them", exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"no nbremote kernel for {host}{env_text} is installed",
+            hint="`nbremote kernels ls` lists them",
+            exit_code=ExitCode.USAGE,
+        )
     for child in spec.path.iterdir():
         child.unlink()
     spec.path.rmdir()
@@ -158,6 +172,7 @@ def remove(*, host: str, env: str | None) -> KernelSpec:
 
 
 # --- the proxy a kernel spec runs ------------------------------------------------------
+
 
 def read_connection_file(path: str) -> dict:
     doc = json.loads(Path(path).read_text())
@@ -178,8 +193,7 @@ def hb_probe(port: int, timeout: float = PROBE_TIMEOUT) -> str:
 
 
 class KernelProxy:
-    def __init__(self, place: Host, env: str | None, connection: dict, *,
-                 sleep=time.sleep, clock=time.monotonic):
+    def __init__(self, place: Host, env: str | None, connection: dict, *, sleep=time.sleep, clock=time.monotonic):
         self.place = place
         self.env = env
         self.connection = connection
@@ -195,20 +209,33 @@ class KernelProxy:
     def start(self) -> None:
         if not self.place.connection.master_alive():
             self.place.connection.open_master()
-        reply = self._agent("kernel_start", {"env": self.env, "key": self.connection.get("key", ""),
-                                             "signature_scheme": self.connection.get("signature_scheme",
-                                                                                     "hmac-sha256"),
-                                             "timeout": START_TIMEOUT}, START_TIMEOUT)
+        reply = self._agent(
+            "kernel_start",
+            {
+                "env": self.env,
+                "key": self.connection.get("key", ""),
+                "signature_scheme": self.connection.get("signature_scheme", "hmac-sha256"),
+                "timeout": START_TIMEOUT,
+            },
+            START_TIMEOUT,
+        )
         ports = reply.get("ports")
         if not isinstance(ports, dict) or not all(
-                isinstance(ports.get(c), int) and 0 < ports[c] < 65536 for c in CHANNELS):
-            raise NbremoteError(f"the agent on {self.place.label} sent invalid kernel ports",
-                                exit_code=ExitCode.AGENT_FAILED)
+            isinstance(ports.get(c), int) and 0 < ports[c] < 65536 for c in CHANNELS
+        ):
+            raise NbremoteError(
+                f"the agent on {self.place.label} sent invalid kernel ports", exit_code=ExitCode.AGENT_FAILED
+            )
         self.remote = {c: ports[c] for c in CHANNELS}
         self.kernel = {"id": reply.get("id"), "pid": reply.get("pid")}
         self._forward()
-        log.info("kernel %s (pid %s) on %s with %s", self.kernel["id"], self.kernel["pid"], self.place.label,
-                 reply.get("python"))
+        log.info(
+            "kernel %s (pid %s) on %s with %s",
+            self.kernel["id"],
+            self.kernel["pid"],
+            self.place.label,
+            reply.get("python"),
+        )
 
     def _forward(self) -> None:
         for channel in CHANNELS:
@@ -250,8 +277,9 @@ class KernelProxy:
                 conn.close()
                 self.sleep(max(0.0, backoff(attempt) - (self.clock() - tried)))
                 continue
-            log.warning("back after %.1f s: the kernel's ports forward to %s again",
-                        self.clock() - began, self.place.label)
+            log.warning(
+                "back after %.1f s: the kernel's ports forward to %s again", self.clock() - began, self.place.label
+            )
             return
 
     def watch(self) -> None:
@@ -274,8 +302,9 @@ class KernelProxy:
 
 def main(argv: list[str]) -> int:
     host, env, connection_file = argv
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[nbremote kernel on " + host.replace("%", "%%") + "] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="[nbremote kernel on " + host.replace("%", "%%") + "] %(message)s"
+    )
     place = place_for(host, timeout=10, interactive=False, persist=True)
     assert isinstance(place, Host)
     proxy = KernelProxy(place, env or None, read_connection_file(connection_file))

@@ -1,4 +1,5 @@
 """Local ports: is one free, pick one, and does Jupyter answer on it."""
+
 from __future__ import annotations
 
 import socket
@@ -32,9 +33,11 @@ def choose_local_port(requested: int | None, previous: int | None) -> int:
     browser tabs carry on; else any free one."""
     if requested is not None:
         if not port_free(requested):
-            raise NbremoteError(f"local port {requested} is busy",
-                                hint="pick another with --port, or leave --port out to take a free one",
-                                exit_code=ExitCode.PORT_BUSY)
+            raise NbremoteError(
+                f"local port {requested} is busy",
+                hint="pick another with --port, or leave --port out to take a free one",
+                exit_code=ExitCode.PORT_BUSY,
+            )
         return requested
     if previous is not None and port_free(previous):
         return previous
@@ -47,8 +50,9 @@ def _status_of(host: str, port: int, token: str, timeout: float) -> int | None:
     A raw socket, not http.client: importing that (email, its parsers) cost `up` with a
     live master about 10 ms of its ~0.1 s before the first answer, and a status line is all
     this needs."""
-    request = (f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: token {token}\r\n"
-               "Connection: close\r\n\r\n").encode()
+    request = (
+        f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: token {token}\r\nConnection: close\r\n\r\n"
+    ).encode()
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(request)
@@ -66,8 +70,9 @@ def _status_of(host: str, port: int, token: str, timeout: float) -> int | None:
     return int(parts[1])
 
 
-def probe(port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic,
-          host: str = "127.0.0.1") -> bool:
+def probe(
+    port: int, token: str, deadline: float, clock: Callable[[], float] = time.monotonic, host: str = "127.0.0.1"
+) -> bool:
     """True once Jupyter answers /api/status with this token on local port (or on host:port)."""
     while True:
         if _status_of(host, port, token, max(0.5, deadline - clock())) == 200:

@@ -4,6 +4,7 @@ The one place that resolves the config, state, cache and runtime directories (th
 runs on the server with the stdlib alone, has its own in agent/state.py) and the one atomic write
 for the client and the server set-up. Every directory made here is private (0700).
 """
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,9 @@ def write_private(path: Path, text: str) -> None:
     atomic_write(path, text.encode(), mode=0o600)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int | None = None, uid: int | None = None,
-                 gid: int | None = None) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, mode: int | None = None, uid: int | None = None, gid: int | None = None
+) -> None:
     """Replace path with data in one rename, byte for byte; keep its mode and owner unless given.
 
     The temporary file is 0600 from creation on and named `.NAME.*.nbremote-tmp`, which is what

@@ -33,6 +33,7 @@ tables of the profile they add, change or remove change, so the user's
 comments and layout stay as written. What changes on every `up` (the last
 path used) lives in the state dir instead, in hosts.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,7 +107,8 @@ def check_name(name: str) -> str:
             f"{name!r} is not a usable host name for a profile",
             hint="use letters, digits, '.', '_' and '-' (no spaces, slashes or shell characters), "
             "starting with a letter or digit",
-            exit_code=ExitCode.USAGE)
+            exit_code=ExitCode.USAGE,
+        )
     return name
 
 
@@ -141,9 +143,11 @@ def _where(path: Path, text: str, table: str, key: str | None = None) -> str:
 
 
 def _bad(path: Path, text: str, table: str, key: str | None, message: str) -> NbremoteError:
-    return _FileError(f"{_where(path, text, table, key)}: {message}",
-                      hint="fix the file, or remove the host with `nbremote remove`",
-                      exit_code=ExitCode.USAGE)
+    return _FileError(
+        f"{_where(path, text, table, key)}: {message}",
+        hint="fix the file, or remove the host with `nbremote remove`",
+        exit_code=ExitCode.USAGE,
+    )
 
 
 def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
@@ -156,8 +160,13 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
         raise _bad(path, text, table, None, exc.message) from None
     unknown = sorted(set(doc) - HOST_KEYS)
     if unknown:
-        raise _bad(path, text, table, unknown[0],
-                   f"unknown key {unknown[0]!r} in [{table}] (known: {', '.join(sorted(HOST_KEYS))})")
+        raise _bad(
+            path,
+            text,
+            table,
+            unknown[0],
+            f"unknown key {unknown[0]!r} in [{table}] (known: {', '.join(sorted(HOST_KEYS))})",
+        )
 
     def field_error(key: str, exc: NbremoteError, sub: str = "") -> NbremoteError:
         return _bad(path, text, table + sub, key, exc.message)
@@ -187,12 +196,16 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
         raise _bad(path, text, table, "up", "up must be a table")
     unknown = sorted(set(up_doc) - UP_KEYS)
     if unknown:
-        raise _bad(path, text, table + ".up", unknown[0],
-                   f"unknown key {unknown[0]!r} in [{table}.up] (known: {', '.join(sorted(UP_KEYS))})")
+        raise _bad(
+            path,
+            text,
+            table + ".up",
+            unknown[0],
+            f"unknown key {unknown[0]!r} in [{table}.up] (known: {', '.join(sorted(UP_KEYS))})",
+        )
     for name_ in ("dir", "env"):
         value = up_doc.get(name_)
-        if value is not None and (not isinstance(value, str) or not value
-                                  or any(ord(c) < 32 for c in value)):
+        if value is not None and (not isinstance(value, str) or not value or any(ord(c) < 32 for c in value)):
             raise _bad(path, text, table + ".up", name_, f"{name_} must be a non-empty string")
     mode = up_doc.get("mode")
     if mode is not None and mode not in MODES:
@@ -208,8 +221,9 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
         raise _bad(path, text, table + ".up", "keep_output", "keep_output must be true or false")
     scheduler = doc.get("scheduler")
     if scheduler is not None and scheduler not in slurmopts.SCHEDULERS:
-        raise _bad(path, text, table, "scheduler",
-                   f"scheduler {scheduler!r} is not one of {', '.join(slurmopts.SCHEDULERS)}")
+        raise _bad(
+            path, text, table, "scheduler", f"scheduler {scheduler!r} is not one of {', '.join(slurmopts.SCHEDULERS)}"
+        )
     slurm_doc = doc.get("slurm", {})
     if not isinstance(slurm_doc, dict):
         raise _bad(path, text, table, "slurm", "slurm must be a table")
@@ -219,18 +233,34 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
         raise _bad(path, text, table + ".slurm", exc.args[0], exc.args[1]) from None
     relay, tunnel = doc.get("relay"), doc.get("tunnel")
     if (relay is None) != (tunnel is None):
-        raise _bad(path, text, table, "tunnel" if relay is None else "relay",
-                   "relay and tunnel go together: the relay's USER@HOST[:PORT] and its loopback port")
+        raise _bad(
+            path,
+            text,
+            table,
+            "tunnel" if relay is None else "relay",
+            "relay and tunnel go together: the relay's USER@HOST[:PORT] and its loopback port",
+        )
     if relay is not None:
         try:
             relay = parse_relay(relay if isinstance(relay, str) else repr(relay))
             tunnel = check_port(tunnel, "tunnel")
         except NbremoteError as exc:
             raise field_error("relay", exc) from None
-    return Profile(name=name, addresses=addresses, user=user, port=port, key=key, relay=relay, tunnel=tunnel,
-                   up=UpDefaults(dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port,
-                                  keep_output=keep_output),
-                   scheduler=scheduler, slurm_table=dict(slurm_doc), slurm=slurm)
+    return Profile(
+        name=name,
+        addresses=addresses,
+        user=user,
+        port=port,
+        key=key,
+        relay=relay,
+        tunnel=tunnel,
+        up=UpDefaults(
+            dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port, keep_output=keep_output
+        ),
+        scheduler=scheduler,
+        slurm_table=dict(slurm_doc),
+        slurm=slurm,
+    )
 
 
 def load(path: Path | None = None) -> dict[str, Profile]:
@@ -247,13 +277,14 @@ def load(path: Path | None = None) -> dict[str, Profile]:
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         where = f"{path}:{match.group(1)}" if match else str(path)
-        raise NbremoteError(f"{where}: {exc}", hint="fix the TOML syntax there",
-                            exit_code=ExitCode.USAGE) from None
+        raise NbremoteError(f"{where}: {exc}", hint="fix the TOML syntax there", exit_code=ExitCode.USAGE) from None
     unknown = sorted(set(doc) - {"hosts"})
     if unknown:
         line = _line_of(text, r"\s*\[?\s*" + re.escape(unknown[0])) or 1
-        raise NbremoteError(f"{path}:{line}: unknown key {unknown[0]!r} (only [hosts.NAME] tables belong here)",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"{path}:{line}: unknown key {unknown[0]!r} (only [hosts.NAME] tables belong here)",
+            exit_code=ExitCode.USAGE,
+        )
     hosts = doc.get("hosts", {})
     if not isinstance(hosts, dict):
         raise NbremoteError(f"{path}: hosts must be a table", exit_code=ExitCode.USAGE)
@@ -275,8 +306,10 @@ def up_defaults(host: str | None) -> UpDefaults:
 
 # --- writing ------------------------------------------------------------------
 
-HEADER = ("# nbremote host profiles: `nbremote add` and `nbremote remove` edit this file.\n"
-          "# Hand edits and comments are kept.\n")
+HEADER = (
+    "# nbremote host profiles: `nbremote add` and `nbremote remove` edit this file.\n"
+    "# Hand edits and comments are kept.\n"
+)
 
 
 def _set(table: Table, key: str, value: object, keep_default: object = None) -> None:
@@ -361,6 +394,7 @@ def save(profiles: dict[str, Profile], path: Path | None = None) -> None:
 
 
 # --- the last path used (state, not config) --------------------------------------
+
 
 @dataclass(frozen=True)
 class LastPath:

@@ -9,6 +9,7 @@ PathConnection stands in for ssh.Connection wherever a Host's connection is
 used (session, keeper, status): `open_master` races, everything else goes to
 the connection of the address that won (or whose master is still alive).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,7 @@ class Reached:
 
 # --- when each address last answered (state, per profile) ------------------------------
 
+
 def answered() -> dict[str, dict[str, float]]:
     """{profile: {address: time it last completed a login}}; a broken file is no record."""
     try:
@@ -57,8 +59,11 @@ def answered() -> dict[str, dict[str, float]]:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {name: {a: float(t) for a, t in seen.items() if isinstance(t, (int, float))}
-            for name, seen in raw.items() if isinstance(seen, dict)}
+    return {
+        name: {a: float(t) for a, t in seen.items() if isinstance(t, (int, float))}
+        for name, seen in raw.items()
+        if isinstance(seen, dict)
+    }
 
 
 def record_answer(name: str, address: Address, when: float) -> None:
@@ -94,8 +99,13 @@ class _Attempt:
     proc: subprocess.Popen[str]
 
 
-def race(candidates: list[tuple[Address, Connection]], *, connect_timeout: float,
-         stagger: float = STAGGER, clock: Callable[[], float] = time.monotonic) -> tuple[int, float]:
+def race(
+    candidates: list[tuple[Address, Connection]],
+    *,
+    connect_timeout: float,
+    stagger: float = STAGGER,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, float]:
     """Index of the first candidate whose master login completes, and seconds taken.
 
     Raises the most useful failure when none does: one that reached sshd (a
@@ -167,9 +177,11 @@ def _failure(candidate: tuple[Address, Connection], stderr: str) -> NbremoteErro
             reason = sshfiles.relay_reason(sshfiles.probe_hop(hop, address, conn.timeout), address.via, address.port)
     if reason is None:
         return conn.failure(stderr)
-    return NbremoteError(f"cannot reach {conn.target.label} through the relay ({reason})",
-                         hint="the relay's address and your account there are in `nbremote hosts`",
-                         exit_code=ExitCode.UNREACHABLE)
+    return NbremoteError(
+        f"cannot reach {conn.target.label} through the relay ({reason})",
+        hint="the relay's address and your account there are in `nbremote hosts`",
+        exit_code=ExitCode.UNREACHABLE,
+    )
 
 
 def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -> NbremoteError:
@@ -184,7 +196,8 @@ def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -
             details=["tried " + ", ".join(reasons)],
             hint="check that the server is on and that `nbremote server relay` runs there; "
             "the addresses and the relay are in `nbremote hosts`",
-            exit_code=ExitCode.UNREACHABLE)
+            exit_code=ExitCode.UNREACHABLE,
+        )
     return NbremoteError(
         f"cannot reach {name}",
         details=["tried " + ", ".join(reasons)],
@@ -192,16 +205,26 @@ def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -
         "must forward the ssh port (`nbremote server expose` on the server) to a WAN address that has not "
         "changed (`nbremote server wan-ip` there), or the box needs a relay (`nbremote server relay`); "
         "the addresses are in `nbremote hosts`",
-        exit_code=ExitCode.UNREACHABLE)
+        exit_code=ExitCode.UNREACHABLE,
+    )
 
 
 class PathConnection:
     """The ssh connection of a host profile: one Connection per address, one of them in use."""
 
-    def __init__(self, profile: Profile, options_for: Callable[[Profile, Address], tuple[tuple[str, str], ...]],
-                 *, control_dir: Path, timeout: float, interactive: bool, persist: bool,
-                 preferred: str | None = None, on_reached: Callable[[Reached], None] | None = None,
-                 stagger: float = STAGGER):
+    def __init__(
+        self,
+        profile: Profile,
+        options_for: Callable[[Profile, Address], tuple[tuple[str, str], ...]],
+        *,
+        control_dir: Path,
+        timeout: float,
+        interactive: bool,
+        persist: bool,
+        preferred: str | None = None,
+        on_reached: Callable[[Reached], None] | None = None,
+        stagger: float = STAGGER,
+    ):
         self.profile = profile
         self.timeout = timeout
         self.interactive = interactive

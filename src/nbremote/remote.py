@@ -3,6 +3,7 @@
 Both give an AgentCall and know how to reach a port the agent reports:
 through an ssh forward for a host, directly for this machine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,9 @@ class ThisMachine(Place):
         # `nbremote` run from a venv without activating it: its jupyter is beside python.
         bindir = os.path.dirname(sys.executable)
         env["PATH"] = os.pathsep.join([bindir] + [d for d in env.get("PATH", "").split(os.pathsep) if d != bindir])
-        return agentlink.AgentCall(agentlink.local_argv, where=self.label, on_ssh_failure=None,
-                                   hello_timeout=hello_timeout, env=env)
+        return agentlink.AgentCall(
+            agentlink.local_argv, where=self.label, on_ssh_failure=None, hello_timeout=hello_timeout, env=env
+        )
 
 
 class Host(Place):
@@ -49,8 +51,9 @@ class Host(Place):
         self.host = target.label
         self.interactive = interactive
         # Without a terminal no one can answer a password prompt: fail instead of hanging.
-        self.connection = Connection(target, control_dir=paths.runtime_dir(), timeout=timeout,
-                                     batch=not interactive, persist=persist)
+        self.connection = Connection(
+            target, control_dir=paths.runtime_dir(), timeout=timeout, batch=not interactive, persist=persist
+        )
 
     def connect(self) -> reach.Reached | None:
         """Log in now (the agent call would otherwise log in itself); a profile says by which path."""
@@ -58,9 +61,12 @@ class Host(Place):
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         # While a person may be typing a password, only ssh's own timeouts apply.
-        return agentlink.AgentCall(lambda request: self.connection.command_argv(agentlink.remote_command(request)),
-                                   where=self.label, on_ssh_failure=self.connection.failure,
-                                   hello_timeout=None if self.interactive else hello_timeout)
+        return agentlink.AgentCall(
+            lambda request: self.connection.command_argv(agentlink.remote_command(request)),
+            where=self.label,
+            on_ssh_failure=self.connection.failure,
+            hello_timeout=None if self.interactive else hello_timeout,
+        )
 
 
 class ProfileHost(Host):
@@ -72,15 +78,28 @@ class ProfileHost(Host):
         self.interactive = interactive
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
-            profile, sshfiles.connection_options, control_dir=paths.runtime_dir(), timeout=timeout,
-            interactive=interactive, persist=persist, preferred=recent.address if recent else None,
-            on_reached=self._remember)
+            profile,
+            sshfiles.connection_options,
+            control_dir=paths.runtime_dir(),
+            timeout=timeout,
+            interactive=interactive,
+            persist=persist,
+            preferred=recent.address if recent else None,
+            on_reached=self._remember,
+        )
 
     def _remember(self, reached: reach.Reached) -> None:
         reach.record_answer(self.profile.name, reached.address, time.time())
-        profiles.record_path(self.profile.name, profiles.LastPath(
-            address=str(reached.address), kind=reached.kind, login_s=round(reached.login_s, 3),
-            rtt_ms=None if reached.rtt_s is None else round(reached.rtt_s * 1000, 1), when=time.time()))
+        profiles.record_path(
+            self.profile.name,
+            profiles.LastPath(
+                address=str(reached.address),
+                kind=reached.kind,
+                login_s=round(reached.login_s, 3),
+                rtt_ms=None if reached.rtt_s is None else round(reached.rtt_s * 1000, 1),
+                when=time.time(),
+            ),
+        )
         try:
             sshfiles.refresh_config(profiles.load())
         except NbremoteError as exc:  # the session works; only plain `ssh NAME` keeps its old address

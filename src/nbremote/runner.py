@@ -7,6 +7,7 @@ listed and found gone is a Runner: on the host itself (onhost.py: tmux, else
 setsid) or in a batch job on a compute node behind a login node (slurm.py).
 Another scheduler is one more Runner; nothing else changes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -67,16 +68,17 @@ class Runner(Protocol):
     # and one probe): a runner whose result shows what only the server knows asks the agent.
     reattach_from_record: bool
 
-    def start(self, place: Place, request: StartRequest, console: Console, progress: Progress,
-              began: float) -> Served:
+    def start(self, place: Place, request: StartRequest, console: Console, progress: Progress, began: float) -> Served:
         """Start Jupyter, or find the one running for request.dir; report through console."""
 
-    def stop(self, place: Place, directory: str, all_dirs: bool, console: Console,
-             timeout: float) -> list[dict[str, object]]:
+    def stop(
+        self, place: Place, directory: str, all_dirs: bool, console: Console, timeout: float
+    ) -> list[dict[str, object]]:
         """Stop the server(s); each item names the server's "dir"."""
 
-    def listing(self, place: Place, records: dict[str, SessionRecord], show_token: bool,
-                timeout: float) -> list[tuple[dict[str, object], SessionRecord | None]]:
+    def listing(
+        self, place: Place, records: dict[str, SessionRecord], show_token: bool, timeout: float
+    ) -> list[tuple[dict[str, object], SessionRecord | None]]:
         """The servers there, each with the laptop's record of it (by its remote dir), if any."""
 
     def ended(self, place: Place, record: SessionRecord) -> NbremoteError | None:

@@ -1,4 +1,5 @@
 """Which runner a command or a remembered session uses (runner.py says what a runner is)."""
+
 from __future__ import annotations
 
 from nbremote import slurm

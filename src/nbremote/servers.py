@@ -3,6 +3,7 @@
 The URL, the forward and the screen depend on these fields; a server that sends
 something else is refused with the agent's fault (AGENT_FAILED), never the user's.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,16 +35,16 @@ class ServerInfo:
 def validate_text(value: str, what: str) -> str:
     """Paths and names go to the server as data, but control characters never do."""
     if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise NbremoteError(f"{what} {value!r} is not valid: it is empty or has control characters",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"{what} {value!r} is not valid: it is empty or has control characters", exit_code=ExitCode.USAGE
+        )
     return value
 
 
 def _int(doc: dict[str, object], name: str, low: int, high: int, where: str) -> int:
     value = doc.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise NbremoteError(f"the agent on {where} sent an invalid {name}: {value!r}",
-                            exit_code=ExitCode.AGENT_FAILED)
+        raise NbremoteError(f"the agent on {where} sent an invalid {name}: {value!r}", exit_code=ExitCode.AGENT_FAILED)
     return value
 
 
@@ -87,9 +88,15 @@ def parse_server(doc: object, where: str) -> ServerInfo:
     if sock is not None and (not is_server_path(sock) or doc.get("port") is not None):
         raise invalid(where, "socket", sock)
     return ServerInfo(
-        dir=directory, mode=mode, port=sock if sock is not None else _int(doc, "port", 1, 65535, where),
-        pid=_int(doc, "pid", 1, 2**31, where), token=token,
-        launcher=launcher, started=float(started), last_activity=activity, **optional,
+        dir=directory,
+        mode=mode,
+        port=sock if sock is not None else _int(doc, "port", 1, 65535, where),
+        pid=_int(doc, "pid", 1, 2**31, where),
+        token=token,
+        launcher=launcher,
+        started=float(started),
+        last_activity=activity,
+        **optional,
     )
 
 

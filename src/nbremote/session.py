@@ -10,6 +10,7 @@ from the command line, resolved once.
 Core functions take keyword-only options, report through a Console and return
 plain results; they never print a result themselves and never exit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,13 @@ class UpResult:
         return self.served.reused
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "url": self.url, "local_port": self.local_port, **self.served.fields,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "host": self.host,
+            "url": self.url,
+            "local_port": self.local_port,
+            **self.served.fields,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 class _Forwarder:
@@ -117,17 +123,33 @@ class _Progress:
 
 def _from_record(record: SessionRecord, place: Place) -> Served:
     """A remembered server that answered to its token through the forward: that very Jupyter."""
-    return Served(dir=record.remote_dir, mode=record.mode, port=record.remote_port, token=record.token,
-                  pid=record.pid, reused=True, addr=record.addr, job_id=record.job_id, node=record.node,
-                  where=place.label, fields={
-                      "remote_port": record.remote_port if isinstance(record.remote_port, int) else None,
-                      "remote_socket": record.remote_port if isinstance(record.remote_port, str) else None,
-                      "pid": record.pid, "dir": record.remote_dir, "mode": record.mode, "launcher": "",
-                      "reused": True, "replaced_pid": None})
+    return Served(
+        dir=record.remote_dir,
+        mode=record.mode,
+        port=record.remote_port,
+        token=record.token,
+        pid=record.pid,
+        reused=True,
+        addr=record.addr,
+        job_id=record.job_id,
+        node=record.node,
+        where=place.label,
+        fields={
+            "remote_port": record.remote_port if isinstance(record.remote_port, int) else None,
+            "remote_socket": record.remote_port if isinstance(record.remote_port, str) else None,
+            "pid": record.pid,
+            "dir": record.remote_dir,
+            "mode": record.mode,
+            "launcher": "",
+            "reused": True,
+            "replaced_pid": None,
+        },
+    )
 
 
-def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, console: Console,
-                   runner: Runner, started: float) -> UpResult | None:
+def _reattach_fast(
+    place: Host, previous: SessionRecord, opts: UpOptions, console: Console, runner: Runner, started: float
+) -> UpResult | None:
     """With a live master and a remembered server: re-forward and check, no agent round trip.
     None when there is no live master, or the server does not answer to its token."""
     conn = place.connection
@@ -143,17 +165,36 @@ def _reattach_fast(place: Host, previous: SessionRecord, opts: UpOptions, consol
     return _resumed(place, previous, opts, console, runner, started, created_master=False)
 
 
-def _resumed(place: Host, previous: SessionRecord, opts: UpOptions, console: Console, runner: Runner,
-             started: float, *, created_master: bool) -> UpResult:
+def _resumed(
+    place: Host,
+    previous: SessionRecord,
+    opts: UpOptions,
+    console: Console,
+    runner: Runner,
+    started: float,
+    *,
+    created_master: bool,
+) -> UpResult:
     served = _from_record(previous, place)
-    console.done(f"Jupyter already running in {served.dir} on {place.label} (pid {served.pid})",
-                 time.monotonic() - started)
-    return _finish(place, runner, opts, previous.local_port, served, console, created_master=created_master,
-                   started=started)
+    console.done(
+        f"Jupyter already running in {served.dir} on {place.label} (pid {served.pid})", time.monotonic() - started
+    )
+    return _finish(
+        place, runner, opts, previous.local_port, served, console, created_master=created_master, started=started
+    )
 
 
-def _finish(place: Place, runner: Runner, opts: UpOptions, local_port: int, served: Served, console: Console, *,
-            created_master: bool, started: float) -> UpResult:
+def _finish(
+    place: Place,
+    runner: Runner,
+    opts: UpOptions,
+    local_port: int,
+    served: Served,
+    console: Console,
+    *,
+    created_master: bool,
+    started: float,
+) -> UpResult:
     mode = opts.mode if opts.mode in MODES else served.mode
     previous = sessions.find(place.host, opts.dir)
     # The same server (same token): its extra forwards (`nbremote forward`) come back too.
@@ -164,24 +205,47 @@ def _finish(place: Place, runner: Runner, opts: UpOptions, local_port: int, serv
                 place.connection.forward(local, remote)
             except NbremoteError:
                 console.warn(f"localhost:{local} is busy: the forward to {place.label}:{remote} is not back")
-    record = SessionRecord(host=place.host, dir=opts.dir, remote_dir=served.dir, local_port=local_port,
-                           remote_port=served.port, token=served.token, pid=served.pid, mode=mode,
-                           updated=time.time(), runner=runner.name, addr=served.addr, job_id=served.job_id,
-                           node=served.node, forwards=extra)
+    record = SessionRecord(
+        host=place.host,
+        dir=opts.dir,
+        remote_dir=served.dir,
+        local_port=local_port,
+        remote_port=served.port,
+        token=served.token,
+        pid=served.pid,
+        mode=mode,
+        updated=time.time(),
+        runner=runner.name,
+        addr=served.addr,
+        job_id=served.job_id,
+        node=served.node,
+        forwards=extra,
+    )
     sessions.save(record)
     # Without a forward (this machine), the browser goes to Jupyter's own address.
     address = "127.0.0.1" if isinstance(place, Host) else served.addr
-    return UpResult(host=opts.host, url=url_for(local_port, mode, served.token, address), local_port=local_port,
-                    served=served, record=record, created_master=created_master,
-                    seconds=time.monotonic() - started)
+    return UpResult(
+        host=opts.host,
+        url=url_for(local_port, mode, served.token, address),
+        local_port=local_port,
+        served=served,
+        record=record,
+        created_master=created_master,
+        seconds=time.monotonic() - started,
+    )
 
 
 def _local_port(place: Place, opts: UpOptions, previous: SessionRecord | None, had_master: bool) -> int:
     if isinstance(place, ThisMachine):
         return 0  # the server's own port is the one to open
-    if (isinstance(place, Host) and had_master and previous is not None and opts.port in (None, previous.local_port)
-            and not port_free(previous.local_port)
-            and place.connection.cancel(previous.local_port, previous.remote_port, previous.addr)):
+    if (
+        isinstance(place, Host)
+        and had_master
+        and previous is not None
+        and opts.port in (None, previous.local_port)
+        and not port_free(previous.local_port)
+        and place.connection.cancel(previous.local_port, previous.remote_port, previous.addr)
+    ):
         # The port was held by this master's own forward to the old server: the same port
         # again keeps the browser's tabs, once the forward goes to the server found now.
         return previous.local_port
@@ -194,19 +258,30 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
     if opts.env is not None:
         validate_text(opts.env, "environment")
     if opts.socket and isinstance(place, ThisMachine):
-        raise NbremoteError("--socket needs a HOST: a browser reaches a Unix socket only through the ssh forward",
-                            hint="leave --socket out to serve this machine on a loopback port",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            "--socket needs a HOST: a browser reaches a Unix socket only through the ssh forward",
+            hint="leave --socket out to serve this machine on a loopback port",
+            exit_code=ExitCode.USAGE,
+        )
     previous = sessions.find(place.host, opts.dir)
     if previous is not None and previous.runner != runner.name:
         previous = None
     # --socket asks the agent: a remembered server on a port would need a conflict check.
-    wanted = (previous is not None and runner.reattach_from_record
-              and (not opts.socket or isinstance(previous.remote_port, str)))
+    wanted = (
+        previous is not None
+        and runner.reattach_from_record
+        and (not opts.socket or isinstance(previous.remote_port, str))
+    )
     # With --env or --keep-output the agent must see the request: it may be a conflict.
     asks_agent = opts.env is not None or opts.keep_output
-    if isinstance(place, Host) and wanted and previous is not None \
-            and opts.port in (None, previous.local_port) and not asks_agent and place.connection.may_have_master():
+    if (
+        isinstance(place, Host)
+        and wanted
+        and previous is not None
+        and opts.port in (None, previous.local_port)
+        and not asks_agent
+        and place.connection.may_have_master()
+    ):
         # No `-O check` first: the forward itself fails at once without a live master.
         result = _reattach_fast(place, previous, opts, console, runner, started)
         if result is not None:
@@ -215,8 +290,9 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
     local_port = _local_port(place, opts, previous, had_master)
     forwarder = _Forwarder(place, local_port)
     progress = _Progress(place, console, forwarder, started, connected=had_master or isinstance(place, ThisMachine))
-    remembered = previous if wanted and previous is not None and local_port == previous.local_port \
-        and not asks_agent else None
+    remembered = (
+        previous if wanted and previous is not None and local_port == previous.local_port and not asks_agent else None
+    )
     try:
         if isinstance(place, Host) and not had_master and (remembered or isinstance(place, ProfileHost)):
             began = time.monotonic()
@@ -231,8 +307,15 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
                 forwarder.to(remembered.remote_port, remembered.addr)
                 if probe(local_port, remembered.token, time.monotonic() + max(0.3, login)):
                     return _resumed(place, remembered, opts, console, runner, started, created_master=True)
-        request = StartRequest(dir=opts.dir, mode=opts.mode, env=opts.env, timeout=opts.timeout,
-                               start_timeout=opts.start_timeout, socket=opts.socket, keep_output=opts.keep_output)
+        request = StartRequest(
+            dir=opts.dir,
+            mode=opts.mode,
+            env=opts.env,
+            timeout=opts.timeout,
+            start_timeout=opts.start_timeout,
+            socket=opts.socket,
+            keep_output=opts.keep_output,
+        )
         served = runner.start(place, request, console, progress, started)
         if local_port:
             forwarder.to(served.port, served.addr)
@@ -244,8 +327,11 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         # there is one: its answer comes about a round trip before a probe begun now would.
         proven = progress.proven(served.token, deadline) if local_port else None
         if not (proven if proven is not None else probe(port, served.token, deadline, host=address)):
-            raise NbremoteError(f"Jupyter on {served.where} does not answer through localhost:{port}",
-                                hint="run with --verbose to see each step", exit_code=ExitCode.ERROR)
+            raise NbremoteError(
+                f"Jupyter on {served.where} does not answer through localhost:{port}",
+                hint="run with --verbose to see each step",
+                exit_code=ExitCode.ERROR,
+            )
     except BaseException:
         progress.stop()
         forwarder.undo()
@@ -256,12 +342,21 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         console.done(f"localhost:{local_port} → {runner.route(place, served)}", time.monotonic() - started)
     for warning in served.warnings:
         console.warn(warning)
-    return _finish(place, runner, opts, port, served, console,
-                   created_master=isinstance(place, Host) and not had_master, started=started)
+    return _finish(
+        place,
+        runner,
+        opts,
+        port,
+        served,
+        console,
+        created_master=isinstance(place, Host) and not had_master,
+        started=started,
+    )
 
 
-def down(place: Place, runner: Runner, *, directory: str, all_dirs: bool, timeout: float,
-         console: Console) -> list[dict[str, object]]:
+def down(
+    place: Place, runner: Runner, *, directory: str, all_dirs: bool, timeout: float, console: Console
+) -> list[dict[str, object]]:
     validate_text(directory, "directory")
     ours = [r for r in sessions.for_host(place.host) if r.runner == runner.name]
     mine = [r for r in ours if all_dirs or r.dir == directory]
@@ -286,7 +381,8 @@ def ls(place: Place, runner: Runner, *, timeout: float, show_token: bool = False
     servers = []
     for row, record in runner.listing(place, records, show_token, timeout):
         row["keeper_pid"] = keeper.keeper_pid(record.host, record.dir) if record else None
-        row["forwards"] = [{"local_port": local, "remote_port": remote} for local, remote in record.forwards] \
-            if record else []
+        row["forwards"] = (
+            [{"local_port": local, "remote_port": remote} for local, remote in record.forwards] if record else []
+        )
         servers.append(row)
     return servers

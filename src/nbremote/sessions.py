@@ -5,6 +5,7 @@ One JSON file, 0600 in the private state dir (it holds tokens, so a later
 session in a Slurm job is a record like any other: its runner is "slurm", and
 its forward goes through the login node to the compute node's address.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ class SessionRecord:
     def __post_init__(self) -> None:
         # JSON brings lists back; a pair that is not two ports is a record another version wrote.
         pairs = tuple(tuple(pair) for pair in self.forwards)
-        if not all(len(p) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 65536 for n in p)
-                   for p in pairs):
+        if not all(
+            len(p) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 65536 for n in p)
+            for p in pairs
+        ):
             raise TypeError("forwards must be pairs of ports")
         object.__setattr__(self, "forwards", pairs)
 

@@ -8,6 +8,7 @@ PORT:NODE_ADDR:JUPYTER_PORT`), the laptop remembers it in its session records,
 and the keeper rebuilds that forward after an outage and asks here whether the
 job has ended when Jupyter no longer answers.
 """
+
 from __future__ import annotations
 
 import re
@@ -99,8 +100,10 @@ def clean_job(doc: object) -> dict[str, Any]:
         gpus = None
     else:
         gpus = {"count": gpus["count"], "type": gpus.get("type") if isinstance(gpus.get("type"), str) else None}
-    out = {k: doc.get(k) if isinstance(doc.get(k), str) else None
-           for k in ("job_id", "state", "reason", "node", "dir", "mode", "addr", "output")}
+    out = {
+        k: doc.get(k) if isinstance(doc.get(k), str) else None
+        for k in ("job_id", "state", "reason", "node", "dir", "mode", "addr", "output")
+    }
     out.update({k: _num(doc.get(k)) for k in ("elapsed", "time_limit", "time_left", "exit_code", "port")})
     out["gpus"] = gpus
     return out
@@ -132,10 +135,19 @@ def render_ls(servers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     rows = [("DIR", "JOB", "STATE", "GPUS", "ELAPSED", "TIME LEFT", "FORWARD")]
     warnings = []
     for s in servers:
-        rows.append((s["dir"] or "-", s["job_id"] or "-", state_text(s), gpu_text(s["gpus"]),
-                     duration(s["elapsed"]), "unlimited" if s["time_left"] is None and s["state"] in
-                     ("RUNNING", "PENDING") else duration(s["time_left"]),
-                     f"localhost:{s['local_port']}" if s["local_port"] else "-"))
+        rows.append(
+            (
+                s["dir"] or "-",
+                s["job_id"] or "-",
+                state_text(s),
+                gpu_text(s["gpus"]),
+                duration(s["elapsed"]),
+                "unlimited"
+                if s["time_left"] is None and s["state"] in ("RUNNING", "PENDING")
+                else duration(s["time_left"]),
+                f"localhost:{s['local_port']}" if s["local_port"] else "-",
+            )
+        )
         if s["state"] == "RUNNING" and s["time_left"] is not None and s["time_left"] < LOW_TIME:
             warnings.append(f"Slurm job {s['job_id']} has only {duration(s['time_left'])} left: save your work")
         if s["state"] == "TIMEOUT":
@@ -153,8 +165,7 @@ class SlurmRunner:
     def __init__(self, options: list[str] | None = None):
         self.options = options or []  # sbatch options; only a new job uses them
 
-    def start(self, place: Place, request: StartRequest, console: Console, progress: Progress,
-              began: float) -> Served:
+    def start(self, place: Place, request: StartRequest, console: Console, progress: Progress, began: float) -> Served:
         def on_event(name: str, data: dict[str, object]) -> None:
             job = clean_job(data)
             if name == "submitted":
@@ -162,39 +173,74 @@ class SlurmRunner:
             elif name == "ended":
                 console.note(f"the earlier Slurm job {job['job_id']} had {state_text(job)}; submitting a new one")
             elif name == "slurm" and job["state"] == "PENDING":
-                console.note(f"Slurm job {job['job_id']} {state_text(job)}: waiting for it to start "
-                             f"(Ctrl-C leaves it queued; {_command('down', place.host)} cancels it)")
+                console.note(
+                    f"Slurm job {job['job_id']} {state_text(job)}: waiting for it to start "
+                    f"(Ctrl-C leaves it queued; {_command('down', place.host)} cancels it)"
+                )
             elif name == "slurm" and job["state"] == "RUNNING":
-                console.done(f"Slurm job {job['job_id']} running on {job['node']} ({gpu_text(job['gpus'])}, "
-                             f"{left_text(job)}); starting Jupyter", time.monotonic() - began)
+                console.done(
+                    f"Slurm job {job['job_id']} running on {job['node']} ({gpu_text(job['gpus'])}, "
+                    f"{left_text(job)}); starting Jupyter",
+                    time.monotonic() - began,
+                )
 
         reply = place.agent(hello_timeout=request.timeout + 10).request(
-            "slurm_up", {"dir": request.dir, "mode": request.mode, "env": request.env, "options": self.options,
-                         "timeout": request.start_timeout},
-            on_event=on_event, timeout=None)  # no limit while the job is queued
+            "slurm_up",
+            {
+                "dir": request.dir,
+                "mode": request.mode,
+                "env": request.env,
+                "options": self.options,
+                "timeout": request.start_timeout,
+            },
+            on_event=on_event,
+            timeout=None,
+        )  # no limit while the job is queued
         server = parse_server(reply.get("server"), place.label)
         job = clean_job(reply.get("job"))
         reused = reply.get("reused") is True
         what = "JupyterLab" if server.mode == "lab" else "Jupyter Notebook"
-        console.done(f"{what} {'already running' if reused else 'ready'} in Slurm job {server.job_id} on "
-                     f"{server.node} ({gpu_text(job['gpus'])}, {left_text(job)})", time.monotonic() - began)
+        console.done(
+            f"{what} {'already running' if reused else 'ready'} in Slurm job {server.job_id} on "
+            f"{server.node} ({gpu_text(job['gpus'])}, {left_text(job)})",
+            time.monotonic() - began,
+        )
         if isinstance(place, Host) and not place.connection.master_alive():
             place.connect()  # a `down` meanwhile let the master go: a queued job's wait outlived it
         low = job["time_left"] is not None and job["time_left"] < LOW_TIME
-        return Served(dir=server.dir, mode=server.mode, port=server.port, token=server.token, pid=0, reused=reused,
-                      addr=server.addr, job_id=server.job_id, node=server.node, where=server.node,
-                      warnings=(f"Slurm job {server.job_id} has only {duration(job['time_left'])} left",) if low
-                      else (),
-                      fields={"scheduler": "slurm", "job_id": server.job_id, "node": server.node,
-                              "remote_addr": server.addr, "remote_port": server.port, "dir": server.dir,
-                              "mode": server.mode, "gpus": job["gpus"], "time_left": job["time_left"],
-                              "reused": reused})
+        return Served(
+            dir=server.dir,
+            mode=server.mode,
+            port=server.port,
+            token=server.token,
+            pid=0,
+            reused=reused,
+            addr=server.addr,
+            job_id=server.job_id,
+            node=server.node,
+            where=server.node,
+            warnings=(f"Slurm job {server.job_id} has only {duration(job['time_left'])} left",) if low else (),
+            fields={
+                "scheduler": "slurm",
+                "job_id": server.job_id,
+                "node": server.node,
+                "remote_addr": server.addr,
+                "remote_port": server.port,
+                "dir": server.dir,
+                "mode": server.mode,
+                "gpus": job["gpus"],
+                "time_left": job["time_left"],
+                "reused": reused,
+            },
+        )
 
-    def stop(self, place: Place, directory: str, all_dirs: bool, console: Console,
-             timeout: float) -> list[dict[str, object]]:
+    def stop(
+        self, place: Place, directory: str, all_dirs: bool, console: Console, timeout: float
+    ) -> list[dict[str, object]]:
         with console.progress(f"cancelling the Slurm job on {place.label}"):
             reply = place.agent(hello_timeout=timeout + 10).request(
-                "slurm_down", {"dir": directory, "all": all_dirs}, timeout=120)
+                "slurm_down", {"dir": directory, "all": all_dirs}, timeout=120
+            )
         items = reply.get("stopped")
         return [s for s in items if isinstance(s, dict)] if isinstance(items, list) else []
 
@@ -203,8 +249,9 @@ class SlurmRunner:
         items = reply.get("servers")
         return [clean_job(doc) for doc in items] if isinstance(items, list) else []
 
-    def listing(self, place: Place, records: dict[str, SessionRecord], show_token: bool,
-                timeout: float) -> list[tuple[dict[str, object], SessionRecord | None]]:
+    def listing(
+        self, place: Place, records: dict[str, SessionRecord], show_token: bool, timeout: float
+    ) -> list[tuple[dict[str, object], SessionRecord | None]]:
         rows: list[tuple[dict[str, object], SessionRecord | None]] = []
         for job in self._jobs(place, timeout):
             record = records.get(job["dir"] or "")
@@ -220,10 +267,12 @@ class SlurmRunner:
             return None
         again = f"{_command('up', record.host)} submits a new one"
         if state == "TIMEOUT":
-            return NbremoteError(f"Slurm job {record.job_id} reached its time limit", hint=again,
-                                 exit_code=ExitCode.SLURM)
-        return NbremoteError(f"Slurm job {record.job_id} ended ({(state or 'gone').lower()})", hint=again,
-                             exit_code=ExitCode.SLURM)
+            return NbremoteError(
+                f"Slurm job {record.job_id} reached its time limit", hint=again, exit_code=ExitCode.SLURM
+            )
+        return NbremoteError(
+            f"Slurm job {record.job_id} ended ({(state or 'gone').lower()})", hint=again, exit_code=ExitCode.SLURM
+        )
 
     def serving(self, record: SessionRecord) -> str:
         return f"Slurm job {record.job_id} on {record.node}"

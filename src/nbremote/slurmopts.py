@@ -7,6 +7,7 @@ sets itself (output file, working directory, job name) or that would change
 what sbatch answers (--wrap, --parsable, --array, --wait…) are refused with a
 message naming them.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -15,16 +16,60 @@ from nbremote.errors import ExitCode, NbremoteError
 
 # long name -> takes a value
 OPTIONS = {
-    "partition": True, "time": True, "gres": True, "gpus": True, "gpus-per-node": True, "gpus-per-task": True,
-    "cpus-per-gpu": True, "mem-per-gpu": True, "cpus-per-task": True, "mem": True, "mem-per-cpu": True,
-    "account": True, "qos": True, "constraint": True, "nodelist": True, "exclude": True, "reservation": True,
-    "nodes": True, "ntasks": True, "ntasks-per-node": True, "licenses": True, "comment": True, "time-min": True,
-    "begin": True, "nice": True, "tmp": True, "cluster": True, "clusters": True, "signal": True,
-    "mail-type": True, "mail-user": True, "export": True, "exclusive": False, "requeue": False,
-    "no-requeue": False, "hint": True, "distribution": True, "switches": True, "prefer": True,
+    "partition": True,
+    "time": True,
+    "gres": True,
+    "gpus": True,
+    "gpus-per-node": True,
+    "gpus-per-task": True,
+    "cpus-per-gpu": True,
+    "mem-per-gpu": True,
+    "cpus-per-task": True,
+    "mem": True,
+    "mem-per-cpu": True,
+    "account": True,
+    "qos": True,
+    "constraint": True,
+    "nodelist": True,
+    "exclude": True,
+    "reservation": True,
+    "nodes": True,
+    "ntasks": True,
+    "ntasks-per-node": True,
+    "licenses": True,
+    "comment": True,
+    "time-min": True,
+    "begin": True,
+    "nice": True,
+    "tmp": True,
+    "cluster": True,
+    "clusters": True,
+    "signal": True,
+    "mail-type": True,
+    "mail-user": True,
+    "export": True,
+    "exclusive": False,
+    "requeue": False,
+    "no-requeue": False,
+    "hint": True,
+    "distribution": True,
+    "switches": True,
+    "prefer": True,
 }
-SHORT = {"p": "partition", "t": "time", "G": "gpus", "c": "cpus-per-task", "A": "account", "q": "qos",
-         "C": "constraint", "w": "nodelist", "x": "exclude", "N": "nodes", "n": "ntasks", "L": "licenses"}
+SHORT = {
+    "p": "partition",
+    "t": "time",
+    "G": "gpus",
+    "c": "cpus-per-task",
+    "A": "account",
+    "q": "qos",
+    "C": "constraint",
+    "w": "nodelist",
+    "x": "exclude",
+    "N": "nodes",
+    "n": "ntasks",
+    "L": "licenses",
+}
 OURS = {
     "output": "nbremote writes the job's output where `logs` finds it",
     "error": "nbremote keeps the job's errors with its output",
@@ -38,23 +83,41 @@ OURS = {
     "test-only": "it submits nothing",
     "hold": "a held job would never start",
     "open-mode": "nbremote appends to the output file it created",
-    "uid": "jobs run as you", "gid": "jobs run as you",
+    "uid": "jobs run as you",
+    "gid": "jobs run as you",
 }
-SHORT_OURS = {"o": "output", "e": "error", "i": "input", "D": "chdir", "J": "job-name", "a": "array",
-              "W": "wait", "H": "hold"}
+SHORT_OURS = {
+    "o": "output",
+    "e": "error",
+    "i": "input",
+    "D": "chdir",
+    "J": "job-name",
+    "a": "array",
+    "W": "wait",
+    "H": "hold",
+}
 
 # Profile table [hosts.NAME.slurm]: key -> sbatch option.
-PROFILE_KEYS = {"partition": "partition", "time": "time", "gres": "gres", "gpus": "gpus",
-                "cpus": "cpus-per-task", "mem": "mem", "account": "account"}
+PROFILE_KEYS = {
+    "partition": "partition",
+    "time": "time",
+    "gres": "gres",
+    "gpus": "gpus",
+    "cpus": "cpus-per-task",
+    "mem": "mem",
+    "account": "account",
+}
 PROFILE_TABLE_KEYS = set(PROFILE_KEYS) | {"extra"}
 SCHEDULERS = ("slurm",)
 
 
 def _bad(word: str, why: str) -> NbremoteError:
-    return NbremoteError(f"Slurm option {word!r} is not accepted: {why}",
-                         hint="pass sbatch options such as --partition=gpu --time=2:00:00 --gres=gpu:1 "
-                              "--cpus-per-task=4 --mem=16G --account=NAME",
-                         exit_code=ExitCode.USAGE)
+    return NbremoteError(
+        f"Slurm option {word!r} is not accepted: {why}",
+        hint="pass sbatch options such as --partition=gpu --time=2:00:00 --gres=gpu:1 "
+        "--cpus-per-task=4 --mem=16G --account=NAME",
+        exit_code=ExitCode.USAGE,
+    )
 
 
 def _check_value(word: str, value: str) -> None:
@@ -68,9 +131,11 @@ def parse(text: str | list[str]) -> list[str]:
         try:
             words = shlex.split(text)
         except ValueError as exc:
-            raise NbremoteError(f"cannot read the Slurm options {text!r}: {exc}",
-                                hint='quote the whole list once: --slurm "--gres=gpu:1 --time=1:00:00"',
-                                exit_code=ExitCode.USAGE) from None
+            raise NbremoteError(
+                f"cannot read the Slurm options {text!r}: {exc}",
+                hint='quote the whole list once: --slurm "--gres=gpu:1 --time=1:00:00"',
+                exit_code=ExitCode.USAGE,
+            ) from None
     else:
         words = list(text)
     out: list[str] = []
@@ -134,7 +199,7 @@ def from_profile(table: dict[str, object]) -> list[str]:
         words.append(f"--{option}={value}")
     extra = table.get("extra", [])
     if not isinstance(extra, list) or not all(isinstance(w, str) for w in extra):
-        raise ValueError("extra", "extra must be a list of sbatch options, e.g. [\"--qos=high\"]")
+        raise ValueError("extra", 'extra must be a list of sbatch options, e.g. ["--qos=high"]')
     try:
         return parse(words + extra)
     except NbremoteError as exc:

@@ -6,6 +6,7 @@ becomes the master (ControlMaster=auto) and keeps running in the background
 later step costs about one round trip. The user's ~/.ssh/config, agent,
 ProxyJump and known_hosts are honoured because we only add ``-o`` options.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,17 +99,23 @@ class Connection:
         self.timeout = timeout
         self.batch = batch
         self.persist = persist
-        digest = hashlib.sha256(f"{target.destination}\0{target.port}".encode()
-                                + (repr(target.options).encode() if target.options else b"")).hexdigest()[:20]
+        digest = hashlib.sha256(
+            f"{target.destination}\0{target.port}".encode() + (repr(target.options).encode() if target.options else b"")
+        ).hexdigest()[:20]
         self.control_path = control_dir / digest
 
     def _options(self) -> list[str]:
         options = [
-            "-o", f"ControlPath={self.control_path}",
-            "-o", f"ConnectTimeout={max(1, round(self.timeout))}",
-            "-o", "ServerAliveInterval=15",
-            "-o", "ServerAliveCountMax=3",
-            "-o", "ExitOnForwardFailure=yes",
+            "-o",
+            f"ControlPath={self.control_path}",
+            "-o",
+            f"ConnectTimeout={max(1, round(self.timeout))}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=3",
+            "-o",
+            "ExitOnForwardFailure=yes",
         ]
         if self.batch:
             options += ["-o", "BatchMode=yes"]
@@ -120,20 +127,40 @@ class Connection:
 
     def command_argv(self, remote_command: str) -> list[str]:
         persist = "yes" if self.persist else "no"
-        return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}",
-                *self._options(), "--", self.target.destination, remote_command]
+        return [
+            "ssh",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPersist={persist}",
+            *self._options(),
+            "--",
+            self.target.destination,
+            remote_command,
+        ]
 
     def interactive_argv(self, command: list[str]) -> list[str]:
         """ssh with a terminal (-t) running argv there, through the master when one is up."""
-        return ["ssh", "-t", "-o", "ControlMaster=auto", "-o", "ControlPersist=no",
-                *self._options(), "--", self.target.destination, shlex.join(command)]
+        return [
+            "ssh",
+            "-t",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            "ControlPersist=no",
+            *self._options(),
+            "--",
+            self.target.destination,
+            shlex.join(command),
+        ]
 
     def round_trip(self) -> float:
         """Seconds for a trivial command over the open master: one honest network round trip."""
         argv = ["ssh", "-o", "ControlMaster=no", *self._options(), "--", self.target.destination, "true"]
         started = time.monotonic()
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=self.timeout + 5, env=ssh_env())
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=self.timeout + 5, env=ssh_env()
+        )
         if done.returncode != 0:
             raise self.failure(done.stderr)
         return time.monotonic() - started
@@ -145,8 +172,9 @@ class Connection:
     def _control(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", *self._options(), *args, "--", self.target.destination]
         log.debug("run %s", " ".join(argv))
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=self.timeout + 5, env=ssh_env())
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=self.timeout + 5, env=ssh_env()
+        )
 
     def may_have_master(self) -> bool:
         """Whether a master may be alive, without asking it: its control socket exists."""
@@ -174,27 +202,45 @@ class Connection:
         """ssh that logs in, puts the master in the background and exits 0, or fails."""
         options = self._options()
         if connect_timeout is not None:
-            options[options.index(f"ConnectTimeout={max(1, round(self.timeout))}")] = \
+            options[options.index(f"ConnectTimeout={max(1, round(self.timeout))}")] = (
                 f"ConnectTimeout={max(1, round(connect_timeout))}"
+            )
         # A master opened for one short command (persist=False) still outlives it a little,
         # so the next command reuses it, but never lingers for good.
         persist = "yes" if self.persist else "60"
-        return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}", *options,
-                "-N", "-f", "--", self.target.destination]
+        return [
+            "ssh",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPersist={persist}",
+            *options,
+            "-N",
+            "-f",
+            "--",
+            self.target.destination,
+        ]
 
     def start_master(self, connect_timeout: float | None = None) -> subprocess.Popen[str]:
         """master_argv started, not waited for: a race of addresses kills the losers."""
         argv = self.master_argv(connect_timeout)
         log.debug("start %s", " ".join(argv))
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=ssh_env())
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ssh_env()
+        )
 
     def open_master(self, connect_timeout: float | None = None) -> None:
         """Log in and leave the master in the background, with no remote command."""
         argv = self.master_argv(connect_timeout)
         log.debug("run %s", " ".join(argv))
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=(connect_timeout or self.timeout) + 10, env=ssh_env())
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=(connect_timeout or self.timeout) + 10,
+            env=ssh_env(),
+        )
         if done.returncode != 0:
             raise self.failure(done.stderr)
 
@@ -273,19 +319,26 @@ def classify_ssh_failure(stderr: str, target: Target, where: Endpoint, timeout: 
         new = re.search(r"key sent by the remote host is\s*\n?\s*(SHA256:\S+?)\.?$", text, re.M)
         offending = re.search(r"Offending \S+ key in (.+):(\d+)", text)
         old = _fingerprint_of_known_line(offending.group(1), int(offending.group(2))) if offending else None
-        hint = ("if the server was reinstalled, check the new key with its owner, then "
-                f"remove the old one with `ssh-keygen -R {where.hostname}`; otherwise someone may be "
-                "intercepting the connection")
+        hint = (
+            "if the server was reinstalled, check the new key with its owner, then "
+            f"remove the old one with `ssh-keygen -R {where.hostname}`; otherwise someone may be "
+            "intercepting the connection"
+        )
         if "HostKeyAlias" in dict(target.options):
-            hint = (f"if {name} was really reinstalled, check the new fingerprint with its owner "
-                    f"(`nbremote server invite` there prints it), then pin it again with "
-                    f"`nbremote remove {name}` and `nbremote add {name} --invite LINE`; "
-                    "otherwise someone may be intercepting the connection")
+            hint = (
+                f"if {name} was really reinstalled, check the new fingerprint with its owner "
+                f"(`nbremote server invite` there prints it), then pin it again with "
+                f"`nbremote remove {name}` and `nbremote add {name} --invite LINE`; "
+                "otherwise someone may be intercepting the connection"
+            )
         return NbremoteError(
             f"the host key of {name} ({address}) has changed: refusing to connect",
             hint=hint,
             exit_code=ExitCode.HOST_KEY,
-            details=[f"expected {old or 'the key in known_hosts'}", f"received {new.group(1) if new else 'a different key'}"],
+            details=[
+                f"expected {old or 'the key in known_hosts'}",
+                f"received {new.group(1) if new else 'a different key'}",
+            ],
         )
     if "Host key verification failed" in text:
         return NbremoteError(
@@ -296,8 +349,7 @@ def classify_ssh_failure(stderr: str, target: Target, where: Endpoint, timeout: 
     if "Permission denied" in text or "Too many authentication failures" in text:
         methods = re.search(r"Permission denied \(([^)]*)\)", text)
         return NbremoteError(
-            f"{where.user}@{where.hostname} refused the login"
-            + (f" (offered: {methods.group(1)})" if methods else ""),
+            f"{where.user}@{where.hostname} refused the login" + (f" (offered: {methods.group(1)})" if methods else ""),
             hint=f"`nbremote add {name}` sets up a key for this host; or check the user name",
             exit_code=ExitCode.AUTH_FAILED,
         )

@@ -8,6 +8,7 @@ them whole from the profiles. The user's ~/.ssh/config gets one line,
 ssh_config, and an Include inside a Host block would be conditional); the rest
 of that file is never changed, and a backup is taken before the first edit.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,6 +69,7 @@ def include_line() -> str:
 
 # --- the user's ~/.ssh/config -------------------------------------------------
 
+
 def host_names(text: str) -> set[str]:
     """Literal names in `Host` lines (patterns with * ? ! are not names one could collide with)."""
     names = set()
@@ -111,6 +113,7 @@ def ensure_include() -> Path | None:
 
 # --- our ssh_config and known_hosts -----------------------------------------------
 
+
 def connection_options(profile: Profile, address: Address) -> tuple[tuple[str, str], ...]:
     """What ssh needs to reach `address` as this profile; the Host block says the same."""
     options = [("HostName", address.host), ("Port", str(address.port or profile.port))]
@@ -118,9 +121,11 @@ def connection_options(profile: Profile, address: Address) -> tuple[tuple[str, s
         options.append(("User", profile.user))
     if profile.key:
         options += [("IdentityFile", profile.key)]
-    options += [("HostKeyAlias", profile.host_key_alias),
-                ("UserKnownHostsFile", str(known_hosts_path())),
-                ("StrictHostKeyChecking", "yes")]
+    options += [
+        ("HostKeyAlias", profile.host_key_alias),
+        ("UserKnownHostsFile", str(known_hosts_path())),
+        ("StrictHostKeyChecking", "yes"),
+    ]
     if address.via is not None:
         options.append(("ProxyCommand", proxy_command(address.via, profile.key)))
     return tuple(options)
@@ -133,8 +138,17 @@ def proxy_command(relay: Relay, key: str | None) -> str:
     protects nothing of the session, which is end to end with the box's
     pinned key; the relay sees only ciphertext.
     """
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=accept-new",
-            "-o", f"UserKnownHostsFile={relay_known_hosts_path()}"]
+    argv = [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"UserKnownHostsFile={relay_known_hosts_path()}",
+    ]
     if key:
         argv += ["-i", key]
     argv += ["-p", str(relay.port), "-l", relay.user, "-W", "%h:%p", "--", relay.host]
@@ -142,8 +156,10 @@ def proxy_command(relay: Relay, key: str | None) -> str:
 
 
 def render_config(all_profiles: dict[str, Profile], last: dict[str, LastPath]) -> str:
-    lines = ["# Written by nbremote from its host profiles (`nbremote hosts`); edits here are lost.",
-             "# HostName is the address `nbremote up`/`ssh` last reached the host by."]
+    lines = [
+        "# Written by nbremote from its host profiles (`nbremote hosts`); edits here are lost.",
+        "# HostName is the address `nbremote up`/`ssh` last reached the host by.",
+    ]
     for name in sorted(all_profiles):
         profile = all_profiles[name]
         endpoints = profile.endpoints()
@@ -162,8 +178,9 @@ def render_known_hosts(old: str, alias: str, keys: list[tuple[str, str]] | None)
     return "".join(line + "\n" for line in kept)
 
 
-def write_files(all_profiles: dict[str, Profile], *, alias: str | None = None,
-                keys: list[tuple[str, str]] | None = None) -> None:
+def write_files(
+    all_profiles: dict[str, Profile], *, alias: str | None = None, keys: list[tuple[str, str]] | None = None
+) -> None:
     """Rewrite our ssh_config (and the pins of `alias`) from the profiles."""
     folder = paths.config_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -190,6 +207,7 @@ def refresh_config(all_profiles: dict[str, Profile]) -> None:
 
 # --- host keys -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Scan:
     address: Address
@@ -201,8 +219,9 @@ def keyscan(address: Address, timeout: float) -> Scan:
     argv = ["ssh-keyscan", "-T", str(max(1, round(timeout))), "-p", str(address.port or 22), "--", address.host]
     log.debug("run %s", shlex.join(argv))
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=timeout + 5, env=ssh_env())
+        done = subprocess.run(
+            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout + 5, env=ssh_env()
+        )
     except subprocess.TimeoutExpired:
         return Scan(address, [], f"no answer after {timeout:g} s")
     keys = []
@@ -225,8 +244,10 @@ def relay_reason(stderr: str, relay: Relay, tunnel: int | None) -> str | None:
     """Why the hop through `relay` failed, from ssh's stderr; None when the hop itself worked."""
     text = stderr
     if str(relay_known_hosts_path()) in text and "IDENTIFICATION HAS CHANGED" in text:
-        return (f"the relay {relay.host}'s own host key has changed (if that is expected, remove its line "
-                f"from {relay_known_hosts_path()})")
+        return (
+            f"the relay {relay.host}'s own host key has changed (if that is expected, remove its line "
+            f"from {relay_known_hosts_path()})"
+        )
     # The hop names the relay as given on its command line; the box's own refusal names the profile.
     if f"{relay.user}@{relay.host}: Permission denied" in text:
         return f"the relay {relay.host} refused {relay.user}'s key"
@@ -243,8 +264,9 @@ def probe_hop(proxy: str, address: Address, timeout: float) -> str:
     argv = [arg.replace("%h", address.host).replace("%p", str(address.port)) for arg in shlex.split(proxy)]
     log.debug("run %s", shlex.join(argv))
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=timeout + 10, env=ssh_env())
+        done = subprocess.run(
+            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout + 10, env=ssh_env()
+        )
     except subprocess.TimeoutExpired:
         return ""
     return done.stderr
@@ -259,15 +281,35 @@ def scan_via(address: Address, timeout: float) -> Scan:
     assert address.via is not None
     with tempfile.TemporaryDirectory(prefix="nbremote-scan-") as tmp:
         known = Path(tmp) / "known_hosts"
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(timeout))}",
-                "-o", "PreferredAuthentications=none", "-o", "StrictHostKeyChecking=accept-new",
-                "-o", f"UserKnownHostsFile={known}", "-o", "HostKeyAlias=scan", "-o", "ControlPath=none",
-                "-o", f"ProxyCommand={proxy_command(address.via, None)}", "-p", str(address.port),
-                "--", address.host, "true"]
+        argv = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={max(1, round(timeout))}",
+            "-o",
+            "PreferredAuthentications=none",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "HostKeyAlias=scan",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            f"ProxyCommand={proxy_command(address.via, None)}",
+            "-p",
+            str(address.port),
+            "--",
+            address.host,
+            "true",
+        ]
         log.debug("run %s", shlex.join(argv))
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=timeout + 10, env=ssh_env())
+            done = subprocess.run(
+                argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout + 10, env=ssh_env()
+            )
         except subprocess.TimeoutExpired:
             return Scan(address, [], f"no answer after {timeout:g} s")
         keys = []
@@ -289,6 +331,7 @@ def scan_all(addresses: list[Address], timeout: float) -> list[Scan]:
 
 # --- the user's key --------------------------------------------------------------
 
+
 def find_key() -> Path | None:
     for name in DEFAULT_KEYS:
         key = ssh_dir() / name
@@ -299,8 +342,11 @@ def find_key() -> Path | None:
 
 def check_key(path: Path) -> Path:
     if not path.is_file() or not Path(f"{path}.pub").is_file():
-        raise NbremoteError(f"no key pair at {path} (it needs {path}.pub beside it)",
-                            hint="leave --key out and nbremote makes one", exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"no key pair at {path} (it needs {path}.pub beside it)",
+            hint="leave --key out and nbremote makes one",
+            exit_code=ExitCode.USAGE,
+        )
     return path
 
 
@@ -309,15 +355,27 @@ def generate_key(interactive: bool) -> Path:
     folder = ssh_dir()
     folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / "id_ed25519"
-    argv = ["ssh-keygen", "-t", "ed25519", "-f", str(path), "-C", f"{os.environ.get('USER', 'me')}@{socket.gethostname()}"]
+    argv = [
+        "ssh-keygen",
+        "-t",
+        "ed25519",
+        "-f",
+        str(path),
+        "-C",
+        f"{os.environ.get('USER', 'me')}@{socket.gethostname()}",
+    ]
     if not interactive:
         argv += ["-q", "-N", ""]  # no one to type a passphrase
     log.debug("run %s", shlex.join(argv))
-    done = subprocess.run(argv, stdin=None if interactive else subprocess.DEVNULL,
-                          capture_output=not interactive, text=True)
+    done = subprocess.run(
+        argv, stdin=None if interactive else subprocess.DEVNULL, capture_output=not interactive, text=True
+    )
     if done.returncode != 0:
-        raise NbremoteError(f"ssh-keygen could not make {path}", exit_code=ExitCode.ERROR,
-                            details=(done.stderr or "").strip().splitlines()[-3:])
+        raise NbremoteError(
+            f"ssh-keygen could not make {path}",
+            exit_code=ExitCode.ERROR,
+            details=(done.stderr or "").strip().splitlines()[-3:],
+        )
     return path
 
 

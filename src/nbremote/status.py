@@ -3,6 +3,7 @@ about as much as the slowest host, and a dead one costs at most the timeout.
 
 `gather` returns plain results; `render` turns them into lines; the CLI prints.
 """
+
 from __future__ import annotations
 
 import threading
@@ -40,10 +41,20 @@ class HostStatus:
     slurm: list = field(default_factory=list)  # Jupyter in Slurm jobs, as nbremote.slurm.clean_job gives them
 
     def to_json(self) -> dict:
-        return {"host": self.host, "label": self.label, "reachable": self.reachable, "error": self.error,
-                "path": self.path, "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 1),
-                "seconds": round(self.seconds, 3), "machine": self.machine, "gpu": self.gpu,
-                "servers": self.servers, "jobs": [j.to_json() for j in self.jobs], "slurm": self.slurm}
+        return {
+            "host": self.host,
+            "label": self.label,
+            "reachable": self.reachable,
+            "error": self.error,
+            "path": self.path,
+            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 1),
+            "seconds": round(self.seconds, 3),
+            "machine": self.machine,
+            "gpu": self.gpu,
+            "servers": self.servers,
+            "jobs": [j.to_json() for j in self.jobs],
+            "slurm": self.slurm,
+        }
 
 
 def _num(value) -> bool:
@@ -57,9 +68,11 @@ def _clean_machine(doc: object) -> dict:
     return {
         "load": load if isinstance(load, list) and len(load) == 3 and all(map(_num, load)) else None,
         "cpus": doc.get("cpus") if isinstance(doc.get("cpus"), int) else None,
-        "memory": memory if isinstance(memory, dict) and _num(memory.get("total")) and _num(memory.get("used"))
+        "memory": memory
+        if isinstance(memory, dict) and _num(memory.get("total")) and _num(memory.get("used"))
         else None,
-        "disk": disk if isinstance(disk, dict) and _num(disk.get("free")) and is_server_path(disk.get("path"))
+        "disk": disk
+        if isinstance(disk, dict) and _num(disk.get("free")) and is_server_path(disk.get("path"))
         else None,
     }
 
@@ -79,15 +92,22 @@ def _clean_gpu(doc: object) -> dict:
             # The server's text reaches the terminal: never a control sequence, never unbounded.
             gpu[key] = clean_text(gpu[key], 200) if isinstance(gpu.get(key), str) else None
     reason = doc.get("reason")
-    return {"available": doc.get("available") is True and bool(gpus), "gpus": gpus, "apps": apps,
-            "reason": clean_text(reason, 500) if isinstance(reason, str) else None}
+    return {
+        "available": doc.get("available") is True and bool(gpus),
+        "gpus": gpus,
+        "apps": apps,
+        "reason": clean_text(reason, 500) if isinstance(reason, str) else None,
+    }
 
 
 def _clean_servers(items: object) -> list:
     servers = []
     for s in items if isinstance(items, list) else []:
-        if isinstance(s, dict) and is_server_path(s.get("dir")) and (
-                isinstance(s.get("port"), int) or is_server_path(s.get("sock"))):
+        if (
+            isinstance(s, dict)
+            and is_server_path(s.get("dir"))
+            and (isinstance(s.get("port"), int) or is_server_path(s.get("sock")))
+        ):
             server = {k: s.get(k) for k in ("dir", "port", "pid", "running", "kernels", "busy", "mode")}
             server["port"] = s["port"] if isinstance(s.get("port"), int) else s["sock"]
             servers.append(server)
@@ -101,15 +121,19 @@ def _with_urls(servers: list, slurm_jobs: list, host: str, show_token: bool) -> 
     records = sessions.for_host(host)
 
     def url(record: sessions.SessionRecord | None) -> str | None:
-        return None if record is None else url_for(
-            record.local_port, record.mode, record.token if show_token else masked(record.token))
+        return (
+            None
+            if record is None
+            else url_for(record.local_port, record.mode, record.token if show_token else masked(record.token))
+        )
 
     on_host = {r.remote_dir: r for r in records if r.runner == "host"}
     for server in servers:
         record = on_host.get(server["dir"])
         server["url"] = url(record)
-        server["forwards"] = [{"local_port": local, "remote_port": remote}
-                              for local, remote in (record.forwards if record else ())]
+        server["forwards"] = [
+            {"local_port": local, "remote_port": remote} for local, remote in (record.forwards if record else ())
+        ]
     in_jobs = {(r.remote_dir, r.job_id): r for r in records if r.runner == "slurm"}
     for job in slurm_jobs:
         job["url"] = url(in_jobs.get((job["dir"], job["job_id"])))
@@ -143,14 +167,28 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
         jobs = [jobs_core.parse_job(doc, label) for doc in reply.get("jobs") or []]
         jobcache.remember_jobs(host, [job.name for job in jobs], complete=True)
     except NbremoteError as exc:
-        return HostStatus(host=host, label=label, reachable=False, seconds=time.monotonic() - started,
-                          error=exc.message)
-    servers, in_jobs = _with_urls(_clean_servers(reply.get("servers")),
-                                  [slurm.clean_job(d) for d in reply.get("slurm") or [] if isinstance(d, dict)],
-                                  place.host, show_token)
-    return HostStatus(host=host, label=label, reachable=True, seconds=time.monotonic() - started, path=path,
-                      rtt=rtt, machine=_clean_machine(reply.get("machine")), gpu=_clean_gpu(reply.get("gpu")),
-                      servers=servers, jobs=jobs, slurm=in_jobs)
+        return HostStatus(
+            host=host, label=label, reachable=False, seconds=time.monotonic() - started, error=exc.message
+        )
+    servers, in_jobs = _with_urls(
+        _clean_servers(reply.get("servers")),
+        [slurm.clean_job(d) for d in reply.get("slurm") or [] if isinstance(d, dict)],
+        place.host,
+        show_token,
+    )
+    return HostStatus(
+        host=host,
+        label=label,
+        reachable=True,
+        seconds=time.monotonic() - started,
+        path=path,
+        rtt=rtt,
+        machine=_clean_machine(reply.get("machine")),
+        gpu=_clean_gpu(reply.get("gpu")),
+        servers=servers,
+        jobs=jobs,
+        slurm=in_jobs,
+    )
 
 
 def default_hosts() -> list[str | None]:
@@ -162,8 +200,9 @@ def default_hosts() -> list[str | None]:
     return named + local
 
 
-def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = False,
-           show_token: bool = False) -> list[HostStatus]:
+def gather(
+    hosts: list[str | None], *, timeout: float, keep_masters: bool = False, show_token: bool = False
+) -> list[HostStatus]:
     """Query every host in parallel; the whole call is bounded by the timeout, not by the number of hosts."""
     results: dict[int, HostStatus] = {}
     started = time.monotonic()
@@ -178,10 +217,17 @@ def gather(hosts: list[str | None], *, timeout: float, keep_masters: bool = Fals
     deadline = started + 2 * timeout + 10  # connect, then the agent's answer
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [results.get(i) or HostStatus(host=h, label=h or "this machine", reachable=False,
-                                         seconds=time.monotonic() - started,
-                                         error=f"no answer within {deadline - started:.0f} s")
-            for i, h in enumerate(hosts)]
+    return [
+        results.get(i)
+        or HostStatus(
+            host=h,
+            label=h or "this machine",
+            reachable=False,
+            seconds=time.monotonic() - started,
+            error=f"no answer within {deadline - started:.0f} s",
+        )
+        for i, h in enumerate(hosts)
+    ]
 
 
 def close_masters(hosts: list[str | None], *, timeout: float) -> None:
@@ -227,8 +273,7 @@ def _percent(gpu: dict) -> int | None:
 
 def sparkline(values: list) -> str:
     """Percentages as block characters; a missing sample is a space."""
-    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, max(0, int(v) * len(SPARK) // 101))]
-                   for v in values)
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, max(0, int(v) * len(SPARK) // 101))] for v in values)
 
 
 def job_state(job: jobs_core.Job) -> str:
@@ -273,18 +318,24 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
         lines.append(f"{head}  " + "   ".join(parts))
         lines.extend(_gpu_lines(s, history))
         for server in s.servers:
-            kernels = "" if server.get("kernels") is None else \
-                f"  {server['kernels']} kernels ({server.get('busy') or 0} busy)"
+            kernels = (
+                ""
+                if server.get("kernels") is None
+                else f"  {server['kernels']} kernels ({server.get('busy') or 0} busy)"
+            )
             state = "" if server.get("running") else "  (stopped)"
             url = f"  {server['url']}" if server.get("url") else ""
             lines.append(f"  Jupyter  {server['dir']}  :{server['port']}{kernels}{state}{url}")
-            lines.extend(f"  forward  localhost:{f['local_port']} → {s.label}:{f['remote_port']}"
-                         for f in server.get("forwards") or ())
+            lines.extend(
+                f"  forward  localhost:{f['local_port']} → {s.label}:{f['remote_port']}"
+                for f in server.get("forwards") or ()
+            )
         for job in s.slurm:
             text = f"  Jupyter  {job['dir']}  Slurm job {job['job_id']} {slurm.state_text(job)}"
             if job["state"] == "RUNNING":
-                text += f" · {slurm.gpu_text(job['gpus'])} · {duration(job['elapsed'])} elapsed · " \
-                        f"{slurm.left_text(job)}"
+                text += (
+                    f" · {slurm.gpu_text(job['gpus'])} · {duration(job['elapsed'])} elapsed · {slurm.left_text(job)}"
+                )
                 if job["time_left"] is not None and job["time_left"] < slurm.LOW_TIME:
                     text += "  ! ending soon"
             if job.get("url"):
@@ -307,18 +358,24 @@ def _gpu_lines(s: HostStatus, history: History | None) -> list[str]:
             lines.append(f"{text}  error: {g['error']}")
             continue
         util = "-" if g["utilization"] is None else f"{g['utilization']}%"
-        memory = "-" if g["memory_used_mib"] is None else \
-            f"{g['memory_used_mib'] / 1024:.1f}/{(g['memory_total_mib'] or 0) / 1024:.1f} GB"
+        memory = (
+            "-"
+            if g["memory_used_mib"] is None
+            else f"{g['memory_used_mib'] / 1024:.1f}/{(g['memory_total_mib'] or 0) / 1024:.1f} GB"
+        )
         temp = "" if g["temperature_c"] is None else f"  {g['temperature_c']}°C"
         text += f"  {util:>4}  {memory}{temp}"
         if history is not None:
-            text += f"  util {sparkline(history.series(s.label, g['index'], 'util'))}" \
-                    f"  mem {sparkline(history.series(s.label, g['index'], 'mem'))}"
+            text += (
+                f"  util {sparkline(history.series(s.label, g['index'], 'util'))}"
+                f"  mem {sparkline(history.series(s.label, g['index'], 'mem'))}"
+            )
         users = [a for a in gpu["apps"] if g.get("uuid") and a.get("gpu_uuid") == g["uuid"]]
         if users:
             text += "  " + ", ".join(
                 f"{a.get('owner') or a.get('name') or 'pid'} (pid {a['pid']}"
                 + (f", {a['memory_mib'] / 1024:.1f} GB)" if isinstance(a.get("memory_mib"), int) else ")")
-                for a in users)
+                for a in users
+            )
         lines.append(text)
     return lines

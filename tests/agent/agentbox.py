@@ -6,6 +6,7 @@ inherits XDG_STATE_HOME=<the box's own dir>; cleanup() finds them by that mark
 in /proc/PID/environ and kills them, with the box's tmux server, whatever
 state the test left.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -108,12 +109,15 @@ class AgentBox:
         self.work.mkdir(parents=True)
         # tmux's socket path must stay under ~104 bytes; pytest's tmp paths can be long.
         self.tmux_tmpdir = Path(tempfile.mkdtemp(prefix="nbt-"))
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("XDG_", "JUPYTER_", "TMUX", "CONDA_"))}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "JUPYTER_", "TMUX", "CONDA_"))}
         self.env.update(
-            HOME=str(self.home), XDG_STATE_HOME=str(self.state), XDG_DATA_HOME=str(self.data),
-            XDG_CONFIG_HOME=str(root / "config"), XDG_CACHE_HOME=str(root / "cache"),
-            XDG_RUNTIME_DIR=str(root / "run"), TMUX_TMPDIR=str(self.tmux_tmpdir),
+            HOME=str(self.home),
+            XDG_STATE_HOME=str(self.state),
+            XDG_DATA_HOME=str(self.data),
+            XDG_CONFIG_HOME=str(root / "config"),
+            XDG_CACHE_HOME=str(root / "cache"),
+            XDG_RUNTIME_DIR=str(root / "run"),
+            TMUX_TMPDIR=str(self.tmux_tmpdir),
             PATH=f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin",
         )
         (root / "run").mkdir(mode=0o700)
@@ -123,11 +127,14 @@ class AgentBox:
 
     def call(self, op: str, args: dict, *, environ: dict | None = None, on_event=None, timeout: float = 60) -> dict:
         """One request to a fresh agent process; environ replaces the box's own environment."""
-        agent = AgentCall(agentlink.local_argv, where="this machine", on_ssh_failure=None,
-                          hello_timeout=30, env=environ or self.env)
+        agent = AgentCall(
+            agentlink.local_argv, where="this machine", on_ssh_failure=None, hello_timeout=30, env=environ or self.env
+        )
         return agent.request(op, args, on_event=on_event, timeout=timeout)
 
-    def up(self, directory: str | Path | None = None, *, environ: dict | None = None, **args) -> tuple[dict, list[tuple[str, dict]]]:
+    def up(
+        self, directory: str | Path | None = None, *, environ: dict | None = None, **args
+    ) -> tuple[dict, list[tuple[str, dict]]]:
         """The reply and the events before it; args go to the agent (env=, mode=, timeout=)."""
         events: list[tuple[str, dict]] = []
         args = {"dir": str(directory or self.work), "mode": "lab", "timeout": 60, **args}
@@ -153,9 +160,14 @@ class AgentBox:
     def processes(self) -> list[int]:
         """Live processes started under this box (they carry its XDG_STATE_HOME)."""
         mine = os.getpid()
-        return [int(p.name) for p in Path("/proc").iterdir()
-                if p.name.isdigit() and int(p.name) != mine and self.mark in _environ(int(p.name))
-                and pid_alive(int(p.name))]
+        return [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit()
+            and int(p.name) != mine
+            and self.mark in _environ(int(p.name))
+            and pid_alive(int(p.name))
+        ]
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["tmux", *args], env=self.env, capture_output=True, text=True, timeout=10)

@@ -1,4 +1,5 @@
 """The agent against real Jupyter and tmux on this machine, through the real bootstrap (no ssh)."""
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,15 @@ from agentbox import HAVE_JUPYTER, HAVE_TMUX, AgentBox  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts its own Jupyter (a few seconds); runs by default, "
-                            "-m 'not slow' leaves it out")
+    config.addinivalue_line(
+        "markers", "slow: starts its own Jupyter (a few seconds); runs by default, -m 'not slow' leaves it out"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    missing = [what for what, ok in (("jupyter-lab beside " + sys.executable, HAVE_JUPYTER),
-                                     ("tmux", HAVE_TMUX)) if not ok]
+    missing = [
+        what for what, ok in (("jupyter-lab beside " + sys.executable, HAVE_JUPYTER), ("tmux", HAVE_TMUX)) if not ok
+    ]
     # CI (NBREMOTE_REQUIRE_LAB=1) lets them run and fail rather than skip.
     if not missing or os.environ.get("NBREMOTE_REQUIRE_LAB") == "1":
         return

@@ -1,4 +1,5 @@
 """What up reports when it cannot start Jupyter, and that it leaves nothing behind each time."""
+
 from __future__ import annotations
 
 import glob
@@ -60,8 +61,9 @@ def test_env_without_jupyter(box, mode, package):
     box.assert_nothing_left()
 
 
-@pytest.mark.parametrize("mode, what, package", [("lab", "JupyterLab", "jupyterlab"),
-                                                 ("notebook", "Jupyter Notebook", "notebook")])
+@pytest.mark.parametrize(
+    "mode, what, package", [("lab", "JupyterLab", "jupyterlab"), ("notebook", "Jupyter Notebook", "notebook")]
+)
 def test_no_jupyter_on_the_path(box, mode, what, package):
     # The agent still runs (its python is named by absolute path), but jupyter is nowhere on PATH.
     environ = dict(box.env, PATH="/usr/bin:/bin")
@@ -85,14 +87,24 @@ def test_the_install_hint_works_under_pep_668(box, tmp_path):
     error = _up_error(box, environ=dict(box.env, PATH="/usr/bin:/bin"), mode="lab")
     command = re.search(r"`(python3 -m venv .*?)`", error.hint).group(1)
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
-    done = subprocess.run(["bash", "-c", command.replace("pip install", "pip install --dry-run")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", "-c", command.replace("pip install", "pip install --dry-run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "Would install" in done.stdout and "jupyterlab-" in done.stdout
     assert (tmp_path / ".venvs" / "jupyter" / "bin" / "python").exists()
     if glob.glob("/usr/lib/python3*/EXTERNALLY-MANAGED"):
-        old = subprocess.run(["python3", "-m", "pip", "install", "--user", "--dry-run", "jupyterlab"],
-                             env=env, capture_output=True, text=True, timeout=60)
+        old = subprocess.run(
+            ["python3", "-m", "pip", "install", "--user", "--dry-run", "jupyterlab"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert old.returncode != 0
 
 
@@ -121,8 +133,7 @@ def test_jupyter_that_exits_during_start_up(box, launcher, path):
     environ = dict(box.env, PATH=path) if path else None
     events = []
     with pytest.raises(NbremoteError) as caught:
-        box.call("up", {"dir": str(box.work), "timeout": 60}, environ=environ,
-                 on_event=lambda *e: events.append(e))
+        box.call("up", {"dir": str(box.work), "timeout": 60}, environ=environ, on_event=lambda *e: events.append(e))
     error = caught.value
     assert error.exit_code == ExitCode.JUPYTER_FAILED
     assert error.message == "Jupyter exited during start-up"
@@ -133,11 +144,14 @@ def test_jupyter_that_exits_during_start_up(box, launcher, path):
     box.assert_nothing_left()
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"mode": "classic"}, "mode must be one of lab, notebook"),
-    ({"token": "t" * 48}, "malformed request: op_up() got an unexpected keyword argument 'token'"),
-    ({"surprise": 1}, "malformed request: op_up() got an unexpected keyword argument 'surprise'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"mode": "classic"}, "mode must be one of lab, notebook"),
+        ({"token": "t" * 48}, "malformed request: op_up() got an unexpected keyword argument 'token'"),
+        ({"surprise": 1}, "malformed request: op_up() got an unexpected keyword argument 'surprise'"),
+    ],
+)
 def test_bad_requests_are_refused(box, args, message):
     error = _up_error(box, **args)
     assert error.exit_code == ExitCode.AGENT_FAILED

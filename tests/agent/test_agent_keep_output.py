@@ -1,5 +1,6 @@
 """up --keep-output: started with the extension that keeps output, refused (with how to add it)
 where the Jupyter lacks it, and never by quietly reusing a server that does not keep output."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,10 @@ def test_a_venv_without_the_extension_is_refused_with_its_own_pip(box):
     # The lab's venv has JupyterLab but not jupyter-server-nbmodel.
     error = _up_error(box, keep_output=True)
     assert error.exit_code == ExitCode.NO_JUPYTER
-    assert error.message == (f"the Jupyter at {VENV_BIN / 'jupyter-lab'} cannot keep output while no browser "
-                             "is attached: it lacks jupyter-server-nbmodel")
+    assert error.message == (
+        f"the Jupyter at {VENV_BIN / 'jupyter-lab'} cannot keep output while no browser "
+        "is attached: it lacks jupyter-server-nbmodel"
+    )
     assert error.hint == f"on this machine run `{VENV_BIN.parent / 'bin' / 'pip'} install {PACKAGE}`"
     box.assert_nothing_left()
 
@@ -50,9 +53,11 @@ def test_a_system_jupyter_gets_a_venv_of_its_own_never_pip_user(box):
     error = _up_error(box, keep_output=True, environ=dict(box.env, PATH=f"{bindir}:/usr/bin:/bin"))
     assert error.exit_code == ExitCode.NO_JUPYTER
     assert "--user" not in error.hint
-    assert error.hint == ("on this machine make a venv with both: `python3 -m venv ~/jupyter-venv && "
-                          f"~/jupyter-venv/bin/pip install jupyterlab notebook {PACKAGE}`, then "
-                          "`up --env ~/jupyter-venv --keep-output`")
+    assert error.hint == (
+        "on this machine make a venv with both: `python3 -m venv ~/jupyter-venv && "
+        f"~/jupyter-venv/bin/pip install jupyterlab notebook {PACKAGE}`, then "
+        "`up --env ~/jupyter-venv --keep-output`"
+    )
     box.assert_nothing_left()
 
 

@@ -1,5 +1,6 @@
 """The agent's side of `nbremote kernels`: an ipykernel on loopback ports with the laptop's key,
 reached here directly with jupyter_client (the laptop reaches it through ssh forwards)."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,11 @@ def _error(box, op, args) -> NbremoteError:
 
 def _client(ports: dict, key: str = KEY):
     from jupyter_client import BlockingKernelClient
+
     client = BlockingKernelClient()
-    client.load_connection_info(dict(ports, ip="127.0.0.1", transport="tcp", key=key.encode(),
-                                     signature_scheme="hmac-sha256"))
+    client.load_connection_info(
+        dict(ports, ip="127.0.0.1", transport="tcp", key=key.encode(), signature_scheme="hmac-sha256")
+    )
     client.start_channels()
     return client
 
@@ -39,8 +42,11 @@ def _run(client, code: str) -> str:
 def _iopub_until(client, msg_id: str, msg_type: str, state: str | None = None) -> None:
     while True:
         msg = client.get_iopub_msg(timeout=20)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == msg_type \
-                and (state is None or msg["content"].get("execution_state") == state):
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == msg_type
+            and (state is None or msg["content"].get("execution_state") == state)
+        ):
             return
 
 
@@ -55,14 +61,19 @@ def test_a_python_without_ipykernel_is_refused_with_the_pip_line(box):
     error = _error(box, "kernel_check", {"env": str(env)})
     assert error.exit_code == ExitCode.NO_JUPYTER
     assert error.message == f"no ipykernel in the environment {env} on this machine"
-    assert error.hint == (f"on this machine run `{env}/bin/python3 -m pip install ipykernel` "
-                          "(in a venv or conda environment, not the system Python)")
+    assert error.hint == (
+        f"on this machine run `{env}/bin/python3 -m pip install ipykernel` "
+        "(in a venv or conda environment, not the system Python)"
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"key": ""}, "key and signature_scheme (hmac-sha256) are required"),
-    ({"key": KEY, "signature_scheme": "md5"}, "key and signature_scheme (hmac-sha256) are required"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"key": ""}, "key and signature_scheme (hmac-sha256) are required"),
+        ({"key": KEY, "signature_scheme": "md5"}, "key and signature_scheme (hmac-sha256) are required"),
+    ],
+)
 def test_start_needs_a_key_and_a_known_scheme(box, args, message):
     error = _error(box, "kernel_start", args)
     assert error.message == message

@@ -1,4 +1,5 @@
 """The agent's view of the server's loopback for `nbremote forward`, against real sockets."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """up / ls / down against a real JupyterLab: tmux and setsid launchers, reuse, stale records, secrecy."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ from agentbox import VENV_BIN, AgentBox, api, children, cmdline, is_jupyter, pid
 from nbremote import remote
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.servers import parse_server
-
 
 
 @pytest.fixture(scope="module")

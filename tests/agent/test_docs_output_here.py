@@ -6,6 +6,7 @@ and Jupyter of the test venv), as a user types it: a foreground `up` gets Ctrl-C
 one normaliser of docs_examples.py (times, pids, ports, tokens, the home folder);
 everything else must match line for line.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -24,9 +25,15 @@ pytestmark = pytest.mark.skipif(not (HAVE_JUPYTER and HAVE_TMUX), reason="needs 
 
 
 def popen_here(env: dict, cwd: Path):
-    return lambda args: subprocess.Popen([sys.executable, "-m", "nbremote", *args], env=env, cwd=cwd,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         start_new_session=True)
+    return lambda args: subprocess.Popen(
+        [sys.executable, "-m", "nbremote", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture
@@ -35,10 +42,19 @@ def world(tmp_path):
     home.mkdir()
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    env = {"HOME": str(home), "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-           "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_RUNTIME_DIR": str(runtime), "TMUX_TMPDIR": str(tmp_path),
-           "PATH": f"{VENV_BIN}:/usr/bin:/bin", "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1",
-           "LC_ALL": "C.UTF-8", "COLUMNS": "200"}
+    env = {
+        "HOME": str(home),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "TMUX_TMPDIR": str(tmp_path),
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "PYTHONPATH": str(SRC),
+        "PYTHONUNBUFFERED": "1",
+        "LC_ALL": "C.UTF-8",
+        "COLUMNS": "200",
+    }
     yield home, env
     subprocess.run(["tmux", "kill-server"], env=env, capture_output=True)
 
@@ -51,4 +67,5 @@ def test_on_one_machine_output_is_what_the_commands_print(world):
         printed = run_step(popen_here(env, home), command)
         assert [normalise(line, str(home)) for line in printed] == [normalise(line, "/home/me") for line in shown], (
             f"docs/quickstart.md shows other output for `{command}` than it prints now: update the page "
-            f"from this run:\n" + "\n".join(printed))
+            f"from this run:\n" + "\n".join(printed)
+        )

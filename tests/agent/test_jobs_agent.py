@@ -1,4 +1,5 @@
 """The jobs agent on this machine: run, jobs, logs, kill, with tmux and with setsid."""
+
 from __future__ import annotations
 
 import base64
@@ -39,6 +40,7 @@ def isolated(tmp_path, monkeypatch):
 def agent():
     def call(op: str, args: dict | None = None, on_event=None, timeout: float = 60) -> dict:
         return ThisMachine().agent(hello_timeout=30).request(op, args or {}, on_event=on_event, timeout=timeout)
+
     return call
 
 
@@ -68,8 +70,11 @@ def wait_state(agent, name: str, wanted: str, seconds: float = 15) -> dict:
 
 def read_log(agent, name: str, **args) -> bytes:
     chunks = []
-    agent("logs", {"name": name, **args},
-          on_event=lambda event, data: chunks.append(base64.b64decode(data["data"])) if event == "chunk" else None)
+    agent(
+        "logs",
+        {"name": name, **args},
+        on_event=lambda event, data: chunks.append(base64.b64decode(data["data"])) if event == "chunk" else None,
+    )
     return b"".join(chunks)
 
 
@@ -91,8 +96,10 @@ def test_exit_code_and_every_line_are_kept(agent, launcher, isolated):
 
 def test_kill_ends_the_job_and_its_children_and_says_killed(agent, launcher):
     # The child names its own pid, so the check cannot be fooled by another sleep on the machine.
-    script = ("import subprocess, time; child = subprocess.Popen(['/bin/sleep', '300']); "
-              "print('up', child.pid, flush=True); time.sleep(300)")
+    script = (
+        "import subprocess, time; child = subprocess.Popen(['/bin/sleep', '300']); "
+        "print('up', child.pid, flush=True); time.sleep(300)"
+    )
     agent("run", {"argv": [sys.executable, "-c", script], "name": "sleepy"})
     assert wait_state(agent, "sleepy", "running")["state"] == "running"
     deadline = time.monotonic() + 10
@@ -189,8 +196,15 @@ def test_no_such_job_is_one_error_with_one_exit_code_for_attach_logs_and_kill():
 
     calls = {
         "attach": lambda: jobs.attach_argv(host=None, name="nope", timeout=30, interactive=False),
-        "logs": lambda: jobs.logs(host=None, name="nope", tail=None, follow=False, write=lambda b: None,
-                                  console=Console(json_mode=True), timeout=30),
+        "logs": lambda: jobs.logs(
+            host=None,
+            name="nope",
+            tail=None,
+            follow=False,
+            write=lambda b: None,
+            console=Console(json_mode=True),
+            timeout=30,
+        ),
         "kill": lambda: jobs.kill(host=None, name="nope", signal_name="TERM", timeout=30),
     }
     seen = {}
@@ -198,8 +212,9 @@ def test_no_such_job_is_one_error_with_one_exit_code_for_attach_logs_and_kill():
         with pytest.raises(NbremoteError) as caught:
             call()
         seen[command] = (caught.value.exit_code, caught.value.message, caught.value.hint)
-    assert set(seen.values()) == {(ExitCode.NO_SUCH_JOB, "no job named nope on this machine",
-                                   "`nbremote jobs` lists the jobs there")}, seen
+    assert set(seen.values()) == {
+        (ExitCode.NO_SUCH_JOB, "no job named nope on this machine", "`nbremote jobs` lists the jobs there")
+    }, seen
 
 
 def test_a_taken_name_is_a_conflict_not_an_agent_failure(agent):

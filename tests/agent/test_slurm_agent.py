@@ -1,4 +1,5 @@
 """The Slurm operations of the real agent on a host without Slurm: a clear error, nothing written."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,15 @@ from agentbox import VENV_BIN
 from nbremote.errors import ExitCode, NbremoteError
 
 
-@pytest.mark.parametrize("op, args", [("slurm_up", {"dir": "~"}), ("slurm_down", {"dir": "~"}), ("slurm_ls", {}),
-                                      ("run", {"argv": ["true"], "slurm_options": []})])
+@pytest.mark.parametrize(
+    "op, args",
+    [
+        ("slurm_up", {"dir": "~"}),
+        ("slurm_down", {"dir": "~"}),
+        ("slurm_ls", {}),
+        ("run", {"argv": ["true"], "slurm_options": []}),
+    ],
+)
 def test_no_slurm_commands_is_a_clear_error(box, op, args):
     without_slurm = dict(box.env, PATH=str(VENV_BIN))  # python is there, sbatch and friends are not
     with pytest.raises(NbremoteError) as caught:

@@ -51,8 +51,13 @@ from playwright.sync_api import sync_playwright
 
 CHROMIUM = os.environ.get("NBREMOTE_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",
 ]
 VIEWPORT = {"width": 1280, "height": 800}
@@ -72,8 +77,8 @@ class Driver:
         # A persistent context on a fresh, empty profile directory: nothing of
         # an earlier run (cookies, a token) can help this one along.
         self.context = playwright.chromium.launch_persistent_context(
-            profile_dir, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport=VIEWPORT)
+            profile_dir, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, viewport=VIEWPORT
+        )
         self.page = self.context.pages[0] if self.context.pages else self.context.new_page()
         self.dialogs: list[str] = []
         self.console: list[str] = []
@@ -109,11 +114,14 @@ class Driver:
         self.page.locator(f"{PANEL} .jp-CodeCell").first.wait_for(timeout=LOAD_TIMEOUT_MS)
         # Until the notebook's session starts, the toolbar says "No Kernel"
         # and the indicator shows a default "idle" that means nothing yet.
-        self.page.locator(KERNEL_NAME).filter(has_not_text="No Kernel").first.wait_for(
-            timeout=KERNEL_TIMEOUT_MS)
+        self.page.locator(KERNEL_NAME).filter(has_not_text="No Kernel").first.wait_for(timeout=KERNEL_TIMEOUT_MS)
         status = self._wait_kernel(["idle"], KERNEL_TIMEOUT_MS)
-        return {"loaded_s": round(loaded, 2), "ready_s": round(time.monotonic() - began, 2),
-                "page_url": self.page.url, "kernel": status}
+        return {
+            "loaded_s": round(loaded, 2),
+            "ready_s": round(time.monotonic() - began, 2),
+            "page_url": self.page.url,
+            "kernel": status,
+        }
 
     def _kernel_status(self) -> str:
         return self.page.locator(KERNEL_STATUS).first.get_attribute("data-status") or ""
@@ -187,8 +195,11 @@ class Driver:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the cell did not finish: prompt {prompt.inner_text()!r}")
             self.page.wait_for_timeout(100)
-        return {"output": cell.locator(".jp-OutputArea-output").all_inner_texts(),
-                "prompt": prompt.inner_text().strip(), "run_s": round(time.monotonic() - began, 2)}
+        return {
+            "output": cell.locator(".jp-OutputArea-output").all_inner_texts(),
+            "prompt": prompt.inner_text().strip(),
+            "run_s": round(time.monotonic() - began, 2),
+        }
 
     def location(self) -> dict:
         return {"page_url": self.page.url}
@@ -214,8 +225,12 @@ def serve(driver: Driver, stdin, stdout) -> None:
             else:
                 answer = {"ok": True, **getattr(driver, cmd)(**request)}
         except (PlaywrightError, RuntimeError, TimeoutError, ValueError) as exc:
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                      "trace": traceback.format_exc(limit=4), "console": driver.console[-30:]}
+            answer = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc(limit=4),
+                "console": driver.console[-30:],
+            }
             try:
                 answer["png"] = driver.screenshot()
             except PlaywrightError as shot_failed:
@@ -232,9 +247,16 @@ def main() -> None:
     try:
         with sync_playwright() as playwright:
             driver = Driver(playwright, profile)
-            sys.stdout.write(json.dumps({"ok": True, "ready": True,
-                                         "browser": driver.context.browser.version
-                                         if driver.context.browser else ""}) + "\n")
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "ok": True,
+                        "ready": True,
+                        "browser": driver.context.browser.version if driver.context.browser else "",
+                    }
+                )
+                + "\n"
+            )
             sys.stdout.flush()
             try:
                 serve(driver, sys.stdin, sys.stdout)

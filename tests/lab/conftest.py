@@ -37,18 +37,21 @@ def build_or_skip(workdir: Path, **kw) -> netlab.Lab:
         return netlab.Lab.build(workdir, **kw)
     except netlab.LabUnavailable as e:
         if _lab_required():
-            pytest.fail(f"NBREMOTE_REQUIRE_LAB=1 but the lab is unavailable: {e.reason}",
-                        pytrace=False)
+            pytest.fail(f"NBREMOTE_REQUIRE_LAB=1 but the lab is unavailable: {e.reason}", pytrace=False)
         pytest.skip(f"lab unavailable: {e.reason}")
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "lab: runs the real CLI in network namespaces against a real sshd "
-        "(root only; skipped elsewhere unless NBREMOTE_REQUIRE_LAB=1)")
+        "markers",
+        "lab: runs the real CLI in network namespaces against a real sshd "
+        "(root only; skipped elsewhere unless NBREMOTE_REQUIRE_LAB=1)",
+    )
     config.addinivalue_line(
-        "markers", "lab_fresh: builds and tears down its own Lab, so it runs before any "
-        "test that uses the shared session lab (only one lab can exist at a time)")
+        "markers",
+        "lab_fresh: builds and tears down its own Lab, so it runs before any "
+        "test that uses the shared session lab (only one lab can exist at a time)",
+    )
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -133,9 +136,14 @@ def _lab_clean_after_test(request):
 def pytest_terminal_summary(terminalreporter):
     # Screenshots and logs the tests left for a human (see test_browser.py):
     # named in the output so a CI log says where to look.
-    paths = [value for reports in terminalreporter.stats.values() for report in reports
-             if getattr(report, "when", None) == "teardown"
-             for key, value in getattr(report, "user_properties", ()) if key == "artifact"]
+    paths = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "teardown"
+        for key, value in getattr(report, "user_properties", ())
+        if key == "artifact"
+    ]
     if paths:
         terminalreporter.write_sep("-", "lab artifacts")
         for path in paths:

@@ -46,8 +46,7 @@ import sys
 import threading
 import time
 
-__all__ = ["DelayLink", "DelayLinkError", "icmp_ping", "open_tun_in_netns",
-           "run_in_netns"]
+__all__ = ["DelayLink", "DelayLinkError", "icmp_ping", "open_tun_in_netns", "run_in_netns"]
 
 CLONE_NEWNET = 0x40000000
 
@@ -144,8 +143,7 @@ def open_tun_in_netns(ns: str, ifname: str, offload: bool = False) -> int:
                 # still to do; the other TUN accepts them as such, so a bulk
                 # transfer costs the relay one read+write per ~64 KiB instead
                 # of per MTU-sized packet, while TCP still sees a 1500 MTU.
-                fcntl.ioctl(fd, TUNSETOFFLOAD,
-                            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
         except BaseException:
             os.close(fd)
             raise
@@ -163,8 +161,7 @@ def _ip(*args: str) -> None:
 def _link_exists(ns: str, ifname: str) -> bool:
     if not os.path.exists(_netns_path(ns)):
         return False
-    r = subprocess.run(["ip", "-n", ns, "link", "show", "dev", ifname],
-                       capture_output=True)
+    r = subprocess.run(["ip", "-n", ns, "link", "show", "dev", ifname], capture_output=True)
     return r.returncode == 0
 
 
@@ -177,15 +174,15 @@ def _icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def icmp_ping(ns: str, addr: str, count: int = 5, interval: float = 0.05,
-              timeout: float = 1.0, size: int = 56) -> list[float | None]:
+def icmp_ping(
+    ns: str, addr: str, count: int = 5, interval: float = 0.05, timeout: float = 1.0, size: int = 56
+) -> list[float | None]:
     """Ping addr from inside namespace ns; round trips in ms, None if lost.
 
     iputils-ping is not installed on every lab machine, and a raw socket
     opened in the namespace keeps the probe inside the lab (root needed).
     """
-    sock = run_in_netns(ns, socket.socket, socket.AF_INET, socket.SOCK_RAW,
-                        socket.IPPROTO_ICMP)
+    sock = run_in_netns(ns, socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
     rtts: list[float | None] = []
     try:
@@ -205,8 +202,7 @@ def icmp_ping(ns: str, addr: str, count: int = 5, interval: float = 0.05,
                 except TimeoutError:
                     break
                 ihl = (data[0] & 0x0F) * 4
-                if (data[ihl] == 0 and data[ihl + 4:ihl + 8] == body[:4]
-                        and data[ihl + 8:] == body[4:]):
+                if data[ihl] == 0 and data[ihl + 4 : ihl + 8] == body[:4] and data[ihl + 8 :] == body[4:]:
                     rtt = (time.monotonic() - sent) * 1000.0
                     break
             rtts.append(rtt)
@@ -222,17 +218,25 @@ def icmp_ping(ns: str, addr: str, count: int = 5, interval: float = 0.05,
 class DelayLink:
     """Handle on a running relay; create with DelayLink.start()."""
 
-    def __init__(self, proc: subprocess.Popen, ns_a: str, ns_b: str, ifname: str,
-                 delay_ms: float):
+    def __init__(self, proc: subprocess.Popen, ns_a: str, ns_b: str, ifname: str, delay_ms: float):
         self._proc = proc
         self._lock = threading.Lock()
         self.ns_a, self.ns_b, self.ifname, self.delay_ms = ns_a, ns_b, ifname, delay_ms
         self.down = False
 
     @classmethod
-    def start(cls, ns_a: str, addr_a: str, ns_b: str, addr_b: str, delay_ms: float,
-              prefix: int = 24, ifname: str = "nbrtun0", mtu: int = 1500,
-              offload: bool = True) -> "DelayLink":
+    def start(
+        cls,
+        ns_a: str,
+        addr_a: str,
+        ns_b: str,
+        addr_b: str,
+        delay_ms: float,
+        prefix: int = 24,
+        ifname: str = "nbrtun0",
+        mtu: int = 1500,
+        offload: bool = True,
+    ) -> "DelayLink":
         """Join ns_a (addr_a/prefix) and ns_b (addr_b/prefix) with a link that
         holds every packet delay_ms in each direction (round trip 2*delay_ms).
 
@@ -255,11 +259,21 @@ class DelayLink:
                 _ip("-n", ns, "addr", "add", f"{addr}/{prefix}", "dev", ifname)
                 _ip("-n", ns, "link", "set", "dev", ifname, "mtu", str(mtu), "up")
             proc = subprocess.Popen(
-                [sys.executable, "-I", os.path.abspath(__file__),
-                 "--fd-a", str(fds[0]), "--fd-b", str(fds[1]),
-                 "--delay-ms", repr(float(delay_ms)),
-                 *(["--vnet-hdr"] if offload else [])],
-                pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [
+                    sys.executable,
+                    "-I",
+                    os.path.abspath(__file__),
+                    "--fd-a",
+                    str(fds[0]),
+                    "--fd-b",
+                    str(fds[1]),
+                    "--delay-ms",
+                    repr(float(delay_ms)),
+                    *(["--vnet-hdr"] if offload else []),
+                ],
+                pass_fds=fds,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 # Own session: a Ctrl-C in the test's terminal must not kill the
                 # relay before the test's teardown has used it.
                 start_new_session=True,
@@ -337,8 +351,7 @@ class DelayLink:
         # close; wait so callers can reuse the name or check it is gone.
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            if not (_link_exists(self.ns_a, self.ifname)
-                    or _link_exists(self.ns_b, self.ifname)):
+            if not (_link_exists(self.ns_a, self.ifname) or _link_exists(self.ns_b, self.ifname)):
                 return
             time.sleep(0.02)
         raise DelayLinkError(f"{self.ifname} still present after relay exit")
@@ -350,8 +363,9 @@ class DelayLink:
         self.stop()
 
     def __repr__(self) -> str:
-        return (f"DelayLink({self.ns_a}<->{self.ns_b} dev {self.ifname}, "
-                f"{self.delay_ms} ms each way, pid {self._proc.pid})")
+        return (
+            f"DelayLink({self.ns_a}<->{self.ns_b} dev {self.ifname}, {self.delay_ms} ms each way, pid {self._proc.pid})"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -380,12 +394,28 @@ def _relay(fd_a: int, fd_b: int, delay: float, ctl_in: int, ctl_out: int) -> Non
         os.set_blocking(fd, False)
 
     dirs = {
-        fd_a: {"name": "a_to_b", "out": fd_b, "q": collections.deque(), "queued_bytes": 0,
-               "packets": 0, "bytes": 0, "dropped_down": 0, "dropped_full": 0,
-               "write_errors": 0},
-        fd_b: {"name": "b_to_a", "out": fd_a, "q": collections.deque(), "queued_bytes": 0,
-               "packets": 0, "bytes": 0, "dropped_down": 0, "dropped_full": 0,
-               "write_errors": 0},
+        fd_a: {
+            "name": "a_to_b",
+            "out": fd_b,
+            "q": collections.deque(),
+            "queued_bytes": 0,
+            "packets": 0,
+            "bytes": 0,
+            "dropped_down": 0,
+            "dropped_full": 0,
+            "write_errors": 0,
+        },
+        fd_b: {
+            "name": "b_to_a",
+            "out": fd_a,
+            "q": collections.deque(),
+            "queued_bytes": 0,
+            "packets": 0,
+            "bytes": 0,
+            "dropped_down": 0,
+            "dropped_full": 0,
+            "write_errors": 0,
+        },
     }
     down = False
     ctl_buf = b""
@@ -467,12 +497,16 @@ def _relay(fd_a: int, fd_b: int, delay: float, ctl_in: int, ctl_out: int) -> Non
                         down = False
                         reply = b"ok\n"
                     elif cmd == b"stats":
-                        reply = json.dumps(
-                            {d["name"]: {k: v for k, v in d.items()
-                                         if k not in ("name", "out", "q")}
-                             for d in dirs.values()}
-                            | {"down": down, "timer_lead_us": [round(x * 1e6) for x in leads]}
-                        ).encode() + b"\n"
+                        reply = (
+                            json.dumps(
+                                {
+                                    d["name"]: {k: v for k, v in d.items() if k not in ("name", "out", "q")}
+                                    for d in dirs.values()
+                                }
+                                | {"down": down, "timer_lead_us": [round(x * 1e6) for x in leads]}
+                            ).encode()
+                            + b"\n"
+                        )
                     else:
                         reply = b"error unknown command\n"
                     os.write(ctl_out, reply)
@@ -507,13 +541,13 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--fd-a", type=int, required=True)
     p.add_argument("--fd-b", type=int, required=True)
     p.add_argument("--delay-ms", type=float, required=True)
-    p.add_argument("--vnet-hdr", action="store_true",
-                   help="accepted for clarity; the virtio header is passed through as is")
+    p.add_argument(
+        "--vnet-hdr", action="store_true", help="accepted for clarity; the virtio header is passed through as is"
+    )
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _prctl_setup()
-    _relay(args.fd_a, args.fd_b, args.delay_ms / 1000.0,
-           sys.stdin.fileno(), sys.stdout.fileno())
+    _relay(args.fd_a, args.fd_b, args.delay_ms / 1000.0, sys.stdin.fileno(), sys.stdout.fileno())
     return 0
 
 

@@ -30,6 +30,7 @@ has, and it spares the router a route back to the laptop's /26. The router forwa
 WAN with masquerade and drops new WAN-to-LAN traffic except what miniupnpd's
 chains let through; miniupnpd refuses reserved WAN addresses, hence 11.22.33/24.
 """
+
 from __future__ import annotations
 
 import json
@@ -138,10 +139,29 @@ class HomeNet:
         srv = self.lab.server_ns
         # Both ends created inside the lab: the root namespace never holds one.
         _run(["ip", "-n", self.router_ns, "link", "add", "lan0", "type", "veth", "peer", "name", "eth1", "netns", srv])
-        _run(["ip", "-n", self.router_ns, "link", "add", "wan0", "type", "veth", "peer", "name", "eth0",
-              "netns", self.cafe_ns])
-        for ns, dev, addr in ((self.router_ns, "lan0", f"{ROUTER_LAN}/25"), (srv, "eth1", f"{SERVER_LAN2}/25"),
-                              (self.router_ns, "wan0", f"{ROUTER_WAN}/24"), (self.cafe_ns, "eth0", f"{CAFE_ADDR}/24")):
+        _run(
+            [
+                "ip",
+                "-n",
+                self.router_ns,
+                "link",
+                "add",
+                "wan0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                self.cafe_ns,
+            ]
+        )
+        for ns, dev, addr in (
+            (self.router_ns, "lan0", f"{ROUTER_LAN}/25"),
+            (srv, "eth1", f"{SERVER_LAN2}/25"),
+            (self.router_ns, "wan0", f"{ROUTER_WAN}/24"),
+            (self.cafe_ns, "eth0", f"{CAFE_ADDR}/24"),
+        ):
             _run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
             _run(["ip", "-n", ns, "link", "set", dev, "up"])
         _run(["ip", "-n", srv, "route", "replace", "default", "via", ROUTER_LAN])
@@ -156,8 +176,10 @@ class HomeNet:
 
     def forward_port(self, external: int, internal: int = 22) -> None:
         """A port forward set by hand in the router's page: WAN `external` to the server's sshd."""
-        rule = (f'add rule inet filter prerouting iifname "wan0" tcp dport {external} '
-                f'dnat ip to {SERVER_LAN2}:{internal} comment "nbrtest-forward-{external}"\n')
+        rule = (
+            f'add rule inet filter prerouting iifname "wan0" tcp dport {external} '
+            f'dnat ip to {SERVER_LAN2}:{internal} comment "nbrtest-forward-{external}"\n'
+        )
         done = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=rule)
         if done.returncode != 0:
             raise LabError(f"port forward {external}: {done.stderr.strip()}")
@@ -171,8 +193,10 @@ class HomeNet:
             _run(["ip", "-n", ns, "link", "set", dev, "up"])
         _run(["ip", "-n", lap, "route", "replace", "default", "via", CAFE_WIFI])
         _run(["ip", "netns", "exec", self.cafe_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        nat = ('table ip cafe {\n chain postrouting {\n type nat hook postrouting priority 100;\n'
-               ' oifname "eth0" masquerade\n }\n}\n')
+        nat = (
+            "table ip cafe {\n chain postrouting {\n type nat hook postrouting priority 100;\n"
+            ' oifname "eth0" masquerade\n }\n}\n'
+        )
         done = self.ns_exec(self.cafe_ns, ["nft", "-f", "-"], input=nat)
         if done.returncode != 0:
             raise LabError(f"café NAT: {done.stderr.strip()}")
@@ -199,16 +223,35 @@ AllowUsers {user}
         _run(["ip", "netns", "add", self.relay_ns])
         self._namespaces.append(self.relay_ns)
         _run(["ip", "-n", self.relay_ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", self.cafe_ns, "link", "add", "rl0", "type", "veth", "peer", "name", "eth0",
-              "netns", self.relay_ns])
-        for ns, dev, addr in ((self.cafe_ns, "rl0", f"{CAFE_RELAY_SIDE}/26"), (self.relay_ns, "eth0", f"{RELAY_ADDR}/26")):
+        _run(
+            [
+                "ip",
+                "-n",
+                self.cafe_ns,
+                "link",
+                "add",
+                "rl0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                self.relay_ns,
+            ]
+        )
+        for ns, dev, addr in (
+            (self.cafe_ns, "rl0", f"{CAFE_RELAY_SIDE}/26"),
+            (self.relay_ns, "eth0", f"{RELAY_ADDR}/26"),
+        ):
             _run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
             _run(["ip", "-n", ns, "link", "set", dev, "up"])
         _run(["ip", "-n", self.relay_ns, "route", "replace", "default", "via", CAFE_RELAY_SIDE])
         _run(["ip", "netns", "exec", self.cafe_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         # The router reaches the relay's /26 through the café, as the internet would route it.
-        _run(["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26",
-              "via", CAFE_ADDR])
+        _run(
+            ["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26", "via", CAFE_ADDR]
+        )
         self.assert_island()
         self.relay_dir.mkdir(parents=True, exist_ok=True)
         # sshd reads authorized keys as the user: a folder the user can enter (pytest's is root's only).
@@ -218,7 +261,8 @@ AllowUsers {user}
         if not key.exists():
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
         (self.relay_dir / "sshd_config").write_text(
-            self.RELAY_SSHD_CONF.format(addr=RELAY_ADDR, dir=self.relay_dir, keys=self.relay_keys, user=user))
+            self.RELAY_SSHD_CONF.format(addr=RELAY_ADDR, dir=self.relay_dir, keys=self.relay_keys, user=user)
+        )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         self.start_relay_sshd()
 
@@ -229,9 +273,12 @@ AllowUsers {user}
 
     def start_relay_sshd(self) -> None:
         log = (self.relay_dir / "sshd.log").open("ab")
-        self.relay_sshd = self._popen(self.relay_ns, ["/usr/sbin/sshd", "-D", "-f", str(self.relay_dir / "sshd_config"),
-                                                      "-E", str(self.relay_dir / "sshd.log")],
-                                      stdout=log, stderr=subprocess.STDOUT)
+        self.relay_sshd = self._popen(
+            self.relay_ns,
+            ["/usr/sbin/sshd", "-D", "-f", str(self.relay_dir / "sshd_config"), "-E", str(self.relay_dir / "sshd.log")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait(lambda: f"{RELAY_ADDR}:22" in self.ns_exec(self.relay_ns, ["ss", "-Htln"]).stdout, "relay sshd")
 
     def stop_relay_sshd(self) -> None:
@@ -255,14 +302,20 @@ AllowUsers {user}
         return f"127.0.0.1:{port}" in self.ns_exec(self.relay_ns, ["ss", "-Htln"]).stdout
 
     def _popen(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
-        return subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", *argv], stdin=subprocess.DEVNULL,
-                                start_new_session=True, **kw)
+        return subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", "--", *argv], stdin=subprocess.DEVNULL, start_new_session=True, **kw
+        )
 
     def ns_exec(self, ns: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
         if "input" not in kw:
             kw["stdin"] = subprocess.DEVNULL
-        return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "--", *argv], capture_output=True,
-                              text=True, timeout=kw.pop("timeout", 30), **kw)
+        return subprocess.run(
+            ["nsenter", f"--net=/run/netns/{ns}", "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=kw.pop("timeout", 30),
+            **kw,
+        )
 
     def cafe_exec(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
         return self.ns_exec(self.cafe_ns, argv, **kw)
@@ -270,16 +323,46 @@ AllowUsers {user}
     def cafe_laptop(self, argv: list[str], env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         """argv as the laptop's user, the laptop being in the café (on the internet side)."""
         u = self.lab.user(LAPTOP_USER)
-        return subprocess.run(["nsenter", f"--net=/run/netns/{self.cafe_ns}", "--", "setpriv", f"--reuid={u.uid}",
-                               f"--regid={u.gid}", "--init-groups", "--", *argv],
-                              env={**u.env(), **(env or {})}, cwd=str(u.home), capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout)
+        return subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.cafe_ns}",
+                "--",
+                "setpriv",
+                f"--reuid={u.uid}",
+                f"--regid={u.gid}",
+                "--init-groups",
+                "--",
+                *argv,
+            ],
+            env={**u.env(), **(env or {})},
+            cwd=str(u.home),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
 
     def cafe_ssh(self, port: int, *args: str) -> subprocess.CompletedProcess:
         """The laptop's key login to the router's WAN address, from the café."""
-        return self.cafe_laptop(["ssh", "-o", "BatchMode=yes", "-o", f"HostName={WAN_ADDR}",
-                                 "-o", "HostKeyAlias=192.168.77.2", "-o", "ConnectTimeout=3",
-                                 "-p", str(port), "server", *args], timeout=30)
+        return self.cafe_laptop(
+            [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                f"HostName={WAN_ADDR}",
+                "-o",
+                "HostKeyAlias=192.168.77.2",
+                "-o",
+                "ConnectTimeout=3",
+                "-p",
+                str(port),
+                "server",
+                *args,
+            ],
+            timeout=30,
+        )
 
     @staticmethod
     def _wait(predicate, what: str, timeout: float = 10) -> None:
@@ -296,9 +379,12 @@ AllowUsers {user}
         conf = self.workdir / "miniupnpd.conf"
         conf.write_text(MINIUPNPD_CONF.format(lease_file=leases))
         log = self.miniupnpd_log.open("ab")
-        self.miniupnpd = self._popen(self.router_ns, ["/usr/sbin/miniupnpd", "-d", "-f", str(conf),
-                                                      "-P", str(self.workdir / "miniupnpd.pid")],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.miniupnpd = self._popen(
+            self.router_ns,
+            ["/usr/sbin/miniupnpd", "-d", "-f", str(conf), "-P", str(self.workdir / "miniupnpd.pid")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait(lambda: "miniupnpd" in self.ns_exec(self.router_ns, ["ss", "-Htlnp"]).stdout, "miniupnpd")
 
     def stop_miniupnpd(self) -> None:
@@ -314,13 +400,17 @@ AllowUsers {user}
         """netlab's island check, widened to the router and the café."""
         lab_ns = {self.lab.server_ns, self.lab.laptop_ns, *self._namespaces}
         for ns in lab_ns:
-            ids = {e["id"]: e["name"] for e in json.loads(_run(["ip", "-n", ns, "-j", "netns", "list"]).stdout or "[]")
-                   if "id" in e}
+            ids = {
+                e["id"]: e["name"]
+                for e in json.loads(_run(["ip", "-n", ns, "-j", "netns", "list"]).stdout or "[]")
+                if "id" in e
+            }
             for link in json.loads(_run(["ip", "-n", ns, "-j", "link", "show"]).stdout):
                 if "link_netnsid" in link and ids.get(link["link_netnsid"]) not in lab_ns:
                     raise AssertionError(f"{ns}/{link['ifname']} has its peer outside the lab")
-        root_ids = {e["id"]: e["name"] for e in json.loads(_run(["ip", "-j", "netns", "list"]).stdout or "[]")
-                    if "id" in e}
+        root_ids = {
+            e["id"]: e["name"] for e in json.loads(_run(["ip", "-j", "netns", "list"]).stdout or "[]") if "id" in e
+        }
         for link in json.loads(_run(["ip", "-j", "link", "show"]).stdout):
             if root_ids.get(link.get("link_netnsid", -1)) in lab_ns:
                 raise AssertionError(f"root namespace's {link['ifname']} is a peer of a lab link")

@@ -7,6 +7,7 @@ usage: python jupyter_client_probe.py status URL_BASE TOKEN
 kernel running (a test checks it survives the client). Uses websocket-client,
 which jupyter_server itself depends on.
 """
+
 import json
 import sys
 import urllib.error
@@ -32,15 +33,32 @@ def run(base, token, code):
     assert status == 201, status
     kernel = json.loads(body)["id"]
     ws = websocket.create_connection(
-        base.replace("http://", "ws://") + "/api/kernels/%s/channels?token=%s" % (kernel, token), timeout=30)
+        base.replace("http://", "ws://") + "/api/kernels/%s/channels?token=%s" % (kernel, token), timeout=30
+    )
     msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t", "session": uuid.uuid4().hex,
-                   "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False},
-    }))
+    ws.send(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "t",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+            }
+        )
+    )
     out = []
     while True:
         msg = json.loads(ws.recv())
@@ -59,7 +77,13 @@ def run(base, token, code):
 if __name__ == "__main__":
     command, base, token = sys.argv[1:4]
     if command == "status":
-        print(json.dumps({"with_token": http("GET", base + "/api/status", token)[0],
-                          "without_token": http("GET", base + "/api/status")[0]}))
+        print(
+            json.dumps(
+                {
+                    "with_token": http("GET", base + "/api/status", token)[0],
+                    "without_token": http("GET", base + "/api/status")[0],
+                }
+            )
+        )
     else:
         run(base, token, sys.argv[4])

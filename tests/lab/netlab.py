@@ -55,11 +55,30 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 __all__ = [
-    "ALICE", "BOB", "LAPTOP_USER", "LAB_USERS", "SERVER_USERS",
-    "SERVER_ADDR", "LAPTOP_ADDR", "LAB_NET", "INTERNET_NET", "LAB_PREFIX",
-    "LAB_VENV", "LAB_PYTHON", "SERVER_HOST_ALIAS", "SERVER_BOB_HOST_ALIAS",
-    "Lab", "LabError", "LabUnavailable", "Link", "VethLink", "make_veth_link",
-    "cleanup_leftovers", "etc_ssh_digest", "root_blackholes", "lab_lock",
+    "ALICE",
+    "BOB",
+    "LAPTOP_USER",
+    "LAB_USERS",
+    "SERVER_USERS",
+    "SERVER_ADDR",
+    "LAPTOP_ADDR",
+    "LAB_NET",
+    "INTERNET_NET",
+    "LAB_PREFIX",
+    "LAB_VENV",
+    "LAB_PYTHON",
+    "SERVER_HOST_ALIAS",
+    "SERVER_BOB_HOST_ALIAS",
+    "Lab",
+    "LabError",
+    "LabUnavailable",
+    "Link",
+    "VethLink",
+    "make_veth_link",
+    "cleanup_leftovers",
+    "etc_ssh_digest",
+    "root_blackholes",
+    "lab_lock",
 ]
 
 log = logging.getLogger("nbremote.lab")
@@ -140,13 +159,11 @@ class LabError(RuntimeError):
 # small helpers
 
 
-def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30,
-         **kw) -> subprocess.CompletedProcess:
+def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("stdin", subprocess.DEVNULL)
     r = subprocess.run(list(argv), text=True, capture_output=True, timeout=timeout, **kw)
     if check and r.returncode != 0:
-        raise LabError(f"`{shlex.join(argv)}` exited {r.returncode}: "
-                       f"{(r.stderr or r.stdout).strip()}")
+        raise LabError(f"`{shlex.join(argv)}` exited {r.returncode}: {(r.stderr or r.stdout).strip()}")
     return r
 
 
@@ -195,8 +212,7 @@ def _uid_pids(uid: int) -> list[int]:
     return pids
 
 
-def _kill_until_gone(list_pids: Callable[[], list[int]], what: str,
-                     timeout: float = 5.0) -> int:
+def _kill_until_gone(list_pids: Callable[[], list[int]], what: str, timeout: float = 5.0) -> int:
     """SIGKILL whatever list_pids() returns until it returns nothing.
 
     Looping matters: a process can fork between listing and killing.
@@ -243,8 +259,9 @@ def _tree_snapshot(root: Path) -> dict[str, tuple[int, Optional[bytes], Optional
     return snap
 
 
-def _restore_tree(root: Path, snap: Mapping[str, tuple[int, Optional[bytes], Optional[str]]],
-                  uid: int, gid: int) -> bool:
+def _restore_tree(
+    root: Path, snap: Mapping[str, tuple[int, Optional[bytes], Optional[str]]], uid: int, gid: int
+) -> bool:
     """Make root match snap again; return whether anything had to change."""
     changed = False
     current = _tree_snapshot(root) if root.exists() else {}
@@ -267,8 +284,7 @@ def _restore_tree(root: Path, snap: Mapping[str, tuple[int, Optional[bytes], Opt
         changed = True
         mode, data, target = want
         p = root / rel
-        if p.is_symlink() or (p.exists() and not p.is_dir()) or (
-                p.is_dir() and not stat.S_ISDIR(mode)):
+        if p.is_symlink() or (p.exists() and not p.is_dir()) or (p.is_dir() and not stat.S_ISDIR(mode)):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:
@@ -320,7 +336,8 @@ def _acquire_lab_lock(timeout: float, label: str) -> int:
             raise LabUnavailable(
                 f"another lab holds {LOCK_FILE} ({holder or 'unknown holder'}) "
                 f"for more than {timeout:.0f}s; the lab users are shared, so "
-                "only one lab can run per machine")
+                "only one lab can run per machine"
+            )
         time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} {label}\n".encode(), 0)
@@ -373,10 +390,10 @@ class VethLink:
         self.down = False
 
     @classmethod
-    def start(cls, ns_a: str, addr_a: str, ns_b: str, addr_b: str,
-              prefix: int = LAB_PREFIX, ifname: str = "eth0") -> "VethLink":
-        _run(["ip", "-n", ns_a, "link", "add", ifname, "type", "veth",
-              "peer", "name", ifname, "netns", ns_b])
+    def start(
+        cls, ns_a: str, addr_a: str, ns_b: str, addr_b: str, prefix: int = LAB_PREFIX, ifname: str = "eth0"
+    ) -> "VethLink":
+        _run(["ip", "-n", ns_a, "link", "add", ifname, "type", "veth", "peer", "name", ifname, "netns", ns_b])
         link = cls(ns_a, ns_b, ifname)
         try:
             for ns, addr in ((ns_a, addr_a), (ns_b, addr_b)):
@@ -391,8 +408,7 @@ class VethLink:
         """Administratively down both ends. The endpoints see local errors
         (ENETUNREACH), not loss; for realistic outages use a relay link."""
         for ns in (self.ns_a, self.ns_b):
-            _run(["ip", "-n", ns, "link", "set", "dev", self.ifname,
-                  "down" if down else "up"])
+            _run(["ip", "-n", ns, "link", "set", "dev", self.ifname, "down" if down else "up"])
         self.down = bool(down)
 
     def stop(self) -> None:
@@ -404,8 +420,7 @@ class VethLink:
         return f"VethLink({self.ns_a}<->{self.ns_b} dev {self.ifname})"
 
 
-def make_veth_link(laptop_ns: str, laptop_addr: str, server_ns: str,
-                   server_addr: str) -> VethLink:
+def make_veth_link(laptop_ns: str, laptop_addr: str, server_ns: str, server_addr: str) -> VethLink:
     """The default link factory."""
     return VethLink.start(laptop_ns, laptop_addr, server_ns, server_addr)
 
@@ -529,8 +544,14 @@ class _UserInfo:
         self.shell = pw.pw_shell
 
     def env(self, path: str = CLEAN_PATH) -> dict[str, str]:
-        return {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name,
-                "SHELL": self.shell, "PATH": path, "LANG": "C.UTF-8"}
+        return {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "SHELL": self.shell,
+            "PATH": path,
+            "LANG": "C.UTF-8",
+        }
 
 
 def _merge_env(base: dict[str, str], extra: Optional[Mapping[str, Optional[str]]]) -> dict[str, str]:
@@ -560,8 +581,8 @@ class Lab:
         self.server_ns = f"nbr-srv-{tag}"
         self.server_mnt = STATE_DIR / f"nbr-srvmnt-{tag}"
         self.server_dir = self.workdir / "server"
-        self.server_etc_ssh = self.server_dir / "etc-ssh"   # is /etc/ssh on the server
-        self.server_run = self.server_dir / "run"           # is /run on the server
+        self.server_etc_ssh = self.server_dir / "etc-ssh"  # is /etc/ssh on the server
+        self.server_run = self.server_dir / "run"  # is /run on the server
         self.sshd_log = self.workdir / "sshd.log"
         self.src_copy: Optional[Path] = None
         self.link: Optional[Link] = None
@@ -580,9 +601,14 @@ class Lab:
     # ---------------------------------------------------------------- build
 
     @classmethod
-    def build(cls, workdir: Path, *, link_factory: Optional[LinkFactory] = None,
-              src_dir: Optional[Path] = None,
-              lock_timeout: float = _DEFAULT_LOCK_TIMEOUT) -> "Lab":
+    def build(
+        cls,
+        workdir: Path,
+        *,
+        link_factory: Optional[LinkFactory] = None,
+        src_dir: Optional[Path] = None,
+        lock_timeout: float = _DEFAULT_LOCK_TIMEOUT,
+    ) -> "Lab":
         """Build a fresh lab; raise LabUnavailable if this machine can't.
 
         workdir keeps the server's /etc/ssh and /run copies and sshd.log
@@ -641,27 +667,64 @@ class Lab:
         self.server_dir.mkdir(parents=True, exist_ok=True)
         if self.server_etc_ssh.exists():
             shutil.rmtree(self.server_etc_ssh)
-        shutil.copytree(HOST_ETC_SSH, self.server_etc_ssh, symlinks=True,
-                        ignore=shutil.ignore_patterns("ssh_host_*"))
+        shutil.copytree(HOST_ETC_SSH, self.server_etc_ssh, symlinks=True, ignore=shutil.ignore_patterns("ssh_host_*"))
         os.chmod(self.server_etc_ssh, 0o755)
         keygens = [
             subprocess.Popen(
-                ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@nbr-server",
-                 "-f", str(self.server_etc_ssh / f"ssh_host_{kind}_key")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    kind,
+                    "-N",
+                    "",
+                    "-C",
+                    "root@nbr-server",
+                    "-f",
+                    str(self.server_etc_ssh / f"ssh_host_{kind}_key"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             for kind in ("ed25519", "ecdsa", "rsa")
         ]
         laptop_key_dir = self.workdir / "laptop-key"
         shutil.rmtree(laptop_key_dir, ignore_errors=True)
         laptop_key_dir.mkdir(mode=0o700)
-        keygens.append(subprocess.Popen(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{LAPTOP_USER}@laptop",
-             "-f", str(laptop_key_dir / "id_ed25519")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        keygens.append(
+            subprocess.Popen(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"{LAPTOP_USER}@laptop",
+                    "-f",
+                    str(laptop_key_dir / "id_ed25519"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
         try:
             for user in LAB_USERS:
-                _run(["useradd", "--create-home", "--shell", "/bin/bash",
-                      "--user-group", "--comment", "nbremote lab", user])
+                _run(
+                    [
+                        "useradd",
+                        "--create-home",
+                        "--shell",
+                        "/bin/bash",
+                        "--user-group",
+                        "--comment",
+                        "nbremote lab",
+                        user,
+                    ]
+                )
                 self._created_users.append(user)
                 self.users[user] = _UserInfo(user)
         finally:
@@ -694,7 +757,8 @@ class Lab:
         host_pub = (self.server_etc_ssh / "ssh_host_ed25519_key.pub").read_text().split()
         ssh_config = "".join(
             f"Host {alias}\n    HostName {SERVER_ADDR}\n    User {user}\n\n"
-            for alias, user in ((SERVER_HOST_ALIAS, ALICE), (SERVER_BOB_HOST_ALIAS, BOB)))
+            for alias, user in ((SERVER_HOST_ALIAS, ALICE), (SERVER_BOB_HOST_ALIAS, BOB))
+        )
         files = {
             # Written from the server's key file: the laptop never has to
             # trust on first use, and a mismatch would be a real failure.
@@ -741,16 +805,14 @@ class Lab:
         _run(["nsenter", f"--mount={self.server_mnt}", "--", "sh", "-c", script])
 
     def _server_prefix(self) -> list[str]:
-        return ["nsenter", f"--mount={self.server_mnt}",
-                f"--net=/run/netns/{self.server_ns}", "--"]
+        return ["nsenter", f"--mount={self.server_mnt}", f"--net=/run/netns/{self.server_ns}", "--"]
 
     def _laptop_prefix(self) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.laptop_ns}", "--"]
 
     @staticmethod
     def _as_user(user: _UserInfo) -> list[str]:
-        return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
-                "--init-groups", "--"]
+        return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--"]
 
     # ---------------------------------------------------------------- sshd
 
@@ -778,8 +840,7 @@ class Lab:
             if self._listen_count() > before:
                 return
             time.sleep(0.01)
-        raise LabError(f"sshd did not (re)start listening within {timeout}s; "
-                       f"log {self.sshd_log}:\n{self._log_tail()}")
+        raise LabError(f"sshd did not (re)start listening within {timeout}s; log {self.sshd_log}:\n{self._log_tail()}")
 
     def _log_tail(self, n: int = 20) -> str:
         try:
@@ -831,17 +892,21 @@ class Lab:
 
     def _server_cmd(self, argv: Sequence[str], user: Optional[str], env) -> tuple[list[str], dict, str]:
         if user is None:
-            base = {"HOME": "/root", "USER": "root", "LOGNAME": "root",
-                    "PATH": ROOT_PATH, "LANG": "C.UTF-8"}
+            base = {"HOME": "/root", "USER": "root", "LOGNAME": "root", "PATH": ROOT_PATH, "LANG": "C.UTF-8"}
             return [*self._server_prefix(), *argv], _merge_env(base, env), "/"
         u = self.users[user]
-        return ([*self._server_prefix(), *self._as_user(u), *argv],
-                _merge_env(u.env(), env), str(u.home))
+        return ([*self._server_prefix(), *self._as_user(u), *argv], _merge_env(u.env(), env), str(u.home))
 
-    def server_exec(self, argv: Sequence[str], user: Optional[str] = None, *,
-                    env: Optional[Mapping[str, Optional[str]]] = None,
-                    input: Optional[str] = None, timeout: float = 30,
-                    **kw) -> subprocess.CompletedProcess:
+    def server_exec(
+        self,
+        argv: Sequence[str],
+        user: Optional[str] = None,
+        *,
+        env: Optional[Mapping[str, Optional[str]]] = None,
+        input: Optional[str] = None,
+        timeout: float = 30,
+        **kw,
+    ) -> subprocess.CompletedProcess:
         """Run argv on the server (its mount + net namespace) as root or as
         `user`, with a clean env (HOME USER LOGNAME SHELL PATH LANG + env).
         Not a login shell: use ["bash", "-lc", ...] for the user's PATH."""
@@ -849,12 +914,18 @@ class Lab:
         kw.setdefault("cwd", cwd)
         if input is None:
             kw.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.run(cmd, env=full_env, input=input, text=True,
-                              capture_output=True, timeout=timeout, check=False, **kw)
+        return subprocess.run(
+            cmd, env=full_env, input=input, text=True, capture_output=True, timeout=timeout, check=False, **kw
+        )
 
-    def server_popen(self, argv: Sequence[str], user: Optional[str] = None, *,
-                     env: Optional[Mapping[str, Optional[str]]] = None,
-                     **kw) -> subprocess.Popen:
+    def server_popen(
+        self,
+        argv: Sequence[str],
+        user: Optional[str] = None,
+        *,
+        env: Optional[Mapping[str, Optional[str]]] = None,
+        **kw,
+    ) -> subprocess.Popen:
         """Like server_exec, but returns the Popen (own session, stdin
         /dev/null, text mode unless overridden)."""
         cmd, full_env, cwd = self._server_cmd(argv, user, env)
@@ -866,12 +937,16 @@ class Lab:
 
     def _laptop_cmd(self, argv: Sequence[str], env) -> tuple[list[str], dict, str]:
         u = self.users[LAPTOP_USER]
-        return ([*self._laptop_prefix(), *self._as_user(u), *argv],
-                _merge_env(u.env(), env), str(u.home))
+        return ([*self._laptop_prefix(), *self._as_user(u), *argv], _merge_env(u.env(), env), str(u.home))
 
-    def laptop_exec(self, argv: Sequence[str], env: Optional[Mapping[str, Optional[str]]] = None,
-                    input: Optional[str] = None, timeout: float = 60,
-                    **kw) -> subprocess.CompletedProcess:
+    def laptop_exec(
+        self,
+        argv: Sequence[str],
+        env: Optional[Mapping[str, Optional[str]]] = None,
+        input: Optional[str] = None,
+        timeout: float = 60,
+        **kw,
+    ) -> subprocess.CompletedProcess:
         """Run argv as nbr-laptop inside the laptop netns; clean env
         (HOME USER LOGNAME SHELL PATH=/usr/local/bin:/usr/bin:/bin
         LANG=C.UTF-8) updated with env (a None value removes a variable)."""
@@ -879,11 +954,13 @@ class Lab:
         kw.setdefault("cwd", cwd)
         if input is None:
             kw.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.run(cmd, env=full_env, input=input, text=True,
-                              capture_output=True, timeout=timeout, check=False, **kw)
+        return subprocess.run(
+            cmd, env=full_env, input=input, text=True, capture_output=True, timeout=timeout, check=False, **kw
+        )
 
-    def laptop_popen(self, argv: Sequence[str], env: Optional[Mapping[str, Optional[str]]] = None,
-                     **kw) -> subprocess.Popen:
+    def laptop_popen(
+        self, argv: Sequence[str], env: Optional[Mapping[str, Optional[str]]] = None, **kw
+    ) -> subprocess.Popen:
         """Like laptop_exec, returning the Popen. It leads its own session, so
         `os.killpg(p.pid, signal.SIGINT)` is what a terminal's Ctrl-C does."""
         cmd, full_env, cwd = self._laptop_cmd(argv, env)
@@ -898,26 +975,34 @@ class Lab:
 
     def nbremote_env(self, env: Optional[Mapping[str, Optional[str]]] = None) -> dict:
         assert self.src_copy is not None
-        return _merge_env({"PYTHONPATH": str(self.src_copy / "src"),
-                           # the copy is root-owned: no point trying
-                           "PYTHONDONTWRITEBYTECODE": "1"}, env)
+        return _merge_env(
+            {
+                "PYTHONPATH": str(self.src_copy / "src"),
+                # the copy is root-owned: no point trying
+                "PYTHONDONTWRITEBYTECODE": "1",
+            },
+            env,
+        )
 
-    def nbremote(self, *args: str, env: Optional[Mapping[str, Optional[str]]] = None,
-                 input: Optional[str] = None, timeout: float = 60,
-                 **kw) -> subprocess.CompletedProcess:
+    def nbremote(
+        self,
+        *args: str,
+        env: Optional[Mapping[str, Optional[str]]] = None,
+        input: Optional[str] = None,
+        timeout: float = 60,
+        **kw,
+    ) -> subprocess.CompletedProcess:
         """`python -m nbremote ARGS` on the laptop, from the src copy."""
-        return self.laptop_exec(self.nbremote_argv(*args), env=self.nbremote_env(env),
-                                input=input, timeout=timeout, **kw)
+        return self.laptop_exec(
+            self.nbremote_argv(*args), env=self.nbremote_env(env), input=input, timeout=timeout, **kw
+        )
 
-    def nbremote_popen(self, *args: str, env: Optional[Mapping[str, Optional[str]]] = None,
-                       **kw) -> subprocess.Popen:
+    def nbremote_popen(self, *args: str, env: Optional[Mapping[str, Optional[str]]] = None, **kw) -> subprocess.Popen:
         return self.laptop_popen(self.nbremote_argv(*args), env=self.nbremote_env(env), **kw)
 
-    def ssh(self, *args: str, host: str = SERVER_HOST_ALIAS, timeout: float = 30,
-            **kw) -> subprocess.CompletedProcess:
+    def ssh(self, *args: str, host: str = SERVER_HOST_ALIAS, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
         """`ssh -o BatchMode=yes HOST ARGS` from the laptop: never prompts."""
-        return self.laptop_exec(["ssh", "-o", "BatchMode=yes", host, *args],
-                                timeout=timeout, **kw)
+        return self.laptop_exec(["ssh", "-o", "BatchMode=yes", host, *args], timeout=timeout, **kw)
 
     def sync_src(self, src_dir: Optional[Path] = None) -> None:
         """Copy the package source again (the copy is what the laptop runs)."""
@@ -927,8 +1012,7 @@ class Lab:
         if dst.exists():
             shutil.rmtree(dst)
         if src_dir.is_dir():
-            shutil.copytree(src_dir, dst, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc", "*.egg-info"))
+            shutil.copytree(src_dir, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         else:
             dst.mkdir()
         # The repo may live under /root (0700): the laptop user reads this copy.
@@ -955,19 +1039,22 @@ class Lab:
         lab_ns = set(self._namespaces)
         problems = []
         for ns in lab_ns:
-            names_by_id = {e["id"]: e["name"]
-                           for e in json.loads(_run(["ip", "-n", ns, "-j", "netns", "list"]).stdout or "[]")
-                           if "id" in e}
+            names_by_id = {
+                e["id"]: e["name"]
+                for e in json.loads(_run(["ip", "-n", ns, "-j", "netns", "list"]).stdout or "[]")
+                if "id" in e
+            }
             for link in json.loads(_run(["ip", "-n", ns, "-j", "link", "show"]).stdout):
                 if "link_netnsid" not in link:
                     continue
                 peer_ns = names_by_id.get(link["link_netnsid"])
                 if peer_ns not in lab_ns:
-                    problems.append(f"{ns}/{link['ifname']} has its peer in "
-                                    f"{peer_ns or 'an unnamed namespace (the root one?)'}")
-        root_ids = {e["id"]: e["name"]
-                    for e in json.loads(_run(["ip", "-j", "netns", "list"]).stdout or "[]")
-                    if "id" in e}
+                    problems.append(
+                        f"{ns}/{link['ifname']} has its peer in {peer_ns or 'an unnamed namespace (the root one?)'}"
+                    )
+        root_ids = {
+            e["id"]: e["name"] for e in json.loads(_run(["ip", "-j", "netns", "list"]).stdout or "[]") if "id" in e
+        }
         for link in json.loads(_run(["ip", "-j", "link", "show"]).stdout):
             peer_ns = root_ids.get(link.get("link_netnsid", -1))
             if peer_ns in lab_ns:
@@ -1059,14 +1146,15 @@ class Lab:
                 if name in self.users:
                     step(f"kill {name}", lambda n=name: self.kill_user_processes(n))
             for ns in self._namespaces:
-                step(f"kill processes in {ns}",
-                     lambda ns=ns: _kill_until_gone(lambda: _netns_pids(ns), f"netns {ns}"))
+                step(f"kill processes in {ns}", lambda ns=ns: _kill_until_gone(lambda: _netns_pids(ns), f"netns {ns}"))
             if self._mnt_made:
+
                 def drop_mnt():
                     r = _run(["umount", str(self.server_mnt)], check=False)
                     if r.returncode != 0 and "not mounted" not in r.stderr:
                         raise LabError(r.stderr.strip())
                     self.server_mnt.unlink(missing_ok=True)
+
                 step("server mount namespace", drop_mnt)
             for ns in reversed(self._namespaces):
                 step(f"delete netns {ns}", lambda ns=ns: _run(["ip", "netns", "del", ns]))
@@ -1077,9 +1165,11 @@ class Lab:
             if self.src_copy is not None:
                 step("src copy", lambda: shutil.rmtree(self.src_copy))
             if self._lock_fd is not None:
+
                 def unlock():
                     os.close(self._lock_fd)  # closing releases the flock
                     self._lock_fd = None
+
                 step("lock", unlock)
             self._torn_down = True
             self.timings["teardown"] = time.monotonic() - t0
@@ -1114,38 +1204,57 @@ class Lab:
 def _preflight() -> None:
     """Everything the lab needs that the build itself can't fix."""
     if os.geteuid() != 0:
-        raise LabUnavailable(f"needs root (running as uid {os.geteuid()}): it creates "
-                             "network namespaces, users and mounts")
-    tools = ["ip", "nsenter", "unshare", "setpriv", "useradd", "userdel", "ssh",
-             "ssh-keygen", "tmux", "mount", "umount"]
+        raise LabUnavailable(
+            f"needs root (running as uid {os.geteuid()}): it creates network namespaces, users and mounts"
+        )
+    tools = [
+        "ip",
+        "nsenter",
+        "unshare",
+        "setpriv",
+        "useradd",
+        "userdel",
+        "ssh",
+        "ssh-keygen",
+        "tmux",
+        "mount",
+        "umount",
+    ]
     missing = [t for t in tools if shutil.which(t, path=ROOT_PATH) is None]
     if missing:
-        raise LabUnavailable(f"missing tools: {', '.join(missing)} "
-                             "(apt-get install iproute2 util-linux passwd openssh-client tmux)")
+        raise LabUnavailable(
+            f"missing tools: {', '.join(missing)} (apt-get install iproute2 util-linux passwd openssh-client tmux)"
+        )
     if not os.access(SSHD, os.X_OK):
         raise LabUnavailable(f"{SSHD} not found (apt-get install openssh-server)")
     if not (HOST_ETC_SSH / "sshd_config").is_file():
-        raise LabUnavailable(f"{HOST_ETC_SSH}/sshd_config missing: the server copies "
-                             "Debian's default config from there")
+        raise LabUnavailable(
+            f"{HOST_ETC_SSH}/sshd_config missing: the server copies Debian's default config from there"
+        )
     r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     if r.returncode != 0:
         raise LabUnavailable(f"`ip netns` does not work here: {r.stderr.strip()}")
     if not LAB_PYTHON.exists() or not (LAB_VENV / "bin" / "jupyter").exists():
         raise LabUnavailable(
             f"{LAB_VENV} is missing or has no jupyter; create it with scripts/test.sh "
-            "(a venv from /usr/bin/python3 with jupyterlab, notebook, click, pytest)")
+            "(a venv from /usr/bin/python3 with jupyterlab, notebook, click, pytest)"
+        )
     # The lab users run this venv, so every directory down to it must be
     # world-traversable (a venv from the /root pyenv python is not).
     for p in [LAB_VENV, *LAB_VENV.parents]:
         if p == Path("/"):
             break
         if not os.stat(p).st_mode & stat.S_IXOTH:
-            raise LabUnavailable(f"{p} is not world-traversable: the lab users could not "
-                                 f"run {LAB_PYTHON} (chmod -R a+rX /opt/nbremote-lab)")
+            raise LabUnavailable(
+                f"{p} is not world-traversable: the lab users could not "
+                f"run {LAB_PYTHON} (chmod -R a+rX /opt/nbremote-lab)"
+            )
     real = Path(os.path.realpath(LAB_PYTHON))
     for p in [real, *real.parents]:
         if p == Path("/"):
             break
         if not os.stat(p).st_mode & stat.S_IXOTH:
-            raise LabUnavailable(f"{LAB_PYTHON} resolves to {real}, and {p} is not "
-                                 "world-traversable: build the venv from /usr/bin/python3")
+            raise LabUnavailable(
+                f"{LAB_PYTHON} resolves to {real}, and {p} is not "
+                "world-traversable: build the venv from /usr/bin/python3"
+            )

@@ -4,6 +4,7 @@ The CLI runs inside the server's mount + net namespace as root, the way the
 box's owner runs it with sudo; every client (ssh, sshpass, ssh-audit) runs in
 the laptop namespace, i.e. over the lab's network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,26 +20,60 @@ SSH_AUDIT = LAB_VENV / "bin" / "ssh-audit"
 PASSWORD = "correct horse battery staple"
 
 
-def server_cli(lab, *args: str, state_dir: Path, user: str | None = None,
-               timeout: float = 90) -> subprocess.CompletedProcess:
+def server_cli(
+    lab, *args: str, state_dir: Path, user: str | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
     """`python -m nbremote server ARGS` on the server, as root unless user."""
     env = lab.nbremote_env({"NBREMOTE_STATE_DIR": str(state_dir)})
-    return lab.server_exec([str(LAB_VENV / "bin" / "python"), "-m", "nbremote", "server", *args],
-                           user=user, env=env, timeout=timeout)
+    return lab.server_exec(
+        [str(LAB_VENV / "bin" / "python"), "-m", "nbremote", "server", *args], user=user, env=env, timeout=timeout
+    )
 
 
 def key_login(lab, port: int, host_alias: str = "server") -> subprocess.CompletedProcess:
     """The laptop's key login; the known host key was stored for port 22, hence the alias."""
-    return lab.laptop_exec(["ssh", "-o", "BatchMode=yes", "-o", f"HostKeyAlias={SERVER_ADDR}",
-                            "-o", "ConnectTimeout=5", "-p", str(port), host_alias, "true"], timeout=30)
+    return lab.laptop_exec(
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"HostKeyAlias={SERVER_ADDR}",
+            "-o",
+            "ConnectTimeout=5",
+            "-p",
+            str(port),
+            host_alias,
+            "true",
+        ],
+        timeout=30,
+    )
 
 
 def password_login(lab, port: int, user: str = ALICE) -> subprocess.CompletedProcess:
-    return lab.laptop_exec(["sshpass", "-e", "ssh", "-o", "StrictHostKeyChecking=no",
-                            "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no",
-                            "-o", "PreferredAuthentications=password,keyboard-interactive",
-                            "-o", "ConnectTimeout=5", "-p", str(port), f"{user}@{SERVER_ADDR}", "true"],
-                           env={"SSHPASS": PASSWORD}, timeout=30)
+    return lab.laptop_exec(
+        [
+            "sshpass",
+            "-e",
+            "ssh",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "ConnectTimeout=5",
+            "-p",
+            str(port),
+            f"{user}@{SERVER_ADDR}",
+            "true",
+        ],
+        env={"SSHPASS": PASSWORD},
+        timeout=30,
+    )
 
 
 def ssh_audit(lab, port: int) -> dict:
@@ -104,7 +139,9 @@ def private_etc(lab, workdir: Path):
 
 def tcp_open(lab, port: int, addr: str = SERVER_ADDR, timeout: float = 1.0) -> bool:
     """Whether a TCP connection from the laptop to the server's port succeeds."""
-    code = ("import socket,sys\n"
-            f"try: socket.create_connection(({addr!r}, {port}), timeout={timeout}).close()\n"
-            "except OSError: sys.exit(1)\n")
+    code = (
+        "import socket,sys\n"
+        f"try: socket.create_connection(({addr!r}, {port}), timeout={timeout}).close()\n"
+        "except OSError: sys.exit(1)\n"
+    )
     return lab.laptop_exec(["python3", "-c", code], timeout=timeout + 10).returncode == 0

@@ -16,6 +16,7 @@ The node has a fake GPU: gres.conf points gpu:a100 at /dev/null, so
 `--gres=gpu:1` is accepted, sets CUDA_VISIBLE_DEVICES, and a second GPU job
 waits for the first; `--gres=gpu:2` is refused at submission.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,11 +76,15 @@ class SlurmCluster:
 
     @classmethod
     def start(cls, lab) -> "SlurmCluster":
-        missing = [p for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/sbatch")
-                   if not os.path.exists(p)]
+        missing = [
+            p
+            for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/sbatch")
+            if not os.path.exists(p)
+        ]
         if missing:
-            raise LabUnavailable(f"Slurm is not installed ({', '.join(missing)} missing): "
-                                 "apt-get install slurm-wlm munge")
+            raise LabUnavailable(
+                f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge"
+            )
         root = lab.workdir / "slurm"
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(lab.server_run / "slurm", ignore_errors=True)
@@ -94,8 +99,10 @@ class SlurmCluster:
     def _root(self, argv: list[str], timeout: float = 30, check: bool = True):
         done = self.lab.server_exec(argv, timeout=timeout)
         if check and done.returncode != 0:
-            raise LabError(f"`{shlex.join(argv)}` on the server exited {done.returncode}: "
-                           f"{(done.stderr or done.stdout).strip()}\n{self.logs()}")
+            raise LabError(
+                f"`{shlex.join(argv)}` on the server exited {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()}\n{self.logs()}"
+            )
         return done
 
     def _start(self) -> None:
@@ -119,11 +126,26 @@ class SlurmCluster:
         munge_run.mkdir(exist_ok=True)
         os.chown(munge_run, munge.pw_uid, munge.pw_gid)
         os.chmod(munge_run, 0o755)
-        self._root(["sh", "-c", f"mount --bind {shlex.quote(str(etc_slurm))} /etc/slurm && "
-                                f"mount --bind {shlex.quote(str(etc_munge))} /etc/munge"])
+        self._root(
+            [
+                "sh",
+                "-c",
+                f"mount --bind {shlex.quote(str(etc_slurm))} /etc/slurm && "
+                f"mount --bind {shlex.quote(str(etc_munge))} /etc/munge",
+            ]
+        )
         self.mounted = True
-        self._root(["setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
-                    "/usr/sbin/munged", "--log-file=/run/munge/munged.log", "--seed-file=/run/munge/munged.seed"])
+        self._root(
+            [
+                "setpriv",
+                f"--reuid={munge.pw_uid}",
+                f"--regid={munge.pw_gid}",
+                "--clear-groups",
+                "/usr/sbin/munged",
+                "--log-file=/run/munge/munged.log",
+                "--seed-file=/run/munge/munged.seed",
+            ]
+        )
         self._wait(lambda: (self.lab.server_run / "munge" / "munge.socket.2").exists(), "munged's socket")
         self._root(["/usr/sbin/slurmctld"])
         self._root(["/usr/sbin/slurmd", "-N", NODE])
@@ -143,8 +165,11 @@ class SlurmCluster:
 
     def logs(self, lines: int = 15) -> str:
         out = []
-        for path in (self.state / "slurmctld.log", self.state / "slurmd.log",
-                     self.lab.server_run / "munge" / "munged.log"):
+        for path in (
+            self.state / "slurmctld.log",
+            self.state / "slurmd.log",
+            self.lab.server_run / "munge" / "munged.log",
+        ):
             try:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
             except OSError:

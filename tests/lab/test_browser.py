@@ -6,6 +6,7 @@ through a network outage and keeps its kernel.
 Screenshots and the browser's log go to $NBREMOTE_ARTIFACTS (default
 tests/lab/artifacts/); the run's summary lists them.
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,10 +52,12 @@ START_TIMEOUT = 120
 STEP_TIMEOUT = 330
 
 # Prints the address the kernel's machine uses toward the laptop, and who runs it.
-WHERE = ("import getpass, socket\n"
-         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-         f"s.connect(('{LAPTOP_ADDR}', 9))\n"
-         "print(s.getsockname()[0], getpass.getuser())")
+WHERE = (
+    "import getpass, socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.connect(('{LAPTOP_ADDR}', 9))\n"
+    "print(s.getsockname()[0], getpass.getuser())"
+)
 
 
 def _require(ok: bool, reason: str) -> None:
@@ -76,9 +79,13 @@ class Browser:
         with open(self.log_path, "w") as log:
             # TMPDIR in the laptop user's home: the profile and Playwright's
             # scratch files go when the lab removes the user.
-            self.proc = lab.laptop_popen([str(LAB_PYTHON), "-c", DRIVER],
-                                         env={"TMPDIR": str(home), "NBREMOTE_CHROMIUM": str(CHROMIUM)},
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+            self.proc = lab.laptop_popen(
+                [str(LAB_PYTHON), "-c", DRIVER],
+                env={"TMPDIR": str(home), "NBREMOTE_CHROMIUM": str(CHROMIUM)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
         self.answers: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         hello = self._answer("start", START_TIMEOUT)
@@ -96,8 +103,10 @@ class Browser:
         except queue.Empty:
             pytest.fail(f"the browser driver did not answer {what} within {timeout} s; log: {self.log_path}")
         if line is None:
-            pytest.fail(f"the browser driver exited ({self.proc.wait()}) during {what}; log: "
-                        f"{self.log_path}:\n{self.log_path.read_text()[-3000:]}")
+            pytest.fail(
+                f"the browser driver exited ({self.proc.wait()}) during {what}; log: "
+                f"{self.log_path}:\n{self.log_path.read_text()[-3000:]}"
+            )
         return json.loads(line)
 
     def ask(self, cmd: str, **args) -> dict:
@@ -106,8 +115,10 @@ class Browser:
         answer = self._answer(cmd, STEP_TIMEOUT)
         if not answer["ok"]:
             shot = self._save(answer.pop("png", None), f"{cmd}-failed")
-            pytest.fail(f"browser step {cmd} {args} failed: {answer['error']}\nscreenshot: {shot}\n"
-                        f"dialogs: {answer['dialogs']}\npage console: {answer['console']}\n{answer['trace']}")
+            pytest.fail(
+                f"browser step {cmd} {args} failed: {answer['error']}\nscreenshot: {shot}\n"
+                f"dialogs: {answer['dialogs']}\npage console: {answer['console']}\n{answer['trace']}"
+            )
         return answer
 
     def _save(self, png_b64, label: str):
@@ -134,15 +145,20 @@ class Browser:
 
 @pytest.fixture
 def browser(lab, request):
-    _require(CHROMIUM is not None and CHROMIUM.exists(),
-             "no Chromium: on Debian `apt-get install chromium`; on Ubuntu (a snap only) "
-             f"`PLAYWRIGHT_BROWSERS_PATH={PLAYWRIGHT_BROWSERS} {LAB_PYTHON} -m playwright install --with-deps "
-             "chromium` (scripts/test.sh does one or the other); or set NBREMOTE_CHROMIUM to its path")
-    has_playwright = subprocess.run([str(LAB_PYTHON), "-c", "import playwright.sync_api"],
-                                    capture_output=True, text=True)
-    _require(has_playwright.returncode == 0,
-             f"playwright is not installed in {netlab.LAB_VENV} (pip install playwright; "
-             "its own browser download is not needed)")
+    _require(
+        CHROMIUM is not None and CHROMIUM.exists(),
+        "no Chromium: on Debian `apt-get install chromium`; on Ubuntu (a snap only) "
+        f"`PLAYWRIGHT_BROWSERS_PATH={PLAYWRIGHT_BROWSERS} {LAB_PYTHON} -m playwright install --with-deps "
+        "chromium` (scripts/test.sh does one or the other); or set NBREMOTE_CHROMIUM to its path",
+    )
+    has_playwright = subprocess.run(
+        [str(LAB_PYTHON), "-c", "import playwright.sync_api"], capture_output=True, text=True
+    )
+    _require(
+        has_playwright.returncode == 0,
+        f"playwright is not installed in {netlab.LAB_VENV} (pip install playwright; "
+        "its own browser download is not needed)",
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
     for old in ARTIFACTS.glob(f"{name}*"):
@@ -162,8 +178,7 @@ def _forget_notebooks(lab) -> None:
     """Remove the notebooks the page created and JupyterLab's saved layout: the
     next page would reopen them (without their kernel) instead of the launcher."""
     home = lab.user(ALICE).home
-    for path in [*home.glob("Untitled*.ipynb"), home / ".ipynb_checkpoints",
-                 home / ".jupyter" / "lab" / "workspaces"]:
+    for path in [*home.glob("Untitled*.ipynb"), home / ".ipynb_checkpoints", home / ".jupyter" / "lab" / "workspaces"]:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -173,8 +188,7 @@ def _forget_notebooks(lab) -> None:
 def up_in_foreground(lab, *args: str) -> tuple[subprocess.Popen, str]:
     """`nbremote up server --no-browser ARGS`, as a user runs it: it stays in
     the foreground keeping the tunnel, after printing the URL."""
-    client = lab.nbremote_popen("up", "server", "--no-browser", *args,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = lab.nbremote_popen("up", "server", "--no-browser", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = client.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), (url, client.stderr.read() if client.poll() is not None else "")
     return client, url
@@ -194,10 +208,12 @@ def _origin(url: str) -> str:
     return re.match(r"(http://127\.0\.0\.1:\d+)/", url).group(1)
 
 
-@pytest.mark.parametrize("ui, flags, path", [("lab", (), "/lab"), ("notebook", ("--notebook",), "/tree")],
-                         ids=["jupyterlab", "notebook7"])
+@pytest.mark.parametrize(
+    "ui, flags, path", [("lab", (), "/lab"), ("notebook", ("--notebook",), "/tree")], ids=["jupyterlab", "notebook7"]
+)
 def test_the_printed_url_opens_the_notebook_in_a_real_browser_and_cells_run_on_the_server(
-        lab, browser, ui, flags, path):
+    lab, browser, ui, flags, path
+):
     client, url = up_in_foreground(lab, *flags)
     try:
         assert f"{path}?token=" in url, url
@@ -207,8 +223,10 @@ def test_the_printed_url_opens_the_notebook_in_a_real_browser_and_cells_run_on_t
         ran = browser.ask("run", code=WHERE)
         assert ran["output"] == [f"{SERVER_ADDR} {ALICE}\n"], ran
         shot = browser.screenshot("result")
-        print(f"{ui}: loaded in {opened['loaded_s']} s, kernel ready at {opened['ready_s']} s, "
-              f"cell {ran['run_s']} s (Chromium {browser.version}); screenshot {shot}")
+        print(
+            f"{ui}: loaded in {opened['loaded_s']} s, kernel ready at {opened['ready_s']} s, "
+            f"cell {ran['run_s']} s (Chromium {browser.version}); screenshot {shot}"
+        )
     finally:
         stop(client)
 
@@ -218,8 +236,7 @@ def _laptop_ssh_pids(lab) -> set[int]:
     return {int(p) for p in done.stdout.split()}
 
 
-def test_the_open_page_lives_through_an_outage_and_runs_the_next_cell_in_the_same_kernel(
-        lab, lossy_link, browser):
+def test_the_open_page_lives_through_an_outage_and_runs_the_next_cell_in_the_same_kernel(lab, lossy_link, browser):
     client, url = up_in_foreground(lab)
     try:
         opened = browser.ask("open", url=url, ui="lab")
@@ -258,5 +275,7 @@ def test_the_open_page_lives_through_an_outage_and_runs_the_next_cell_in_the_sam
     said = client.stderr.read()
     port = _origin(url).rsplit(":", 1)[1]
     assert "lost the connection to server" in said and f"localhost:{port} → server again" in said, said
-    print(f"outage {restored - cut:.1f} s (page saw {lost['kernel']!r}); page connected again "
-          f"{back['waited_s']} s after the network returned; dialogs shown: {after['dialogs']}")
+    print(
+        f"outage {restored - cut:.1f} s (page saw {lost['kernel']!r}); page connected again "
+        f"{back['waited_s']} s after the network returned; dialogs shown: {after['dialogs']}"
+    )

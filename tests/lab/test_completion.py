@@ -1,4 +1,5 @@
 """Shell completion of job names on the lab laptop: the names real `run` and `jobs` calls saw."""
+
 from __future__ import annotations
 
 
@@ -7,8 +8,13 @@ def test_job_names_seen_by_run_and_jobs_are_completed(lab):
     assert done.returncode == 0, done.stderr
 
     def tab(*words: str) -> list[str]:
-        asked = lab.nbremote(env={"_NBREMOTE_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(words),
-                                  "COMP_CWORD": str(len(words) - 1)})
+        asked = lab.nbremote(
+            env={
+                "_NBREMOTE_COMPLETE": "bash_complete",
+                "COMP_WORDS": " ".join(words),
+                "COMP_CWORD": str(len(words) - 1),
+            }
+        )
         assert asked.returncode == 0, asked.stderr
         return [line.split(",", 1)[1] for line in asked.stdout.splitlines() if line]
 

@@ -165,8 +165,9 @@ _SINK = textwrap.dedent("""
 
 def _transfer(ns_a: str, ns_b: str, megabytes: int) -> float:
     """Send megabytes from ns_a to a sink in ns_b; return MB/s (MiB/s)."""
-    sink = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns_b}", sys.executable,
-                             "-c", _SINK, ADDR_B], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{ns_b}", sys.executable, "-c", _SINK, ADDR_B], stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(sink.stdout.readline())
         c = _connect(ns_a, ADDR_B, port, timeout=30)
@@ -195,8 +196,10 @@ def test_rtt_is_twice_the_delay(link_factory, nspair, delay_ms):
     rtts = icmp_ping(nspair[0], ADDR_B, count=9, interval=0.02, timeout=2)
     assert None not in rtts, rtts
     med = statistics.median(rtts)
-    print(f"\nconfigured delay {delay_ms} ms each way: ping RTT median {med:.2f} ms "
-          f"(min {min(rtts):.2f}, max {max(rtts):.2f})")
+    print(
+        f"\nconfigured delay {delay_ms} ms each way: ping RTT median {med:.2f} ms "
+        f"(min {min(rtts):.2f}, max {max(rtts):.2f})"
+    )
     # The relay may release a packet up to 0.2 ms early (wake-up latency
     # compensation), hence the 0.5 ms allowance below 2*delay.
     assert min(rtts) >= 2 * delay_ms - 0.5
@@ -231,9 +234,11 @@ def test_throughput(link_factory, nspair, delay_ms, megabytes, floor):
     rate = _transfer(nspair[0], nspair[1], megabytes)
     cpu = (link.cpu_seconds() - cpu0) / (time.monotonic() - t0)
     stats = link.stats()["a_to_b"]
-    print(f"\n{megabytes} MB at {delay_ms} ms each way: {rate:.0f} MB/s, "
-          f"relay CPU {cpu * 100:.0f}% of a core, "
-          f"{stats['packets']} packets of {stats['bytes'] // max(stats['packets'], 1)} B avg")
+    print(
+        f"\n{megabytes} MB at {delay_ms} ms each way: {rate:.0f} MB/s, "
+        f"relay CPU {cpu * 100:.0f}% of a core, "
+        f"{stats['packets']} packets of {stats['bytes'] // max(stats['packets'], 1)} B avg"
+    )
     assert rate > floor
     assert stats["dropped_full"] == 0
 
@@ -271,8 +276,7 @@ def test_stop_removes_devices_and_relay(link_factory, nspair):
     link = link_factory(0)
     pid = link.pid
     assert _link_in(ns_a) and _link_in(ns_b)
-    assert not _ip("link", "show", "dev", IFNAME, check=False).returncode == 0, \
-        "TUN device in the root namespace"
+    assert not _ip("link", "show", "dev", IFNAME, check=False).returncode == 0, "TUN device in the root namespace"
     link.stop()
     assert not os.path.exists(f"/proc/{pid}")
     assert not _link_in(ns_a) and not _link_in(ns_b)
@@ -318,8 +322,7 @@ def test_relay_exits_when_parent_is_killed(nspair):
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (_alive(relay_pid)
-                                           or _link_in(ns_a) or _link_in(ns_b)):
+    while time.monotonic() < deadline and (_alive(relay_pid) or _link_in(ns_a) or _link_in(ns_b)):
         time.sleep(0.05)
     assert not _alive(relay_pid), "relay outlived its parent"
     assert not _link_in(ns_a) and not _link_in(ns_b)

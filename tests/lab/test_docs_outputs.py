@@ -8,6 +8,7 @@ line; BROWSER is a program that accepts the URL). Both sides go through the one
 normaliser of docs_examples.py (the server's address and home folder, ports, pids,
 tokens, times, column widths); everything else must match line for line.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ PAGE_NODE = "gpu-node07"
 
 
 def lab_popen(lab):
-    return lambda args: lab.nbremote_popen(*args, env={"BROWSER": "true", "PYTHONUNBUFFERED": "1"},
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return lambda args: lab.nbremote_popen(
+        *args, env={"BROWSER": "true", "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def add_profile(lab, name: str = "gpubox") -> str:
@@ -46,15 +48,18 @@ def test_quickstart_daily_commands_print_what_the_page_shows(lab):
     blocks = console_blocks(QUICKSTART, "## 4. Open a notebook")
     assert [[c for c, _ in b] for b in blocks] == [
         ["nbremote up gpubox"],
-        ["nbremote up gpubox --detach --no-browser", "nbremote ls gpubox", "nbremote down gpubox"]]
+        ["nbremote up gpubox --detach --no-browser", "nbremote ls gpubox", "nbremote down gpubox"],
+    ]
     try:
         for steps in blocks:
             for command, shown in steps:
                 printed = run_step(lab_popen(lab), command)
                 got = [normalise(line, home, SERVER_ADDR) for line in printed]
                 want = [normalise(line, "/home/alice", PAGE_ADDRESS) for line in shown]
-                assert got == want, (f"docs/quickstart.md shows other output for `{command}` than it prints "
-                                     "now: update the page from this run:\n" + "\n".join(printed))
+                assert got == want, (
+                    f"docs/quickstart.md shows other output for `{command}` than it prints "
+                    "now: update the page from this run:\n" + "\n".join(printed)
+                )
     finally:
         lab.nbremote("down", "gpubox")
         lab.nbremote("remove", "gpubox")
@@ -68,11 +73,13 @@ def test_readme_up_gpubox_prints_what_the_readme_shows(lab):
     try:
         printed = run_step(lab_popen(lab), command)
         # The README stops at the line the foreground `up` waits after; what Ctrl-C prints is the quickstart's.
-        until_ctrl_c = printed[:next(i for i, line in enumerate(printed) if CTRL_C_HINT in line) + 1]
+        until_ctrl_c = printed[: next(i for i, line in enumerate(printed) if CTRL_C_HINT in line) + 1]
         got = [normalise(line, home, SERVER_ADDR) for line in until_ctrl_c]
         want = [normalise(line, "/home/me", PAGE_ADDRESS) for line in shown]
-        assert got == want, (f"the README shows other output for `{command}` than it prints now: update it "
-                             "from this run:\n" + "\n".join(printed))
+        assert got == want, (
+            f"the README shows other output for `{command}` than it prints now: update it "
+            "from this run:\n" + "\n".join(printed)
+        )
     finally:
         lab.nbremote("down", "gpubox")
         lab.nbremote("remove", "gpubox")
@@ -95,8 +102,12 @@ def test_readme_up_on_a_slurm_cluster_prints_what_the_readme_shows(lab, slurm):
     assert command == 'nbremote up cluster --slurm "--gres=gpu:1 --time=4:00:00"'
     blocker = lab.server_exec(["sbatch", "--parsable", "--gres=gpu:1", "--wrap", "sleep 600"], user=ALICE)
     assert blocker.returncode == 0, blocker.stderr
-    proc = lab.nbremote_popen(*shlex.split(command)[1:], env={"BROWSER": "true", "PYTHONUNBUFFERED": "1"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = lab.nbremote_popen(
+        *shlex.split(command)[1:],
+        env={"BROWSER": "true", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     printed: list[str] = []
     try:
         for line in proc.stdout:
@@ -120,5 +131,7 @@ def test_readme_up_on_a_slurm_cluster_prints_what_the_readme_shows(lab, slurm):
     kept = [line for i, line in enumerate(printed) if not (pending[i] and i + 1 < len(printed) and pending[i + 1])]
     got = [normalise(line.replace(NODE, "NODE"), home, SERVER_ADDR) for line in kept]
     want = [normalise(line.replace(PAGE_NODE, "NODE"), "/home/me", PAGE_LOGIN) for line in shown]
-    assert got == want, (f"the README shows other output for `{command}` than it prints now: update it "
-                         "from this run:\n" + "\n".join(printed))
+    assert got == want, (
+        f"the README shows other output for `{command}` than it prints now: update it "
+        "from this run:\n" + "\n".join(printed)
+    )

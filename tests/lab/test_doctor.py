@@ -5,6 +5,7 @@ the second address is taken off the server, as when a box is switched off or
 moves. The laptop's own checks run on its real files (its key, ~/.ssh/config
 with the Include `add` put there).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ def forget_profiles(lab):
 
 
 def fingerprint(lab) -> str:
-    done = subprocess.run(["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key.pub")],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.split()[1]
 
 
@@ -57,8 +62,16 @@ def test_doctor_passes_the_live_host_and_fails_the_gone_one_with_the_fix(lab, tw
     took = time.monotonic() - started
     assert done.returncode == 1, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)["checks"]}
-    assert list(rows) == ["openssh", "multiplexing", "key", "profiles", "ssh config",
-                          "gpubox reach", "gpubox agent", "oldbox reach"]
+    assert list(rows) == [
+        "openssh",
+        "multiplexing",
+        "key",
+        "profiles",
+        "ssh config",
+        "gpubox reach",
+        "gpubox agent",
+        "oldbox reach",
+    ]
     for name in ("openssh", "multiplexing", "key", "profiles", "ssh config", "gpubox reach", "gpubox agent"):
         assert rows[name]["status"] == "pass", rows[name]
     home = lab.user(LAPTOP_USER).home

@@ -2,6 +2,7 @@
 here a plain HTTP server of alice's), found, forwarded through the session's master, put back
 by the keeper after a real outage on the same local port, and taken away; and the bad inputs
 (nothing listening, another user's port, a busy local port) refused with nothing changed."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,13 @@ from netlab import ALICE, BOB, LAB_PYTHON, SERVER_HOST_ALIAS
 
 from test_up import up_json, wait_until
 
-GET = ("import sys, urllib.request\n"
-       "try:\n"
-       "    print(urllib.request.urlopen('http://127.0.0.1:%s/' % sys.argv[1], timeout=2).status)\n"
-       "except Exception as exc:\n"
-       "    print(type(exc).__name__)")
+GET = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    print(urllib.request.urlopen('http://127.0.0.1:%s/' % sys.argv[1], timeout=2).status)\n"
+    "except Exception as exc:\n"
+    "    print(type(exc).__name__)"
+)
 
 
 def _get(lab, port: int) -> str:
@@ -24,8 +27,12 @@ def _get(lab, port: int) -> str:
 
 
 def _listen(lab, user: str, port: int, address: str = "127.0.0.1") -> subprocess.Popen:
-    server = lab.server_popen([str(LAB_PYTHON), "-m", "http.server", str(port), "--bind", address], user=user,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = lab.server_popen(
+        [str(LAB_PYTHON), "-m", "http.server", str(port), "--bind", address],
+        user=user,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
     assert wait_until(lambda: lab.server_exec([str(LAB_PYTHON), "-c", probe]).returncode == 0, 20)
     return server
@@ -55,8 +62,9 @@ def test_a_port_is_listed_forwarded_kept_through_an_outage_and_removed(lab, loss
         assert _forwards(lab) == [{"local_port": 6006, "remote_port": 6006}]
         shown = lab.nbremote("status", SERVER_HOST_ALIAS, "--json")
         assert shown.returncode == 0, shown.stderr
-        assert json.loads(shown.stdout)["hosts"][0]["servers"][0]["forwards"] == \
-            [{"local_port": 6006, "remote_port": 6006}]
+        assert json.loads(shown.stdout)["hosts"][0]["servers"][0]["forwards"] == [
+            {"local_port": 6006, "remote_port": 6006}
+        ]
 
         # Bad inputs: refused, and the session's forwards are as they were.
         nothing = lab.nbremote("forward", SERVER_HOST_ALIAS, "6007")
@@ -65,8 +73,11 @@ def test_a_port_is_listed_forwarded_kept_through_an_outage_and_removed(lab, loss
         theirs = lab.nbremote("forward", SERVER_HOST_ALIAS, "6008")
         assert theirs.returncode == 1
         assert "port 6008 on server belongs to another user's program" in theirs.stderr
-        busy = lab.laptop_popen([str(LAB_PYTHON), "-m", "http.server", "16009", "--bind", "127.0.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        busy = lab.laptop_popen(
+            [str(LAB_PYTHON), "-m", "http.server", "16009", "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             assert wait_until(lambda: _get(lab, 16009) == "200", 20)
             taken = lab.nbremote("forward", SERVER_HOST_ALIAS, "6006:16009")
@@ -102,8 +113,7 @@ def test_a_port_is_listed_forwarded_kept_through_an_outage_and_removed(lab, loss
 def test_up_forward_adds_the_port_with_the_session(lab):
     tensorboard = _listen(lab, ALICE, 6006)
     try:
-        up = lab.nbremote("up", SERVER_HOST_ALIAS, "--no-browser", "--detach", "--forward", "6006:16006",
-                          timeout=120)
+        up = lab.nbremote("up", SERVER_HOST_ALIAS, "--no-browser", "--detach", "--forward", "6006:16006", timeout=120)
         assert up.returncode == 0, up.stderr
         assert "localhost:16006 → server:6006" in up.stderr
         assert _get(lab, 16006) == "200"

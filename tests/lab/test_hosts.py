@@ -4,6 +4,7 @@ The laptop user runs the real CLI in the laptop namespace. Password logins go
 through sshpass (it answers ssh's prompt on the terminal it makes), with
 stdin not a terminal, so nbremote itself never prompts.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,14 @@ def second_address(lab):
         def __call__(self, address: str) -> None:
             # In the server's namespace, not the laptop's: the laptop sees silence, as on a
             # real dead path, not a local error that fails at once.
-            rules = (f"table inet nbrtest {{\n chain input {{\n type filter hook input priority -10;\n"
-                     f" ip daddr {address} tcp dport 22 drop;\n }}\n}}\n")
+            rules = (
+                f"table inet nbrtest {{\n chain input {{\n type filter hook input priority -10;\n"
+                f" ip daddr {address} tcp dport 22 drop;\n }}\n}}\n"
+            )
             subprocess.run(["ip", "netns", "exec", srv, "nft", "-f", "-"], input=rules, text=True, check=True)
 
     yield Drop()
-    subprocess.run(["ip", "netns", "exec", srv, "nft", "delete", "table", "inet", "nbrtest"],
-                   capture_output=True)
+    subprocess.run(["ip", "netns", "exec", srv, "nft", "delete", "table", "inet", "nbrtest"], capture_output=True)
     subprocess.run(["ip", "-n", srv, "addr", "del", f"{SECOND_ADDR}/24", "dev", "eth0"], check=True)
 
 
@@ -50,13 +52,15 @@ def laptop_ssh(lab) -> Path:
 
 
 def add_with_password(lab, password: str, *args: str) -> subprocess.CompletedProcess:
-    return lab.laptop_exec(["sshpass", "-p", password, *lab.nbremote_argv("add", *args)],
-                           env=lab.nbremote_env(), timeout=60)
+    return lab.laptop_exec(
+        ["sshpass", "-p", password, *lab.nbremote_argv("add", *args)], env=lab.nbremote_env(), timeout=60
+    )
 
 
 def host_fingerprint(lab, pub: str = "ssh_host_ed25519_key.pub") -> str:
-    done = subprocess.run(["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / pub)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / pub)], capture_output=True, text=True, check=True
+    )
     return done.stdout.split()[1]
 
 
@@ -94,8 +98,7 @@ def test_add_from_a_fresh_home(lab, alice_password):
     shutil.rmtree(ssh_dir)
     done = add_with_password(lab, alice_password, "gpubox", "--address", SERVER_ADDR, "--user", ALICE)
     assert done.returncode == 0, done.stderr
-    assert (ssh_dir / "config").read_text() == \
-        f"Include {lab.user(LAPTOP_USER).home}/.config/nbremote/ssh_config\n"
+    assert (ssh_dir / "config").read_text() == f"Include {lab.user(LAPTOP_USER).home}/.config/nbremote/ssh_config\n"
     assert not (ssh_dir / "config.nbremote-backup").exists()
     done = lab.ssh("echo", "hello from", "$USER", host="gpubox")
     assert done.returncode == 0, done.stderr
@@ -135,10 +138,14 @@ def test_add_invite_pins_the_key_without_asking(lab):
 
 
 def test_server_invite_then_add_on_the_laptop(lab):
-    done = lab.server_exec([str(LAB_PYTHON), "-m", "nbremote", "server", "invite", "--user", ALICE,
-                            "--address", "gpubox.example.org"],
-                           env={"PYTHONPATH": str(lab.src_copy / "src"), "PYTHONDONTWRITEBYTECODE": "1",
-                                "NBREMOTE_STATE_DIR": str(lab.workdir / "server-state")})
+    done = lab.server_exec(
+        [str(LAB_PYTHON), "-m", "nbremote", "server", "invite", "--user", ALICE, "--address", "gpubox.example.org"],
+        env={
+            "PYTHONPATH": str(lab.src_copy / "src"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "NBREMOTE_STATE_DIR": str(lab.workdir / "server-state"),
+        },
+    )
     assert done.returncode == 0, done.stderr
     line = done.stdout.split()[-1]
     assert line == f"nbr1:{ALICE}@{SERVER_ADDR},gpubox.example.org:22#{host_fingerprint(lab)}"
@@ -152,8 +159,10 @@ def test_add_invite_refuses_a_swapped_host_key(lab):
     old = host_fingerprint(lab)
     for suffix in ("", ".pub"):
         (lab.server_etc_ssh / f"ssh_host_ed25519_key{suffix}").unlink()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(lab.server_etc_ssh / "ssh_host_ed25519_key")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key")],
+        check=True,
+    )
     lab.reload_sshd()
     new = host_fingerprint(lab)
     config_before = (laptop_ssh(lab) / "config").read_bytes()
@@ -174,8 +183,10 @@ def test_a_pinned_key_that_changes_is_refused_with_both_fingerprints(lab):
     old = host_fingerprint(lab)
     for suffix in ("", ".pub"):
         (lab.server_etc_ssh / f"ssh_host_ed25519_key{suffix}").unlink()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(lab.server_etc_ssh / "ssh_host_ed25519_key")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key")],
+        check=True,
+    )
     lab.reload_sshd()
     done = lab.nbremote("ssh", "gpubox", "--", "true")
     assert done.returncode == 5, done.stderr

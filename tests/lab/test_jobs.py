@@ -1,4 +1,5 @@
 """`nbremote run/jobs/logs/kill` end to end: jobs on the lab server outlive the laptop's client."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,22 @@ from netlab import ALICE
 
 from test_up import wait_until
 
-AWKWARD = ["a b", "it's", 'say "hi"', "$HOME", "`id`", "a;b", "x|y&z", "line1\nline2", "naïve ☃ 日本",
-           "", "*", "\\n", "--json", "-"]
+AWKWARD = [
+    "a b",
+    "it's",
+    'say "hi"',
+    "$HOME",
+    "`id`",
+    "a;b",
+    "x|y&z",
+    "line1\nline2",
+    "naïve ☃ 日本",
+    "",
+    "*",
+    "\\n",
+    "--json",
+    "-",
+]
 TICKER = "import time\nfor i in range(6):\n    print('tick', i, flush=True)\n    time.sleep(1)"
 
 
@@ -23,8 +38,19 @@ def jobs_json(lab, host: str = "server") -> dict:
 
 
 def test_job_outlives_a_killed_client_and_logs_show_every_line(lab):
-    client = lab.nbremote_popen("run", "server", "--name", "ticker", "--follow", "--", "python3", "-c", TICKER,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = lab.nbremote_popen(
+        "run",
+        "server",
+        "--name",
+        "ticker",
+        "--follow",
+        "--",
+        "python3",
+        "-c",
+        TICKER,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert client.stdout.readline().strip() == "ticker"  # the name comes at once
     assert client.stdout.readline().strip() == "tick 0"
     os.killpg(client.pid, signal.SIGKILL)
@@ -39,8 +65,19 @@ def test_job_outlives_a_killed_client_and_logs_show_every_line(lab):
 
 
 def test_ctrl_c_in_follow_detaches_and_the_job_goes_on(lab):
-    client = lab.nbremote_popen("run", "server", "--name", "detach", "--follow", "--", "python3", "-c", TICKER,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = lab.nbremote_popen(
+        "run",
+        "server",
+        "--name",
+        "detach",
+        "--follow",
+        "--",
+        "python3",
+        "-c",
+        TICKER,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert client.stdout.readline().strip() == "detach"
     assert client.stdout.readline().strip() == "tick 0"
     os.killpg(client.pid, signal.SIGINT)  # what Ctrl-C in the terminal does

@@ -5,6 +5,7 @@ page comes back, and in the saved .ipynb.
 The server's Jupyter is the venv scripts/test.sh makes with jupyter-server-nbmodel[lab]
 (/opt/nbremote-lab/keep-output), named with --env as a user names theirs.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,7 @@ from test_up import wait_until
 KEEP_VENV = Path("/opt/nbremote-lab/keep-output")
 LINES = 30
 # One line a second; flush, or the kernel holds the lines back in its buffer.
-TICKER = ("import time\n"
-          f"for i in range({LINES}):\n"
-          "    print('line', i, flush=True)\n"
-          "    time.sleep(1)")
+TICKER = f"import time\nfor i in range({LINES}):\n    print('line', i, flush=True)\n    time.sleep(1)"
 EXPECTED = "".join(f"line {i}\n" for i in range(LINES))
 
 
@@ -44,12 +42,23 @@ def kept_documents(lab):
         path.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("ui, flags, page", [("lab", (), "lab/tree"), ("notebook", ("--notebook",), "notebooks")],
-                         ids=["jupyterlab", "notebook7"])
+@pytest.mark.parametrize(
+    "ui, flags, page",
+    [("lab", (), "lab/tree"), ("notebook", ("--notebook",), "notebooks")],
+    ids=["jupyterlab", "notebook7"],
+)
 def test_output_printed_while_the_page_is_closed_is_in_the_notebook_and_the_file(
-        lab, browser, kept_documents, ui, flags, page):  # noqa: F811
-    _require((KEEP_VENV / "bin" / "jupyter-lab").exists(),
-             f"{KEEP_VENV} is missing (scripts/test.sh makes it with jupyter-server-nbmodel[lab])")
+    lab,
+    browser,  # noqa: F811  (the fixture imported from test_browser)
+    kept_documents,
+    ui,
+    flags,
+    page,
+):
+    _require(
+        (KEEP_VENV / "bin" / "jupyter-lab").exists(),
+        f"{KEEP_VENV} is missing (scripts/test.sh makes it with jupyter-server-nbmodel[lab])",
+    )
     client, url = up_in_foreground(lab, "--env", str(KEEP_VENV), "--keep-output", *flags)
     try:
         browser.ask("open", url=url, ui=ui)
@@ -72,8 +81,10 @@ def test_output_printed_while_the_page_is_closed_is_in_the_notebook_and_the_file
         home = lab.user(ALICE).home
         assert not (home / ".jupyter_ystore.db").exists(), "the update store belongs in nbremote's state"
         assert not (home / ".jupyter" / "collaboration_sessions.json").exists()
-        print(f"{ui}: page closed at {closed:.1f} s, reopened at {back:.1f} s "
-              f"(loaded in {reopened['ready_s']} s); {LINES} lines in the page and in {notebooks[0].name}")
+        print(
+            f"{ui}: page closed at {closed:.1f} s, reopened at {back:.1f} s "
+            f"(loaded in {reopened['ready_s']} s); {LINES} lines in the page and in {notebooks[0].name}"
+        )
     finally:
         stop(client)
         lab.nbremote("down", "server")

@@ -2,6 +2,7 @@
 spec on the laptop, and a real jupyter_client there starts it by name, runs code that says
 where it runs, lives through a real outage (packets dropped on the link) with its state,
 and shuts it down, leaving nothing on the server."""
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,13 @@ from netlab import ALICE, LAB_PYTHON, LAPTOP_ADDR, SERVER_ADDR, SERVER_HOST_ALIA
 from test_up import wait_until
 
 # The address the kernel's machine uses toward the laptop, and who runs it.
-WHERE = ("import getpass, socket\n"
-         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-         f"s.connect(('{LAPTOP_ADDR}', 9))\n"
-         "print(s.getsockname()[0], getpass.getuser())\n"
-         "marker = 'state kept'")
+WHERE = (
+    "import getpass, socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.connect(('{LAPTOP_ADDR}', 9))\n"
+    "print(s.getsockname()[0], getpass.getuser())\n"
+    "marker = 'state kept'"
+)
 
 # A local jupyter_client, as JupyterLab, `jupyter console` or VS Code use it.
 CLIENT = """
@@ -58,8 +61,13 @@ def test_a_local_jupyter_client_runs_code_on_the_server_through_an_outage(lab, l
     listed = lab.laptop_exec([str(LAB_PYTHON), "-m", "jupyter", "kernelspec", "list", "--json"])
     assert spec["name"] in json.loads(listed.stdout)["kernelspecs"], listed.stdout
 
-    client = lab.laptop_popen([str(LAB_PYTHON), "-c", CLIENT, spec["name"]], env=lab.nbremote_env(),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = lab.laptop_popen(
+        [str(LAB_PYTHON), "-c", CLIENT, spec["name"]],
+        env=lab.nbremote_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(client.stderr), daemon=True).start()
     answers: queue.Queue = queue.Queue()

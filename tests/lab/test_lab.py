@@ -16,16 +16,14 @@ from netlab import ALICE, BOB, LAPTOP_ADDR, LAPTOP_USER, SERVER_ADDR
 
 
 def _netns_names() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, check=True).stdout
     return {e["name"] for e in json.loads(out or "[]")}
 
 
 def _lab_blackholes() -> set[tuple[str, int]]:
     # Only the lab's own (metric 0): other test modules may add and remove
     # guards of their own at other metrics while this runs.
-    return {(dst, m) for dst, m in netlab.root_blackholes()
-            if m == 0 and dst in (netlab.LAB_NET, netlab.INTERNET_NET)}
+    return {(dst, m) for dst, m in netlab.root_blackholes() if m == 0 and dst in (netlab.LAB_NET, netlab.INTERNET_NET)}
 
 
 def _host_ed25519() -> str:
@@ -67,13 +65,14 @@ def test_build_and_teardown_leave_host_untouched(build_lab):
             with pytest.raises(KeyError):
                 pwd.getpwnam(user)
             assert not Path("/home", user).exists()
-        stray = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                 if (netlab._proc_uid_and_state(pid)[0] or set()) & uids
-                 and netlab._proc_uid_and_state(pid)[1] != "Z"]
+        stray = [
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if (netlab._proc_uid_and_state(pid)[0] or set()) & uids and netlab._proc_uid_and_state(pid)[1] != "Z"
+        ]
         assert stray == []
         assert _lab_blackholes() == set()
-        assert not any(Path(f"/tmp/{p.format(uid=uid)}").exists()
-                       for uid in uids for p in netlab.USER_TMP_PATHS)
+        assert not any(Path(f"/tmp/{p.format(uid=uid)}").exists() for uid in uids for p in netlab.USER_TMP_PATHS)
 
 
 def test_island(lab):
@@ -82,8 +81,7 @@ def test_island(lab):
     # EINVAL; no packet is sent, unlike a connect() would.
     for addr in (SERVER_ADDR, LAPTOP_ADDR, "11.22.33.1"):
         r = subprocess.run(["ip", "route", "get", addr], capture_output=True, text=True)
-        assert r.returncode != 0 and "Invalid argument" in r.stderr, (
-            f"root namespace would route {addr}: {r.stdout}")
+        assert r.returncode != 0 and "Invalid argument" in r.stderr, f"root namespace would route {addr}: {r.stdout}"
     assert _lab_blackholes() == {(netlab.LAB_NET, 0), (netlab.INTERNET_NET, 0)}
 
 
@@ -113,8 +111,7 @@ def test_ssh_key_login_reaches_the_server(lab):
 def test_server_host_key_is_pinned_not_learnt(lab):
     # StrictHostKeyChecking=yes fails on an unknown key, so success means the
     # known_hosts entry written at build time matches the lab server's key.
-    r = lab.laptop_exec(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                         "server", "true"])
+    r = lab.laptop_exec(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "server", "true"])
     assert r.returncode == 0, r.stderr
 
 
@@ -155,8 +152,7 @@ def _auth_methods(lab) -> str:
     """What sshd offers, e.g. "publickey,password"; waits out a reload."""
     deadline = time.monotonic() + 5
     while True:
-        r = lab.laptop_exec(["ssh", "-o", "BatchMode=yes", "-o", "PreferredAuthentications=none",
-                             "server", "true"])
+        r = lab.laptop_exec(["ssh", "-o", "BatchMode=yes", "-o", "PreferredAuthentications=none", "server", "true"])
         assert r.returncode == 255
         # sshd re-execs on SIGHUP and refuses connections for a moment.
         if "Connection refused" not in r.stderr or time.monotonic() > deadline:
@@ -175,8 +171,13 @@ def test_server_etc_ssh_is_private_and_reloadable(lab):
     assert pid and lab.server_exec(["cat", "/run/sshd.pid"]).stdout.strip() == str(pid)
 
     assert _auth_methods(lab) == "publickey,password"
-    r = lab.server_exec(["sh", "-c", "echo 'PasswordAuthentication no' "
-                         "> /etc/ssh/sshd_config.d/10-nopw.conf && kill -HUP $(cat /run/sshd.pid)"])
+    r = lab.server_exec(
+        [
+            "sh",
+            "-c",
+            "echo 'PasswordAuthentication no' > /etc/ssh/sshd_config.d/10-nopw.conf && kill -HUP $(cat /run/sshd.pid)",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 5
     while _auth_methods(lab) != "publickey":
@@ -194,12 +195,12 @@ def test_cleanup_between_tests_resets_users_not_sshd(lab):
     alice = lab.user(ALICE)
     laptop = lab.user(LAPTOP_USER)
     assert lab.ssh("tmux", "new", "-d", "-s", "t", "sleep", "100").returncode == 0
-    master = lab.laptop_popen(["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=yes",
-                               "-o", "ControlPath=~/.ssh/cm-%C", "-N", "server"])
+    master = lab.laptop_popen(
+        ["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=yes", "-o", "ControlPath=~/.ssh/cm-%C", "-N", "server"]
+    )
     lab.laptop_exec(["mkdir", "-m", "700", f"/tmp/nbremote-{laptop.uid}"])
     state = alice.home / ".local/state/nbremote"
-    lab.server_exec(["mkdir", "-p", str(state), str(alice.home / ".local/share/jupyter/runtime")],
-                    user=ALICE)
+    lab.server_exec(["mkdir", "-p", str(state), str(alice.home / ".local/share/jupyter/runtime")], user=ALICE)
     with open(laptop.home / ".ssh/config", "a") as f:
         f.write("\nHost added-by-test\n    HostName 192.168.77.99\n")
     deadline = time.monotonic() + 5
@@ -235,9 +236,9 @@ def test_sshd_is_restarted_if_a_test_killed_it(lab):
 
 
 def test_laptop_runs_the_package_from_the_src_copy(lab):
-    r = lab.laptop_exec([str(netlab.LAB_PYTHON), "-c",
-                         "import nbremote; print(nbremote.__file__)"],
-                        env=lab.nbremote_env())
+    r = lab.laptop_exec(
+        [str(netlab.LAB_PYTHON), "-c", "import nbremote; print(nbremote.__file__)"], env=lab.nbremote_env()
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(lab.src_copy))
     # The laptop user can't write it (root-owned copy), nor read /root.

@@ -8,6 +8,7 @@ password prompt; then `nbremote up gpubox` from the café over the WAN, through
 the router's UPnP forward. Then the bad inputs, each with its error and proof
 that nothing changed, and Ctrl-C at each waiting point.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,9 +71,24 @@ class Init:
     def __init__(self, lab, fresh: Fresh, *args: str) -> None:
         self.err_path = fresh.workdir / f"init-{time.monotonic_ns()}.err"
         env = lab.nbremote_env({"NBREMOTE_STATE_DIR": str(fresh.state)})
-        self.proc = lab.server_popen([str(LAB_VENV / "bin" / "python"), "-m", "nbremote", "server", "init", "--yes",
-                                      "--allow-user", ALICE, "--echo-url", ECHO_URL, *args],
-                                     env=env, stdout=subprocess.PIPE, stderr=self.err_path.open("w"))
+        self.proc = lab.server_popen(
+            [
+                str(LAB_VENV / "bin" / "python"),
+                "-m",
+                "nbremote",
+                "server",
+                "init",
+                "--yes",
+                "--allow-user",
+                ALICE,
+                "--echo-url",
+                ECHO_URL,
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.err_path.open("w"),
+        )
         self.out = ""
 
     def invite(self, timeout: float = 60) -> str:
@@ -109,10 +125,14 @@ class Init:
             self.proc.communicate(timeout=60)
 
 
-def add(lab, password: str, line: str, *, name: str = NAME, env: dict | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess:
-    return lab.laptop_exec(["sshpass", "-p", password, *lab.nbremote_argv("add", name, "--invite", line)],
-                           env=lab.nbremote_env(env), timeout=timeout)
+def add(
+    lab, password: str, line: str, *, name: str = NAME, env: dict | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    return lab.laptop_exec(
+        ["sshpass", "-p", password, *lab.nbremote_argv("add", name, "--invite", line)],
+        env=lab.nbremote_env(env),
+        timeout=timeout,
+    )
 
 
 def cafe_nbremote(lab, fresh: Fresh, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -120,30 +140,56 @@ def cafe_nbremote(lab, fresh: Fresh, *args: str, timeout: float = 120) -> subpro
 
 
 def cafe_port_open(fresh: Fresh, port: int) -> bool:
-    code = ("import socket,sys\n"
-            f"try: socket.create_connection(({WAN_ADDR!r}, {port}), timeout=1).close()\n"
-            "except OSError: sys.exit(1)\n")
+    code = (
+        "import socket,sys\n"
+        f"try: socket.create_connection(({WAN_ADDR!r}, {port}), timeout=1).close()\n"
+        "except OSError: sys.exit(1)\n"
+    )
     return fresh.home.cafe_exec(["python3", "-c", code], timeout=15).returncode == 0
 
 
 def password_refused(lab, port: int, user: str = ALICE, password: str = PASSWORD, via=None) -> bool:
-    argv = ["sshpass", "-p", password, "ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
-            "-o", "ConnectTimeout=5", "-p", str(port), f"{user}@{SERVER_ADDR if via is None else WAN_ADDR}", "true"]
+    argv = [
+        "sshpass",
+        "-p",
+        password,
+        "ssh",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password,keyboard-interactive",
+        "-o",
+        "ConnectTimeout=5",
+        "-p",
+        str(port),
+        f"{user}@{SERVER_ADDR if via is None else WAN_ADDR}",
+        "true",
+    ]
     done = (via or lab.laptop_exec)(argv, timeout=30)
     return done.returncode != 0
 
 
 def server_state(lab) -> tuple[str, bool, set[int]]:
     """What must not change when a step is undone: /etc/ssh, alice's keys, sshd's ports."""
-    return (etc_ssh_digest(lab.server_etc_ssh), (lab.user(ALICE).home / ".ssh" / "authorized_keys").exists(),
-            sshd_listening_ports(lab))
+    return (
+        etc_ssh_digest(lab.server_etc_ssh),
+        (lab.user(ALICE).home / ".ssh" / "authorized_keys").exists(),
+        sshd_listening_ports(lab),
+    )
 
 
 def laptop_state(lab) -> list[str]:
     home = lab.user(LAPTOP_USER).home
-    return sorted(str(p.relative_to(home)) for d in (home / ".ssh", home / ".config" / "nbremote") if d.exists()
-                  for p in d.rglob("*"))
+    return sorted(
+        str(p.relative_to(home))
+        for d in (home / ".ssh", home / ".config" / "nbremote")
+        if d.exists()
+        for p in d.rglob("*")
+    )
 
 
 def test_two_commands_from_fresh_machines_then_up_from_the_cafe(lab, fresh):
@@ -167,8 +213,11 @@ def test_two_commands_from_fresh_machines_then_up_from_the_cafe(lab, fresh):
     assert f"waiting up to 10 min for the first key login of {ALICE}" in init.stderr
     assert f"first key login of {ALICE} (from 192.168.77.10)" in init.stderr
     hosts = json.loads(lab.nbremote("hosts", "--json").stdout)
-    profile = next(h for h in hosts["hosts"] if h["name"] == NAME) if isinstance(hosts, dict) else \
-        next(h for h in hosts if h["name"] == NAME)
+    profile = (
+        next(h for h in hosts["hosts"] if h["name"] == NAME)
+        if isinstance(hosts, dict)
+        else next(h for h in hosts if h["name"] == NAME)
+    )
     assert profile["port"] == 22222
     assert profile["addresses"][0].startswith(SERVER_ADDR) and profile["addresses"][-1].startswith(WAN_ADDR)
 
@@ -210,8 +259,14 @@ def test_a_wrong_password_is_said_and_the_server_keeps_waiting(lab, fresh):
         askpass.write_text("#!/bin/sh\necho not-the-password\n")
         askpass.chmod(0o755)
         try:
-            wrong = lab.nbremote("add", NAME, "--invite", line, timeout=120,
-                                 env={"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"})
+            wrong = lab.nbremote(
+                "add",
+                NAME,
+                "--invite",
+                line,
+                timeout=120,
+                env={"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"},
+            )
         finally:
             askpass.unlink()
         assert wrong.returncode == 4, wrong.stderr
@@ -261,9 +316,11 @@ def test_add_from_outside_the_lan_is_refused_and_the_wait_goes_on(lab, fresh):
         line = init.invite()
         via_wan = re.sub(r"@[^:]+:", f"@{WAN_ADDR}:", line)
         laptop_before = laptop_state(lab)
-        away = fresh.home.cafe_laptop(["sshpass", "-p", fresh.password,
-                                       *lab.nbremote_argv("add", NAME, "--invite", via_wan)],
-                                      env=lab.nbremote_env(), timeout=120)
+        away = fresh.home.cafe_laptop(
+            ["sshpass", "-p", fresh.password, *lab.nbremote_argv("add", NAME, "--invite", via_wan)],
+            env=lab.nbremote_env(),
+            timeout=120,
+        )
         assert away.returncode == 4, away.stderr
         assert f"{NAME} takes no password from this laptop" in away.stderr
         assert laptop_state(lab) == laptop_before
@@ -281,8 +338,9 @@ def test_an_invite_from_another_server_is_refused(lab, fresh):
     init = Init(lab, fresh)
     try:
         line = init.invite()
-        other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fresh.workdir / "other")],
-                               capture_output=True)
+        other = subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fresh.workdir / "other")], capture_output=True
+        )
         assert other.returncode == 0
         blob = (fresh.workdir / "other.pub").read_text().split()[1]
         forged = re.sub(r"#SHA256:[^#]+", "#" + invite.fingerprint(blob), line)
@@ -301,9 +359,12 @@ def test_ctrl_c_while_the_laptop_waits_for_the_server(lab, fresh):
     init = Init(lab, fresh, "--timeout", "15")
     try:
         line = init.invite()
-        laptop = lab.laptop_popen(["sshpass", "-p", fresh.password,
-                                   *lab.nbremote_argv("add", NAME, "--invite", line)],
-                                  env=lab.nbremote_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        laptop = lab.laptop_popen(
+            ["sshpass", "-p", fresh.password, *lab.nbremote_argv("add", NAME, "--invite", line)],
+            env=lab.nbremote_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 60
         while f"first key login of {ALICE} (from" not in init.stderr and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -312,8 +373,10 @@ def test_ctrl_c_while_the_laptop_waits_for_the_server(lab, fresh):
         out, err = laptop.communicate(timeout=60)
         assert laptop.returncode != 0, err
         assert f"stopped waiting for {NAME} to finish (Ctrl-C): your key is installed there" in err
-        assert not (lab.user(LAPTOP_USER).home / ".config/nbremote/hosts.toml").exists() or \
-            NAME not in (lab.user(LAPTOP_USER).home / ".config/nbremote/hosts.toml").read_text()
+        assert (
+            not (lab.user(LAPTOP_USER).home / ".config/nbremote/hosts.toml").exists()
+            or NAME not in (lab.user(LAPTOP_USER).home / ".config/nbremote/hosts.toml").read_text()
+        )
         assert init.finish(120) == 0, init.stderr  # the server goes on without the laptop
     finally:
         init.stop()

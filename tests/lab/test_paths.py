@@ -3,6 +3,7 @@
 stagger step when the LAN address is a black hole, and a tunnel whose laptop leaves the LAN
 comes back via the WAN on the same local port, saying so (tests/lab/homenet.py draws the network).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,17 +57,21 @@ def gpubox(lab, home):
 def blackhole_lan(lab):
     """The server's LAN address drops ssh silently, as a dead path does (the WAN path,
     forwarded by the router to the server's other address, still works)."""
-    rules = (f"table inet nbrtest {{\n chain input {{\n type filter hook input priority -10;\n"
-             f" ip daddr {SERVER_ADDR} tcp dport 22 drop;\n }}\n}}\n")
+    rules = (
+        f"table inet nbrtest {{\n chain input {{\n type filter hook input priority -10;\n"
+        f" ip daddr {SERVER_ADDR} tcp dport 22 drop;\n }}\n}}\n"
+    )
     subprocess.run(["ip", "netns", "exec", lab.server_ns, "nft", "-f", "-"], input=rules, text=True, check=True)
     yield
-    subprocess.run(["ip", "netns", "exec", lab.server_ns, "nft", "delete", "table", "inet", "nbrtest"],
-                   capture_output=True)
+    subprocess.run(
+        ["ip", "netns", "exec", lab.server_ns, "nft", "delete", "table", "inet", "nbrtest"], capture_output=True
+    )
 
 
 @pytest.fixture
 def leave_lan(lab):
     """Takes the laptop's LAN link down (its LAN route goes with it); the café's Wi-Fi stays."""
+
     def leave() -> None:
         subprocess.run(["ip", "-n", lab.laptop_ns, "link", "set", "eth0", "down"], check=True)
 
@@ -76,11 +81,17 @@ def leave_lan(lab):
 
 def status_through(run, port: int, token: str) -> int:
     """GET /api/status through the local port, run by `run` (the laptop at home or in the café)."""
-    done = run([str(LAB_PYTHON), "-c",
-                "import sys, urllib.request\n"
-                "r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'token ' + sys.argv[2]})\n"
-                "print(urllib.request.urlopen(r, timeout=2).status)",
-                f"http://127.0.0.1:{port}/api/status", token])
+    done = run(
+        [
+            str(LAB_PYTHON),
+            "-c",
+            "import sys, urllib.request\n"
+            "r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'token ' + sys.argv[2]})\n"
+            "print(urllib.request.urlopen(r, timeout=2).status)",
+            f"http://127.0.0.1:{port}/api/status",
+            token,
+        ]
+    )
     return int(done.stdout) if done.returncode == 0 else 0
 
 
@@ -92,8 +103,13 @@ def last_path(lab, name: str) -> dict:
 
 def close_masters(lab) -> None:
     """End the laptop's ssh masters, so the next command races the addresses again."""
-    lab.laptop_exec(["sh", "-c", 'for s in /tmp/nbremote-$(id -u)/*; do '
-                                 'ssh -o ControlPath="$s" -O exit none 2>/dev/null; done; true'])
+    lab.laptop_exec(
+        [
+            "sh",
+            "-c",
+            'for s in /tmp/nbremote-$(id -u)/*; do ssh -o ControlPath="$s" -O exit none 2>/dev/null; done; true',
+        ]
+    )
 
 
 def url_port(url: str) -> int:
@@ -107,14 +123,20 @@ def test_up_goes_via_lan_at_home_and_via_wan_from_the_cafe(lab, home, gpubox):
     assert last_path(lab, "gpubox")["kind"] == "LAN"
     assert lab.nbremote("down", "gpubox").returncode == 0
 
-    cafe = home.cafe_laptop([*lab.nbremote_argv("up", "gpubox", "--no-browser", "--detach")],
-                            env=lab.nbremote_env(), timeout=120)
+    cafe = home.cafe_laptop(
+        [*lab.nbremote_argv("up", "gpubox", "--no-browser", "--detach")], env=lab.nbremote_env(), timeout=120
+    )
     assert cafe.returncode == 0, cafe.stderr
     assert f"connected to gpubox via {WAN} (" in cafe.stderr
     url = cafe.stdout.strip()
     assert status_through(home.cafe_laptop, url_port(url), token_of(url)) == 200
     assert last_path(lab, "gpubox") | {"when": 0, "rtt_ms": 0, "login_s": 0} == {
-        "address": f"{WAN_ADDR}:{EXTERNAL}", "kind": "WAN", "when": 0, "rtt_ms": 0, "login_s": 0}
+        "address": f"{WAN_ADDR}:{EXTERNAL}",
+        "kind": "WAN",
+        "when": 0,
+        "rtt_ms": 0,
+        "login_s": 0,
+    }
     down = home.cafe_laptop([*lab.nbremote_argv("down", "gpubox")], env=lab.nbremote_env(), timeout=60)
     assert down.returncode == 0, down.stderr
 

@@ -6,6 +6,7 @@ internet side running Debian's sshd with a config of its own, bob's account
 standing for the user's account on a VPS. The box (as alice) keeps the reverse
 tunnel; the laptop, in the café, adds the box from the invite and runs `up`.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,14 +62,19 @@ def box_state(lab):
 
 
 def box_cli(lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return lab.server_exec([str(LAB_PYTHON), "-m", "nbremote", "server", *args], user=ALICE,
-                           env=lab.nbremote_env(), timeout=timeout)
+    return lab.server_exec(
+        [str(LAB_PYTHON), "-m", "nbremote", "server", *args], user=ALICE, env=lab.nbremote_env(), timeout=timeout
+    )
 
 
 def start_relay(lab, home, log: Path) -> subprocess.Popen:
-    proc = lab.server_popen([str(LAB_PYTHON), "-m", "nbremote", "server", "relay", RELAY,
-                             "--tunnel-port", str(TUNNEL), "--port", "22"], user=ALICE, env=lab.nbremote_env(),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = lab.server_popen(
+        [str(LAB_PYTHON), "-m", "nbremote", "server", "relay", RELAY, "--tunnel-port", str(TUNNEL), "--port", "22"],
+        user=ALICE,
+        env=lab.nbremote_env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     # Listening on the relay comes a moment before the record is written: wait for both.
     record = lab.user(ALICE).home / ".local" / "state" / "nbremote-server" / "relay.json"
     deadline = time.monotonic() + 20
@@ -157,11 +163,13 @@ def test_from_the_cafe_add_and_up_go_through_the_relay_and_survive_its_drops(lab
 
 def test_server_check_offers_the_relay_when_the_internet_sees_another_address(lab, home, tmp_path):
     from serverlab import server_cli
+
     state = tmp_path / "state"
     state.mkdir()
     # What `server wan-ip` records when an echo service sees the provider's NAT, not the router.
-    (state / "wan-ip.json").write_text(json.dumps({"address": "11.22.33.99", "source": "http://11.22.33.10/ip",
-                                                   "at": 1700000000.0}))
+    (state / "wan-ip.json").write_text(
+        json.dumps({"address": "11.22.33.99", "source": "http://11.22.33.10/ip", "at": 1700000000.0})
+    )
     home.start_miniupnpd()
     try:
         done = server_cli(lab, "check", "--json", state_dir=state)
@@ -170,8 +178,10 @@ def test_server_check_offers_the_relay_when_the_internet_sees_another_address(la
     rows = {row["name"]: row for row in json.loads(done.stdout)["checks"]}
     row = rows["reachable from the internet"]
     assert row["status"] == "warn"
-    assert row["detail"] == ("the router's WAN address is 11.22.33.1 but the internet sees 11.22.33.99 "
-                             "(http://11.22.33.10/ip): a NAT is in front of the router")
+    assert row["detail"] == (
+        "the router's WAN address is 11.22.33.1 but the internet sees 11.22.33.99 "
+        "(http://11.22.33.10/ip): a NAT is in front of the router"
+    )
     assert row["fix"].startswith("nbremote server relay USER@HOST")
 
 

@@ -1,5 +1,6 @@
 """The remote side never depends on the SSH session, and the tunnel comes back
 by itself: outages with real packet loss, sshd restarts, concurrent `up`s."""
+
 from __future__ import annotations
 
 import json
@@ -15,23 +16,31 @@ TICKS = "/home/nbr-alice/ticks"
 
 
 def _status_through(lab, result) -> int:
-    done = lab.laptop_exec([str(netlab.LAB_PYTHON), "-c",
-                            "import sys, urllib.request\n"
-                            "r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'token ' + sys.argv[2]})\n"
-                            "print(urllib.request.urlopen(r, timeout=2).status)",
-                            f"http://127.0.0.1:{result['local_port']}/api/status", token_of(result["url"])])
+    done = lab.laptop_exec(
+        [
+            str(netlab.LAB_PYTHON),
+            "-c",
+            "import sys, urllib.request\n"
+            "r = urllib.request.Request(sys.argv[1], headers={'Authorization': 'token ' + sys.argv[2]})\n"
+            "print(urllib.request.urlopen(r, timeout=2).status)",
+            f"http://127.0.0.1:{result['local_port']}/api/status",
+            token_of(result["url"]),
+        ]
+    )
     return int(done.stdout) if done.returncode == 0 else 0
 
 
 def test_30_s_outage_tunnel_returns_on_the_same_port_and_the_kernel_never_stopped(lab, lossy_link):
     result = up_json(lab, "server")  # --detach: the background keeper watches the tunnel
     base = f"http://127.0.0.1:{result['local_port']}"
-    code = ("import threading, time\n"
-            "def tick():\n"
-            "    for _ in range(120):\n"
-            f"        with open({TICKS!r}, 'a') as f: f.write('%f\\n' % time.time())\n"
-            "        time.sleep(1)\n"
-            "threading.Thread(target=tick, daemon=True).start()\nprint('ticking')")
+    code = (
+        "import threading, time\n"
+        "def tick():\n"
+        "    for _ in range(120):\n"
+        f"        with open({TICKS!r}, 'a') as f: f.write('%f\\n' % time.time())\n"
+        "        time.sleep(1)\n"
+        "threading.Thread(target=tick, daemon=True).start()\nprint('ticking')"
+    )
     try:
         assert laptop_probe(lab, "run", base, token_of(result["url"]), code)["stdout"].strip() == "ticking"
         lossy_link.set_down(True)
@@ -59,14 +68,19 @@ def test_sshd_restart_on_the_server_reconnects_by_itself(lab):
     assert wait_until(lambda: lab.sshd_pid() is None, 5)
     lab.ensure_sshd()
     keeper_log = lab.user(netlab.LAPTOP_USER).home / ".local" / "state" / "nbremote" / "keeper.log"
-    assert wait_until(lambda: _status_through(lab, result) == 200, 20), \
+    assert wait_until(lambda: _status_through(lab, result) == 200, 20), (
         keeper_log.read_text() if keeper_log.exists() else "no keeper log"
+    )
     assert alice_pids(lab, "jupyter-lab") == [result["pid"]]
 
 
 def test_two_concurrent_ups_for_one_directory_make_one_server(lab):
-    clients = [lab.nbremote_popen("up", "server", "--no-browser", "--detach", "--json",
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    clients = [
+        lab.nbremote_popen(
+            "up", "server", "--no-browser", "--detach", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     results = []
     for client in clients:
         out, err = client.communicate(timeout=120)

@@ -1,5 +1,6 @@
 """`wan-ip`, `expose`, `unexpose` with miniupnpd on a router namespace and a
 laptop in a café namespace on the internet side (tests/lab/homenet.py)."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,11 @@ def state(tmp_path):
 
 
 def cafe_reaches(home, port: int) -> bool:
-    code = ("import socket,sys\n"
-            f"try: socket.create_connection(({WAN_ADDR!r}, {port}), timeout=1).close()\n"
-            "except OSError: sys.exit(1)\n")
+    code = (
+        "import socket,sys\n"
+        f"try: socket.create_connection(({WAN_ADDR!r}, {port}), timeout=1).close()\n"
+        "except OSError: sys.exit(1)\n"
+    )
     return home.cafe_exec(["python3", "-c", code]).returncode == 0
 
 
@@ -45,8 +48,17 @@ def test_wan_ip_falls_back_to_an_echo_service_and_reports_a_change(lab, home, st
     (state / "wan-ip.json").write_text(json.dumps({"address": "11.22.33.99", "at": 1700000000.0}))
     home.stop_miniupnpd()
     try:
-        done = server_cli(lab, "wan-ip", "--echo-url", "http://11.22.33.10:9/none", "--echo-url", ECHO_URL,
-                          "--timeout", "1", state_dir=state)
+        done = server_cli(
+            lab,
+            "wan-ip",
+            "--echo-url",
+            "http://11.22.33.10:9/none",
+            "--echo-url",
+            ECHO_URL,
+            "--timeout",
+            "1",
+            state_dir=state,
+        )
     finally:
         home.start_miniupnpd()
     assert done.returncode == 0, done.stderr

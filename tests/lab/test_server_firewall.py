@@ -3,6 +3,7 @@ with each backend for real: nftables; ufw (unmodified: the copy is its /etc)
 when it is the active firewall; iptables, both backends, when there is no nft.
 From the laptop only the ssh port answers; a second run changes nothing;
 --remove puts the ruleset and the files back as they were."""
+
 from __future__ import annotations
 
 import contextlib
@@ -142,7 +143,9 @@ def test_ufw_when_it_is_the_active_firewall(lab, etc, tables_back, other_listene
         assert tcp_open(lab, 22) and key_login(lab, 22).returncode == 0
         assert not tcp_open(lab, OTHER_PORT)
         status = lab.server_exec(["ufw", "status", "verbose"]).stdout
-        assert "Default: deny (incoming)" in status and re.search(r"^22/tcp +ALLOW IN +Anywhere +# nbremote", status, re.M)
+        assert "Default: deny (incoming)" in status and re.search(
+            r"^22/tcp +ALLOW IN +Anywhere +# nbremote", status, re.M
+        )
 
         again = server_cli(lab, "firewall", "--yes", state_dir=tmp_path)
         assert again.returncode == 0 and "already active" in again.stderr
@@ -161,8 +164,7 @@ def test_ufw_when_it_is_the_active_firewall(lab, etc, tables_back, other_listene
 @pytest.mark.parametrize("flavour", ["nft", "legacy"])
 def test_iptables_when_there_is_no_nft(lab, etc, tables_back, other_listener, tmp_path, flavour):
     # The copy of /etc is this server's: its alternatives pick the iptables backend.
-    for tool in ("iptables", "iptables-save", "iptables-restore",
-                 "ip6tables", "ip6tables-save", "ip6tables-restore"):
+    for tool in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"):
         link = etc / "alternatives" / tool
         link.unlink()
         link.symlink_to(f"/usr/sbin/{tool.replace('tables', f'tables-{flavour}', 1)}")

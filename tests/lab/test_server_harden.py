@@ -1,6 +1,7 @@
 """`nbremote server harden/restore` against the lab server's real sshd, started
 from Debian's default configuration: what changes, what is refused, and that
 every failure leaves /etc/ssh byte for byte as it was."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,7 @@ import time
 import netlab
 import pytest
 from netlab import ALICE, BOB, etc_ssh_digest
-from serverlab import (as_json, key_login, password_for, password_login, server_cli, server_nft,
-                       ssh_audit)
+from serverlab import as_json, key_login, password_for, password_login, server_cli, server_nft, ssh_audit
 
 NEW_PORT = 22222
 
@@ -21,8 +21,7 @@ def state(tmp_path):
 
 
 def harden(lab, state, *args):
-    return server_cli(lab, "harden", "--port", str(NEW_PORT), "--allow-user", ALICE, "--yes", *args,
-                      state_dir=state)
+    return server_cli(lab, "harden", "--port", str(NEW_PORT), "--allow-user", ALICE, "--yes", *args, state_dir=state)
 
 
 def test_harden_turns_passwords_off_moves_the_port_and_satisfies_ssh_audit(lab, state):
@@ -106,8 +105,10 @@ def test_a_failed_verification_login_restores_the_config_byte_for_byte(lab, stat
     keys_before = keys.read_bytes()
     # A firewall that rejects the new port even from the machine itself: sshd
     # accepts the config, but nobody could log in on that port.
-    fault = ("table inet nbrtest {\n chain input {\n  type filter hook input priority -10;\n"
-             f"  tcp dport {NEW_PORT} reject with tcp reset\n }}\n}}\n")
+    fault = (
+        "table inet nbrtest {\n chain input {\n  type filter hook input priority -10;\n"
+        f"  tcp dport {NEW_PORT} reject with tcp reset\n }}\n}}\n"
+    )
     with server_nft(lab, fault):
         done = harden(lab, state)
     assert done.returncode == 1
@@ -166,8 +167,17 @@ def test_check_fails_on_debians_defaults_passes_sshd_after_harden_and_says_what_
     assert harden(lab, state).returncode == 0
     after = json.loads(server_cli(lab, "check", "--json", "--timeout", "0.5", state_dir=state).stdout)
     sshd_rows = {r["name"]: r["status"] for r in after["checks"]}
-    for name in ("passwordauthentication", "kbdinteractiveauthentication", "permitrootlogin", "allowusers",
-                 "kexalgorithms", "ciphers", "macs", "host keys", "port"):
+    for name in (
+        "passwordauthentication",
+        "kbdinteractiveauthentication",
+        "permitrootlogin",
+        "allowusers",
+        "kexalgorithms",
+        "ciphers",
+        "macs",
+        "host keys",
+        "port",
+    ):
         assert sshd_rows[name] == "pass", name
     user = server_cli(lab, "check", "--json", "--timeout", "0.5", state_dir=state, user=ALICE)
     needs_root = [r["name"] for r in json.loads(user.stdout)["checks"] if r["status"] == "needs root"]

@@ -1,6 +1,7 @@
 """Jupyter and jobs on Slurm, end to end: the real CLI on the laptop, sshd on the
 login node, and a real single-node Slurm (slurmctld, slurmd, munge) whose node
 has one fake GPU, all in the server namespace (slurmlab.py)."""
+
 from __future__ import annotations
 
 import itertools
@@ -50,8 +51,13 @@ def test_up_with_a_gpu_gives_a_notebook_whose_kernel_sees_slurms_gpu(lab, cluste
     base = f"http://127.0.0.1:{result['local_port']}"
     token = token_of(result["url"])
     assert laptop_probe(lab, "status", base, token) == {"with_token": 200, "without_token": 403}
-    out = laptop_probe(lab, "run", base, token,
-                       "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('SLURM_JOB_ID'))")
+    out = laptop_probe(
+        lab,
+        "run",
+        base,
+        token,
+        "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('SLURM_JOB_ID'))",
+    )
     assert out["stdout"].split() == ["0", result["job_id"]]
 
     # Jupyter listens on the node's address as Slurm knows it (NodeAddr) only.
@@ -103,8 +109,18 @@ def read_until(stream, text: str, seconds: float) -> list[str]:
 def test_a_second_up_waits_while_the_gpu_is_taken_and_proceeds_when_it_is_free(lab, cluster):
     lab.server_exec(["mkdir", "-p", f"{HOME}/second"], user=ALICE)
     first = up_json(lab, "--slurm", "--gres=gpu:1")
-    second = lab.nbremote_popen("up", "server", "--dir", "second", "--slurm", "--gres=gpu:1", "--no-browser",
-                                "--detach", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = lab.nbremote_popen(
+        "up",
+        "server",
+        "--dir",
+        "second",
+        "--slurm",
+        "--gres=gpu:1",
+        "--no-browser",
+        "--detach",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         # Slurm may say "pending" once before it has a reason.
         seen = read_until(second.stderr, "pending (Resources)", 30)
@@ -140,9 +156,15 @@ def test_an_impossible_request_fails_fast_with_slurms_message_and_queues_nothing
 
 def test_a_job_that_ends_before_jupyter_is_ready_shows_its_output(lab, cluster):
     fake = f"{HOME}/broken-env"
-    lab.server_exec(["sh", "-c", f"mkdir -p {fake}/bin && printf '#!/bin/sh\\necho jupyter cannot start: "
-                     f"no GPU driver >&2\\nexit 3\\n' > {fake}/bin/jupyter-lab && chmod +x {fake}/bin/jupyter-lab"],
-                    user=ALICE)
+    lab.server_exec(
+        [
+            "sh",
+            "-c",
+            f"mkdir -p {fake}/bin && printf '#!/bin/sh\\necho jupyter cannot start: "
+            f"no GPU driver >&2\\nexit 3\\n' > {fake}/bin/jupyter-lab && chmod +x {fake}/bin/jupyter-lab",
+        ],
+        user=ALICE,
+    )
     done = lab.nbremote("up", "server", "--env", fake, "--slurm", "--time=5", "--no-browser", "--detach")
     assert done.returncode == 11, done.stderr
     assert re.search(r"✗ Slurm job \d+ ended \(failed\) before Jupyter was ready", done.stderr), done.stderr
@@ -151,8 +173,18 @@ def test_a_job_that_ends_before_jupyter_is_ready_shows_its_output(lab, cluster):
 
 
 def test_run_output_reaches_logs_and_kill_cancels_the_job(lab, cluster):
-    done = lab.nbremote("run", "server", "--slurm", "--gres=gpu:1 --time=10", "--name", "hello", "--",
-                        "sh", "-c", "echo hello from $SLURM_JOB_ID on GPU $CUDA_VISIBLE_DEVICES; sleep 300")
+    done = lab.nbremote(
+        "run",
+        "server",
+        "--slurm",
+        "--gres=gpu:1 --time=10",
+        "--name",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $SLURM_JOB_ID on GPU $CUDA_VISIBLE_DEVICES; sleep 300",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "hello"
     [job_id] = cluster.squeue()
@@ -160,8 +192,9 @@ def test_run_output_reaches_logs_and_kill_cancels_the_job(lab, cluster):
     assert wait_until(lambda: "hello from" in lab.nbremote("logs", "server", "hello").stdout, 30)
     assert lab.nbremote("logs", "server", "hello").stdout == f"hello from {job_id} on GPU 0\n"
     listed = json.loads(lab.nbremote("jobs", "server", "--json").stdout)["jobs"]
-    assert [(j["name"], j["state"], j["slurm_job_id"], j["node"]) for j in listed] == \
-        [("hello", "running", job_id, NODE)]
+    assert [(j["name"], j["state"], j["slurm_job_id"], j["node"]) for j in listed] == [
+        ("hello", "running", job_id, NODE)
+    ]
 
     killed = lab.nbremote("kill", "server", "hello")
     assert killed.returncode == 0, killed.stderr
@@ -192,12 +225,14 @@ def test_a_job_past_its_time_limit_is_reported(lab, cluster):
 # --- the keeper of a Slurm session: the same resilience as on a plain host ----------------------
 
 TICKS = f"{HOME}/ticks"
-TICKER = ("import threading, time\n"
-          "def tick():\n"
-          "    for _ in range(180):\n"
-          f"        with open({TICKS!r}, 'a') as f: f.write('%f\\n' % time.time())\n"
-          "        time.sleep(1)\n"
-          "threading.Thread(target=tick, daemon=True).start()\nprint('ticking')")
+TICKER = (
+    "import threading, time\n"
+    "def tick():\n"
+    "    for _ in range(180):\n"
+    f"        with open({TICKS!r}, 'a') as f: f.write('%f\\n' % time.time())\n"
+    "        time.sleep(1)\n"
+    "threading.Thread(target=tick, daemon=True).start()\nprint('ticking')"
+)
 
 
 def _keeper_log(lab) -> str:
@@ -223,18 +258,22 @@ def _laptop_address(lab, old: str, new: str) -> None:
     """Renumber the laptop's end of the link (`ip -n` configures the namespace; no traffic leaves).
     The old address goes first: deleting a primary address takes its secondaries with it."""
     for verb, addr in (("del", old), ("add", new)):
-        subprocess.run(["ip", "-n", lab.laptop_ns, "addr", verb, f"{addr}/{netlab.LAB_PREFIX}", "dev",
-                        lab.link.ifname], check=True)
+        subprocess.run(
+            ["ip", "-n", lab.laptop_ns, "addr", verb, f"{addr}/{netlab.LAB_PREFIX}", "dev", lab.link.ifname], check=True
+        )
 
 
 def test_slurm_30_s_outage_and_a_new_laptop_address_the_tunnel_returns_and_the_job_never_stopped(
-        lab, cluster, lossy_link):
+    lab, cluster, lossy_link
+):
     result = up_json(lab, "--slurm", "--time=10")  # --detach: the background keeper holds it
     token = token_of(result["url"])
     began = time.time()
     try:
-        assert laptop_probe(lab, "run", f"http://127.0.0.1:{result['local_port']}", token, TICKER)["stdout"] \
-            .strip() == "ticking"
+        assert (
+            laptop_probe(lab, "run", f"http://127.0.0.1:{result['local_port']}", token, TICKER)["stdout"].strip()
+            == "ticking"
+        )
         lossy_link.set_down(True)
         time.sleep(30)
         assert _status_through(lab, result) == 0, "the outage did not cut the tunnel"
@@ -249,8 +288,9 @@ def test_slurm_30_s_outage_and_a_new_laptop_address_the_tunnel_returns_and_the_j
         time.sleep(5)
         lossy_link.set_down(False)
         assert _back(lab, result) < 8
-        assert lab.server_exec(["ss", "-tnH", "state", "established", "( sport = :22 )"]).stdout.count(MOVED), \
+        assert lab.server_exec(["ss", "-tnH", "state", "established", "( sport = :22 )"]).stdout.count(MOVED), (
             "the new login does not come from the new address"
+        )
         _no_gap(began)
         assert cluster.squeue() == [result["job_id"]]
         assert "reconnecting" in _keeper_log(lab) and "back" in _keeper_log(lab)
@@ -269,8 +309,9 @@ def test_slurm_login_sshd_restart_the_keeper_reconnects(lab, cluster):
 
 
 def test_slurm_killed_client_and_up_again_reattaches_to_the_running_job(lab, cluster):
-    client = lab.nbremote_popen("up", "server", "--slurm", "--time=10", "--no-browser",
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = lab.nbremote_popen(
+        "up", "server", "--slurm", "--time=10", "--no-browser", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     url = client.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), url
     [job_id] = cluster.squeue()

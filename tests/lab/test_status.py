@@ -1,5 +1,6 @@
 """`nbremote status` end to end: GPUs through a stand-in nvidia-smi serving real
 captures, a server without one, and three hosts of which one is dead."""
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,10 @@ def test_a_gpu_in_an_error_state_is_shown_as_such(lab):
 def test_the_gpu_process_list_names_the_processes(lab):
     with nvidia_smi(lab, "l40s-load.query-gpu.csv", "l40s-load.compute-apps.csv"):
         text = lab.nbremote("status", "server").stdout
-    assert "  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  ffmpeg (pid 20037, 0.5 GB), ffmpeg (pid 20038, 0.7 GB)" \
+    assert (
+        "  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  ffmpeg (pid 20037, 0.5 GB), ffmpeg (pid 20038, 0.7 GB)"
         in text.splitlines()
+    )
 
 
 def test_a_server_without_nvidia_smi_says_so_plainly(lab):
@@ -94,6 +97,7 @@ def test_status_shows_jobs_and_jupyter(lab):
 
 def test_gpu_memory_of_a_job_and_of_jupyter_is_theirs(lab):
     from test_up import wait_until
+
     with nvidia_smi(lab, "l40s-load.query-gpu.csv", "l40s-idle.compute-apps.csv"):
         assert lab.nbremote("run", "server", "--name", "trainer", "--", "sleep", "61").returncode == 0
         assert lab.nbremote("up", "server", "--no-browser", "--detach", timeout=120).returncode == 0
@@ -110,15 +114,19 @@ def test_gpu_memory_of_a_job_and_of_jupyter_is_theirs(lab):
         text = lab.nbremote("status", "server").stdout
     assert listed["gpu"] is True and listed["jobs"][0]["gpu_memory_mib"] == 538
     assert table[0].split()[-2:] == ["GPU", "MEM"] and table[1].endswith("0.5 GB")
-    assert (f"  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  job trainer (pid {job_pid}, 0.5 GB), "
-            f"Jupyter in /home/nbr-alice (pid {jupyter_pid}, 0.7 GB)") in text.splitlines()
+    assert (
+        f"  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  job trainer (pid {job_pid}, 0.5 GB), "
+        f"Jupyter in /home/nbr-alice (pid {jupyter_pid}, 0.7 GB)"
+    ) in text.splitlines()
 
 
 def test_a_driver_that_does_not_answer_is_no_gpu_with_its_reason(lab):
-    message = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-               "Make sure that the latest NVIDIA driver is installed and running.")
+    message = (
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+        "Make sure that the latest NVIDIA driver is installed and running."
+    )
     with nvidia_smi(lab, "l40s-load.query-gpu.csv", "l40s-idle.compute-apps.csv"):
-        (lab.user(ALICE).home / "fake-nvidia" / "nvidia-smi").write_text(f"#!/bin/sh\necho \"{message}\"\nexit 9\n")
+        (lab.user(ALICE).home / "fake-nvidia" / "nvidia-smi").write_text(f'#!/bin/sh\necho "{message}"\nexit 9\n')
         done = lab.nbremote("status", "server")
         jobs = lab.nbremote("jobs", "server", "--json")
     assert done.returncode == 0, done.stderr
@@ -141,6 +149,7 @@ def test_three_hosts_one_dead_costs_the_timeout_not_the_sum(lab):
 def test_status_leaves_no_ssh_master_behind(lab, hosts):
     from test_up import wait_until
     from netlab import LAPTOP_USER
+
     assert lab.nbremote("status", *hosts).returncode == 0
     assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip())
 
@@ -183,13 +192,22 @@ def _sparks(frame: list[str], gpu: int) -> tuple[str, str]:
 def test_watch_redraws_in_place_with_a_growing_gpu_history_and_stops_on_ctrl_c(lab):
     from test_up import wait_until
     from netlab import LAPTOP_USER
+
     with nvidia_smi(lab, "v100x8.query-gpu.csv", "l40s-idle.compute-apps.csv"):
         folder = lab.user(ALICE).home / "fake-nvidia"
         (folder / "nvidia-smi").write_text(ROTATING)
         controller, terminal = os.openpty()
         try:
-            client = lab.nbremote_popen("status", "server", "--watch", "--interval", "0.5",
-                                        stdout=terminal, stderr=terminal, env={"TERM": "xterm"})
+            client = lab.nbremote_popen(
+                "status",
+                "server",
+                "--watch",
+                "--interval",
+                "0.5",
+                stdout=terminal,
+                stderr=terminal,
+                env={"TERM": "xterm"},
+            )
             os.close(terminal)
             raw = b""
             footer = "every 0.5 s · Ctrl-C stops"

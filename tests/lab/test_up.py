@@ -1,5 +1,6 @@
 """`nbremote up/ls/down` end to end: the real CLI in the laptop namespace, the
 real sshd, tmux and JupyterLab in the server namespace."""
+
 from __future__ import annotations
 
 import json
@@ -58,10 +59,12 @@ def test_up_gives_a_url_that_answers_only_with_its_token(lab):
 
 def test_a_kernel_started_through_the_tunnel_runs_on_the_server(lab):
     result = up_json(lab, "server")
-    code = ("import socket, getpass\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"s.connect(('{netlab.LAPTOP_ADDR}', 9))\n"
-            "print(s.getsockname()[0], getpass.getuser())\n")
+    code = (
+        "import socket, getpass\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.connect(('{netlab.LAPTOP_ADDR}', 9))\n"
+        "print(s.getsockname()[0], getpass.getuser())\n"
+    )
     out = laptop_probe(lab, "run", f"http://127.0.0.1:{result['local_port']}", token_of(result["url"]), code)
     assert out["stdout"].split() == [SERVER_ADDR, ALICE]
 
@@ -78,7 +81,9 @@ def test_killed_client_leaves_jupyter_running_and_up_reattaches_then_down_cleans
     os.killpg(client.pid, signal.SIGKILL)
     client.wait()
     assert alice_pids(lab, "jupyter-lab") == first_pid
-    assert lab.server_exec(["pgrep", "-u", ALICE, "-f", "ipykernel_launcher"]).stdout.split(), "the kernel died with the client"
+    assert lab.server_exec(["pgrep", "-u", ALICE, "-f", "ipykernel_launcher"]).stdout.split(), (
+        "the kernel died with the client"
+    )
 
     again = up_json(lab, "server")
     assert again["reused"] is True and again["pid"] == first_pid[0]
@@ -88,8 +93,9 @@ def test_killed_client_leaves_jupyter_running_and_up_reattaches_then_down_cleans
     down = lab.nbremote("down", "server", "--json")
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout)["stopped"][0]["pid"] == first_pid[0]
-    assert wait_until(lambda: not lab.server_exec(["pgrep", "-u", ALICE]).stdout.strip()), \
-        lab.server_exec(["ps", "-u", ALICE, "-o", "pid,args"]).stdout
+    assert wait_until(lambda: not lab.server_exec(["pgrep", "-u", ALICE]).stdout.strip()), lab.server_exec(
+        ["ps", "-u", ALICE, "-o", "pid,args"]
+    ).stdout
     # Nothing of ours stays on the laptop either: no master, no forward.
     assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "ssh"]).stdout.strip())
 
@@ -127,8 +133,9 @@ def test_nothing_listens_beyond_loopback_and_the_token_stays_private(lab):
 
 
 def _port_open_on_laptop(lab, port: int) -> bool:
-    done = lab.laptop_exec([str(LAB_PYTHON), "-c",
-                            f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"])
+    done = lab.laptop_exec(
+        [str(LAB_PYTHON), "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"]
+    )
     return done.returncode == 0
 
 

@@ -1,5 +1,6 @@
 """Every way `nbremote up` can fail: its message, its exit code, and proof that
 nothing was started or left behind (no ssh master, no Jupyter, no record)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ def up(lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def assert_nothing_left(lab) -> None:
-    assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip()), \
+    assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-x", "ssh"]).stdout.strip()), (
         "an ssh process of the laptop user is still running"
+    )
     for user in (ALICE, BOB):
         assert not lab.server_exec(["pgrep", "-u", user, "-f", "jupyter"]).stdout.strip()
     sessions = lab.user(LAPTOP_USER).home / ".local/state/nbremote/sessions.json"
@@ -35,6 +37,7 @@ def appended(path: Path, text: str, owner):
     with path.open("a") as handle:
         handle.write(text)
     import os
+
     os.chown(path.parent, owner.uid, owner.gid)
     os.chown(path, owner.uid, owner.gid)
     try:
@@ -71,8 +74,9 @@ def test_refused_login_names_the_user_and_points_to_nbremote_add(lab):
 
 
 def _fingerprint(pub: Path) -> str:
-    return subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True,
-                          check=True).stdout.split()[1]
+    return subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
 
 
 def test_changed_host_key_is_refused_with_both_fingerprints(lab):
@@ -110,11 +114,14 @@ def test_no_jupyter_on_the_login_path_says_how_to_install_it(lab):
     assert_nothing_left(lab)
 
 
-@pytest.mark.parametrize("env, message", [
-    ("/opt/no-such-env", "no environment at /opt/no-such-env on server"),
-    ("torch", 'no conda environment "torch" on server'),
-    ("/tmp", "no Jupyter in the environment at /tmp"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ("/opt/no-such-env", "no environment at /opt/no-such-env on server"),
+        ("torch", 'no conda environment "torch" on server'),
+        ("/tmp", "no Jupyter in the environment at /tmp"),
+    ],
+)
 def test_missing_environment(lab, env, message):
     done = up(lab, "server", "--env", env)
     assert done.returncode == 8, done.stderr
@@ -130,9 +137,15 @@ def test_missing_directory_is_named(lab):
 
 
 def test_busy_local_port_fails_before_anything_starts(lab):
-    listener = lab.laptop_popen([str(LAB_PYTHON), "-c",
-                                 "import socket,time; s=socket.socket(); s.bind(('127.0.0.1', 18765)); "
-                                 "s.listen(); print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    listener = lab.laptop_popen(
+        [
+            str(LAB_PYTHON),
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('127.0.0.1', 18765)); "
+            "s.listen(); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         assert listener.stdout.readline().strip() == "ready"
         done = up(lab, "server", "--port", "18765")

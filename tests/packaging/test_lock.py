@@ -4,6 +4,7 @@ pip itself resolves the lock for each Python (`--python-version X --only-binary=
 --dry-run`, against PyPI): a pin that needs a newer Python (ipython 9 on 3.10), or has
 no wheel for X, fails here. scripts/lock.py regenerates the lock; see its docstring.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,4 +25,5 @@ def test_the_lock_resolves_with_pip_for(version):
     done = lock.check(version)
     assert done.returncode == 0, (
         f"requirements/lock.txt does not install on Python {version}: regenerate it with "
-        f"`python scripts/lock.py`\n{done.stderr[-3000:]}")
+        f"`python scripts/lock.py`\n{done.stderr[-3000:]}"
+    )

@@ -6,6 +6,7 @@ session `lab` reuses a lab tests/lab has already built in this run: the
 machine-wide lab lock allows one lab at a time, so a second one built in the
 same process would wait on itself.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -3,6 +3,7 @@
 The audit itself (scripts/audit.py over requirements/lock.txt) runs in
 scripts/test.sh before the tests; these tests keep the pieces it relies on true.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,7 +30,10 @@ def direct_dependencies() -> dict[str, list[str]]:
 
 
 def test_every_direct_dependency_is_pinned_in_the_lock():
-    pinned = {name.lower().replace("_", "-") for name in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", LOCK.read_text(), re.M)}
+    pinned = {
+        name.lower().replace("_", "-")
+        for name in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", LOCK.read_text(), re.M)
+    }
     missing = {name for names in direct_dependencies().values() for name in names} - pinned
     assert not missing, f"not in {LOCK.name}: {sorted(missing)}; regenerate it with the command at its top"
 

@@ -13,6 +13,7 @@ harden runs in the server's namespaces through the same calls as the CLI
 sshd), with a checkpoint callback that stops at one step and says so: the test
 kills it exactly there.
 """
+
 from __future__ import annotations
 
 import glob
@@ -49,8 +50,12 @@ print("finished", flush=True)
 def harden_killed_at(lab, step: str, port: int = NEW_PORT) -> str:
     """Run harden until it reaches step, SIGKILL it there; return what its guard said
     (the guard inherits harden's stderr, so its end of file means the guard is done)."""
-    proc = lab.server_popen([str(LAB_PYTHON), "-c", DRIVER, step, str(port), ALICE],
-                            env=lab.nbremote_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = lab.server_popen(
+        [str(LAB_PYTHON), "-c", DRIVER, step, str(port), ALICE],
+        env=lab.nbremote_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
@@ -68,8 +73,7 @@ def harden_killed_at(lab, step: str, port: int = NEW_PORT) -> str:
 
 
 def no_guard_left(lab) -> bool:
-    return "nbremote.server.guard" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                                         text=True).stdout
+    return "nbremote.server.guard" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
 @pytest.fixture
@@ -103,8 +107,10 @@ def test_killing_harden_in_its_own_rollback_still_puts_sshd_back(lab, tmp_path, 
     files back, and is killed before it reloads sshd with them."""
     original = etc_ssh_digest(lab.server_etc_ssh)
     keys, keys_before = alice_keys
-    fault = ("table inet nbrtest {\n chain input {\n  type filter hook input priority -10;\n"
-             f"  tcp dport {NEW_PORT} reject with tcp reset\n }}\n}}\n")
+    fault = (
+        "table inet nbrtest {\n chain input {\n  type filter hook input priority -10;\n"
+        f"  tcp dport {NEW_PORT} reject with tcp reset\n }}\n}}\n"
+    )
     with server_nft(lab, fault):
         said = harden_killed_at(lab, "rollback")
     assert "reloaded sshd" in said, said

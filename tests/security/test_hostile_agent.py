@@ -7,6 +7,7 @@ real CLI on the laptop talks to it over real ssh (`server-bob`). Every answer
 must end in a clear error (or be shown cleaned), and never in a local command,
 a browser opened anywhere, or a file written outside nbremote's directories.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,16 +52,34 @@ def ok(result: dict) -> str:
 
 
 def server(**changes) -> dict:
-    doc = {"dir": "/home/nbr-bob", "mode": "lab", "env": None, "port": 8888, "pid": 4242, "token": TOKEN,
-           "launcher": "tmux", "started": 1764100000.0, "tmux_session": "nbremote-jupyter-x"}
+    doc = {
+        "dir": "/home/nbr-bob",
+        "mode": "lab",
+        "env": None,
+        "port": 8888,
+        "pid": 4242,
+        "token": TOKEN,
+        "launcher": "tmux",
+        "started": 1764100000.0,
+        "tmux_session": "nbremote-jupyter-x",
+    }
     doc.update(changes)
     return doc
 
 
 def job(**changes) -> dict:
-    doc = {"name": "train", "argv": ["python", "train.py"], "dir": "/home/nbr-bob", "state": "running",
-           "started": 1764100000.0, "runtime": 5.0, "launcher": "tmux", "tmux_session": "nbremote-job-train",
-           "log": "/home/nbr-bob/.local/state/nbremote/jobs/train.log", "pid": 77}
+    doc = {
+        "name": "train",
+        "argv": ["python", "train.py"],
+        "dir": "/home/nbr-bob",
+        "state": "running",
+        "started": 1764100000.0,
+        "runtime": 5.0,
+        "launcher": "tmux",
+        "tmux_session": "nbremote-job-train",
+        "log": "/home/nbr-bob/.local/state/nbremote/jobs/train.log",
+        "pid": 77,
+    }
     doc.update(changes)
     return doc
 
@@ -69,52 +88,111 @@ def job(**changes) -> dict:
 CASES = {
     "junk before the hello, without end": (
         {"*": [["Welcome to the server! " * 40 + "\n", 1200]]},
-        ["ls", HOST], 7, "printed more than 1 MiB before the agent started"),
+        ["ls", HOST],
+        7,
+        "printed more than 1 MiB before the agent started",
+    ),
     "a hello from another agent": (
         {"*": [json.dumps({"nbremote_agent": 1, "hash": SHELL, "python": "3.11.2"})]},
-        ["ls", HOST], 7, "speaks another protocol"),
+        ["ls", HOST],
+        7,
+        "speaks another protocol",
+    ),
     "an oversized line": (
         {"*": [HELLO, [" ", 5 * 1024 * 1024], ok({})]},
-        ["ls", HOST], 7, "sent a line longer than 4 MiB"),
-    "JSON nested beyond reason": (
-        {"*": [HELLO, "[" * 200000]},
-        ["ls", HOST], 7, "nested too deeply"),
+        ["ls", HOST],
+        7,
+        "sent a line longer than 4 MiB",
+    ),
+    "JSON nested beyond reason": ({"*": [HELLO, "[" * 200000]}, ["ls", HOST], 7, "nested too deeply"),
     "a port that is not a port": (
-        {"up": [HELLO, json.dumps({"id": 1, "event": "starting", "data": {"port": "22; " + SHELL}}),
-                ok({"reused": False, "server": server(port=70000)})]},
-        ["up", HOST, "--detach"], 7, "sent an invalid port: 70000"),
+        {
+            "up": [
+                HELLO,
+                json.dumps({"id": 1, "event": "starting", "data": {"port": "22; " + SHELL}}),
+                ok({"reused": False, "server": server(port=70000)}),
+            ]
+        },
+        ["up", HOST, "--detach"],
+        7,
+        "sent an invalid port: 70000",
+    ),
     "a token with a shell in it": (
         {"up": [HELLO, ok({"reused": True, "server": server(token=TOKEN + SHELL)})]},
-        ["up", HOST, "--detach"], 7, "sent an invalid token"),
+        ["up", HOST, "--detach"],
+        7,
+        "sent an invalid token",
+    ),
     "a mode that would change the URL": (
         {"up": [HELLO, ok({"reused": True, "server": server(mode="lab@evil.example/")})]},
-        ["up", HOST, "--detach"], 7, "sent an invalid server mode"),
+        ["up", HOST, "--detach"],
+        7,
+        "sent an invalid server mode",
+    ),
     "a server that is not there": (
         {"up": [HELLO, ok({"reused": True, "server": server(url="http://evil.example/")})]},
-        ["up", HOST, "--detach", "--timeout", "2"], 1, "does not answer through localhost"),
+        ["up", HOST, "--detach", "--timeout", "2"],
+        1,
+        "does not answer through localhost",
+    ),
     "a directory that is a terminal escape": (
         {"ls": [HELLO, ok({"servers": [server(dir="/home/\x1b]2;owned\x07")]})]},
-        ["ls", HOST], 7, "sent an invalid directory"),
+        ["ls", HOST],
+        7,
+        "sent an invalid directory",
+    ),
     "a relative directory": (
         {"ls": [HELLO, ok({"servers": [server(dir="../../../.ssh")]})]},
-        ["ls", HOST], 7, "sent an invalid directory"),
+        ["ls", HOST],
+        7,
+        "sent an invalid directory",
+    ),
     "a stopped server that is not one": (
         {"down": [HELLO, ok({"stopped": [{"dir": SHELL, "pid": 1}]})]},
-        ["down", HOST], 7, "sent an invalid stopped server"),
+        ["down", HOST],
+        7,
+        "sent an invalid stopped server",
+    ),
     "a job name with a shell in it": (
         {"jobs": [HELLO, ok({"jobs": [job(name="x; " + SHELL)], "pruned": [], "gpu": False})]},
-        ["jobs", HOST], 7, "sent an invalid job name"),
+        ["jobs", HOST],
+        7,
+        "sent an invalid job name",
+    ),
     "a job with an option for a tmux session": (
         {"jobs": [HELLO, ok({"jobs": [job(tmux_session="-L evil")], "pruned": [], "gpu": False})]},
-        ["attach", HOST, "train"], 7, "sent an invalid job tmux session"),
+        ["attach", HOST, "train"],
+        7,
+        "sent an invalid job tmux session",
+    ),
     "an error with escapes and a flood of details": (
-        {"*": [HELLO, json.dumps({"id": 1, "ok": False, "error": {
-            "code": "no_jupyter\x1b[2J", "message": "\x1b]2;owned\x07\x1b[31mred " + SHELL + " " + "m" * 100000,
-            "hint": "\u202eevil\x9b31m", "details": ["\x1b[2J" + "d" * 1000] * 1000}})]},
-        ["ls", HOST], 7, "\ufffd]2;owned\ufffd\ufffd[31mred"),
+        {
+            "*": [
+                HELLO,
+                json.dumps(
+                    {
+                        "id": 1,
+                        "ok": False,
+                        "error": {
+                            "code": "no_jupyter\x1b[2J",
+                            "message": "\x1b]2;owned\x07\x1b[31mred " + SHELL + " " + "m" * 100000,
+                            "hint": "\u202eevil\x9b31m",
+                            "details": ["\x1b[2J" + "d" * 1000] * 1000,
+                        },
+                    }
+                ),
+            ]
+        },
+        ["ls", HOST],
+        7,
+        "\ufffd]2;owned\ufffd\ufffd[31mred",
+    ),
     "an agent that crashes with a flood on stderr": (
         {"*": [HELLO, {"stderr": "\x1b[2J" + "e" * 1000 + "\n", "times": 20000}, {"exit": 3}]},
-        ["ls", HOST], 7, "stopped without answering (exit status 3)"),
+        ["ls", HOST],
+        7,
+        "stopped without answering (exit status 3)",
+    ),
 }
 
 
@@ -170,8 +248,12 @@ def allowed(lab) -> tuple[str, ...]:
     """nbremote's own directories, and ssh's known_hosts: OpenSSH itself records the server's
     other host keys there (UpdateHostKeys), for a host the user's own ssh_config names."""
     home = lab.user(LAPTOP_USER).home
-    return (f"{home}/.local/state/nbremote", f"{home}/.config/nbremote", f"/tmp/nbremote-{lab.user(LAPTOP_USER).uid}",
-            f"{home}/.ssh/known_hosts")
+    return (
+        f"{home}/.local/state/nbremote",
+        f"{home}/.config/nbremote",
+        f"/tmp/nbremote-{lab.user(LAPTOP_USER).uid}",
+        f"{home}/.ssh/known_hosts",
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -190,6 +272,7 @@ def test_a_hostile_agent_gets_a_clear_error_and_nothing_else(lab, standin, case)
     assert not standin.opened.exists(), standin.opened.read_text()
     written = {p for p, mtime in laptop_files(lab).items() if before.get(p) != mtime}
     # Folders above those (~/.local/state made for nbremote's) are not files written.
-    stray = sorted(p for p in written if not p.startswith(allowed(lab))
-                   and not any(a.startswith(p + "/") for a in allowed(lab)))
+    stray = sorted(
+        p for p in written if not p.startswith(allowed(lab)) and not any(a.startswith(p + "/") for a in allowed(lab))
+    )
     assert stray == [], stray

@@ -6,6 +6,7 @@ CLI, ssh, the remote shell and the agent. Each payload tries to create a
 marker file; none may appear, and what arrives is byte for byte what was typed.
 A profile name never reaches the server: a bad one is refused before anything runs.
 """
+
 from __future__ import annotations
 
 import glob
@@ -26,9 +27,13 @@ def payload(n: int, mark: str = MARK) -> str:
 @pytest.fixture(autouse=True)
 def no_markers(lab):
     """Markers in /tmp, or (for a payload that must be one file name) in a shell's working directory."""
+
     def markers() -> list[str]:
-        return [p for where in ("/tmp", lab.user(ALICE).home, lab.user(LAPTOP_USER).home)
-                for p in glob.glob(f"{where}/nbr-injected*")]
+        return [
+            p
+            for where in ("/tmp", lab.user(ALICE).home, lab.user(LAPTOP_USER).home)
+            for p in glob.glob(f"{where}/nbr-injected*")
+        ]
 
     for path in markers():
         os.unlink(path)
@@ -61,14 +66,17 @@ def test_a_directory_with_every_shell_character_is_the_directory(lab):
         shutil.rmtree(target, ignore_errors=True)
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--dir", "a\nb"], 2, "directory 'a\\nb' is not valid"),
-    (["--dir", "no such " + payload(2)], 9, "no directory /home/nbr-alice/no such $(touch"),
-    (["--env", "$(id) `id`; x é"], 8, 'no conda environment "$(id) `id`; x é" on server'),
-    (["--env", payload(3)], 8, "no environment at /home/nbr-alice/$(touch /tmp/nbr-injected-3)"),
-    (["--env", "/opt/" + payload(4)], 8, "no environment at /opt/$(touch"),
-    (["--env", "-x\tz"], 2, "environment '-x\\tz' is not valid"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--dir", "a\nb"], 2, "directory 'a\\nb' is not valid"),
+        (["--dir", "no such " + payload(2)], 9, "no directory /home/nbr-alice/no such $(touch"),
+        (["--env", "$(id) `id`; x é"], 8, 'no conda environment "$(id) `id`; x é" on server'),
+        (["--env", payload(3)], 8, "no environment at /home/nbr-alice/$(touch /tmp/nbr-injected-3)"),
+        (["--env", "/opt/" + payload(4)], 8, "no environment at /opt/$(touch"),
+        (["--env", "-x\tz"], 2, "environment '-x\\tz' is not valid"),
+    ],
+)
 def test_bad_directories_and_environments_are_named_verbatim(lab, args, code, message):
     done = lab.nbremote("up", "server", *args, "--no-browser", "--detach", timeout=120)
     assert done.returncode == code, done.stderr
@@ -78,8 +86,27 @@ def test_bad_directories_and_environments_are_named_verbatim(lab, args, code, me
 
 
 def test_a_command_and_its_arguments_arrive_byte_for_byte(lab):
-    argv = ["printf", "<%s>\\n", "a b", "'s'", '"d"', "$(touch /tmp/nbr-injected-5)", "`touch /tmp/nbr-injected-5`",
-            ";", "&&", "|", "new\nline", "-n", "--", "é日🙂", "*", "~", "$HOME", "\\", ""]
+    argv = [
+        "printf",
+        "<%s>\\n",
+        "a b",
+        "'s'",
+        '"d"',
+        "$(touch /tmp/nbr-injected-5)",
+        "`touch /tmp/nbr-injected-5`",
+        ";",
+        "&&",
+        "|",
+        "new\nline",
+        "-n",
+        "--",
+        "é日🙂",
+        "*",
+        "~",
+        "$HOME",
+        "\\",
+        "",
+    ]
     run = lab.nbremote("run", "server", "--name=-odd_name.1", "--json", "--", *argv, timeout=60)
     assert run.returncode == 0, run.stderr
     job = json.loads(run.stdout)
@@ -100,8 +127,9 @@ def test_bad_job_names_are_refused_before_anything_runs(lab, name):
     assert f"job name {name!r} is not valid" in done.stderr
     with open(lab.sshd_log, errors="replace") as log:
         log.seek(log_size)
-        assert not [line for line in log.read().splitlines() if "Accepted" in line and LAPTOP_ADDR in line], \
+        assert not [line for line in log.read().splitlines() if "Accepted" in line and LAPTOP_ADDR in line], (
             "the laptop logged in to the server"
+        )
 
 
 @pytest.mark.parametrize("name", ["a b", "$(touch /tmp/nbr-injected-8)", "-oProxyCommand=touch_x", "x;y", "é\n"])

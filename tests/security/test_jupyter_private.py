@@ -6,6 +6,7 @@ it can open, every process's command line and environment, tmux. Alice's home
 is made world-readable for these tests (0755, as on many servers), so only
 nbremote's own permissions stand between bob and the token.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,15 +101,21 @@ def test_another_user_cannot_learn_the_token(lab, open_home):
     assert any("/.local/state/nbremote/tokens/" in p for p in holders), holders
     assert any("/.local/state/nbremote/servers/" in p for p in holders), holders
 
-    done = lab.server_exec(["python3", "-c", SEARCH_AS_BOB, str(open_home), "/tmp", "/var/tmp", "/dev/shm"],
-                           user=BOB, input=token, timeout=60)
+    done = lab.server_exec(
+        ["python3", "-c", SEARCH_AS_BOB, str(open_home), "/tmp", "/var/tmp", "/dev/shm"],
+        user=BOB,
+        input=token,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["found"] == [] and seen["read"] > 10, seen
 
     # tmux: alice's server socket is in a 0700 directory; bob gets no answer from it.
-    tmux = lab.server_exec(["tmux", "-S", f"/tmp/tmux-{lab.user(ALICE).uid}/default", "list-panes", "-a",
-                            "-F", "#{pane_start_command}"], user=BOB)
+    tmux = lab.server_exec(
+        ["tmux", "-S", f"/tmp/tmux-{lab.user(ALICE).uid}/default", "list-panes", "-a", "-F", "#{pane_start_command}"],
+        user=BOB,
+    )
     assert tmux.returncode != 0 and token not in tmux.stdout + tmux.stderr
     own = lab.server_exec(["tmux", "list-panes", "-a", "-F", "#{pane_start_command}"], user=ALICE).stdout
     assert "jupyter-lab" in own and token not in own

@@ -4,6 +4,7 @@ Jupyter listens on a Unix socket in alice's 0700 state directory, and the
 laptop's forward goes to that socket. Bob, on the same server, is refused by
 the kernel before Jupyter sees anything; alice's own connection works.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def test_up_socket_serves_through_the_tunnel_and_no_other_user_can_connect(lab):
     assert stat.S_IMODE(os.stat(sock).st_mode) & 0o077 == 0
 
     token = re.search(r"token=([A-Za-z0-9]+)", result["url"]).group(1)
-    probe = lab.laptop_exec([str(LAB_PYTHON), "-", "status", f"http://127.0.0.1:{result['local_port']}", token],
-                            input=PROBE, timeout=60)
+    probe = lab.laptop_exec(
+        [str(LAB_PYTHON), "-", "status", f"http://127.0.0.1:{result['local_port']}", token], input=PROBE, timeout=60
+    )
     assert json.loads(probe.stdout) == {"with_token": 200, "without_token": 403}, probe.stderr
 
     # Alice reaches the socket (and Jupyter wants her token); bob is refused by the kernel.
@@ -60,8 +62,9 @@ def test_up_socket_serves_through_the_tunnel_and_no_other_user_can_connect(lab):
     assert tcp == [], tcp
 
     listed = json.loads(lab.nbremote("ls", "server", "--json").stdout)["servers"]
-    assert [(s["pid"], s["remote_port"], s["local_port"]) for s in listed] == \
-        [(result["pid"], sock, result["local_port"])]
+    assert [(s["pid"], s["remote_port"], s["local_port"]) for s in listed] == [
+        (result["pid"], sock, result["local_port"])
+    ]
     again = lab.nbremote("up", "server", "--socket", "--no-browser", "--detach", "--json", timeout=120)
     assert json.loads(again.stdout)["pid"] == result["pid"], again.stderr
 

@@ -6,6 +6,7 @@ readable by the user alone; `ls` and `status` show a token only with
 --show-token; and a -v log of every command holds neither the token nor the
 password typed for `add`.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import subprocess
 
 import pytest
 from netlab import ALICE, LAPTOP_USER, SERVER_ADDR
-
 
 
 @pytest.fixture
@@ -36,8 +36,16 @@ def test_laptop_files_are_private_and_logs_hold_no_secret(lab, alice_password):
     # A laptop without a key: `add` makes one and installs it over a password login.
     for name in ("id_ed25519", "id_ed25519.pub"):
         (home / ".ssh" / name).unlink()
-    add = lab.laptop_exec(["sshpass", "-p", alice_password, *lab.nbremote_argv(
-        "-v", "add", "gpubox", "--address", SERVER_ADDR, "--user", ALICE)], env=lab.nbremote_env(), timeout=60)
+    add = lab.laptop_exec(
+        [
+            "sshpass",
+            "-p",
+            alice_password,
+            *lab.nbremote_argv("-v", "add", "gpubox", "--address", SERVER_ADDR, "--user", ALICE),
+        ],
+        env=lab.nbremote_env(),
+        timeout=60,
+    )
     assert add.returncode == 0, add.stderr
     assert "(key installed)" in add.stderr
 
@@ -75,8 +83,11 @@ def test_laptop_files_are_private_and_logs_hold_no_secret(lab, alice_password):
 def check_private_tree(lab) -> None:
     """Every directory and file nbremote keeps on the laptop: dirs 0700, files without group/other bits."""
     user = lab.user(LAPTOP_USER)
-    roots = [user.home / ".config" / "nbremote", user.home / ".local" / "state" / "nbremote",
-             f"/tmp/nbremote-{user.uid}"]
+    roots = [
+        user.home / ".config" / "nbremote",
+        user.home / ".local" / "state" / "nbremote",
+        f"/tmp/nbremote-{user.uid}",
+    ]
     modes = {}
     for root in roots:
         info = os.lstat(root)

@@ -4,6 +4,7 @@ agent protocol either accept it or raise NbremoteError: never a crash, never
 another exception. What they accept is then safe to use: a port is a port, a
 path has no control character, a URL built from a reply points at 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,12 +24,15 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 # Text biased toward what breaks parsers and shells: separators, quotes, substitutions,
 # newlines, leading dashes, brackets, non-ASCII, controls.
-NASTY = st.sampled_from(list(" \t\n\r\0\x1b\x7f\u202e'\"`$();|&<>\\#@:,[]=.-_/~*?{}%!") + ["$(id)", "`id`", "é", "日", "🙂"])
+NASTY = st.sampled_from(
+    list(" \t\n\r\0\x1b\x7f\u202e'\"`$();|&<>\\#@:,[]=.-_/~*?{}%!") + ["$(id)", "`id`", "é", "日", "🙂"]
+)
 TEXT = st.lists(st.one_of(NASTY, st.characters(), st.text(max_size=4)), max_size=40).map("".join)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats() | TEXT,
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | TEXT,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(TEXT, inner, max_size=5),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -77,12 +81,32 @@ def test_ssh_targets(text):
         assert not any(c in found.destination for c in " \t\n'\"`$;&|<>()")
 
 
-TOML_PIECES = st.sampled_from([
-    "[hosts.gpubox]\n", "[hosts.\"a b\"]\n", "[hosts]\n", "[other]\n", "addresses = [\"192.168.1.2\"]\n",
-    "addresses = \"x\"\n", "user = \"alice\"\n", "user = \"-oProxyCommand=id\"\n", "port = 22\n", "port = 0\n",
-    "port = \"22\"\n", "key = \"~/.ssh/id\"\n", "[hosts.gpubox.up]\n", "dir = \"$(id)\"\n", "mode = \"lab\"\n",
-    "mode = 5\n", "env = \"\"\n", "extra = 1\n", "hosts = 3\n", "= \n", "[[hosts.x]]\n", "\"\n",
-])
+TOML_PIECES = st.sampled_from(
+    [
+        "[hosts.gpubox]\n",
+        '[hosts."a b"]\n',
+        "[hosts]\n",
+        "[other]\n",
+        'addresses = ["192.168.1.2"]\n',
+        'addresses = "x"\n',
+        'user = "alice"\n',
+        'user = "-oProxyCommand=id"\n',
+        "port = 22\n",
+        "port = 0\n",
+        'port = "22"\n',
+        'key = "~/.ssh/id"\n',
+        "[hosts.gpubox.up]\n",
+        'dir = "$(id)"\n',
+        'mode = "lab"\n',
+        "mode = 5\n",
+        'env = ""\n',
+        "extra = 1\n",
+        "hosts = 3\n",
+        "= \n",
+        "[[hosts.x]]\n",
+        '"\n',
+    ]
+)
 
 
 @FUZZ
@@ -106,8 +130,10 @@ def test_hello_lines(text):
 
 
 def _reply_lines():
-    shaped = st.fixed_dictionaries({"id": JSON}, optional={
-        "ok": st.booleans() | JSON, "result": JSON, "error": JSON, "event": TEXT | JSON, "data": JSON})
+    shaped = st.fixed_dictionaries(
+        {"id": JSON},
+        optional={"ok": st.booleans() | JSON, "result": JSON, "error": JSON, "event": TEXT | JSON, "data": JSON},
+    )
     return st.one_of(TEXT, JSON.map(json.dumps), shaped.map(json.dumps))
 
 
@@ -120,8 +146,15 @@ def test_agent_reply_lines(line):
         assert isinstance(reply, dict)
 
 
-GOOD_SERVER = {"dir": "/home/alice", "mode": "lab", "port": 8888, "pid": 42, "token": "ab" * 24,
-               "launcher": "tmux", "started": 1.0}
+GOOD_SERVER = {
+    "dir": "/home/alice",
+    "mode": "lab",
+    "port": 8888,
+    "pid": 42,
+    "token": "ab" * 24,
+    "launcher": "tmux",
+    "started": 1.0,
+}
 
 
 @FUZZ
@@ -134,8 +167,18 @@ def test_server_documents(changes):
         assert re.fullmatch(r"http://127\.0\.0\.1:40000/(lab|tree)\?token=[A-Za-z0-9]+", url), url
 
 
-GOOD_JOB = {"name": "train", "argv": ["python", "t.py"], "dir": "/home/a", "state": "running", "started": 1.0,
-            "runtime": 2.0, "launcher": "tmux", "tmux_session": "nbremote-job-train", "log": "/home/a/l", "pid": 3}
+GOOD_JOB = {
+    "name": "train",
+    "argv": ["python", "t.py"],
+    "dir": "/home/a",
+    "state": "running",
+    "started": 1.0,
+    "runtime": 2.0,
+    "launcher": "tmux",
+    "tmux_session": "nbremote-job-train",
+    "log": "/home/a/l",
+    "pid": 3,
+}
 
 
 @FUZZ

@@ -7,6 +7,7 @@ shows the connection but no user name, no key or password tried, and a marker
 command never runs. The same log shows all of that for a login with the right
 key, so the check would see an attempt if one were made.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -16,18 +17,23 @@ import pytest
 from netlab import ALICE, LAPTOP_ADDR, LAPTOP_USER, SERVER_ADDR
 
 
-
 def fingerprint(lab) -> str:
-    done = subprocess.run(["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key.pub")],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.split()[1]
 
 
 def swap_host_key(lab) -> None:
     for suffix in ("", ".pub"):
         (lab.server_etc_ssh / f"ssh_host_ed25519_key{suffix}").unlink()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(lab.server_etc_ssh / "ssh_host_ed25519_key")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab.server_etc_ssh / "ssh_host_ed25519_key")],
+        check=True,
+    )
     lab.reload_sshd()
 
 
@@ -106,6 +112,7 @@ def test_a_swapped_host_key_stops_before_any_login_attempt(lab, pinned, alice_pa
         for word in ("Accepted", "Failed", "Postponed", "session opened", "Invalid user"):
             assert word not in line, line
     # Nothing ran on the server for alice either: no command, no agent, no Jupyter state.
-    assert not lab.server_exec(["pgrep", "-u", ALICE, "-f", "touch|python|jupyter|sh -c"]).stdout.strip(), \
+    assert not lab.server_exec(["pgrep", "-u", ALICE, "-f", "touch|python|jupyter|sh -c"]).stdout.strip(), (
         lab.server_exec(["ps", "-u", ALICE, "-o", "pid,args"]).stdout
+    )
     assert not (lab.user(ALICE).home / ".local" / "state" / "nbremote").exists()

@@ -1,4 +1,5 @@
 """Run the real CLI entry point in-process and collect what it printed."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Every unit test runs with its own HOME and XDG dirs, so none can touch the real ones."""
+
 from __future__ import annotations
 
 import subprocess

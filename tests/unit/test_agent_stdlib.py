@@ -1,4 +1,5 @@
 """The agent runs on the server's own python3 (3.8+): stdlib only, nothing from outside its folder."""
+
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,9 @@ def _imports(tree: ast.AST) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             found.append((node.level, node.module or ""))
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
-                "import_module", "__import__"):
+            "import_module",
+            "__import__",
+        ):
             found.append((0, "<dynamic import>"))
     return found
 
@@ -61,8 +64,10 @@ def test_agent_parses_as_python_38(path):
 def test_agent_has_no_runtime_annotations_newer_than_38(path):
     # `list[str]` in a def is evaluated at import on 3.8 and fails unless annotations are postponed.
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    postponed = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
-                    and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    postponed = any(
+        isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+        for n in tree.body
+    )
     if postponed:
         return
     for node in ast.walk(tree):
@@ -73,11 +78,14 @@ def test_agent_has_no_runtime_annotations_newer_than_38(path):
             annotations = [node.annotation]
         for annotation in filter(None, annotations):
             for sub in ast.walk(annotation):
-                assert not (isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name)
-                            and sub.value.id in ("list", "dict", "tuple", "set", "type")), \
-                    f"{path.name}:{sub.lineno} uses a 3.9+ builtin generic"
-                assert not (isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.BitOr)), \
+                assert not (
+                    isinstance(sub, ast.Subscript)
+                    and isinstance(sub.value, ast.Name)
+                    and sub.value.id in ("list", "dict", "tuple", "set", "type")
+                ), f"{path.name}:{sub.lineno} uses a 3.9+ builtin generic"
+                assert not (isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.BitOr)), (
                     f"{path.name}:{sub.lineno} uses a 3.10+ `X | Y` annotation"
+                )
 
 
 def test_agent_imports_alone_in_an_isolated_interpreter(tmp_path):
@@ -90,12 +98,14 @@ def test_agent_imports_alone_in_an_isolated_interpreter(tmp_path):
         "import nbremote_agent.main, nbremote_agent.jupyter, nbremote_agent.state, nbremote_agent.protocol; "
         "print(json.dumps(sorted(set(sys.modules) - before)))"
     )
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
-    outside = [m for m in loaded if not m.startswith("nbremote_agent")
-               and m.split(".")[0] not in sys.stdlib_module_names]
+    outside = [
+        m for m in loaded if not m.startswith("nbremote_agent") and m.split(".")[0] not in sys.stdlib_module_names
+    ]
     assert outside == []
     assert "nbremote" not in {m.split(".")[0] for m in loaded}
 
@@ -112,15 +122,23 @@ def test_bootstrap_runs_on_python_38(isolated):
     python = _python38()
     if python is None:
         pytest.skip("no python3.8 on this machine; the ast checks above still ran")
-    call = agentlink.AgentCall(lambda request: [python, "-I", "-c", agentlink.BOOTSTRAP, agentlink.bundle()[0], request],
-                               where="python 3.8", on_ssh_failure=None,
-                               hello_timeout=20, env=dict(os.environ))
+    call = agentlink.AgentCall(
+        lambda request: [python, "-I", "-c", agentlink.BOOTSTRAP, agentlink.bundle()[0], request],
+        where="python 3.8",
+        on_ssh_failure=None,
+        hello_timeout=20,
+        env=dict(os.environ),
+    )
     assert call.request("ls", {}) == {"servers": []}
     # up without Jupyter on the PATH exercises jupyter.py's lookups before any process starts.
     env = dict(os.environ, PATH="/nonexistent")
-    call = agentlink.AgentCall(lambda request: [python, "-I", "-c", agentlink.BOOTSTRAP, agentlink.bundle()[0], request],
-                               where="python 3.8", on_ssh_failure=None,
-                               hello_timeout=20, env=env)
+    call = agentlink.AgentCall(
+        lambda request: [python, "-I", "-c", agentlink.BOOTSTRAP, agentlink.bundle()[0], request],
+        where="python 3.8",
+        on_ssh_failure=None,
+        hello_timeout=20,
+        env=env,
+    )
     from nbremote.errors import ExitCode, NbremoteError
 
     with pytest.raises(NbremoteError) as caught:

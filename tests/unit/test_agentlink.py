@@ -3,6 +3,7 @@
 The real ones run the shipped BOOTSTRAP on this machine's Python; the fake ones
 are `sh -c` scripts that print exactly the lines a broken agent or shell would.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,11 +40,12 @@ def _call(argv, env: dict[str, str] | None = None, **kw) -> AgentCall:
 
 def _fake(*lines: str, exit_code: int = 0, stderr: str = ""):
     """An agent that prints these lines and exits, whatever the request."""
-    script = f"err=$1; shift; printf '%s\\n' \"$@\"; printf %s \"$err\" >&2; exit {exit_code}"
+    script = f'err=$1; shift; printf \'%s\\n\' "$@"; printf %s "$err" >&2; exit {exit_code}'
     return lambda request: ["sh", "-c", script, "fake", stderr, *lines]
 
 
 # --- payload ----------------------------------------------------------------------
+
 
 def test_bundle_carries_every_agent_module_with_a_stable_hash():
     payload, digest = agentlink.bundle()
@@ -61,18 +63,22 @@ def test_bundle_carries_every_agent_module_with_a_stable_hash():
 
 # --- hello -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("line", [
-    "",
-    "\n",
-    "Welcome to Ubuntu 22.04.4 LTS (GNU/Linux 5.15.0-105-generic x86_64)\n",
-    "Last login: Tue Nov 24 09:12:03 2026 from 192.168.77.1\n",
-    "42\n",
-    "null\n",
-    "[1, 2]\n",
-    '"nbremote_agent"\n',
-    '{"motd": "be nice"}\n',
-    "{not json\n",
-])
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "\n",
+        "Welcome to Ubuntu 22.04.4 LTS (GNU/Linux 5.15.0-105-generic x86_64)\n",
+        "Last login: Tue Nov 24 09:12:03 2026 from 192.168.77.1\n",
+        "42\n",
+        "null\n",
+        "[1, 2]\n",
+        '"nbremote_agent"\n',
+        '{"motd": "be nice"}\n',
+        "{not json\n",
+    ],
+)
 def test_parse_hello_skips_noise(line):
     assert parse_hello(line) is None
 
@@ -81,15 +87,18 @@ def test_parse_hello_accepts_the_agents_hello():
     assert parse_hello(HELLO + "\n") == Hello(protocol=1, hash="0123456789ab", python="3.8.18")
 
 
-@pytest.mark.parametrize("doc", [
-    {"nbremote_agent": 2, "hash": "abc", "python": "3.8.18"},
-    {"nbremote_agent": 0, "hash": "abc", "python": "3.8.18"},
-    {"nbremote_agent": "1", "hash": "abc", "python": "3.8.18"},
-    {"nbremote_agent": 1, "python": "3.8.18"},
-    {"nbremote_agent": 1, "hash": 5, "python": "3.8.18"},
-    {"nbremote_agent": 1, "hash": "abc", "python": "3.8"},
-    {"nbremote_agent": 1, "hash": "abc"},
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"nbremote_agent": 2, "hash": "abc", "python": "3.8.18"},
+        {"nbremote_agent": 0, "hash": "abc", "python": "3.8.18"},
+        {"nbremote_agent": "1", "hash": "abc", "python": "3.8.18"},
+        {"nbremote_agent": 1, "python": "3.8.18"},
+        {"nbremote_agent": 1, "hash": 5, "python": "3.8.18"},
+        {"nbremote_agent": 1, "hash": "abc", "python": "3.8"},
+        {"nbremote_agent": 1, "hash": "abc"},
+    ],
+)
 def test_parse_hello_rejects_other_protocols(doc):
     with pytest.raises(NbremoteError) as caught:
         parse_hello(json.dumps(doc))
@@ -98,6 +107,7 @@ def test_parse_hello_rejects_other_protocols(doc):
 
 
 # --- the real bootstrap ---------------------------------------------------------
+
 
 def test_bootstrap_answers_hello_and_a_request(agent_env):
     # -I: the agent must not need site-packages, PYTHONPATH or the nbremote package.
@@ -108,8 +118,9 @@ def test_bootstrap_answers_hello_and_a_request(agent_env):
 def test_bootstrap_reports_its_hash_and_python(agent_env):
     payload, digest = agentlink.bundle()
     request = json.dumps({"id": 1, "op": "ls", "args": {}})
-    done = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP, payload, request], capture_output=True,
-                          env=agent_env, timeout=20)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", BOOTSTRAP, payload, request], capture_output=True, env=agent_env, timeout=20
+    )
     hello = parse_hello(done.stdout.decode().splitlines()[0])
     assert hello.hash == digest
     assert hello.python == "%d.%d.%d" % sys.version_info[:3]
@@ -125,8 +136,10 @@ def test_bootstrap_reports_agent_errors(agent_env):
 
 def test_ping_times_a_round_trip_on_the_agents_own_channel(agent_env):
     # Each line reaches the agent 0.2 s after it was written: the round trip must include that.
-    slow = ('python3 -c "import sys, time\nfor l in sys.stdin: time.sleep(0.2); print(l, end=\'\', flush=True)" '
-            '| "$0" -I -c "$1" "$2" "$3"')
+    slow = (
+        "python3 -c \"import sys, time\nfor l in sys.stdin: time.sleep(0.2); print(l, end='', flush=True)\" "
+        '| "$0" -I -c "$1" "$2" "$3"'
+    )
     call = _call(["sh", "-c", slow, sys.executable, BOOTSTRAP], agent_env)
     assert call.request("ls", {}, ping=True) == {"servers": []}
     assert call.round_trip is not None and 0.2 <= call.round_trip < 5
@@ -142,11 +155,17 @@ def test_agent_answers_each_ping_line_with_a_pong_before_its_final_line(agent_en
     payload = agentlink.bundle()[0]
     for ping, pongs in ((True, 2), (False, 0)):
         doc = {"id": 7, "op": "ls", "args": {}, **({"ping": True} if ping else {})}
-        done = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP, payload, json.dumps(doc)], input=b"\n\n",
-                              capture_output=True, env=agent_env, timeout=20)
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", BOOTSTRAP, payload, json.dumps(doc)],
+            input=b"\n\n",
+            capture_output=True,
+            env=agent_env,
+            timeout=20,
+        )
         lines = [json.loads(line) for line in done.stdout.decode().splitlines()[1:]]
         assert lines == [{"id": 7, "event": "pong", "data": {}}] * pongs + [
-            {"id": 7, "ok": True, "result": {"servers": []}}]
+            {"id": 7, "ok": True, "result": {"servers": []}}
+        ]
 
 
 def test_login_noise_before_hello_is_skipped(agent_env):
@@ -162,21 +181,25 @@ def test_local_argv_runs_the_bootstrap(agent_env):
 
 # --- replies a client must not trust --------------------------------------------
 
-@pytest.mark.parametrize("reply, message", [
-    ("this is not json", "the agent on this machine sent a line that is not JSON"),
-    ("[1, 2]", "the agent on this machine sent a malformed reply"),
-    ('{"ok": true}', "the agent on this machine sent a malformed reply"),
-    ('{"ok": true, "result": 5}', "the agent on this machine sent a malformed reply"),
-    ('{"event": "starting"}', "the agent on this machine sent a malformed reply"),
-    ('{"event": "starting", "data": [1]}', "the agent on this machine sent a malformed reply"),
-    ('{"id": 1}', "the agent on this machine sent a malformed reply"),
-    ('{"ok": false}', "the agent on this machine sent a malformed error"),
-    ('{"ok": false, "error": "boom"}', "the agent on this machine sent a malformed error"),
-    ('{"ok": false, "error": {"code": "no_jupyter"}}', "the agent on this machine sent a malformed error"),
-    # A line that is both a result and an event is neither: refused, not guessed at.
-    ('{"ok": true, "result": {}, "event": 5}', "the agent on this machine sent a malformed reply"),
-    ('{"event": "bad name; rm", "data": {}}', "the agent on this machine sent a malformed reply"),
-])
+
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        ("this is not json", "the agent on this machine sent a line that is not JSON"),
+        ("[1, 2]", "the agent on this machine sent a malformed reply"),
+        ('{"ok": true}', "the agent on this machine sent a malformed reply"),
+        ('{"ok": true, "result": 5}', "the agent on this machine sent a malformed reply"),
+        ('{"event": "starting"}', "the agent on this machine sent a malformed reply"),
+        ('{"event": "starting", "data": [1]}', "the agent on this machine sent a malformed reply"),
+        ('{"id": 1}', "the agent on this machine sent a malformed reply"),
+        ('{"ok": false}', "the agent on this machine sent a malformed error"),
+        ('{"ok": false, "error": "boom"}', "the agent on this machine sent a malformed error"),
+        ('{"ok": false, "error": {"code": "no_jupyter"}}', "the agent on this machine sent a malformed error"),
+        # A line that is both a result and an event is neither: refused, not guessed at.
+        ('{"ok": true, "result": {}, "event": 5}', "the agent on this machine sent a malformed reply"),
+        ('{"event": "bad name; rm", "data": {}}', "the agent on this machine sent a malformed reply"),
+    ],
+)
 def test_malformed_replies_are_agent_failures(reply, message):
     events = []
     call = _call(_fake(HELLO, reply))
@@ -189,25 +212,36 @@ def test_malformed_replies_are_agent_failures(reply, message):
 
 def test_events_are_delivered_in_order_then_the_result():
     events = []
-    argv = _fake(HELLO, '{"id":1,"event":"stale","data":{"pid":7}}',
-                 '{"id":1,"event":"starting","data":{"port":8888}}', '{"id":1,"ok":true,"result":{"x":1}}')
+    argv = _fake(
+        HELLO,
+        '{"id":1,"event":"stale","data":{"pid":7}}',
+        '{"id":1,"event":"starting","data":{"port":8888}}',
+        '{"id":1,"ok":true,"result":{"x":1}}',
+    )
     assert _call(argv).request("up", {}, on_event=lambda *e: events.append(e)) == {"x": 1}
     assert events == [("stale", {"pid": 7}), ("starting", {"port": 8888})]
 
 
-@pytest.mark.parametrize("code, exit_code", [
-    ("no_jupyter", ExitCode.NO_JUPYTER),
-    ("no_env", ExitCode.NO_JUPYTER),
-    ("bad_dir", ExitCode.REMOTE_DIR),
-    ("jupyter_exited", ExitCode.JUPYTER_FAILED),
-    ("jupyter_timeout", ExitCode.JUPYTER_FAILED),
-    ("launch_failed", ExitCode.JUPYTER_FAILED),
-    ("agent_crashed", ExitCode.AGENT_FAILED),
-    ("something_new", ExitCode.AGENT_FAILED),
-])
+@pytest.mark.parametrize(
+    "code, exit_code",
+    [
+        ("no_jupyter", ExitCode.NO_JUPYTER),
+        ("no_env", ExitCode.NO_JUPYTER),
+        ("bad_dir", ExitCode.REMOTE_DIR),
+        ("jupyter_exited", ExitCode.JUPYTER_FAILED),
+        ("jupyter_timeout", ExitCode.JUPYTER_FAILED),
+        ("launch_failed", ExitCode.JUPYTER_FAILED),
+        ("agent_crashed", ExitCode.AGENT_FAILED),
+        ("something_new", ExitCode.AGENT_FAILED),
+    ],
+)
 def test_agent_errors_map_to_exit_codes(code, exit_code):
-    error = {"code": code, "message": "no JupyterLab on the login PATH of the server", "hint": "pip it",
-             "details": ["line 1", 2]}
+    error = {
+        "code": code,
+        "message": "no JupyterLab on the login PATH of the server",
+        "hint": "pip it",
+        "details": ["line 1", 2],
+    }
     with pytest.raises(NbremoteError) as caught:
         _call(_fake(HELLO, json.dumps({"id": 1, "ok": False, "error": error}))).request("up", {})
     assert caught.value.exit_code == exit_code
@@ -225,6 +259,7 @@ def test_a_reply_before_hello_is_ignored_as_noise():
 
 
 # --- exits ---------------------------------------------------------------------------
+
 
 def test_exit_97_is_no_python():
     with pytest.raises(NbremoteError) as caught:
@@ -274,6 +309,7 @@ def test_silence_after_hello_times_out_as_agent_failure():
 
 # --- the remote command --------------------------------------------------------------
 
+
 def test_remote_command_is_one_quoted_string():
     request = json.dumps({"id": 1, "op": "up", "args": {"dir": "it's $(here); `x`"}})
     words = shlex.split(agentlink.remote_command(request))
@@ -290,8 +326,14 @@ def _login_home(tmp_path: Path, agent_env: dict[str, str], path: str) -> dict[st
 
 def test_remote_command_without_python_exits_97(tmp_path, agent_env):
     env = _login_home(tmp_path, agent_env, "/nonexistent")
-    done = subprocess.run(["/bin/sh", "-c", agentlink.remote_command("{}")], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, env=env, timeout=20)
+    done = subprocess.run(
+        ["/bin/sh", "-c", agentlink.remote_command("{}")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=20,
+    )
     assert done.returncode == agentlink.NO_PYTHON_EXIT
     assert "no python3 on the server" in done.stderr
     with pytest.raises(NbremoteError) as caught:
@@ -305,7 +347,9 @@ def test_remote_command_finds_python_on_the_login_path(tmp_path, agent_env, name
     bin_dir.mkdir()
     (bin_dir / name).symlink_to(sys.executable)
     env = _login_home(tmp_path, agent_env, str(bin_dir))
-    assert _call(lambda request: ["/bin/sh", "-c", agentlink.remote_command(request)], env).request("ls", {}) == {"servers": []}
+    assert _call(lambda request: ["/bin/sh", "-c", agentlink.remote_command(request)], env).request("ls", {}) == {
+        "servers": []
+    }
 
 
 def test_the_clients_protocol_constants_are_the_agents():

@@ -3,6 +3,7 @@
 Bad input must be refused before anything runs: no ssh, no agent, no file in
 the state or runtime dirs. A fixture makes any child process fail the test.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,6 @@ from nbremote import cli
 from nbremote.errors import ExitCode
 
 from clirun import run_main
-
-
-
 
 
 COMMANDS = cli.cli.list_commands(click.Context(cli.cli))
@@ -55,30 +53,35 @@ def test_version(capsys):
     assert out.startswith("nbremote, version ")
 
 
-@pytest.mark.parametrize("args, named", [
-    (["up", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
-    (["up", "--", "-oProxyCommand=touch /tmp/x"], "'-oProxyCommand=touch /tmp/x' is not a host"),
-    (["up", "a b"], "'a b' is not a host"),
-    (["up", "gpubox;id"], "'gpubox;id' is not a host"),
-    (["up", "$(id)"], "'$(id)' is not a host"),
-    (["up", "gpubox\n"], "'gpubox\\n' is not a host"),
-    (["up", "ssh://gpubox/path"], "'ssh://gpubox/path' is not a host"),
-    (["up", "--port", "0"], "0 is not in the range 1<=x<=65535"),
-    (["up", "--port", "70000"], "70000 is not in the range 1<=x<=65535"),
-    (["up", "--port", "eighty"], "'eighty' is not a valid integer"),
-    (["up", "--timeout", "0"], "0 is not in the range x>=1"),
-    (["up", "--dir", "a\nb"], "directory 'a\\nb' is not valid"),
-    (["up", "--dir", ""], "directory '' is not valid"),
-    (["up", "--env", "x\ty"], "environment 'x\\ty' is not valid"),
-    (["up", "--bogus"], "--bogus"),
-    (["up", "cluster", "--slurm", "--gres=gpu:1", "--keep-output"],
-     "--keep-output is not available for a Slurm job's Jupyter yet"),
-    (["down", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
-    (["down", "--dir", "a\nb"], "directory 'a\\nb' is not valid"),
-    (["ls", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
-    (["ls", "a b"], "'a b' is not a host"),
-    (["launch"], "No such command 'launch'"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["up", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
+        (["up", "--", "-oProxyCommand=touch /tmp/x"], "'-oProxyCommand=touch /tmp/x' is not a host"),
+        (["up", "a b"], "'a b' is not a host"),
+        (["up", "gpubox;id"], "'gpubox;id' is not a host"),
+        (["up", "$(id)"], "'$(id)' is not a host"),
+        (["up", "gpubox\n"], "'gpubox\\n' is not a host"),
+        (["up", "ssh://gpubox/path"], "'ssh://gpubox/path' is not a host"),
+        (["up", "--port", "0"], "0 is not in the range 1<=x<=65535"),
+        (["up", "--port", "70000"], "70000 is not in the range 1<=x<=65535"),
+        (["up", "--port", "eighty"], "'eighty' is not a valid integer"),
+        (["up", "--timeout", "0"], "0 is not in the range x>=1"),
+        (["up", "--dir", "a\nb"], "directory 'a\\nb' is not valid"),
+        (["up", "--dir", ""], "directory '' is not valid"),
+        (["up", "--env", "x\ty"], "environment 'x\\ty' is not valid"),
+        (["up", "--bogus"], "--bogus"),
+        (
+            ["up", "cluster", "--slurm", "--gres=gpu:1", "--keep-output"],
+            "--keep-output is not available for a Slurm job's Jupyter yet",
+        ),
+        (["down", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
+        (["down", "--dir", "a\nb"], "directory 'a\\nb' is not valid"),
+        (["ls", "--", "-oProxyCommand=touch_x"], "'-oProxyCommand=touch_x' is not a host"),
+        (["ls", "a b"], "'a b' is not a host"),
+        (["launch"], "No such command 'launch'"),
+    ],
+)
 def test_bad_input_is_a_usage_error_naming_the_value(capsys, nothing_runs, args, named):
     code, out, err = run_main(capsys, *args)
     assert code == ExitCode.USAGE == 2
@@ -93,13 +96,16 @@ def test_error_lines_show_message_then_hint(capsys, nothing_runs):
     assert lines[1].startswith("  hint: give a name from ~/.ssh/config")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["up", "--json", "a b"], "'a b' is not a host"),
-    (["up", "--json", "--dir", "a\nb"], "directory 'a\\nb' is not valid: it is empty or has control characters"),
-    (["down", "--json", "--", "-oProxyCommand=x"], "'-oProxyCommand=x' is not a host"),
-    (["ls", "--json", "--", "-x"], "'-x' is not a host"),
-    (["up", "--json", "--port", "0"], "Invalid value for '--port': 0 is not in the range 1<=x<=65535."),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["up", "--json", "a b"], "'a b' is not a host"),
+        (["up", "--json", "--dir", "a\nb"], "directory 'a\\nb' is not valid: it is empty or has control characters"),
+        (["down", "--json", "--", "-oProxyCommand=x"], "'-oProxyCommand=x' is not a host"),
+        (["ls", "--json", "--", "-x"], "'-x' is not a host"),
+        (["up", "--json", "--port", "0"], "Invalid value for '--port': 0 is not in the range 1<=x<=65535."),
+    ],
+)
 def test_json_errors_are_one_json_document_on_stdout(capsys, nothing_runs, args, message):
     code, out, err = run_main(capsys, *args)
     assert code == ExitCode.USAGE

@@ -5,6 +5,7 @@ function bash calls on Tab with COMP_WORDS/COMP_CWORD set as bash sets them;
 fish is asked with `complete -C`, which runs its completion machinery. The
 `nbremote` they call is this package (a wrapper on PATH), in this test's HOME.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,20 @@ def setup(isolated, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "nbremote"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={PACKAGE_ROOT} exec {sys.executable} -m nbremote \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={PACKAGE_ROOT} exec {sys.executable} -m nbremote "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return isolated
 
 
 def _bash(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True,
-                          timeout=60, cwd=os.environ["HOME"])
+    return subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.environ["HOME"],
+    )
 
 
 BASH_TAB = """
@@ -62,7 +68,9 @@ tab() {  # what bash does on Tab after the words given
 
 
 def test_bash_loads_the_script_and_completes_profile_names(setup):
-    done = _bash(BASH_TAB + 'tab nbremote up ""; tab nbremote up gpu; tab nbremote ssh ""; tab nbremote status gpubox ""')
+    done = _bash(
+        BASH_TAB + 'tab nbremote up ""; tab nbremote up gpu; tab nbremote ssh ""; tab nbremote status gpubox ""'
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "complete -o nosort -F _nbremote_completion nbremote"
@@ -71,12 +79,21 @@ def test_bash_loads_the_script_and_completes_profile_names(setup):
 
 
 def test_bash_completes_commands_options_and_job_names(setup):
-    done = _bash(BASH_TAB + 'tab nbremote l; tab nbremote logs gpubox ""; tab nbremote kill gpubox r; '
-                 'tab nbremote attach nowhere ""; tab nbremote kill gpubox resnet --signal K; '
-                 'tab nbremote status --w; tab nbremote completion ""')
+    done = _bash(
+        BASH_TAB + 'tab nbremote l; tab nbremote logs gpubox ""; tab nbremote kill gpubox r; '
+        'tab nbremote attach nowhere ""; tab nbremote kill gpubox resnet --signal K; '
+        'tab nbremote status --w; tab nbremote completion ""'
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1:] == ["logs ls", "resnet sweep-1", "resnet", "", "KILL", "--watch",
-                                            "bash zsh fish"]
+    assert done.stdout.splitlines()[1:] == [
+        "logs ls",
+        "resnet sweep-1",
+        "resnet",
+        "",
+        "KILL",
+        "--watch",
+        "bash zsh fish",
+    ]
 
 
 def test_a_broken_profile_file_gives_fewer_names_and_no_error(setup):
@@ -99,29 +116,52 @@ def test_completing_starts_no_process_and_writes_nothing(setup, no_processes):
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed (scripts/test.sh installs it)")
 def test_zsh_parses_and_registers_the_script(setup, tmp_path):
     script = tmp_path / "nbremote.zsh"
-    script.write_text(subprocess.run(["nbremote", "completion", "zsh"], capture_output=True, text=True,
-                                     check=True).stdout)
+    script.write_text(
+        subprocess.run(["nbremote", "completion", "zsh"], capture_output=True, text=True, check=True).stdout
+    )
     assert subprocess.run(["zsh", "-n", str(script)], capture_output=True, text=True).returncode == 0
-    done = subprocess.run(["zsh", "-f", "-c", f"autoload -U compinit && compinit -u -d {tmp_path}/zcomp "
-                           f"&& source {script} && print -r -- $_comps[nbremote]"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "zsh",
+            "-f",
+            "-c",
+            f"autoload -U compinit && compinit -u -d {tmp_path}/zcomp "
+            f"&& source {script} && print -r -- $_comps[nbremote]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout == "_nbremote_completion\n", done.stderr
     # The exchange the zsh function makes with nbremote: type, value, description per line.
-    asked = subprocess.run(["nbremote"], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "_NBREMOTE_COMPLETE": "zsh_complete",
-                                "COMP_WORDS": "nbremote up gpu", "COMP_CWORD": "2"})
+    asked = subprocess.run(
+        ["nbremote"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "_NBREMOTE_COMPLETE": "zsh_complete", "COMP_WORDS": "nbremote up gpu", "COMP_CWORD": "2"},
+    )
     assert asked.stdout.splitlines() == ["plain", "gpubox", "_", "plain", "gpulab", "_"]
 
 
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed (scripts/test.sh installs it)")
 def test_fish_parses_the_script_and_completes_names(setup, tmp_path):
     script = tmp_path / "nbremote.fish"
-    script.write_text(subprocess.run(["nbremote", "completion", "fish"], capture_output=True, text=True,
-                                     check=True).stdout)
+    script.write_text(
+        subprocess.run(["nbremote", "completion", "fish"], capture_output=True, text=True, check=True).stdout
+    )
     assert subprocess.run(["fish", "--no-execute", str(script)], capture_output=True).returncode == 0
-    done = subprocess.run(["fish", "--no-config", "-c", f"source {script}; complete -C 'nbremote up '; "
-                           "echo ===; complete -C 'nbremote logs gpubox '"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "fish",
+            "--no-config",
+            "-c",
+            f"source {script}; complete -C 'nbremote up '; echo ===; complete -C 'nbremote logs gpubox '",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout.split() == ["gpubox", "gpulab", "mybox", "===", "resnet", "sweep-1"], done.stderr
 
 
@@ -133,6 +173,7 @@ def test_an_unknown_shell_is_a_usage_error(capsys, nothing_runs):
 
 
 # --- the job-name cache ------------------------------------------------------------------
+
 
 def test_run_adds_a_name_and_a_listing_replaces_them(isolated):
     jobcache.remember_jobs("gpubox", ["a", "b"], complete=True)

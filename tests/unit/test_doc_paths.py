@@ -1,4 +1,5 @@
 """The folders the docs name are the ones the code uses, on Linux and on macOS."""
+
 from __future__ import annotations
 
 import os
@@ -44,5 +45,7 @@ def test_wan_ip_record_path_as_documented(monkeypatch, tmp_path):
     monkeypatch.setattr(server_steps.system, "is_root", lambda: False)
     assert server_steps.state_dir() / "wan-ip.json" == tmp_path / ".local/state/nbremote-server/wan-ip.json"
     readme = _flat(PAGES["README.md"])
-    assert "`/var/lib/nbremote/wan-ip.json` when run as root, else in `~/.local/state/nbremote-server/wan-ip.json`" \
+    assert (
+        "`/var/lib/nbremote/wan-ip.json` when run as root, else in `~/.local/state/nbremote-server/wan-ip.json`"
         in readme
+    )

@@ -6,6 +6,7 @@ accepts; every error nbremote can raise needs an entry in docs/troubleshooting.m
 exit code; the diagram must be rendered from its source; every `$ nbremote …` line the pages
 show must be accepted by the command line; every link between the pages must resolve.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,21 +49,32 @@ def _title(path: str) -> str:
 
 # --- the command reference -------------------------------------------------------------
 
+
 def test_reference_page_is_current():
-    done = subprocess.run([sys.executable, "-m", "cogapp", "--check", "-I", "docs", "docs/reference.md"],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "cogapp", "--check", "-I", "docs", "docs/reference.md"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, (
         f"docs/reference.md is out of date with the commands or docs/examples.toml: run `{REGENERATE}`\n"
-        + done.stdout + done.stderr)
+        + done.stdout
+        + done.stderr
+    )
 
 
 @pytest.mark.parametrize("path", [p for p, _, _ in COMMANDS], ids=lambda p: _title(p))
 def test_reference_has_an_entry(path):
     page = (DOCS / "reference.md").read_text()
-    assert f"\n## {_title(path)}\n" in page, f"docs/reference.md has no section for `{_title(path)}`: run `{REGENERATE}`"
+    assert f"\n## {_title(path)}\n" in page, (
+        f"docs/reference.md has no section for `{_title(path)}`: run `{REGENERATE}`"
+    )
 
 
-@pytest.mark.parametrize("path,command", [(p, c) for p, c, _ in COMMANDS], ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "path,command", [(p, c) for p, c, _ in COMMANDS], ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_every_command_and_option_has_help(path, command):
     where = Path(inspect.getsourcefile(inspect.unwrap(command.callback))) if command.callback else REPO
     where = where.relative_to(REPO) if where.is_relative_to(REPO) else where
@@ -70,14 +82,16 @@ def test_every_command_and_option_has_help(path, command):
     for param in command.params:
         if isinstance(param, click.Option) and not param.hidden:
             assert (param.help or "").strip(), (
-                f"option {'/'.join(param.opts)} of `{_title(path)}` has no help: add help=... ({where})")
+                f"option {'/'.join(param.opts)} of `{_title(path)}` has no help: add help=... ({where})"
+            )
 
 
 @pytest.mark.parametrize("path", [p for p, _, _ in COMMANDS], ids=lambda p: _title(p))
 def test_every_command_has_an_example(path):
     assert EXAMPLES.get(path), (
-        f"`{_title(path)}` has no example: add a [\"{path}\"] table to docs/examples.toml "
-        f"(\"command line\" = \"what it does\"), then run `{REGENERATE}`")
+        f'`{_title(path)}` has no example: add a ["{path}"] table to docs/examples.toml '
+        f'("command line" = "what it does"), then run `{REGENERATE}`'
+    )
 
 
 def test_examples_are_only_for_real_commands():
@@ -111,7 +125,8 @@ def test_example_is_accepted_by_the_command(path, line, monkeypatch):
     if "--version" in words:
         return  # an eager option: it answers and stops before any command runs
     assert ran and ran[-1].startswith(_title(path)), (
-        f"docs/examples.toml [{path!r}]: {line!r} runs {ran[-1] if ran else 'nothing'}, not `{_title(path)}`")
+        f"docs/examples.toml [{path!r}]: {line!r} runs {ran[-1] if ran else 'nothing'}, not `{_title(path)}`"
+    )
 
 
 # --- troubleshooting: every error under its exit code ----------------------------------
@@ -165,8 +180,11 @@ def _parts(node: ast.expr, agent: bool, percent: bool = False) -> list | None:
 def _codes(node: ast.expr | None) -> set[int]:
     if node is None:
         return {int(ExitCode.ERROR)}
-    return {int(ExitCode[n.attr]) for n in ast.walk(node)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ExitCode"}
+    return {
+        int(ExitCode[n.attr])
+        for n in ast.walk(node)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "ExitCode"
+    }
 
 
 def raise_sites() -> tuple[list[RaiseSite], list[str]]:
@@ -204,9 +222,13 @@ def raise_sites() -> tuple[list[RaiseSite], list[str]]:
                     continue
                 if name not in WRAPPERS and isinstance(message, ast.Name):
                     # A helper passing its own parameter on (e.g. hosts._usage): its callers are the sites.
-                    enclosing = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef,))
-                                 and f.lineno <= node.lineno <= f.end_lineno
-                                 and message.id in [a.arg for a in f.args.args]]
+                    enclosing = [
+                        f
+                        for f in ast.walk(tree)
+                        if isinstance(f, (ast.FunctionDef,))
+                        and f.lineno <= node.lineno <= f.end_lineno
+                        and message.id in [a.arg for a in f.args.args]
+                    ]
                     if enclosing and enclosing[-1].name in WRAPPERS:
                         continue
                 unreadable.append(f"{where}: {ast.unparse(message)}")
@@ -243,15 +265,15 @@ def test_every_error_message_is_written_out():
     assert not UNREADABLE, (
         "these errors take their message from a variable, so docs/troubleshooting.md cannot be checked for "
         "them; write the message as a string or f-string at the raise site (or, for a helper that passes "
-        "its argument on, add it to WRAPPERS in tests/unit/test_docs.py):\n" + "\n".join(UNREADABLE))
+        "its argument on, add it to WRAPPERS in tests/unit/test_docs.py):\n" + "\n".join(UNREADABLE)
+    )
 
 
 def test_raise_sites_are_found():
     """The scan itself: it must see the errors this test is about, or it checks nothing."""
     shown = {s.shown() for s in SITES}
     assert "invite: no address" in shown and "no python3 on …" in shown
-    assert any(s.shown().startswith("no conda environment") and int(ExitCode.NO_JUPYTER) in s.exit_codes
-               for s in SITES)
+    assert any(s.shown().startswith("no conda environment") and int(ExitCode.NO_JUPYTER) in s.exit_codes for s in SITES)
     assert len(SITES) > 80
 
 
@@ -265,24 +287,29 @@ def test_every_exit_code_has_a_section():
 def test_every_error_is_in_troubleshooting(site):
     sections = _sections()
     lines = [line for code in site.exit_codes for line in sections.get(code, [])]
-    errors = [line[len(site.prefix):] for line in lines if line.startswith(site.prefix)]
+    errors = [line[len(site.prefix) :] for line in lines if line.startswith(site.prefix)]
     hints = [line[6:] for line in lines if line.startswith("hint: ")]
     message = _pattern(site.parts)
     headings = " or ".join(f"`## Exit code {c}`" for c in sorted(site.exit_codes))
     assert any(message.fullmatch(e) for e in errors), (
         f"{site.where} raises {site.shown()!r} (exit {'/'.join(map(str, sorted(site.exit_codes)))}), "
         f"but docs/troubleshooting.md has no `{site.prefix}` line for it under {headings}: add one there, in a text block, "
-        "with each … written as a placeholder such as HOST or PORT, then its cause and the fix")
+        "with each … written as a placeholder such as HOST or PORT, then its cause and the fix"
+    )
     own_letters = sum(ch.isalpha() for p in site.parts if p is not HOLE for ch in p)
     if own_letters < TOO_VAGUE:
-        assert site.hint is not None, f"{site.where}: {site.shown()!r} says too little to be documented alone: give it a hint"
+        assert site.hint is not None, (
+            f"{site.where}: {site.shown()!r} says too little to be documented alone: give it a hint"
+        )
         hint = _pattern(site.hint)
         assert any(hint.fullmatch(h) for h in hints), (
             f"{site.where}: {site.shown()!r} is too short to find on its own: docs/troubleshooting.md needs its "
-            f"hint {''.join('…' if p is HOLE else p for p in site.hint)!r} as a `hint: ` line under {headings}")
+            f"hint {''.join('…' if p is HOLE else p for p in site.hint)!r} as a `hint: ` line under {headings}"
+        )
 
 
 # --- the diagram and the commands shown in the pages -------------------------------------
+
 
 def test_diagram_is_rendered_from_its_source():
     """how-it-works.svg shows exactly the nodes, edges and label lines of how-it-works.dot."""
@@ -345,7 +372,6 @@ def test_pages_link_to_each_other():
     assert any(target.endswith("security.md") for _, target in _local_links())
 
 
-@pytest.mark.parametrize("page, target", list(_local_links()),
-                         ids=lambda v: v.name if isinstance(v, Path) else v)
+@pytest.mark.parametrize("page, target", list(_local_links()), ids=lambda v: v.name if isinstance(v, Path) else v)
 def test_every_local_link_resolves(page, target):
     assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to {target}, which does not exist"

@@ -3,6 +3,7 @@
 `ssh -V`, `ssh -G`, `ssh-keygen` are the real OpenSSH tools; hosts are tried
 against a closed port on 127.0.0.1 here (the lab test has a live server).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,6 +60,7 @@ def runtime(isolated, monkeypatch):
 
 # --- openssh ------------------------------------------------------------------------------
 
+
 def test_the_installed_openssh_passes():
     row = doctor.openssh_check(doctor.ssh_version())
     assert row.status == PASS
@@ -72,11 +74,16 @@ def test_no_ssh_on_path_fails_with_the_package_to_install(monkeypatch, tmp_path)
     assert "openssh-client" in row.fix
 
 
-@pytest.mark.parametrize("text, detail", [
-    ("OpenSSH_7.2p2 Ubuntu-4ubuntu2.10, OpenSSL 1.0.2g  1 Mar 2016", "OpenSSH_7.2p2 Ubuntu-4ubuntu2.10, "
-     "OpenSSL 1.0.2g  1 Mar 2016: older than 7.3"),
-    ("Sun_SSH_1.1.5, SSH protocols 1.5/2.0", "ssh is not OpenSSH (Sun_SSH_1.1.5, SSH protocols 1.5/2.0)"),
-])
+@pytest.mark.parametrize(
+    "text, detail",
+    [
+        (
+            "OpenSSH_7.2p2 Ubuntu-4ubuntu2.10, OpenSSL 1.0.2g  1 Mar 2016",
+            "OpenSSH_7.2p2 Ubuntu-4ubuntu2.10, OpenSSL 1.0.2g  1 Mar 2016: older than 7.3",
+        ),
+        ("Sun_SSH_1.1.5, SSH protocols 1.5/2.0", "ssh is not OpenSSH (Sun_SSH_1.1.5, SSH protocols 1.5/2.0)"),
+    ],
+)
 def test_an_old_or_foreign_ssh_fails(text, detail):
     row = doctor.openssh_check(text)
     assert (row.status, row.detail) == (FAIL, detail)
@@ -89,6 +96,7 @@ def test_openssh_for_windows_and_7_3_pass():
 
 
 # --- multiplexing ---------------------------------------------------------------------------
+
 
 def test_control_sockets_in_the_private_runtime_dir_pass(runtime):
     row = doctor.multiplexing_check()
@@ -104,7 +112,10 @@ def test_a_runtime_dir_too_deep_for_a_socket_fails(isolated, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
     row = doctor.multiplexing_check()
     assert row.status == FAIL
-    assert f"control sockets in {deep}/nbremote need" in row.detail and f"a Unix socket path has {doctor.SOCKET_PATH_MAX}" in row.detail
+    assert (
+        f"control sockets in {deep}/nbremote need" in row.detail
+        and f"a Unix socket path has {doctor.SOCKET_PATH_MAX}" in row.detail
+    )
     assert row.fix == "set XDG_RUNTIME_DIR to a shorter directory of yours"
 
 
@@ -119,6 +130,7 @@ def test_a_runtime_dir_of_another_user_fails(runtime):
 
 
 # --- keys -----------------------------------------------------------------------------------
+
 
 def test_a_key_pair_passes(isolated):
     key = make_key(isolated.home)
@@ -154,8 +166,13 @@ def test_a_profile_key_that_is_gone_fails_naming_the_profile(isolated):
 def test_one_row_per_key_file_with_the_profiles_using_it(isolated):
     key = make_key(isolated.home)
     other = make_key(isolated.home, "id_work")
-    rows = doctor.key_checks({"a": profile("a", "10.0.0.1", key=str(key)), "b": profile("b", "10.0.0.2", key=str(key)),
-                              "c": profile("c", "10.0.0.3", key=str(other))})
+    rows = doctor.key_checks(
+        {
+            "a": profile("a", "10.0.0.1", key=str(key)),
+            "b": profile("b", "10.0.0.2", key=str(key)),
+            "c": profile("c", "10.0.0.3", key=str(other)),
+        }
+    )
     assert [(r.status, r.detail) for r in rows] == [(PASS, f"{key} (used by a, b)"), (PASS, f"{other} (used by c)")]
     # A profile without its own key logs in with the default one: that is checked too.
     rows = doctor.key_checks({"a": profile("a", "10.0.0.1", key=str(other)), "d": profile("d", "10.0.0.4")})
@@ -163,6 +180,7 @@ def test_one_row_per_key_file_with_the_profiles_using_it(isolated):
 
 
 # --- the profile file -------------------------------------------------------------------------
+
 
 def test_valid_profiles_pass(isolated):
     profiles.save({"gpubox": profile("gpubox", "10.0.0.1")})
@@ -177,11 +195,14 @@ def test_no_profile_file_warns_with_the_add_command(isolated):
     assert row.fix.startswith("nbremote add NAME")
 
 
-@pytest.mark.parametrize("text, where, says", [
-    ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\nuser = \n', 3, "Invalid value"),
-    ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\n\n[hosts.gpubox.up]\nmode = "vim"\n', 5, "mode 'vim'"),
-    ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\nprot = 22\n', 3, "unknown key 'prot'"),
-])
+@pytest.mark.parametrize(
+    "text, where, says",
+    [
+        ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\nuser = \n', 3, "Invalid value"),
+        ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\n\n[hosts.gpubox.up]\nmode = "vim"\n', 5, "mode 'vim'"),
+        ('[hosts.gpubox]\naddresses = ["10.0.0.1"]\nprot = 22\n', 3, "unknown key 'prot'"),
+    ],
+)
 def test_a_broken_profile_file_fails_with_file_and_line(isolated, text, where, says):
     path = profiles.profiles_path()
     path.parent.mkdir(parents=True)
@@ -194,6 +215,7 @@ def test_a_broken_profile_file_fails_with_file_and_line(isolated, text, where, s
 
 
 # --- the Include in ~/.ssh/config ---------------------------------------------------------------
+
 
 @pytest.fixture
 def written(isolated):
@@ -209,8 +231,7 @@ def written(isolated):
 
 def test_the_include_on_top_passes_and_ssh_reads_the_entry(written):
     row = doctor.include_check(written, ssh_works=True)
-    assert (row.status, row.detail) == (
-        PASS, f"{sshfiles.user_config_path()}:1 includes {sshfiles.our_config_path()}")
+    assert (row.status, row.detail) == (PASS, f"{sshfiles.user_config_path()}:1 includes {sshfiles.our_config_path()}")
 
 
 def test_a_missing_include_fails_with_the_line_to_add(written):
@@ -227,8 +248,9 @@ def test_an_include_inside_a_host_block_fails(written):
     config.write_text(f"Host server\n    HostName 10.0.0.9\n{sshfiles.include_line()}\n")
     row = doctor.include_check(written, ssh_works=True)
     assert row.status == FAIL
-    assert row.detail == (f"the Include at {config}:3 is inside the block that starts at line 1: "
-                          "it applies only to that block")
+    assert row.detail == (
+        f"the Include at {config}:3 is inside the block that starts at line 1: it applies only to that block"
+    )
     assert row.fix == f"move `{sshfiles.include_line()}` to the top of {config}"
 
 
@@ -252,6 +274,7 @@ def test_without_profiles_there_is_nothing_to_include(isolated):
 
 
 # --- hosts ----------------------------------------------------------------------------------------
+
 
 def test_an_unreachable_host_fails_with_the_reason_and_the_fix(isolated, runtime):
     port = closed_port()
@@ -281,6 +304,7 @@ def test_a_bad_host_name_is_a_failed_row_naming_it(isolated, no_processes):
 
 # --- the command ------------------------------------------------------------------------------------
 
+
 def test_doctor_json_lists_every_check_and_exits_1_on_a_failure(isolated, capsys):
     make_key(isolated.home)
     profiles.save({"deadbox": profile("deadbox", f"127.0.0.1:{closed_port()}")})
@@ -288,8 +312,14 @@ def test_doctor_json_lists_every_check_and_exits_1_on_a_failure(isolated, capsys
     assert code == ExitCode.ERROR
     doc = json.loads(out)
     rows = {r["name"]: r for r in doc["checks"]}
-    assert [r["name"] for r in doc["checks"]] == ["openssh", "multiplexing", "key", "profiles", "ssh config",
-                                                   "deadbox reach"]
+    assert [r["name"] for r in doc["checks"]] == [
+        "openssh",
+        "multiplexing",
+        "key",
+        "profiles",
+        "ssh config",
+        "deadbox reach",
+    ]
     assert rows["deadbox reach"]["status"] == "fail" and rows["deadbox reach"]["fix"]
     assert rows["ssh config"]["status"] == "fail"  # written by hand: no Include, no Host block
     assert doc["summary"] == {"pass": 4, "warn": 0, "fail": 2, "needs root": 0}, doc

@@ -4,6 +4,7 @@ errors.MEANINGS is the table; the README, docs/troubleshooting.md's headings and
 `nbremote --help` must say exactly it, and each code must be raised somewhere (an
 error's exit_code, an agent error code mapped to it, or an explicit exit of the CLI).
 """
+
 from __future__ import annotations
 
 import ast
@@ -55,7 +56,10 @@ def _used_codes_outside_errors() -> set[ExitCode]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ExitCode":
                 used.add(ExitCode[node.attr])
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "NbremoteError" \
-                    and not any(k.arg == "exit_code" for k in node.keywords):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "NbremoteError"
+                and not any(k.arg == "exit_code" for k in node.keywords)
+            ):
                 used.add(ExitCode.ERROR)
     return used

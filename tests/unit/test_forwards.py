@@ -1,4 +1,5 @@
 """Forwards beside Jupyter without a server: their spec, their record, the edge checks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,20 +16,31 @@ from clirun import run_main
 
 
 def _record(**kw) -> SessionRecord:
-    base = dict(host="gpubox", dir="~", remote_dir="/home/me", local_port=8890, remote_port=41000,
-                token="a" * 32, pid=10, mode="lab", updated=time.time())
+    base = dict(
+        host="gpubox",
+        dir="~",
+        remote_dir="/home/me",
+        local_port=8890,
+        remote_port=41000,
+        token="a" * 32,
+        pid=10,
+        mode="lab",
+        updated=time.time(),
+    )
     base.update(kw)
     return SessionRecord(**base)
 
 
-@pytest.mark.parametrize("text, ports", [("6006", (6006, None)), ("6006:16006", (6006, 16006)),
-                                         ("1:65535", (1, 65535))])
+@pytest.mark.parametrize(
+    "text, ports", [("6006", (6006, None)), ("6006:16006", (6006, 16006)), ("1:65535", (1, 65535))]
+)
 def test_spec(text, ports):
     assert forwards.parse_spec(text) == ports
 
 
-@pytest.mark.parametrize("text", ["0", "70000", "6006:", ":6006", "6006:0", "abc", "6006:16006:1", "-1", " 6006",
-                                  "6006\n"])
+@pytest.mark.parametrize(
+    "text", ["0", "70000", "6006:", ":6006", "6006:0", "abc", "6006:16006:1", "-1", " 6006", "6006\n"]
+)
 def test_bad_spec_names_the_value(text):
     with pytest.raises(NbremoteError) as caught:
         forwards.parse_spec(text)
@@ -79,14 +91,17 @@ def test_removing_a_forward_that_is_not_there_changes_nothing():
     assert sessions.find("gpubox", "~").forwards == ((6006, 6006),)
 
 
-@pytest.mark.parametrize("args, named", [
-    (["forward", "gpubox", "abc"], "'abc' is not REMOTE_PORT or REMOTE_PORT:LOCAL_PORT"),
-    (["forward", "gpubox", "--remove"], "--remove needs the REMOTE_PORT"),
-    (["forward", "a b", "6006"], "'a b' is not a host"),
-    (["forward", "gpubox", "6006"], "no nbremote session on gpubox for ~"),
-    (["up", "--forward", "6006"], "--forward needs a HOST"),
-    (["up", "gpubox", "--forward", "99999"], "'99999' is not REMOTE_PORT"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["forward", "gpubox", "abc"], "'abc' is not REMOTE_PORT or REMOTE_PORT:LOCAL_PORT"),
+        (["forward", "gpubox", "--remove"], "--remove needs the REMOTE_PORT"),
+        (["forward", "a b", "6006"], "'a b' is not a host"),
+        (["forward", "gpubox", "6006"], "no nbremote session on gpubox for ~"),
+        (["up", "--forward", "6006"], "--forward needs a HOST"),
+        (["up", "gpubox", "--forward", "99999"], "'99999' is not REMOTE_PORT"),
+    ],
+)
 def test_bad_input_is_refused_before_anything_runs(capsys, nothing_runs, args, named):
     code, out, err = run_main(capsys, *args)
     assert code == ExitCode.USAGE
@@ -105,14 +120,20 @@ class _Agent:
 
 def _place(reply):
     from types import SimpleNamespace
+
     return SimpleNamespace(label="gpubox", host="gpubox", agent=lambda hello_timeout: _Agent(reply))
 
 
 def test_the_listing_marks_what_is_forwarded_and_cleans_what_the_server_sent():
     record = _record(remote_port=41000, forwards=((16006, 6006),))
-    reply = {"listening": [{"port": 6006, "pid": 7, "command": "tensorboard \x1b[2J--logdir runs"},
-                           {"port": 41000, "pid": 8, "command": "jupyter-lab"},
-                           {"port": 70000, "pid": 9, "command": "bogus"}, "junk"]}
+    reply = {
+        "listening": [
+            {"port": 6006, "pid": 7, "command": "tensorboard \x1b[2J--logdir runs"},
+            {"port": 41000, "pid": 8, "command": "jupyter-lab"},
+            {"port": 70000, "pid": 9, "command": "bogus"},
+            "junk",
+        ]
+    }
     rows = forwards.listening(_place(reply), record, timeout=1)
     assert [(r["port"], r["local_port"]) for r in rows] == [(6006, 16006), (41000, 8890)]
     assert "\x1b" not in rows[0]["command"]
@@ -120,8 +141,12 @@ def test_the_listing_marks_what_is_forwarded_and_cleans_what_the_server_sent():
 
 def test_forward_without_a_port_prints_the_listing(capsys, monkeypatch):
     from nbremote import cli
-    monkeypatch.setattr(cli, "place_for", lambda *a, **k: _place(
-        {"listening": [{"port": 6006, "pid": 7, "command": "tensorboard --logdir runs"}]}))
+
+    monkeypatch.setattr(
+        cli,
+        "place_for",
+        lambda *a, **k: _place({"listening": [{"port": 6006, "pid": 7, "command": "tensorboard --logdir runs"}]}),
+    )
     code, out, err = run_main(capsys, "forward", "gpubox")
     assert code == 0
     assert out.split() == ["6006", "pid", "7", "tensorboard", "--logdir", "runs"]

@@ -1,4 +1,5 @@
 """add / hosts / remove / config path through the CLI: bad input refused before anything runs or is written."""
+
 from __future__ import annotations
 
 import json
@@ -33,26 +34,29 @@ def homes(no_processes, isolated):
     assert not isolated.state.exists()
 
 
-@pytest.mark.parametrize("args, named", [
-    (["add", "gpu box", "--address", "10.0.0.2"], "'gpu box'"),
-    (["add", "a/b", "--address", "10.0.0.2"], "'a/b'"),
-    (["add", "x;rm", "--address", "10.0.0.2"], "'x;rm'"),
-    (["add", "$(id)", "--address", "10.0.0.2"], "'$(id)'"),
-    (["add", "server", "--address", "10.0.0.2"], "`Host server`"),
-    (["add", "gpubox", "--address", "10.0.0.2"], "'gpubox' exists already"),
-    (["add", "box2", "--address", "not a host"], "'not a host'"),
-    (["add", "box2", "--address", "10.0.0.2:0"], "0"),
-    (["add", "box2", "--address", "10.0.0.2", "--port", "70000"], "70000"),
-    (["add", "box2", "--address", "10.0.0.2", "--user", "bad user"], "'bad user'"),
-    (["add", "box2"], "no address for box2"),
-    (["add", "box2", "--invite", "nbr1:me@10.0.0.2:22#MD5:00:11"], "'MD5:00:11'"),
-    (["add", "box2", "--invite", f"nbr1:me@10.0.0.2:22#{FP[:30]}"], repr(FP[:30])),
-    (["add", "box2", "--invite", "nbr1:me@10.0.0.2:22"], "is not an nbremote invite"),
-    (["add", "box2", "--invite", f"nbr1:me@10.0.0.2:22#{FP}", "--port", "22"], "leave out --address"),
-    (["add", "box2", "--address", "10.0.0.2", "--key", "/nonexistent/key"], "/nonexistent/key"),
-    (["remove", "box2"], "'box2'"),
-    (["ssh", "box2"], "'box2'"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["add", "gpu box", "--address", "10.0.0.2"], "'gpu box'"),
+        (["add", "a/b", "--address", "10.0.0.2"], "'a/b'"),
+        (["add", "x;rm", "--address", "10.0.0.2"], "'x;rm'"),
+        (["add", "$(id)", "--address", "10.0.0.2"], "'$(id)'"),
+        (["add", "server", "--address", "10.0.0.2"], "`Host server`"),
+        (["add", "gpubox", "--address", "10.0.0.2"], "'gpubox' exists already"),
+        (["add", "box2", "--address", "not a host"], "'not a host'"),
+        (["add", "box2", "--address", "10.0.0.2:0"], "0"),
+        (["add", "box2", "--address", "10.0.0.2", "--port", "70000"], "70000"),
+        (["add", "box2", "--address", "10.0.0.2", "--user", "bad user"], "'bad user'"),
+        (["add", "box2"], "no address for box2"),
+        (["add", "box2", "--invite", "nbr1:me@10.0.0.2:22#MD5:00:11"], "'MD5:00:11'"),
+        (["add", "box2", "--invite", f"nbr1:me@10.0.0.2:22#{FP[:30]}"], repr(FP[:30])),
+        (["add", "box2", "--invite", "nbr1:me@10.0.0.2:22"], "is not an nbremote invite"),
+        (["add", "box2", "--invite", f"nbr1:me@10.0.0.2:22#{FP}", "--port", "22"], "leave out --address"),
+        (["add", "box2", "--address", "10.0.0.2", "--key", "/nonexistent/key"], "/nonexistent/key"),
+        (["remove", "box2"], "'box2'"),
+        (["ssh", "box2"], "'box2'"),
+    ],
+)
 def test_bad_input_is_refused_naming_the_value(capsys, homes, args, named):
     code, out, err = run_main(capsys, *args)
     assert code == ExitCode.USAGE, err
@@ -82,9 +86,14 @@ def test_hosts_lists_and_remove_forgets(capsys, homes):
 
 
 def test_remove_takes_the_block_and_pins_out(capsys, isolated):
-    profiles.save({"a": Profile(name="a", addresses=(Address("10.0.0.1"),)),
-                   "b": Profile(name="b", addresses=(Address("10.0.0.2"),))})
+    profiles.save(
+        {
+            "a": Profile(name="a", addresses=(Address("10.0.0.1"),)),
+            "b": Profile(name="b", addresses=(Address("10.0.0.2"),)),
+        }
+    )
     from nbremote import sshfiles
+
     every = profiles.load()
     sshfiles.write_files(every, alias="nbremote.a", keys=[("ssh-ed25519", "AAAA")])
     sshfiles.write_files(every, alias="nbremote.b", keys=[("ssh-ed25519", "BBBB")])

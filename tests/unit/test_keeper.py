@@ -1,4 +1,5 @@
 """The keeper: when it rebuilds, how fast it retries, what it says, and that the port stays."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,7 @@ class FakeConnection:
         return outcome
 
     def forward(self, local_port, remote_port, remote_host):
-        self.calls.append(("forward", local_port, remote_port) + (() if remote_host == "127.0.0.1" else
-                                                                   (remote_host,)))
+        self.calls.append(("forward", local_port, remote_port) + (() if remote_host == "127.0.0.1" else (remote_host,)))
         if self.forward_fails:
             self.forward_fails -= 1
             raise NbremoteError(f"local port {local_port} is busy", exit_code=ExitCode.PORT_BUSY)
@@ -82,10 +82,15 @@ def probes(monkeypatch):
 def make_keeper(conn, clock, via="LAN 192.168.1.112:22", addr="127.0.0.1", ended=lambda: None):
     said: list[tuple[str, str]] = []
     place = SimpleNamespace(label="gpubox", connection=conn)
-    kept = keeper.Keeper(keeper.Tunnel(place, LOCAL, REMOTE, "t" * 32, addr),
-                         report=lambda text: said.append(("status", text)),
-                         announce=lambda text: said.append(("line", text)),
-                         via=via, sleep=clock.sleep, clock=clock, ended=ended)
+    kept = keeper.Keeper(
+        keeper.Tunnel(place, LOCAL, REMOTE, "t" * 32, addr),
+        report=lambda text: said.append(("status", text)),
+        announce=lambda text: said.append(("line", text)),
+        via=via,
+        sleep=clock.sleep,
+        clock=clock,
+        ended=ended,
+    )
     return kept, said
 
 
@@ -114,13 +119,13 @@ def test_reconnect_backs_off_reports_each_attempt_and_the_new_path(probes):
 
 def test_an_attempt_that_timed_out_is_retried_at_once(probes):
     clock = Clock()
-    conn = FakeConnection(clock, [UNREACHABLE, UNREACHABLE, subprocess.TimeoutExpired("ssh", 1), WAN],
-                          attempt_s=1.0)
+    conn = FakeConnection(clock, [UNREACHABLE, UNREACHABLE, subprocess.TimeoutExpired("ssh", 1), WAN], attempt_s=1.0)
     kept, said = make_keeper(conn, clock)
     kept.rebuild()
     assert clock.sleeps == [0.0, 0.0, 0.0]
     assert [text for kind, text in said if kind == "status"] == [
-        f"reconnecting (attempt {n}, {n - 1} s)…" for n in range(1, 5)]
+        f"reconnecting (attempt {n}, {n - 1} s)…" for n in range(1, 5)
+    ]
 
 
 def test_a_local_port_still_held_is_retried_on_the_same_port(probes):
@@ -140,7 +145,10 @@ def test_the_sessions_other_forwards_come_back_on_their_ports_after_jupyters(pro
     kept.tunnel.extra = ((6006, 6006), (18787, 8787))
     kept.rebuild()
     assert [c for c in conn.calls if isinstance(c, tuple)] == [
-        ("forward", LOCAL, REMOTE), ("forward", 6006, 6006), ("forward", 18787, 8787)]
+        ("forward", LOCAL, REMOTE),
+        ("forward", 6006, 6006),
+        ("forward", 18787, 8787),
+    ]
 
 
 def test_an_extra_forward_that_cannot_come_back_leaves_jupyters_tunnel_up(probes):
@@ -165,9 +173,11 @@ def test_a_host_without_a_profile_comes_back_without_a_path(probes):
     conn = FakeConnection(clock, [None])  # ssh.Connection.open_master returns nothing
     kept, said = make_keeper(conn, clock, via=None)
     kept.rebuild()
-    assert said == [("line", "lost the connection to gpubox; reconnecting"),
-                    ("status", "reconnecting (attempt 1, 0 s)…"),
-                    ("line", "back after 0.0 s: localhost:8890 → gpubox again")]
+    assert said == [
+        ("line", "lost the connection to gpubox; reconnecting"),
+        ("status", "reconnecting (attempt 1, 0 s)…"),
+        ("line", "back after 0.0 s: localhost:8890 → gpubox again"),
+    ]
     assert kept.via is None
 
 
@@ -221,8 +231,7 @@ def test_a_jupyter_that_no_longer_answers_after_reconnecting_is_an_error(probes)
     probes.extend([False] * keeper.SETTLE_PROBES)
     with pytest.raises(NbremoteError) as caught:
         kept.rebuild()
-    assert caught.value.message == ("the Jupyter on gpubox no longer answers "
-                                    "(it was stopped or the server restarted)")
+    assert caught.value.message == ("the Jupyter on gpubox no longer answers (it was stopped or the server restarted)")
     assert "`nbremote up gpubox`" in caught.value.hint
 
 
@@ -254,8 +263,17 @@ def test_a_job_that_ended_is_said_once_with_its_id_and_the_keeper_stops(probes):
     assert not any("back" in text for _, text in said)
 
 
-RECORD = SessionRecord(host="gpubox", dir="~", remote_dir="/home/me", local_port=LOCAL, remote_port=REMOTE,
-                       token="t" * 32, pid=41873, mode="lab", updated=0.0)
+RECORD = SessionRecord(
+    host="gpubox",
+    dir="~",
+    remote_dir="/home/me",
+    local_port=LOCAL,
+    remote_port=REMOTE,
+    token="t" * 32,
+    pid=41873,
+    mode="lab",
+    updated=0.0,
+)
 URL = f"http://127.0.0.1:{LOCAL}/lab?token={'t' * 32}"
 
 
@@ -276,11 +294,12 @@ def test_hold_shows_reconnecting_on_the_status_line_and_the_move_on_lines_of_its
             raise KeyboardInterrupt
 
     err = io.StringIO()
-    keeper.hold(place, HostRunner(), RECORD, URL, created_master=False, console=Console(err=err, tty=tty),
-                sleep=sleep)
+    keeper.hold(place, HostRunner(), RECORD, URL, created_master=False, console=Console(err=err, tty=tty), sleep=sleep)
     text = err.getvalue()
-    lines = ("  lost the connection to gpubox via LAN 192.168.1.112:22; reconnecting\n",
-             "  back via WAN 11.22.33.1:22022 (41 ms) after ")
+    lines = (
+        "  lost the connection to gpubox via LAN 192.168.1.112:22; reconnecting\n",
+        "  back via WAN 11.22.33.1:22022 (41 ms) after ",
+    )
     assert all(line in text for line in lines)
     if tty:
         assert "\r● serving http://127.0.0.1:8890/lab · via LAN 192.168.1.112:22 · 0 min 00 s\x1b[K" in text
@@ -291,8 +310,9 @@ def test_hold_shows_reconnecting_on_the_status_line_and_the_move_on_lines_of_its
         assert "· via WAN 11.22.33.1:22022 ·" in text.split("back via WAN")[1]
     else:
         assert "reconnecting (attempt" not in text and "serving" not in text and "\r" not in text
-    assert text.endswith("  stopped forwarding; the notebook keeps running on gpubox. "
-                         "`nbremote down gpubox` stops it.\n")
+    assert text.endswith(
+        "  stopped forwarding; the notebook keeps running on gpubox. `nbremote down gpubox` stops it.\n"
+    )
     assert ("cancel", LOCAL, REMOTE) in conn.calls
 
 
@@ -311,8 +331,15 @@ def test_hold_of_a_slurm_session_names_the_job_and_ends_with_the_jobs_end(monkey
     probes.extend([False, False] + [False] * keeper.SETTLE_PROBES)
     err = io.StringIO()
     with pytest.raises(NbremoteError, match=r"^Slurm job 81 ended \(cancelled\)$"):
-        keeper.hold(place, Ended(), record, URL, created_master=False, console=Console(err=err, tty=True),
-                    sleep=lambda seconds: None)
+        keeper.hold(
+            place,
+            Ended(),
+            record,
+            URL,
+            created_master=False,
+            console=Console(err=err, tty=True),
+            sleep=lambda seconds: None,
+        )
     text = err.getvalue()
     assert "\r● serving http://127.0.0.1:8890/lab · Slurm job 81 on node1 · 0 min 00 s\x1b[K" in text
     assert text.endswith("\r\x1b[K")  # the status line is gone before the error is printed

@@ -1,4 +1,5 @@
 """Kernel specs on the laptop and the proxy's end-to-end probe, without a server."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,13 @@ def _write_spec(host: str, env: str | None) -> None:
     (path / "kernel.json").write_text(json.dumps(kernels._spec_document(host, env)))
 
 
-@pytest.mark.parametrize("host, env, name", [
-    ("gpubox", None, "nbremote-gpubox"),
-    ("me@GPU.example.org", None, "nbremote-me-gpu.example.org"),
-])
+@pytest.mark.parametrize(
+    "host, env, name",
+    [
+        ("gpubox", None, "nbremote-gpubox"),
+        ("me@GPU.example.org", None, "nbremote-me-gpu.example.org"),
+    ],
+)
 def test_spec_names_are_what_jupyter_accepts(host, env, name):
     assert kernels.spec_name(host, env) == name
 
@@ -60,17 +64,22 @@ def test_removing_what_is_not_installed_changes_nothing(capsys, nothing_runs, da
     _write_spec("gpubox", None)
     code, out, err = run_main(capsys, "kernels", "remove", "gpubox", "--env", "torch")
     assert code == ExitCode.USAGE
-    assert err.splitlines()[:2] == ["✗ no nbremote kernel for gpubox with --env torch is installed",
-                                    "  hint: `nbremote kernels ls` lists them"]
+    assert err.splitlines()[:2] == [
+        "✗ no nbremote kernel for gpubox with --env torch is installed",
+        "  hint: `nbremote kernels ls` lists them",
+    ]
     assert [s.name for s in kernels.installed()] == ["nbremote-gpubox"]
 
 
-@pytest.mark.parametrize("args, named", [
-    (["kernels", "install", "a b"], "'a b' is not a host"),
-    (["kernels", "install", "--", "-oProxyCommand=x"], "'-oProxyCommand=x' is not a host"),
-    (["kernels", "install", "gpubox", "--env", "x\ty"], "environment 'x\\ty' is not valid"),
-    (["kernels", "install"], "Missing argument 'HOST'"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["kernels", "install", "a b"], "'a b' is not a host"),
+        (["kernels", "install", "--", "-oProxyCommand=x"], "'-oProxyCommand=x' is not a host"),
+        (["kernels", "install", "gpubox", "--env", "x\ty"], "environment 'x\\ty' is not valid"),
+        (["kernels", "install"], "Missing argument 'HOST'"),
+    ],
+)
 def test_bad_input_is_refused_before_anything_runs(capsys, nothing_runs, data_dir, args, named):
     code, out, err = run_main(capsys, *args)
     assert code == ExitCode.USAGE

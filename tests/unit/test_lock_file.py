@@ -4,6 +4,7 @@ Offline: the lock's markers and the project's are evaluated for each Python, and
 requirement must be met by a pin. A dependency added to pyproject.toml without
 `python scripts/lock.py` fails here; tests/packaging/test_lock.py has pip resolve it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,12 +33,15 @@ def test_every_requirement_is_pinned_for(version):
     for pin in lock.pins_for(version):
         name, _, release = pin.partition("==")
         pinned.setdefault(canonicalize_name(name), []).append(release)
-    assert all(len(releases) == 1 for releases in pinned.values()), \
+    assert all(len(releases) == 1 for releases in pinned.values()), (
         f"the lock pins a package twice for Python {version}: {pinned}"
+    )
     for text in lock.requirements_for(version):
         requirement = Requirement(text)
         releases = pinned.get(canonicalize_name(requirement.name))
-        assert releases, f"{requirement.name} is not in requirements/lock.txt for Python {version}: " \
-                         "run `python scripts/lock.py`"
-        assert requirement.specifier.contains(releases[0], prereleases=True), \
+        assert releases, (
+            f"{requirement.name} is not in requirements/lock.txt for Python {version}: run `python scripts/lock.py`"
+        )
+        assert requirement.specifier.contains(releases[0], prereleases=True), (
             f"the lock pins {requirement.name}=={releases[0]}, but pyproject.toml asks {text}"
+        )

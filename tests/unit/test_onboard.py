@@ -1,5 +1,6 @@
 """The pure parts of the two-command onboarding: the wait's drop-in, its networks, the invite's token,
 and the laptop's reading of a refused password login."""
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,11 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "nbremote"
 
 
 def test_passwords_only_from_private_networks_and_never_a_public_ipv4_one():
-    assert onboard.private_networks(["192.168.1.0/24", "11.22.33.0/24", "10.8.0.0/16", "2001:db8:1::/64"]) == \
-        ["192.168.1.0/24", "10.8.0.0/16", "2001:db8:1::/64"]
+    assert onboard.private_networks(["192.168.1.0/24", "11.22.33.0/24", "10.8.0.0/16", "2001:db8:1::/64"]) == [
+        "192.168.1.0/24",
+        "10.8.0.0/16",
+        "2001:db8:1::/64",
+    ]
     assert onboard.private_networks(["11.22.33.0/24"]) == []
 
 
@@ -29,8 +33,12 @@ def test_the_wait_drop_in_turns_passwords_off_except_for_the_user_from_the_lan()
     text = onboard.waiting_dropin(("alice",), ["192.168.1.0/24"])
     lines = text.splitlines()
     assert lines[0].startswith("# Written by nbremote")
-    assert lines[2:] == ["PasswordAuthentication no", "KbdInteractiveAuthentication no",
-                         "Match User alice Address 127.0.0.0/8,::1,192.168.1.0/24", "\tPasswordAuthentication yes"]
+    assert lines[2:] == [
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "Match User alice Address 127.0.0.0/8,::1,192.168.1.0/24",
+        "\tPasswordAuthentication yes",
+    ]
 
 
 def test_the_outside_address_is_in_none_of_the_networks():
@@ -53,11 +61,16 @@ def test_an_invite_with_a_wait_token_round_trips_and_a_bad_one_is_refused():
 PROFILE = Profile(name="gpubox", addresses=(Address("192.168.1.5", 22),), user="alice")
 
 
-@pytest.mark.parametrize("stderr, message", [
-    ("Permission denied, please try again.\nalice@192.168.1.5: Permission denied (publickey,password).\n",
-     "wrong password for alice on gpubox"),
-    ("alice@11.22.33.1: Permission denied (publickey).\n", "gpubox takes no password from this laptop"),
-])
+@pytest.mark.parametrize(
+    "stderr, message",
+    [
+        (
+            "Permission denied, please try again.\nalice@192.168.1.5: Permission denied (publickey,password).\n",
+            "wrong password for alice on gpubox",
+        ),
+        ("alice@11.22.33.1: Permission denied (publickey).\n", "gpubox takes no password from this laptop"),
+    ],
+)
 def test_a_refused_password_login_says_which_refusal_it_was(stderr, message):
     error = hosts._password_refused(PROFILE, stderr)
     assert error.message == message and error.exit_code == ExitCode.AUTH_FAILED
@@ -94,13 +107,21 @@ def test_the_join_marks_the_key_login_and_prints_the_final_record(tmp_path):
     folder = tmp_path / ".local/state/nbremote"
     folder.mkdir(parents=True)
     (folder / onboard.RECORD).write_text('{"state": "done", "token": "0123456789ab", "port": 22222}')
-    done = subprocess.run(["python3", "-c", hosts.JOIN_AND_WAIT, "0123456789ab", "5"], capture_output=True,
-                          text=True, env={"HOME": str(tmp_path), "SSH_CLIENT": "192.168.1.10 50000 22"})
+    done = subprocess.run(
+        ["python3", "-c", hosts.JOIN_AND_WAIT, "0123456789ab", "5"],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "SSH_CLIENT": "192.168.1.10 50000 22"},
+    )
     assert '"port": 22222' in done.stdout
     assert not (folder / onboard.JOINED).exists()  # only a waiting init is told
     (folder / onboard.RECORD).write_text('{"state": "waiting", "token": "0123456789ab", "beat": %f}' % time.time())
-    done = subprocess.run(["python3", "-c", hosts.JOIN_AND_WAIT, "0123456789ab", "0.5"], capture_output=True,
-                          text=True, env={"HOME": str(tmp_path), "SSH_CLIENT": "192.168.1.10 50000 22"})
+    done = subprocess.run(
+        ["python3", "-c", hosts.JOIN_AND_WAIT, "0123456789ab", "0.5"],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "SSH_CLIENT": "192.168.1.10 50000 22"},
+    )
     assert '"state": "waiting"' in done.stdout
     assert '"from": "192.168.1.10"' in (folder / onboard.JOINED).read_text()
 
@@ -108,7 +129,11 @@ def test_the_join_marks_the_key_login_and_prints_the_final_record(tmp_path):
 def test_server_cli_and_invite_cmd_do_not_import_each_other():
     for name in ("invite_cmd.py", "steps.py", "onboard.py"):
         tree = ast.parse((SRC / "server" / name).read_text())
-        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                    and node.module in ("nbremote.server", "nbremote.server.cli") for alias in node.names}
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module in ("nbremote.server", "nbremote.server.cli")
+            for alias in node.names
+        }
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "cli" not in imported and "nbremote.server.cli" not in imported, name

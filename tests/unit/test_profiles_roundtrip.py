@@ -3,6 +3,7 @@
 The README invites hand-editing the file; `add` writes through profiles.save (the call
 tested here with what add passes it) and `remove` is the real hosts.remove.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -11,7 +12,7 @@ from nbremote import hosts, profiles
 from nbremote.addresses import Address
 from nbremote.profiles import Profile, UpDefaults
 
-HAND_WRITTEN = '''# My machines. Edited by hand; nbremote add/remove must keep this.
+HAND_WRITTEN = """# My machines. Edited by hand; nbremote add/remove must keep this.
 
 [hosts.gpubox]   # the box under the desk
 addresses = [
@@ -32,10 +33,15 @@ scheduler = "slurm"   # jobs, not tmux
 [hosts.cluster.slurm]
 partition = "gpu"  # the only one with GPUs
 extra = ["--qos=normal"]
-'''
+"""
 
-NEW = Profile(name="newbox", addresses=(Address("10.0.0.9", 2222),), user="me", key="/home/me/.ssh/id_ed25519",
-              up=UpDefaults(env="torch"))
+NEW = Profile(
+    name="newbox",
+    addresses=(Address("10.0.0.9", 2222),),
+    user="me",
+    key="/home/me/.ssh/id_ed25519",
+    up=UpDefaults(env="torch"),
+)
 
 
 def _write(isolated) -> None:
@@ -59,7 +65,7 @@ def test_removing_a_hand_written_profile_keeps_the_others_as_written(isolated):
     hosts.remove("gpubox")
     left = profiles.profiles_path().read_text()
     assert left.startswith("# My machines. Edited by hand; nbremote add/remove must keep this.\n")
-    assert HAND_WRITTEN[HAND_WRITTEN.index("[hosts.cluster]"):] in left
+    assert HAND_WRITTEN[HAND_WRITTEN.index("[hosts.cluster]") :] in left
     assert list(profiles.load()) == ["cluster"]
 
 
@@ -67,12 +73,12 @@ def test_adding_again_changes_only_the_lines_that_changed(isolated):
     _write(isolated)
     every = profiles.load()
     gpubox = every["gpubox"]
-    changed = Profile(name="gpubox", addresses=gpubox.addresses, user="alice", port=gpubox.port,
-                      up=gpubox.up)
+    changed = Profile(name="gpubox", addresses=gpubox.addresses, user="alice", port=gpubox.port, up=gpubox.up)
     profiles.save({**every, "gpubox": changed})
     after = profiles.profiles_path().read_text()
-    diff = [line for line in difflib.ndiff(HAND_WRITTEN.splitlines(), after.splitlines())
-            if line.startswith(("+ ", "- "))]
+    diff = [
+        line for line in difflib.ndiff(HAND_WRITTEN.splitlines(), after.splitlines()) if line.startswith(("+ ", "- "))
+    ]
     assert diff == ['- user = "houser"', '+ user = "alice"']
 
 

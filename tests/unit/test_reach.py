@@ -1,4 +1,5 @@
 """The address race: staggered starts, first login wins, losers killed, failures combined."""
+
 from __future__ import annotations
 
 import subprocess
@@ -30,8 +31,14 @@ class StepClock:
 class FakeConnection:
     """start_master runs `sh -c 'sleep S; exit C'` in place of ssh."""
 
-    def __init__(self, seconds: float, code: int = 0, stderr: str = "ssh: connect to host x: Connection timed out",
-                 exit_code: ExitCode = ExitCode.UNREACHABLE, clock: StepClock | None = None):
+    def __init__(
+        self,
+        seconds: float,
+        code: int = 0,
+        stderr: str = "ssh: connect to host x: Connection timed out",
+        exit_code: ExitCode = ExitCode.UNREACHABLE,
+        clock: StepClock | None = None,
+    ):
         self.seconds, self.code, self.stderr, self.exit_code = seconds, code, stderr, exit_code
         self.target = Target(label="gpubox", destination="gpubox")
         self.control_path = Path("/nonexistent/nbremote-test")
@@ -88,29 +95,45 @@ def test_a_fast_failure_starts_the_next_at_once():
 
 def test_all_unreachable_lists_every_address():
     with pytest.raises(NbremoteError) as caught:
-        reach.race(_candidates(FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)),
-                   connect_timeout=5, stagger=0.05)
+        reach.race(
+            _candidates(FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)),
+            connect_timeout=5,
+            stagger=0.05,
+        )
     error = caught.value
     assert error.exit_code == ExitCode.UNREACHABLE
     assert error.message == "cannot reach gpubox"
-    assert error.details == ["tried 10.0.0.1:22 (connection refused; never answered), "
-                             "10.0.0.2:22 (no answer after 5 s; never answered)"]
+    assert error.details == [
+        "tried 10.0.0.1:22 (connection refused; never answered), 10.0.0.2:22 (no answer after 5 s; never answered)"
+    ]
     assert "at home, its LAN address works" in error.hint and "`nbremote server relay`" in error.hint
 
 
 def test_all_unreachable_says_when_each_address_last_answered():
     reach.record_answer("gpubox", Address("10.0.0.2", 22), time.time() - 2 * 3600 - 5)
     with pytest.raises(NbremoteError) as caught:
-        reach.race(_candidates(FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)),
-                   connect_timeout=5, stagger=0.05)
-    assert caught.value.details == ["tried 10.0.0.1:22 (connection refused; never answered), "
-                                    "10.0.0.2:22 (no answer after 5 s; last answered 2 h 00 min ago)"]
+        reach.race(
+            _candidates(FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)),
+            connect_timeout=5,
+            stagger=0.05,
+        )
+    assert caught.value.details == [
+        "tried 10.0.0.1:22 (connection refused; never answered), "
+        "10.0.0.2:22 (no answer after 5 s; last answered 2 h 00 min ago)"
+    ]
     reach.forget_answers("gpubox")
     assert reach.answered() == {}
 
 
-@pytest.mark.parametrize("seconds, shown", [(None, "never answered"), (5, "last answered 5 s ago"),
-                                            (61, "last answered 1 min 01 s ago"), (3 * 86400, "last answered 3 d 0 h ago")])
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [
+        (None, "never answered"),
+        (5, "last answered 5 s ago"),
+        (61, "last answered 1 min 01 s ago"),
+        (3 * 86400, "last answered 3 d 0 h ago"),
+    ],
+)
 def test_ago(seconds, shown):
     now = 1_700_000_000.0
     assert reach.ago(None if seconds is None else now - seconds, now) == shown

@@ -1,4 +1,5 @@
 """The README's first command works on a fresh machine as written."""
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ A user who installed nbremote in a venv (the README's ~/.nbremote) and runs a se
 command without root is told `sudo … server firewall`; sudo searches its own
 secure_path, not the user's PATH, so the hint must name that nbremote by its full path.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def venv_like(tmp_path):
     top.chmod(0o755)
     (top / "bin").mkdir(mode=0o755)
     script = top / "bin" / "nbremote"
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SRC)!r})\n"
-                      "from nbremote.cli import main\nmain()\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SRC)!r})\nfrom nbremote.cli import main\nmain()\n"
+    )
     script.chmod(0o755)
     (top / "home").mkdir(mode=0o777)
     yield top
@@ -39,8 +41,10 @@ def venv_like(tmp_path):
 
 def test_the_full_path_when_sudo_would_not_find_it(venv_like, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(venv_like / "bin" / "nbremote"), "server", "init"])
-    assert rootcmd.command("server", "init", root=False, path="/usr/bin:/bin") == \
-        f"sudo {venv_like}/bin/nbremote server init"
+    assert (
+        rootcmd.command("server", "init", root=False, path="/usr/bin:/bin")
+        == f"sudo {venv_like}/bin/nbremote server init"
+    )
 
 
 def test_the_short_name_when_sudo_finds_this_same_program(venv_like, monkeypatch):
@@ -59,12 +63,18 @@ def test_secure_path_is_read_from_sudoers(tmp_path):
     assert rootcmd.secure_path(str(tmp_path / "none")) == rootcmd.DEFAULT_SECURE_PATH
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("sudo") or not shutil.which("setpriv"),
-                    reason="needs root, sudo and setpriv (scripts/test.sh installs sudo)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("sudo") or not shutil.which("setpriv"),
+    reason="needs root, sudo and setpriv (scripts/test.sh installs sudo)",
+)
 def test_the_needs_root_hint_runs_as_printed_under_sudo(venv_like):
     env = {"PATH": f"{venv_like}/bin:/usr/bin:/bin", "HOME": str(venv_like / "home"), "LC_ALL": "C.UTF-8"}
-    refused = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                              "nbremote", "server", "firewall"], env=env, capture_output=True, text=True)
+    refused = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "nbremote", "server", "firewall"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode == 1 and "firewall needs root" in refused.stderr, refused.stderr
     hint = re.search(r"hint: run it with sudo: `(.*)`", refused.stderr).group(1)
     assert hint == f"sudo {venv_like}/bin/nbremote server firewall"
@@ -73,6 +83,7 @@ def test_the_needs_root_hint_runs_as_printed_under_sudo(venv_like):
     assert ran.returncode == 0 and "Usage: nbremote server firewall" in ran.stdout, ran.stderr
     if not shutil.which("nbremote", path=rootcmd.secure_path()):
         # What the hint said before: sudo does not find the venv's nbremote.
-        bare = subprocess.run(["sudo", "nbremote", "server", "firewall", "--help"], env=env,
-                              capture_output=True, text=True)
+        bare = subprocess.run(
+            ["sudo", "nbremote", "server", "firewall", "--help"], env=env, capture_output=True, text=True
+        )
         assert bare.returncode != 0 and "command not found" in bare.stderr

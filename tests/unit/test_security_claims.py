@@ -1,5 +1,6 @@
 """docs/security.md says where Jupyter listens as the agent starts it: loopback on a server,
 the node's NodeAddr in a Slurm job; the page must not claim loopback for the second."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """harden's guard as a real process: it puts files back only when harden goes
 away without saying it is done. (With sshd, killed at each step: tests/security.)"""
+
 from __future__ import annotations
 
 from nbremote.server.files import Original, atomic_write

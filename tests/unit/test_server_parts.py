@@ -1,4 +1,5 @@
 """Pure parts of the server commands: firewall rules, listeners, WAN answers, the CLI's bad input."""
+
 from __future__ import annotations
 
 import io
@@ -61,9 +62,15 @@ def test_listening_sockets_are_read_from_proc_net_tcp():
 
 
 def test_a_jupyter_on_the_network_fails_and_sshd_passes():
-    rows = listener_checks([netinfo.Listener("0.0.0.0", 8888, 1, 42, "jupyter-lab"),
-                            netinfo.Listener("127.0.0.1", 8889, 2, 43, "jupyter-lab"),
-                            netinfo.Listener("::", 22222, 3, 1, "sshd")], {22222}, root=True)
+    rows = listener_checks(
+        [
+            netinfo.Listener("0.0.0.0", 8888, 1, 42, "jupyter-lab"),
+            netinfo.Listener("127.0.0.1", 8889, 2, 43, "jupyter-lab"),
+            netinfo.Listener("::", 22222, 3, 1, "sshd"),
+        ],
+        {22222},
+        root=True,
+    )
     assert [r.status for r in rows] == ["fail", "pass"]
     assert rows[0].detail.startswith("0.0.0.0:8888 jupyter-lab (pid 42)")
     assert "--ip=127.0.0.1" in rows[0].fix
@@ -123,15 +130,22 @@ def test_manual_instructions_name_every_value():
     assert "TCP · external port 22222 · internal IP 192.168.1.112 · internal port 22222" in text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["harden", "--port", "80", "--allow-user", "root"], "port 80 is below 1024 and not 22"),
-    (["harden", "--port", "2222", "--allow-user", "nbr-nobody-here"], "there is no user 'nbr-nobody-here'"),
-    (["harden", "--allow-user", "root"], "root cannot be an allowed user"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["harden", "--port", "80", "--allow-user", "root"], "port 80 is below 1024 and not 22"),
+        (["harden", "--port", "2222", "--allow-user", "nbr-nobody-here"], "there is no user 'nbr-nobody-here'"),
+        (["harden", "--allow-user", "root"], "root cannot be an allowed user"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_value(args, message):
     # Inputs are checked before anything is read from the system, so this is safe anywhere.
-    done = subprocess.run([sys.executable, "-m", "nbremote", "server", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+    done = subprocess.run(
+        [sys.executable, "-m", "nbremote", "server", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
+    )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
 
@@ -163,7 +177,8 @@ def test_the_iptables_chain_goes_first_in_input_and_comes_out_to_the_byte():
     moved = firewall.with_chain(once, (2200, 22222), 4)
     assert [r for r in firewall.chain_rules(moved) if "--dport" in r] == [
         f"-A {firewall.CHAIN} -p tcp -m tcp --dport 2200 -j ACCEPT",
-        f"-A {firewall.CHAIN} -p tcp -m tcp --dport 22222 -j ACCEPT"]
+        f"-A {firewall.CHAIN} -p tcp -m tcp --dport 22222 -j ACCEPT",
+    ]
     assert "8888" not in once
 
 

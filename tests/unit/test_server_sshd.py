@@ -1,4 +1,5 @@
 """The pure parts of `nbremote server harden`: sshd -T parsing, the drop-in, the Include, inputs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -38,9 +39,15 @@ def test_the_drop_in_has_only_modern_algorithms_and_no_way_in_but_keys():
     text = sshd.render_dropin(Hardening(port=22222, allow_users=("alice", "bob")))
     lines = text.splitlines()
     assert lines[0].startswith("# Written by nbremote")
-    for expected in ("Port 22222", "AllowUsers alice bob", "PermitRootLogin no", "PasswordAuthentication no",
-                     "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
-                     "HostKey /etc/ssh/ssh_host_ed25519_key"):
+    for expected in (
+        "Port 22222",
+        "AllowUsers alice bob",
+        "PermitRootLogin no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes",
+        "HostKey /etc/ssh/ssh_host_ed25519_key",
+    ):
         assert expected in lines
     algorithms = " ".join(line for line in lines if line.split()[0] in ("KexAlgorithms", "Ciphers", "MACs"))
     for weak in ("nistp", "sha1", "cbc", "umac-64", "hmac-sha2-256,"):
@@ -48,8 +55,11 @@ def test_the_drop_in_has_only_modern_algorithms_and_no_way_in_but_keys():
 
 
 def test_the_drop_in_leaves_out_algorithms_this_openssh_does_not_know():
-    supported = {"kex": {"curve25519-sha256", "sntrup761x25519-sha512@openssh.com"},
-                 "cipher": {"chacha20-poly1305@openssh.com"}, "mac": {"hmac-sha2-256-etm@openssh.com"}}
+    supported = {
+        "kex": {"curve25519-sha256", "sntrup761x25519-sha512@openssh.com"},
+        "cipher": {"chacha20-poly1305@openssh.com"},
+        "mac": {"hmac-sha2-256-etm@openssh.com"},
+    }
     text = sshd.render_dropin(Hardening(port=22, allow_users=("a",)), supported)
     assert "KexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256\n" in text
     assert "Ciphers chacha20-poly1305@openssh.com\n" in text
@@ -69,13 +79,16 @@ def test_mismatches_name_the_setting_that_won_over_ours():
     ]
 
 
-@pytest.mark.parametrize("main, directory, on_top", [
-    ("Include /etc/ssh/sshd_config.d/*.conf\nPort 22\n", "/etc/ssh/sshd_config.d", True),
-    ("# comment\n\ninclude sshd_config.d/*.conf\n", "/etc/ssh/sshd_config.d", True),
-    ("Port 22\nInclude /etc/ssh/sshd_config.d/*.conf\n", "/etc/ssh/sshd_config.d", False),
-    ("Include /etc/ssh/other.conf\nPort 22\n", None, False),
-    ("Port 22\n", None, False),
-])
+@pytest.mark.parametrize(
+    "main, directory, on_top",
+    [
+        ("Include /etc/ssh/sshd_config.d/*.conf\nPort 22\n", "/etc/ssh/sshd_config.d", True),
+        ("# comment\n\ninclude sshd_config.d/*.conf\n", "/etc/ssh/sshd_config.d", True),
+        ("Port 22\nInclude /etc/ssh/sshd_config.d/*.conf\n", "/etc/ssh/sshd_config.d", False),
+        ("Include /etc/ssh/other.conf\nPort 22\n", None, False),
+        ("Port 22\n", None, False),
+    ],
+)
 def test_the_include_directory_and_whether_it_comes_first(main, directory, on_top):
     found, top = sshd.include_dir(main, Path("/etc/ssh"))
     assert (str(found) if found else None, top) == (directory, on_top)
@@ -88,12 +101,15 @@ def test_a_config_without_include_gets_one_at_the_top_and_keeps_every_byte_below
     assert sshd.include_dir(new, Path("/etc/ssh")) == (Path("/etc/ssh/sshd_config.d"), True)
 
 
-@pytest.mark.parametrize("port, message", [
-    (80, "port 80 is below 1024 and not 22"),
-    (0, "port 0 is not a TCP port"),
-    (70000, "port 70000 is not a TCP port"),
-    (8888, "port 8888 is already in use by jupyter-lab (pid 7)"),
-])
+@pytest.mark.parametrize(
+    "port, message",
+    [
+        (80, "port 80 is below 1024 and not 22"),
+        (0, "port 0 is not a TCP port"),
+        (70000, "port 70000 is not a TCP port"),
+        (8888, "port 8888 is already in use by jupyter-lab (pid 7)"),
+    ],
+)
 def test_ports_sshd_cannot_take_are_refused_by_name(port, message):
     with pytest.raises(NbremoteError) as caught:
         sshd.check_port(port, [22], {8888: "jupyter-lab (pid 7)"})

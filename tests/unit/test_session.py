@@ -1,4 +1,5 @@
 """session.py's pure parts, localnet's ports and probe, the laptop's session records, its private dirs."""
+
 from __future__ import annotations
 
 import http.server
@@ -19,24 +20,48 @@ from nbremote.servers import ServerInfo, parse_server, url_for, validate_text
 from nbremote.sessions import SessionRecord
 
 TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef"
-GOOD = {"dir": "/home/alice/proj", "mode": "lab", "port": 8888, "pid": 4242, "token": TOKEN,
-        "launcher": "tmux", "started": 1764100000.5, "kernels": 2, "busy": 1,
-        "last_activity": "2026-11-25T20:00:00.000000Z", "env": None, "tmux_session": "nbremote-jupyter-x"}
+GOOD = {
+    "dir": "/home/alice/proj",
+    "mode": "lab",
+    "port": 8888,
+    "pid": 4242,
+    "token": TOKEN,
+    "launcher": "tmux",
+    "started": 1764100000.5,
+    "kernels": 2,
+    "busy": 1,
+    "last_activity": "2026-11-25T20:00:00.000000Z",
+    "env": None,
+    "tmux_session": "nbremote-jupyter-x",
+}
 
 
 # --- parse_server ---------------------------------------------------------------
 
+
 def test_parse_server_accepts_a_full_document():
     assert parse_server(GOOD, "gpubox") == ServerInfo(
-        dir="/home/alice/proj", mode="lab", port=8888, pid=4242, token=TOKEN, launcher="tmux",
-        started=1764100000.5, kernels=2, busy=1, last_activity="2026-11-25T20:00:00.000000Z")
+        dir="/home/alice/proj",
+        mode="lab",
+        port=8888,
+        pid=4242,
+        token=TOKEN,
+        launcher="tmux",
+        started=1764100000.5,
+        kernels=2,
+        busy=1,
+        last_activity="2026-11-25T20:00:00.000000Z",
+    )
 
 
-@pytest.mark.parametrize("changes", [
-    {"mode": "notebook", "port": 1, "pid": 1},
-    {"port": 65535, "pid": 2**22, "token": "A" * 16},
-    {"token": "z" * 128, "dir": "/srv/d i r/ü"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"mode": "notebook", "port": 1, "pid": 1},
+        {"port": 65535, "pid": 2**22, "token": "A" * 16},
+        {"token": "z" * 128, "dir": "/srv/d i r/ü"},
+    ],
+)
 def test_parse_server_accepts_edges(changes):
     info = parse_server({**GOOD, **changes}, "gpubox")
     assert {k: getattr(info, k) for k in changes} == changes
@@ -47,38 +72,41 @@ def test_parse_server_drops_optional_fields_of_the_wrong_type():
     assert (info.kernels, info.busy, info.last_activity, info.started) == (None, None, None, 0.0)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"port": 0}, "the agent on gpubox sent an invalid port: 0"),
-    ({"port": 65536}, "the agent on gpubox sent an invalid port: 65536"),
-    ({"port": -1}, "the agent on gpubox sent an invalid port: -1"),
-    ({"port": "8888"}, "the agent on gpubox sent an invalid port: '8888'"),
-    ({"port": 8888.0}, "the agent on gpubox sent an invalid port: 8888.0"),
-    ({"port": True}, "the agent on gpubox sent an invalid port: True"),
-    ({"port": None}, "the agent on gpubox sent an invalid port: None"),
-    ({"pid": 0}, "the agent on gpubox sent an invalid pid: 0"),
-    ({"pid": -5}, "the agent on gpubox sent an invalid pid: -5"),
-    ({"pid": 2**31 + 1}, f"the agent on gpubox sent an invalid pid: {2**31 + 1}"),
-    ({"pid": "4242"}, "the agent on gpubox sent an invalid pid: '4242'"),
-    ({"pid": False}, "the agent on gpubox sent an invalid pid: False"),
-    ({"token": "short"}, "the agent on gpubox sent an invalid token"),
-    ({"token": "a" * 129}, "the agent on gpubox sent an invalid token"),
-    ({"token": TOKEN + "\n"}, "the agent on gpubox sent an invalid token"),
-    ({"token": TOKEN[:20] + "&x=1"}, "the agent on gpubox sent an invalid token"),
-    ({"token": TOKEN[:20] + " " + TOKEN[:20]}, "the agent on gpubox sent an invalid token"),
-    ({"token": 1234567890123456789}, "the agent on gpubox sent an invalid token"),
-    ({"token": None}, "the agent on gpubox sent an invalid token"),
-    ({"mode": "classic"}, "the agent on gpubox sent an invalid server mode: 'classic'"),
-    ({"mode": None}, "the agent on gpubox sent an invalid server mode: None"),
-    ({"dir": 5}, "the agent on gpubox sent an invalid directory: 5"),
-    ({"dir": "relative/dir"}, "the agent on gpubox sent an invalid directory: 'relative/dir'"),
-    ({"dir": "/" + "a" * 5000}, "the agent on gpubox sent an invalid directory: '/" + "a" * 77 + "…"),
-    ({"dir": "/home/\u202eevil"}, "the agent on gpubox sent an invalid directory: '/home/\\u202eevil'"),
-    ({"launcher": "tmux; rm -rf ~"}, "the agent on gpubox sent an invalid launcher: 'tmux; rm -rf ~'"),
-    ({"launcher": None}, "the agent on gpubox sent an invalid launcher: None"),
-    ({"dir": ""}, "the agent on gpubox sent an invalid directory: ''"),
-    ({"dir": "/home/a\nb"}, "the agent on gpubox sent an invalid directory: '/home/a\\nb'"),
-    ({"dir": "/home/a\x1b[2Jb"}, "the agent on gpubox sent an invalid directory: '/home/a\\x1b[2Jb'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"port": 0}, "the agent on gpubox sent an invalid port: 0"),
+        ({"port": 65536}, "the agent on gpubox sent an invalid port: 65536"),
+        ({"port": -1}, "the agent on gpubox sent an invalid port: -1"),
+        ({"port": "8888"}, "the agent on gpubox sent an invalid port: '8888'"),
+        ({"port": 8888.0}, "the agent on gpubox sent an invalid port: 8888.0"),
+        ({"port": True}, "the agent on gpubox sent an invalid port: True"),
+        ({"port": None}, "the agent on gpubox sent an invalid port: None"),
+        ({"pid": 0}, "the agent on gpubox sent an invalid pid: 0"),
+        ({"pid": -5}, "the agent on gpubox sent an invalid pid: -5"),
+        ({"pid": 2**31 + 1}, f"the agent on gpubox sent an invalid pid: {2**31 + 1}"),
+        ({"pid": "4242"}, "the agent on gpubox sent an invalid pid: '4242'"),
+        ({"pid": False}, "the agent on gpubox sent an invalid pid: False"),
+        ({"token": "short"}, "the agent on gpubox sent an invalid token"),
+        ({"token": "a" * 129}, "the agent on gpubox sent an invalid token"),
+        ({"token": TOKEN + "\n"}, "the agent on gpubox sent an invalid token"),
+        ({"token": TOKEN[:20] + "&x=1"}, "the agent on gpubox sent an invalid token"),
+        ({"token": TOKEN[:20] + " " + TOKEN[:20]}, "the agent on gpubox sent an invalid token"),
+        ({"token": 1234567890123456789}, "the agent on gpubox sent an invalid token"),
+        ({"token": None}, "the agent on gpubox sent an invalid token"),
+        ({"mode": "classic"}, "the agent on gpubox sent an invalid server mode: 'classic'"),
+        ({"mode": None}, "the agent on gpubox sent an invalid server mode: None"),
+        ({"dir": 5}, "the agent on gpubox sent an invalid directory: 5"),
+        ({"dir": "relative/dir"}, "the agent on gpubox sent an invalid directory: 'relative/dir'"),
+        ({"dir": "/" + "a" * 5000}, "the agent on gpubox sent an invalid directory: '/" + "a" * 77 + "…"),
+        ({"dir": "/home/\u202eevil"}, "the agent on gpubox sent an invalid directory: '/home/\\u202eevil'"),
+        ({"launcher": "tmux; rm -rf ~"}, "the agent on gpubox sent an invalid launcher: 'tmux; rm -rf ~'"),
+        ({"launcher": None}, "the agent on gpubox sent an invalid launcher: None"),
+        ({"dir": ""}, "the agent on gpubox sent an invalid directory: ''"),
+        ({"dir": "/home/a\nb"}, "the agent on gpubox sent an invalid directory: '/home/a\\nb'"),
+        ({"dir": "/home/a\x1b[2Jb"}, "the agent on gpubox sent an invalid directory: '/home/a\\x1b[2Jb'"),
+    ],
+)
 def test_parse_server_rejects(changes, message):
     with pytest.raises(NbremoteError) as caught:
         parse_server({**GOOD, **changes}, "gpubox")
@@ -97,6 +125,7 @@ def test_parse_server_needs_an_object(doc):
 
 # --- validate_text ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["~", "proj", "~/work/a b", "/srv/ü/日本", "a;b$(x)`y`"])
 def test_validate_text_accepts(value):
     assert validate_text(value, "directory") is value
@@ -111,6 +140,7 @@ def test_validate_text_rejects_naming_the_value(value):
 
 
 # --- ports and URLs -----------------------------------------------------------------
+
 
 def test_port_free_sees_a_listener():
     with socket.socket() as listener:
@@ -191,9 +221,19 @@ def test_the_poller_keeps_trying_until_something_listens():
 
 # --- the laptop's session records ---------------------------------------------------
 
+
 def _record(**changes) -> SessionRecord:
-    fields = dict(host="gpubox", dir="~", remote_dir="/home/alice", local_port=8888, remote_port=40000,
-                  token=TOKEN, pid=4242, mode="lab", updated=1764100000.0)
+    fields = dict(
+        host="gpubox",
+        dir="~",
+        remote_dir="/home/alice",
+        local_port=8888,
+        remote_port=40000,
+        token=TOKEN,
+        pid=4242,
+        mode="lab",
+        updated=1764100000.0,
+    )
     return SessionRecord(**{**fields, **changes})
 
 
@@ -231,15 +271,18 @@ def test_state_dir_tightens_a_loose_existing_dir(isolated):
     assert _mode(folder) == 0o700
 
 
-@pytest.mark.parametrize("content", [
-    "{not json",
-    "",
-    "[1, 2]",
-    "null",
-    '{"gpubox\\u0000~": {"host": "gpubox"}}',
-    '{"gpubox\\u0000~": "a string"}',
-    '{"gpubox\\u0000~": {"host": "gpubox", "dir": "~", "from_the_future": 1}}',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "",
+        "[1, 2]",
+        "null",
+        '{"gpubox\\u0000~": {"host": "gpubox"}}',
+        '{"gpubox\\u0000~": "a string"}',
+        '{"gpubox\\u0000~": {"host": "gpubox", "dir": "~", "from_the_future": 1}}',
+    ],
+)
 def test_corrupt_session_file_is_tolerated(isolated, content):
     folder = isolated.state / "nbremote"
     folder.mkdir(parents=True)
@@ -258,6 +301,7 @@ def test_a_valid_record_survives_a_corrupt_neighbour(isolated):
 
 
 # --- private directories --------------------------------------------------------------
+
 
 def test_write_private_is_0600_and_atomic(tmp_path):
     target = tmp_path / "secret.json"
@@ -306,18 +350,22 @@ def test_runtime_dir_fallback_in_tmp_refuses_another_users_directory(isolated, m
 
 # --- up --socket --------------------------------------------------------------------
 
+
 def test_parse_server_takes_a_socket_in_place_of_a_port():
     sock = "/home/alice/.local/state/nbremote/sockets/0123456789abcdef.sock"
     info = parse_server({**GOOD, "port": None, "sock": sock}, "gpubox")
     assert info.port == sock
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"port": None, "sock": "relative.sock"}, "the agent on gpubox sent an invalid socket: 'relative.sock'"),
-    ({"port": None, "sock": "/tmp/a\nb"}, "the agent on gpubox sent an invalid socket: '/tmp/a\\nb'"),
-    ({"port": 8888, "sock": "/tmp/s.sock"}, "the agent on gpubox sent an invalid socket: '/tmp/s.sock'"),
-    ({"port": None, "sock": 5}, "the agent on gpubox sent an invalid socket: 5"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"port": None, "sock": "relative.sock"}, "the agent on gpubox sent an invalid socket: 'relative.sock'"),
+        ({"port": None, "sock": "/tmp/a\nb"}, "the agent on gpubox sent an invalid socket: '/tmp/a\\nb'"),
+        ({"port": 8888, "sock": "/tmp/s.sock"}, "the agent on gpubox sent an invalid socket: '/tmp/s.sock'"),
+        ({"port": None, "sock": 5}, "the agent on gpubox sent an invalid socket: 5"),
+    ],
+)
 def test_parse_server_rejects_a_bad_socket(changes, message):
     with pytest.raises(NbremoteError) as caught:
         parse_server({**GOOD, **changes}, "gpubox")

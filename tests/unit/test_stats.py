@@ -1,4 +1,5 @@
 """The agent's GPU and /proc parsers over real nvidia-smi captures (tests/fixtures/nvidia-smi)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,16 @@ def fixture(name: str) -> str:
 
 def test_one_gpu_with_every_field_is_read_by_header():
     [gpu] = stats.parse_gpus(fixture("l40s-load.query-gpu.csv"))
-    assert gpu == {"index": 0, "uuid": "GPU-00000000-0000-0000-0000-000000000000", "name": "NVIDIA L40S",
-                   "utilization": 9, "memory_used_mib": 1235, "memory_total_mib": 46068, "temperature_c": 54,
-                   "error": None}
+    assert gpu == {
+        "index": 0,
+        "uuid": "GPU-00000000-0000-0000-0000-000000000000",
+        "name": "NVIDIA L40S",
+        "utilization": 9,
+        "memory_used_mib": 1235,
+        "memory_total_mib": 46068,
+        "temperature_c": 54,
+        "error": None,
+    }
 
 
 def test_several_gpus_without_uuid_column():
@@ -43,8 +51,12 @@ def test_process_lists():
     assert [(a["pid"], a["name"], a["memory_mib"]) for a in apps] == [(20037, "ffmpeg", 538), (20038, "ffmpeg", 681)]
     many = stats.parse_apps(fixture("l40x8.compute-apps.csv"))
     assert len(many) == 7 and len({a["gpu_uuid"] for a in many}) == 7
-    assert many[-1] == {"gpu_uuid": "GPU-ecca4f34-d4ac-7e00-5b68-246d89bc352b", "pid": 88098,
-                        "name": "./build/bin/llama-server", "memory_mib": 26076}
+    assert many[-1] == {
+        "gpu_uuid": "GPU-ecca4f34-d4ac-7e00-5b68-246d89bc352b",
+        "pid": 88098,
+        "name": "./build/bin/llama-server",
+        "memory_mib": 26076,
+    }
     assert stats.parse_apps(fixture("l40s-idle.compute-apps.csv")) == []
 
 
@@ -54,13 +66,15 @@ def test_empty_output_is_no_gpus(text):
 
 
 def test_not_supported_values_are_missing_not_errors():
-    [gpu] = stats.parse_gpus("index, name, utilization.gpu [%], memory.used [MiB], temperature.gpu\n"
-                             "0, Quadro, [Not Supported], [N/A], 40\n")
+    [gpu] = stats.parse_gpus(
+        "index, name, utilization.gpu [%], memory.used [MiB], temperature.gpu\n0, Quadro, [Not Supported], [N/A], 40\n"
+    )
     assert (gpu["utilization"], gpu["memory_used_mib"], gpu["temperature_c"], gpu["error"]) == (None, None, 40, None)
 
 
 def test_jobs_gpu_memory_is_the_sum_over_the_jobs_processes(monkeypatch):
     from nbremote.agent import jobs
+
     apps = stats.parse_apps(fixture("l40x8.compute-apps.csv"))
     monkeypatch.setattr(jobs.jupyter, "_descendants", lambda pid: {72205: [72210, 72211, 72212, 72213]}.get(pid, []))
     usage = jobs.gpu_usage([{"name": "train", "pid": 72205}, {"name": "idle", "pid": 1}], apps)
@@ -74,8 +88,16 @@ def test_meminfo():
 
 
 def _host(gpu: dict) -> status.HostStatus:
-    return status.HostStatus(host="gpubox", label="gpubox", reachable=True, seconds=0.1, path="10.0.0.2:22",
-                             rtt=0.002, machine={"load": [0.5, 0.4, 0.3], "cpus": 16}, gpu=gpu)
+    return status.HostStatus(
+        host="gpubox",
+        label="gpubox",
+        reachable=True,
+        seconds=0.1,
+        path="10.0.0.2:22",
+        rtt=0.002,
+        machine={"load": [0.5, 0.4, 0.3], "cpus": 16},
+        gpu=gpu,
+    )
 
 
 def test_render_names_the_process_that_uses_a_gpu():
@@ -84,15 +106,21 @@ def test_render_names_the_process_that_uses_a_gpu():
     apps[0]["owner"] = "job encode"
     lines = status.render([_host({"available": True, "gpus": gpus, "apps": apps})])
     assert lines[0] == "gpubox  via 10.0.0.2:22 2 ms   load 0.50/16"
-    assert lines[1] == ("  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  job encode (pid 20037, 0.5 GB), "
-                        "ffmpeg (pid 20038, 0.7 GB)")
+    assert lines[1] == (
+        "  GPU0 NVIDIA L40S    9%  1.2/45.0 GB  54°C  job encode (pid 20037, 0.5 GB), ffmpeg (pid 20038, 0.7 GB)"
+    )
 
 
-@pytest.mark.parametrize("reason, line", [
-    ("no nvidia-smi", "  no GPU (no nvidia-smi)"),
-    ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
-     "  no GPU: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
-])
+@pytest.mark.parametrize(
+    "reason, line",
+    [
+        ("no nvidia-smi", "  no GPU (no nvidia-smi)"),
+        (
+            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
+            "  no GPU: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
+        ),
+    ],
+)
 def test_render_without_a_gpu_says_so_plainly(reason, line):
     assert status.render([_host({"available": False, "reason": reason, "gpus": [], "apps": []})])[1] == line
 

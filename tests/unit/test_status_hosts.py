@@ -1,4 +1,5 @@
 """`nbremote status` without HOST asks what the docs say: every profile and every host with a session."""
+
 from __future__ import annotations
 
 import time
@@ -10,8 +11,17 @@ from nbremote.profiles import Profile
 
 
 def _session(host: str) -> sessions.SessionRecord:
-    return sessions.SessionRecord(host=host, dir="~", remote_dir="/home/me", local_port=8890, remote_port=8888,
-                                  token="t" * 48, pid=4242, mode="lab", updated=time.time())
+    return sessions.SessionRecord(
+        host=host,
+        dir="~",
+        remote_dir="/home/me",
+        local_port=8890,
+        remote_port=8888,
+        token="t" * 48,
+        pid=4242,
+        mode="lab",
+        updated=time.time(),
+    )
 
 
 def test_nothing_known_is_this_machine(isolated):
@@ -32,14 +42,21 @@ def test_this_machine_too_when_it_has_a_session(isolated):
 
 def test_status_shows_the_extra_forwards_of_a_session(isolated):
     sessions.save(replace(_session("gpubox"), forwards=((16006, 6006),)))
-    servers, _ = status._with_urls([{"dir": "/home/me", "port": 8888, "pid": 4242, "running": True,
-                                     "kernels": 0, "busy": 0, "mode": "lab"},
-                                    {"dir": "/srv/other", "port": 8889, "pid": 4343, "running": True,
-                                     "kernels": 0, "busy": 0, "mode": "lab"}], [], "gpubox", False)
+    servers, _ = status._with_urls(
+        [
+            {"dir": "/home/me", "port": 8888, "pid": 4242, "running": True, "kernels": 0, "busy": 0, "mode": "lab"},
+            {"dir": "/srv/other", "port": 8889, "pid": 4343, "running": True, "kernels": 0, "busy": 0, "mode": "lab"},
+        ],
+        [],
+        "gpubox",
+        False,
+    )
     assert [s["forwards"] for s in servers] == [[{"local_port": 16006, "remote_port": 6006}], []]
     shown = status.HostStatus(host="gpubox", label="gpubox", reachable=True, seconds=0.1, servers=servers)
     lines = status.render([shown])
-    assert lines[lines.index(next(x for x in lines if "Jupyter  /home/me" in x)) + 1] == \
-        "  forward  localhost:16006 → gpubox:6006"
+    assert (
+        lines[lines.index(next(x for x in lines if "Jupyter  /home/me" in x)) + 1]
+        == "  forward  localhost:16006 → gpubox:6006"
+    )
     assert sum("forward  " in line for line in lines) == 1
     assert shown.to_json()["servers"][0]["forwards"] == [{"local_port": 16006, "remote_port": 6006}]

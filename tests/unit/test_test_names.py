@@ -1,5 +1,6 @@
 """pytest imports test files by their base name (rootdir-relative imports, no packages): two
 files of one name in different folders stop the whole run at collection, so the names stay unique."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,5 +14,7 @@ def test_every_test_module_has_a_name_of_its_own():
     for path in TESTS.rglob("*.py"):
         if "artifacts" not in path.parts and "__pycache__" not in path.parts:
             seen[path.name].append(str(path.relative_to(TESTS)))
-    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1 and name not in ("__init__.py", "conftest.py")}
+    clashes = {
+        name: paths for name, paths in seen.items() if len(paths) > 1 and name not in ("__init__.py", "conftest.py")
+    }
     assert not clashes, f"rename one of each: {clashes}"

@@ -4,6 +4,7 @@ apt-get install fails as a whole when one name is unknown, and Ubuntu has no `ch
 package (a snap only): it must not be on the unconditional install line, and the browser
 tests must get a Chromium another way there.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,7 @@
 """The phases of `up`, `down` and `ls` in session.py, through their seams: the place's connection
 (a stand-in for the ssh master whose forward opens a real local port), the runner, and the real
 probe over HTTP. No ssh, no agent, no root; each test well under a second."""
+
 from __future__ import annotations
 
 import http.server
@@ -127,10 +128,20 @@ class Runner:
         if self.answers:
             self.world.servers[(self.addr, self.port)] = TOKEN
         console.done("JupyterLab started")
-        return Served(dir="/home/me/proj", mode="lab", port=self.port, token=TOKEN, pid=4242, reused=False,
-                      addr=self.addr, job_id="81" if self.name == "slurm" else None,
-                      node="node1" if self.name == "slurm" else None, where=place.label,
-                      fields={"pid": 4242, "reused": False}, warnings=self.warnings)
+        return Served(
+            dir="/home/me/proj",
+            mode="lab",
+            port=self.port,
+            token=TOKEN,
+            pid=4242,
+            reused=False,
+            addr=self.addr,
+            job_id="81" if self.name == "slurm" else None,
+            node="node1" if self.name == "slurm" else None,
+            where=place.label,
+            fields={"pid": 4242, "reused": False},
+            warnings=self.warnings,
+        )
 
     def stop(self, place, directory, all_dirs, console, timeout):
         self.stopped.append((directory, all_dirs))
@@ -174,9 +185,20 @@ def opts(**kw) -> session.UpOptions:
 
 
 def remember(local_port: int, token: str = TOKEN, **kw) -> SessionRecord:
-    record = SessionRecord(**{"host": "gpubox", "dir": "proj", "remote_dir": "/home/me/proj",
-                              "local_port": local_port, "remote_port": REMOTE, "token": token, "pid": 4242,
-                              "mode": "lab", "updated": 0.0, **kw})
+    record = SessionRecord(
+        **{
+            "host": "gpubox",
+            "dir": "proj",
+            "remote_dir": "/home/me/proj",
+            "local_port": local_port,
+            "remote_port": REMOTE,
+            "token": token,
+            "pid": 4242,
+            "mode": "lab",
+            "updated": 0.0,
+            **kw,
+        }
+    )
     sessions.save(record)
     return record
 
@@ -281,8 +303,9 @@ def test_a_runner_that_needs_the_agent_is_asked_even_with_a_remembered_server(wo
     conn = Connection(world, alive=True)
     cleanup.append(conn)
     conn.forward(port, REMOTE, NODE_ADDR)  # the master still holds the old forward
-    runner = Runner(world, name="slurm", reattach_from_record=False, addr=NODE_ADDR,
-                    warnings=("Slurm job 81 has only 5 min left",))
+    runner = Runner(
+        world, name="slurm", reattach_from_record=False, addr=NODE_ADDR, warnings=("Slurm job 81 has only 5 min left",)
+    )
     out, err = console()
     result = session.up(host(conn), runner, opts(), out)
     assert runner.started == ["proj"]
@@ -315,10 +338,13 @@ def test_a_server_that_never_answers_through_the_forward_is_an_error_and_nothing
     assert sessions.load_all() == {}
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"dir": "a\nb"}, "directory 'a\\nb' is not valid"),
-    ({"env": "x\x1b"}, "environment 'x\\x1b' is not valid"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"dir": "a\nb"}, "directory 'a\\nb' is not valid"),
+        ({"env": "x\x1b"}, "environment 'x\\x1b' is not valid"),
+    ],
+)
 def test_bad_input_is_refused_before_anything_runs(world, changes, message):
     conn = Connection(world)
     runner = Runner(world)
@@ -357,6 +383,5 @@ def test_down_cancels_the_forward_forgets_the_session_and_lets_the_master_go(wor
 def test_ls_joins_the_laptops_record_of_the_runners_sessions_only(world):
     record = remember(8890)
     rows = session.ls(host(Connection(world)), Runner(world), timeout=1)
-    assert rows == [{"dir": "/home/me/proj", "local_port": record.local_port, "keeper_pid": None,
-                     "forwards": []}]
+    assert rows == [{"dir": "/home/me/proj", "local_port": record.local_port, "keeper_pid": None, "forwards": []}]
     assert session.ls(host(Connection(world)), Runner(world, name="slurm"), timeout=1)[0]["local_port"] is None

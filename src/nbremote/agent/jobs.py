@@ -12,6 +12,7 @@ from NAME.json by the wrapper, so no shell ever parses it. The wrapper
 setsid) waits for the command, writes NAME.end.json atomically, and forwards
 the signals it gets to the command's process group, which is what `kill` sends.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,6 +40,7 @@ FOLLOW_POLL = 0.2
 # client went away finds out, instead of polling a log forever.
 HEARTBEAT = 5.0
 
+
 def _wrapper_alive(record: Doc) -> bool:
     pid = record.get("pid")
     if not isinstance(pid, int) or not jupyter._pid_alive(pid):
@@ -63,8 +65,10 @@ def view(record: Doc, gpu_memory: int | None = None) -> Doc:
     if record.get("launcher") == "slurm":
         return slurm.job_view(record, gpu_memory)
     end = jobstore.end(record["name"])
-    doc = {k: record.get(k) for k in ("name", "argv", "dir", "env_spec", "started", "launcher",
-                                      "tmux_session", "log", "pid")}
+    doc = {
+        k: record.get(k)
+        for k in ("name", "argv", "dir", "env_spec", "started", "launcher", "tmux_session", "log", "pid")
+    }
     doc.update(state="running", exit_code=None, ended=None)
     if end is not None:
         killed = record.get("kill_requested") is not None or end["exit_code"] < 0
@@ -106,13 +110,19 @@ def _environment(env_spec: str | None) -> dict[str, str]:
     if "/" in env_spec or env_spec.startswith((".", "~")):
         prefix = os.path.realpath(os.path.expanduser(env_spec))
         if not os.path.isdir(os.path.join(prefix, "bin")):
-            raise AgentError("no_env", "no environment at %s on the server" % prefix,
-                             hint="pass the directory of a venv or conda environment (the one holding bin/)")
+            raise AgentError(
+                "no_env",
+                "no environment at %s on the server" % prefix,
+                hint="pass the directory of a venv or conda environment (the one holding bin/)",
+            )
     else:
         prefix = jupyter._conda_prefix(env_spec)
         if prefix is None:
-            raise AgentError("no_env", 'no conda environment "%s" on the server' % env_spec,
-                             hint="`conda env list` on the server shows the names; or pass a venv's path")
+            raise AgentError(
+                "no_env",
+                'no conda environment "%s" on the server' % env_spec,
+                hint="`conda env list` on the server shows the names; or pass a venv's path",
+            )
     env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
     env["VIRTUAL_ENV" if os.path.exists(os.path.join(prefix, "pyvenv.cfg")) else "CONDA_PREFIX"] = prefix
     return env
@@ -125,20 +135,42 @@ def _launch(record: Doc, use_tmux: bool) -> tuple[int, str | None]:
         # tmux shows '.' and ':' as '_' in session names; the record keeps the real one.
         session = "nbremote-job-" + record["name"].replace(".", "_")
         done = subprocess.run(
-            ["tmux", "new-session", "-d", "-s", session, "-c", record["dir"], "-P", "-F", "#{pane_pid}",
-             "exec " + shlex.join(wrapper)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-c",
+                record["dir"],
+                "-P",
+                "-F",
+                "#{pane_pid}",
+                "exec " + shlex.join(wrapper),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
         if done.returncode != 0 or not done.stdout.strip().isdigit():
             raise AgentError("job_launch_failed", "tmux could not start the job: %s" % done.stderr.strip())
         return int(done.stdout.strip()), session
     with open(record["log"], "ab") as log:
-        process = subprocess.Popen(wrapper, cwd=record["dir"], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        process = subprocess.Popen(
+            wrapper,
+            cwd=record["dir"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
     return process.pid, None
 
 
-def op_run(channel: Channel, argv: Any = None, name: Any = None, dir: Any = None, env: Any = None,
-           slurm_options: Any = None) -> Doc:
+def op_run(
+    channel: Channel, argv: Any = None, name: Any = None, dir: Any = None, env: Any = None, slurm_options: Any = None
+) -> Doc:
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise AgentError("bad_request", "argv must be a non-empty list of strings")
     if any("\0" in a for a in argv):
@@ -152,15 +184,27 @@ def op_run(channel: Channel, argv: Any = None, name: Any = None, dir: Any = None
         previous = jobstore.load(name)
         if previous is not None:
             busy = view(previous)["state"] == "running"
-            raise AgentError("job_exists", "a job named %s %s on the server" % (
-                name, "is running" if busy else "already exists"),
-                hint="pick another --name" + ("" if busy else ", or forget finished jobs with `nbremote jobs --prune`"))
+            raise AgentError(
+                "job_exists",
+                "a job named %s %s on the server" % (name, "is running" if busy else "already exists"),
+                hint="pick another --name" + ("" if busy else ", or forget finished jobs with `nbremote jobs --prune`"),
+            )
         log_path = jobstore.path(name, ".log")
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         use_tmux = shutil.which("tmux") is not None
-        record: Doc = {"name": name, "argv": argv, "dir": directory, "env_spec": env, "env": environment,
-                  "log": log_path, "started": time.time(), "launcher": "tmux" if use_tmux else "setsid",
-                  "tmux_session": None, "pid": None, "kill_requested": None}
+        record: Doc = {
+            "name": name,
+            "argv": argv,
+            "dir": directory,
+            "env_spec": env,
+            "env": environment,
+            "log": log_path,
+            "started": time.time(),
+            "launcher": "tmux" if use_tmux else "setsid",
+            "tmux_session": None,
+            "pid": None,
+            "kill_requested": None,
+        }
         jobstore.save(record)
         try:
             record["pid"], record["tmux_session"] = _launch(record, use_tmux)
@@ -298,5 +342,10 @@ def op_status(channel: Channel) -> Doc:
             owners.setdefault(pid, "Jupyter in %s" % server["dir"])
     for app in report["apps"]:
         app["owner"] = owners.get(app["pid"])
-    return {"machine": stats.machine(), "gpu": report, "servers": servers,
-            "jobs": [view(r, usage.get(r["name"])) for r in records], "slurm": slurm.status_servers()}
+    return {
+        "machine": stats.machine(),
+        "gpu": report,
+        "servers": servers,
+        "jobs": [view(r, usage.get(r["name"])) for r in records],
+        "slurm": slurm.status_servers(),
+    }

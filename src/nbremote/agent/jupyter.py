@@ -9,6 +9,7 @@ goes back in the `starting` event and the reply, over the ssh channel, and to Ju
 by JUPYTER_TOKEN_FILE. (Not ``--config``: that file would replace the user's own
 jupyter_server_config.)
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ LOG_TAIL_LINES = 15
 
 
 # --- where things are -------------------------------------------------------
+
 
 def resolve_directory(directory: object) -> str:
     path = os.path.expanduser(directory if isinstance(directory, str) and directory else "~")
@@ -88,13 +90,18 @@ def _install_hint(mode: str, env: str | None, prefix: str | None) -> str:
     package = "jupyterlab" if mode == "lab" else "notebook"
     if env is None:
         # Not `pip install --user`: Debian 12 and Ubuntu 23.04+ refuse it (PEP 668), a venv works everywhere.
-        return ("on the server make a venv holding it: `python3 -m venv ~/.venvs/jupyter && "
-                "~/.venvs/jupyter/bin/pip install %s` (Debian/Ubuntu: `sudo apt-get install python3-venv` "
-                "first), then pass `--env '~/.venvs/jupyter'`" % package)
+        return (
+            "on the server make a venv holding it: `python3 -m venv ~/.venvs/jupyter && "
+            "~/.venvs/jupyter/bin/pip install %s` (Debian/Ubuntu: `sudo apt-get install python3-venv` "
+            "first), then pass `--env '~/.venvs/jupyter'`" % package
+        )
     if prefix is not None and ("/" in env or env.startswith((".", "~"))):
         return "on the server run `%s install %s`" % (shlex.quote(os.path.join(prefix, "bin", "pip")), package)
     return "on the server run `conda install -n %s %s` (or `pip install %s` inside it)" % (
-        shlex.quote(env), package, package)
+        shlex.quote(env),
+        package,
+        package,
+    )
 
 
 def resolve_jupyter(mode: str, env: str | None) -> str:
@@ -106,21 +113,28 @@ def resolve_jupyter(mode: str, env: str | None) -> str:
         if found:
             return found
         what = "JupyterLab" if mode == "lab" else "Jupyter Notebook"
-        raise AgentError("no_jupyter", "no %s on the login PATH of the server" % what,
-                         hint=_install_hint(mode, None, None))
+        raise AgentError(
+            "no_jupyter", "no %s on the login PATH of the server" % what, hint=_install_hint(mode, None, None)
+        )
     prefix: str | None
     if "/" in env or env.startswith((".", "~")):
         prefix = os.path.realpath(os.path.expanduser(env))
         label = "the environment at %s" % prefix
         if not os.path.isdir(prefix):
-            raise AgentError("no_env", "no environment at %s on the server" % prefix,
-                             hint="pass the directory of a venv or conda environment (the one holding bin/)")
+            raise AgentError(
+                "no_env",
+                "no environment at %s on the server" % prefix,
+                hint="pass the directory of a venv or conda environment (the one holding bin/)",
+            )
     else:
         prefix = _conda_prefix(env)
         label = 'the conda environment "%s"' % env
         if prefix is None:
-            raise AgentError("no_env", 'no conda environment "%s" on the server' % env,
-                             hint="`conda env list` on the server shows the names; or pass a venv's path")
+            raise AgentError(
+                "no_env",
+                'no conda environment "%s" on the server' % env,
+                hint="`conda env list` on the server shows the names; or pass a venv's path",
+            )
     candidate = os.path.join(prefix, "bin", program)
     if not os.access(candidate, os.X_OK):
         raise AgentError("no_jupyter", "no Jupyter in %s" % label, hint=_install_hint(mode, env, prefix))
@@ -152,29 +166,45 @@ def _keep_output_hint(env: str | None, program: str) -> str:
     prefix = os.path.dirname(os.path.dirname(program))
     if env is not None and "/" not in env and not env.startswith((".", "~")):
         return "on the server run `conda run -n %s pip install %s`" % (shlex.quote(env), quoted)
-    if env is not None or os.path.exists(os.path.join(prefix, "pyvenv.cfg")) \
-            or os.path.isdir(os.path.join(prefix, "conda-meta")):
+    if (
+        env is not None
+        or os.path.exists(os.path.join(prefix, "pyvenv.cfg"))
+        or os.path.isdir(os.path.join(prefix, "conda-meta"))
+    ):
         return "on the server run `%s install %s`" % (shlex.quote(os.path.join(prefix, "bin", "pip")), quoted)
     # A system or --user Jupyter: a venv of its own, never pip --user into the system Python.
-    return ("on the server make a venv with both: `python3 -m venv ~/jupyter-venv && "
-            "~/jupyter-venv/bin/pip install jupyterlab notebook %s`, then `up --env ~/jupyter-venv "
-            "--keep-output`" % quoted)
+    return (
+        "on the server make a venv with both: `python3 -m venv ~/jupyter-venv && "
+        "~/jupyter-venv/bin/pip install jupyterlab notebook %s`, then `up --env ~/jupyter-venv "
+        "--keep-output`" % quoted
+    )
 
 
 def check_keep_output(program: str, env: str | None) -> None:
     """Refuse --keep-output, saying how to add it, when this Jupyter's Python lacks the extension."""
-    probe = ("import importlib.util, sys; "
-             "sys.exit(0 if all(importlib.util.find_spec(m) for m in %r) else 3)" % (KEEP_OUTPUT_MODULES,))
+    probe = "import importlib.util, sys; sys.exit(0 if all(importlib.util.find_spec(m) for m in %r) else 3)" % (
+        KEEP_OUTPUT_MODULES,
+    )
     try:
-        found = subprocess.run([_interpreter(program), "-c", probe], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+        found = (
+            subprocess.run(
+                [_interpreter(program), "-c", probe],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         found = False
     if not found:
-        raise AgentError("no_keep_output",
-                         "the Jupyter at %s cannot keep output while no browser is attached: "
-                         "it lacks jupyter-server-nbmodel" % program,
-                         hint=_keep_output_hint(env, program))
+        raise AgentError(
+            "no_keep_output",
+            "the Jupyter at %s cannot keep output while no browser is attached: "
+            "it lacks jupyter-server-nbmodel" % program,
+            hint=_keep_output_hint(env, program),
+        )
 
 
 def free_port() -> int:
@@ -186,8 +216,10 @@ def free_port() -> int:
 
 # --- talking to a running server ---------------------------------------------
 
+
 def _unix_connection(client: ModuleType, path: str, timeout: float) -> http.client.HTTPConnection:
     """An HTTPConnection to a Unix socket; made here because http.client is imported lazily."""
+
     class UnixConnection(client.HTTPConnection):  # type: ignore[name-defined,misc]
         def connect(self) -> None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -201,6 +233,7 @@ def _unix_connection(client: ModuleType, path: str, timeout: float) -> http.clie
 def api(record: Doc, method: str, path: str, timeout: float = 2.0) -> tuple[int | None, Any]:
     """Call a server's REST API on loopback or its Unix socket; http.client ignores proxy variables."""
     import http.client  # here, not at the top: every agent start would pay for it (ssl, email)
+
     if record.get("sock"):
         conn = _unix_connection(http.client, record["sock"], timeout)
     else:
@@ -255,6 +288,7 @@ def kernel_summary(record: Doc) -> dict[str, int] | None:
 
 # --- starting -------------------------------------------------------------
 
+
 def _tmux_session(key: str) -> str:
     return "nbremote-jupyter-" + key
 
@@ -269,31 +303,38 @@ def _log_tail(path: str, offset: int) -> list[str]:
     return lines[-LOG_TAIL_LINES:]
 
 
-def _launch(argv: list[str], directory: str, env: dict[str, str], key: str, log_path: str,
-            use_tmux: bool) -> tuple[int, subprocess.Popen[bytes] | None, str]:
+def _launch(
+    argv: list[str], directory: str, env: dict[str, str], key: str, log_path: str, use_tmux: bool
+) -> tuple[int, subprocess.Popen[bytes] | None, str]:
     """Start argv detached; return (pid of Jupyter, Popen or None, launcher name)."""
     if use_tmux:
         session = _tmux_session(key)
         assignments = ["%s=%s" % (k, env[k]) for k in ("PATH", "JUPYTER_RUNTIME_DIR", "JUPYTER_TOKEN_FILE")]
         # exec keeps the pane's pid for Jupyter itself, so pane_pid is the server's pid.
         # stdin stays on the pane's terminal: once no process holds it, tmux closes the pane.
-        command = "exec %s >>%s 2>&1" % (
-            shlex.join(["env"] + assignments + argv), shlex.quote(log_path))
+        command = "exec %s >>%s 2>&1" % (shlex.join(["env"] + assignments + argv), shlex.quote(log_path))
         new = ["tmux", "new-session", "-d", "-s", session, "-c", directory, "-P", "-F", "#{pane_pid}", command]
         done = subprocess.run(new, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
         if done.returncode != 0 and "duplicate session" in done.stderr:
             # A session left by a Jupyter that died: killed only when there is one, as a
             # kill-session first would cost every start one more tmux process.
-            subprocess.run(["tmux", "kill-session", "-t", "=" + session],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            done = subprocess.run(new, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                                  env=env)
+            subprocess.run(
+                ["tmux", "kill-session", "-t", "=" + session], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            done = subprocess.run(new, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
         if done.returncode != 0 or not done.stdout.strip().isdigit():
             raise AgentError("launch_failed", "tmux could not start Jupyter: %s" % done.stderr.strip())
         return int(done.stdout.strip()), None, "tmux"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, cwd=directory, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return process.pid, process, "setsid"
 
 
@@ -302,14 +343,23 @@ def socket_path(key: str) -> str:
     return os.path.join(state.private_dir("sockets"), key + ".sock")
 
 
-def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str | None, timeout: float,
-          use_socket: bool = False, keep_output: bool = False) -> Doc:
+def start(
+    channel: Channel,
+    key: str,
+    directory: str,
+    mode: str,
+    env_spec: str | None,
+    timeout: float,
+    use_socket: bool = False,
+    keep_output: bool = False,
+) -> Doc:
     program = resolve_jupyter(mode, env_spec)
     if keep_output:
         check_keep_output(program, env_spec)
     logs = state.private_dir("logs")
     log_path = os.path.join(logs, key + ".log")
     import secrets  # only a start needs it; it costs every other request its import time
+
     token = secrets.token_hex(24)
     token_path = os.path.join(state.private_dir("tokens"), key)
     state.write_private(token_path, token)
@@ -329,9 +379,11 @@ def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str |
         # 60 s after the last browser leaves, and output printed after that is lost. Its
         # update store and session file go to our private state, not into the user's folder.
         kept = state.private_dir("keep-output")
-        argv += ["--YDocExtension.document_cleanup_delay=None",
-                 "--SQLiteYStore.db_path=" + os.path.join(kept, key + ".ystore.db"),
-                 "--YDocExtension.session_store_path=" + os.path.join(kept, key + ".sessions.json")]
+        argv += [
+            "--YDocExtension.document_cleanup_delay=None",
+            "--SQLiteYStore.db_path=" + os.path.join(kept, key + ".ystore.db"),
+            "--YDocExtension.session_store_path=" + os.path.join(kept, key + ".sessions.json"),
+        ]
     if os.geteuid() == 0:
         # Jupyter refuses root without this; containers and fresh VMs often only have root.
         argv.append("--allow-root")
@@ -346,10 +398,20 @@ def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str |
     use_tmux = shutil.which("tmux") is not None
     pid, process, launcher = _launch(argv, directory, env, key, log_path, use_tmux)
     record: Doc = {
-        "key": key, "dir": directory, "mode": mode, "env": env_spec, "jupyter": program,
-        "port": port, "sock": sock, "pid": pid, "token": token, "launcher": launcher,
+        "key": key,
+        "dir": directory,
+        "mode": mode,
+        "env": env_spec,
+        "jupyter": program,
+        "port": port,
+        "sock": sock,
+        "pid": pid,
+        "token": token,
+        "launcher": launcher,
         "tmux_session": _tmux_session(key) if launcher == "tmux" else None,
-        "log": log_path, "started": time.time(), "keep_output": bool(keep_output),
+        "log": log_path,
+        "started": time.time(),
+        "keep_output": bool(keep_output),
     }
     state.save_record(record)
     # The token rides the ssh channel, as in the final reply: the client polls through its
@@ -359,27 +421,35 @@ def start(channel: Channel, key: str, directory: str, mode: str, env_spec: str |
     else:
         channel.event("starting", port=port, pid=pid, launcher=launcher, token=token)
     import http.client  # noqa: F401  api() needs it at the first answer: paid now, while Jupyter starts
+
     deadline = time.monotonic() + timeout
     while True:
         exited = process.poll() is not None if process else not _pid_alive(pid)
         if exited:
             state.forget(key)
-            raise AgentError("jupyter_exited", "Jupyter exited during start-up",
-                             hint="its log on the server is %s" % log_path,
-                             details=_log_tail(log_path, offset))
+            raise AgentError(
+                "jupyter_exited",
+                "Jupyter exited during start-up",
+                hint="its log on the server is %s" % log_path,
+                details=_log_tail(log_path, offset),
+            )
         if server_status(record) is not None:
             _restrict_runtime_files(pid)
             return record
         if time.monotonic() > deadline:
             _stop_pid(pid, record)
             state.forget(key)
-            raise AgentError("jupyter_timeout", "Jupyter did not answer within %g s" % timeout,
-                             hint="its log on the server is %s" % log_path,
-                             details=_log_tail(log_path, offset))
+            raise AgentError(
+                "jupyter_timeout",
+                "Jupyter did not answer within %g s" % timeout,
+                hint="its log on the server is %s" % log_path,
+                details=_log_tail(log_path, offset),
+            )
         time.sleep(0.01)
 
 
 # --- stopping -------------------------------------------------------------
+
 
 def _descendants(pid: int) -> list[int]:
     """Children first found through /proc; kernels run in sessions of their own."""
@@ -448,8 +518,11 @@ def _stop_pid(pid: int, record: Doc) -> None:
     if not _wait_gone(leftovers, 2):
         _signal_all(leftovers, signal.SIGKILL)
     if record.get("tmux_session") and shutil.which("tmux"):
-        subprocess.run(["tmux", "kill-session", "-t", "=" + record["tmux_session"]],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["tmux", "kill-session", "-t", "=" + record["tmux_session"]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     _remove_runtime_files(pid)
     if record.get("sock"):
         try:
@@ -487,6 +560,7 @@ def _remove_runtime_files(pid: int) -> None:
 
 # --- operations -------------------------------------------------------------
 
+
 def _public(record: Doc, status: Doc | None = None) -> Doc:
     view = {k: record[k] for k in ("dir", "mode", "env", "port", "pid", "token", "launcher", "started")}
     view["sock"] = record.get("sock")
@@ -501,8 +575,15 @@ def _public(record: Doc, status: Doc | None = None) -> Doc:
     return view
 
 
-def op_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, timeout: Any = 60,
-          socket: Any = False, keep_output: Any = False) -> Doc:
+def op_up(
+    channel: Channel,
+    dir: Any = None,
+    mode: Any = "lab",
+    env: Any = None,
+    timeout: Any = 60,
+    socket: Any = False,
+    keep_output: Any = False,
+) -> Doc:
     if mode not in MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(MODES))
     directory = resolve_directory(dir)
@@ -522,7 +603,8 @@ def op_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None,
                 if env is not None and record.get("env") != env:
                     raise AgentError(
                         "env_conflict",
-                        "a Jupyter from %s is already running in %s" % (record.get("env") or "the login PATH", directory),
+                        "a Jupyter from %s is already running in %s"
+                        % (record.get("env") or "the login PATH", directory),
                         hint="stop it first with `nbremote down` and the same --dir",
                     )
                 if keep_output and not record.get("keep_output"):
@@ -536,8 +618,9 @@ def op_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None,
             channel.event("stale", pid=replaced)
             _stop_pid(record["pid"], record)
             state.forget(key)
-        record = start(channel, key, directory, mode, env, float(timeout), use_socket=bool(socket),
-                       keep_output=bool(keep_output))
+        record = start(
+            channel, key, directory, mode, env, float(timeout), use_socket=bool(socket), keep_output=bool(keep_output)
+        )
         return {"reused": False, "replaced_pid": replaced, "server": _public(record)}
 
 

@@ -6,6 +6,7 @@ with the key the laptop's Jupyter chose; the key reaches it in a 0600 connection
 file, never on a command line. It runs in a session of its own, so it outlives the
 ssh connection that started it: a network outage does not lose its state.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def resolve_python(env: str | None) -> str:
     """The python3 of ENV (a conda name or a venv/conda path), else the login PATH's."""
     if env is None:
         import shutil
+
         found = shutil.which("python3")
         if not found:
             raise AgentError("no_env", "no python3 on the login PATH of the server")
@@ -40,33 +42,47 @@ def resolve_python(env: str | None) -> str:
     if "/" in env or env.startswith((".", "~")):
         prefix = os.path.realpath(os.path.expanduser(env))
         if not os.path.isdir(prefix):
-            raise AgentError("no_env", "no environment at %s on the server" % prefix,
-                             hint="pass the directory of a venv or conda environment (the one holding bin/)")
+            raise AgentError(
+                "no_env",
+                "no environment at %s on the server" % prefix,
+                hint="pass the directory of a venv or conda environment (the one holding bin/)",
+            )
     else:
         found = _conda_prefix(env)
         if found is None:
-            raise AgentError("no_env", 'no conda environment "%s" on the server' % env,
-                             hint="`conda env list` on the server shows the names; or pass a venv's path")
+            raise AgentError(
+                "no_env",
+                'no conda environment "%s" on the server' % env,
+                hint="`conda env list` on the server shows the names; or pass a venv's path",
+            )
         prefix = found
     for name in ("python3", "python"):
         candidate = os.path.join(prefix, "bin", name)
         if os.access(candidate, os.X_OK):
             return candidate
-    raise AgentError("no_env", "no python in the environment at %s on the server" % prefix,
-                     hint="pass the directory of a venv or conda environment (the one holding bin/)")
+    raise AgentError(
+        "no_env",
+        "no python in the environment at %s on the server" % prefix,
+        hint="pass the directory of a venv or conda environment (the one holding bin/)",
+    )
 
 
 def _check_ipykernel(python: str, env: str | None) -> None:
-    done = subprocess.run([python, "-c", "import importlib.util, sys; "
-                           "sys.exit(0 if importlib.util.find_spec('ipykernel') else 3)"],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=30)
+    done = subprocess.run(
+        [python, "-c", "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('ipykernel') else 3)"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+    )
     if done.returncode != 0:
         where = "the environment %s" % env if env else "the login PATH's python3"
         pip = "%s -m pip install ipykernel" % python
-        raise AgentError("no_ipykernel", "no ipykernel in %s on the server" % where,
-                         hint="on the server run `%s` (in a venv or conda environment, not the system Python)"
-                         % pip)
+        raise AgentError(
+            "no_ipykernel",
+            "no ipykernel in %s on the server" % where,
+            hint="on the server run `%s` (in a venv or conda environment, not the system Python)" % pip,
+        )
 
 
 def op_kernel_check(channel: Channel, env: Any = None) -> Doc:
@@ -99,36 +115,57 @@ def _connection_path(kernel_id: str) -> str:
     return os.path.join(state.private_dir("kernels"), kernel_id + ".json")
 
 
-def op_kernel_start(channel: Channel, env: Any = None, key: Any = "", signature_scheme: Any = "hmac-sha256",
-                    dir: Any = None, timeout: Any = 60) -> Doc:
+def op_kernel_start(
+    channel: Channel,
+    env: Any = None,
+    key: Any = "",
+    signature_scheme: Any = "hmac-sha256",
+    dir: Any = None,
+    timeout: Any = 60,
+) -> Doc:
     if signature_scheme not in SCHEMES or not isinstance(key, str) or not key or len(key) > 256:
         raise AgentError("bad_request", "key and signature_scheme (%s) are required" % ", ".join(SCHEMES))
     directory = resolve_directory(dir)
     python = resolve_python(env)
     _check_ipykernel(python, env)
     import secrets
+
     kernel_id = secrets.token_hex(8)
     ports = dict(zip(CHANNELS, _free_ports(len(CHANNELS))))
-    connection = dict(ports, ip="127.0.0.1", transport="tcp", key=key, signature_scheme=signature_scheme,
-                      kernel_name="")
+    connection = dict(
+        ports, ip="127.0.0.1", transport="tcp", key=key, signature_scheme=signature_scheme, kernel_name=""
+    )
     path = _connection_path(kernel_id)
     state.write_private(path, json.dumps(connection))
     log_path = os.path.join(state.private_dir("logs"), "kernel-%s.log" % kernel_id)
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
-        process = subprocess.Popen([python, "-m", "ipykernel_launcher", "-f", path], cwd=directory,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [python, "-m", "ipykernel_launcher", "-f", path],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + float(timeout)
     while not all(_listening(p) for p in ports.values()):
         if process.poll() is not None:
             _stop(process.pid, path)
-            raise AgentError("kernel_failed", "the kernel exited during start-up",
-                             hint="its log on the server is %s" % log_path, details=_log_tail(log_path, 0))
+            raise AgentError(
+                "kernel_failed",
+                "the kernel exited during start-up",
+                hint="its log on the server is %s" % log_path,
+                details=_log_tail(log_path, 0),
+            )
         if time.monotonic() > deadline:
             _stop(process.pid, path)
-            raise AgentError("kernel_failed", "the kernel did not listen within %g s" % float(timeout),
-                             hint="its log on the server is %s" % log_path, details=_log_tail(log_path, 0))
+            raise AgentError(
+                "kernel_failed",
+                "the kernel did not listen within %g s" % float(timeout),
+                hint="its log on the server is %s" % log_path,
+                details=_log_tail(log_path, 0),
+            )
         time.sleep(0.02)
     return {"id": kernel_id, "pid": process.pid, "ports": ports, "python": python}
 

@@ -1,4 +1,5 @@
 """Agent entry point: the bootstrap calls ``main`` once the modules are loaded."""
+
 from __future__ import annotations
 
 import sys
@@ -16,20 +17,34 @@ def handler_for(op: str) -> Handler | None:
     handlers: dict[str, Handler]
     if op in ("up", "down", "ls"):
         from . import jupyter
+
         handlers = {"up": jupyter.op_up, "down": jupyter.op_down, "ls": jupyter.op_ls}
     elif op in ("run", "jobs", "logs", "kill", "status"):
         from . import jobs
-        handlers = {"run": jobs.op_run, "jobs": jobs.op_jobs, "logs": jobs.op_logs, "kill": jobs.op_kill,
-                    "status": jobs.op_status}
+
+        handlers = {
+            "run": jobs.op_run,
+            "jobs": jobs.op_jobs,
+            "logs": jobs.op_logs,
+            "kill": jobs.op_kill,
+            "status": jobs.op_status,
+        }
     elif op in ("slurm_up", "slurm_down", "slurm_ls"):
         from . import slurm
+
         handlers = {"slurm_up": slurm.op_slurm_up, "slurm_down": slurm.op_slurm_down, "slurm_ls": slurm.op_slurm_ls}
     elif op in ("kernel_check", "kernel_start", "kernel_signal", "kernel_stop"):
         from . import kernels
-        handlers = {"kernel_check": kernels.op_kernel_check, "kernel_start": kernels.op_kernel_start,
-                    "kernel_signal": kernels.op_kernel_signal, "kernel_stop": kernels.op_kernel_stop}
+
+        handlers = {
+            "kernel_check": kernels.op_kernel_check,
+            "kernel_start": kernels.op_kernel_start,
+            "kernel_signal": kernels.op_kernel_signal,
+            "kernel_stop": kernels.op_kernel_stop,
+        }
     elif op in ("listening", "port_check"):
         from . import ports
+
         handlers = {"listening": ports.op_listening, "port_check": ports.op_port_check}
     else:
         return None

@@ -5,6 +5,7 @@ for everyone to read, so a port of another user is told apart from a free one
 without reading that user's processes; our own listeners get their program
 through /proc/PID/fd (readable only for our own processes).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,7 @@ if TYPE_CHECKING:
 
 LISTEN = "0A"
 # Addresses a forward to 127.0.0.1 (or ::1) reaches: loopback and the wildcard.
-REACHABLE = {"0100007F", "00000000", "00000000000000000000000000000000",
-             "00000000000000000000000001000000"}
+REACHABLE = {"0100007F", "00000000", "00000000000000000000000000000000", "00000000000000000000000001000000"}
 
 
 def _listeners() -> list[tuple[int, str, int, str]]:
@@ -37,8 +37,9 @@ def _listeners() -> list[tuple[int, str, int, str]]:
             if len(fields) < 10 or fields[3] != LISTEN:
                 continue
             address, port = fields[1].split(":")
-            loopback = (len(address) == 8 or address.startswith("0000000000000000FFFF0000")) \
-                and address.endswith("7F")  # all of 127.0.0.0/8, also IPv4-mapped
+            loopback = (len(address) == 8 or address.startswith("0000000000000000FFFF0000")) and address.endswith(
+                "7F"
+            )  # all of 127.0.0.0/8, also IPv4-mapped
             if address not in REACHABLE and not loopback:
                 continue
             found.append((int(port, 16), address, int(fields[7]), fields[9]))
@@ -89,10 +90,16 @@ def op_port_check(channel: Channel, port: Any = None) -> Doc:
         raise AgentError("bad_request", "port must be a number from 1 to 65535")
     owners = {owner for p, _, owner, _ in _listeners() if p == port}
     if not owners:
-        raise AgentError("not_listening", "nothing listens on port %d of the server's loopback" % port,
-                         hint="start the program first (TensorBoard: `tensorboard --logdir runs --port %d`); "
-                              "`nbremote forward HOST` lists what listens there" % port)
+        raise AgentError(
+            "not_listening",
+            "nothing listens on port %d of the server's loopback" % port,
+            hint="start the program first (TensorBoard: `tensorboard --logdir runs --port %d`); "
+            "`nbremote forward HOST` lists what listens there" % port,
+        )
     if os.getuid() not in owners:
-        raise AgentError("not_yours", "port %d on the server belongs to another user's program" % port,
-                         hint="nbremote forwards only your own programs' ports; pick the port your program uses")
+        raise AgentError(
+            "not_yours",
+            "port %d on the server belongs to another user's program" % port,
+            hint="nbremote forwards only your own programs' ports; pick the port your program uses",
+        )
     return {"port": port}

@@ -10,6 +10,7 @@ and the final line waits until stdin ends, so the client's ping (sent when the
 hello arrives) always gets its pong. One round trip over the open channel, with
 no second ssh session to open.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -96,8 +97,13 @@ def _answer_pings(stdin: TextIO, channel: Channel) -> threading.Thread:
     return thread
 
 
-def serve(requests: Iterable[str], stdout: TextIO, handler_for: Callable[[str], Handler | None],
-          agent_hash: str, stdin: TextIO | None = None) -> None:
+def serve(
+    requests: Iterable[str],
+    stdout: TextIO,
+    handler_for: Callable[[str], Handler | None],
+    agent_hash: str,
+    stdin: TextIO | None = None,
+) -> None:
     """Answer each request line in turn, each op by its handler_for(op). Never raises for a bad request."""
     stdout.write(json.dumps(hello(agent_hash)) + "\n")
     stdout.flush()

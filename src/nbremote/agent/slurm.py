@@ -22,6 +22,7 @@ Jobs from `nbremote run --slurm` are ordinary job records (jobs/NAME.json)
 with launcher "slurm": their output file is the job's log, and the end record
 is written here once Slurm says the job ended.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,14 +44,28 @@ if TYPE_CHECKING:
     from .protocol import Channel, Doc
 
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
-ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
-          "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
-POLL_FILE = 0.05    # the ready file is local (or NFS) and cheap to look at
-POLL_SLURM = 1.0    # scontrol asks slurmctld: about once a second is polite on a busy cluster
+ACTIVE = (
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+)
+POLL_FILE = 0.05  # the ready file is local (or NFS) and cheap to look at
+POLL_SLURM = 1.0  # scontrol asks slurmctld: about once a second is polite on a busy cluster
 STOP_WAIT = 60.0
 
-def render_jupyter_script(python: str, jupyter_program: str, directory: str, token_file: str, ready_file: str,
-                          allow_root: bool = False) -> str:
+
+def render_jupyter_script(
+    python: str, jupyter_program: str, directory: str, token_file: str, ready_file: str, allow_root: bool = False
+) -> str:
     """The batch script of a Jupyter job: a pure function of its inputs.
 
     Batch options go on sbatch's command line, not in #SBATCH lines, where a
@@ -59,35 +74,49 @@ def render_jupyter_script(python: str, jupyter_program: str, directory: str, tok
     argv = [python, "-c", module_source("launcher"), jupyter_program, directory, token_file, ready_file]
     if allow_root:
         argv.append("--allow-root")
-    return ("#!/bin/sh\n"
-            "# Written by nbremote: Jupyter on the compute node, reached through the login node.\n"
-            "exec " + shlex.join(argv) + "\n")
+    return (
+        "#!/bin/sh\n"
+        "# Written by nbremote: Jupyter on the compute node, reached through the login node.\n"
+        "exec " + shlex.join(argv) + "\n"
+    )
 
 
 def render_command_script(argv: list[str]) -> str:
     """The batch script of `nbremote run --slurm`: the command, each argument quoted."""
-    return ("#!/bin/sh\n"
-            "# Written by nbremote for `nbremote run --slurm`.\n"
-            "exec " + shlex.join(argv) + "\n")
+    return "#!/bin/sh\n# Written by nbremote for `nbremote run --slurm`.\nexec " + shlex.join(argv) + "\n"
 
 
 # --- asking Slurm -------------------------------------------------------------
 
+
 def require_slurm() -> None:
     missing = [c for c in COMMANDS if shutil.which(c) is None]
     if missing:
-        raise AgentError("no_slurm", "no Slurm commands on the server (%s not on the login PATH)" % ", ".join(missing),
-                         hint="is this the cluster's login node? Slurm's client tools (sbatch, squeue, scontrol, "
-                              "scancel) must be on the PATH of a login shell there")
+        raise AgentError(
+            "no_slurm",
+            "no Slurm commands on the server (%s not on the login PATH)" % ", ".join(missing),
+            hint="is this the cluster's login node? Slurm's client tools (sbatch, squeue, scontrol, "
+            "scancel) must be on the PATH of a login shell there",
+        )
 
 
 def _slurm(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, env=env, timeout=timeout)
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
-        raise AgentError("slurm_failed", "%s did not answer within %d s" % (argv[0], timeout),
-                         hint="Slurm's controller may be busy or down; try again shortly") from None
+        raise AgentError(
+            "slurm_failed",
+            "%s did not answer within %d s" % (argv[0], timeout),
+            hint="Slurm's controller may be busy or down; try again shortly",
+        ) from None
 
 
 def parse_show(text: str) -> dict[str, str]:
@@ -146,8 +175,17 @@ def gpus(info: dict[str, str]) -> Doc | None:
 
 def describe(job_id: str, info: dict[str, str] | None) -> Doc:
     """A job as the client shows it: state, reason, node, GPUs, elapsed, time left."""
-    doc: Doc = {"job_id": str(job_id), "state": job_state(info), "reason": None, "node": None, "gpus": None,
-           "elapsed": None, "time_limit": None, "time_left": None, "exit_code": None}
+    doc: Doc = {
+        "job_id": str(job_id),
+        "state": job_state(info),
+        "reason": None,
+        "node": None,
+        "gpus": None,
+        "elapsed": None,
+        "time_limit": None,
+        "time_left": None,
+        "exit_code": None,
+    }
     if not info:
         return doc
     reason = info.get("Reason")
@@ -174,10 +212,13 @@ def submit(script_path: str, options: list[str], names: list[str], env: dict[str
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         message = lines[-1] if lines else "exit status %d" % done.returncode
         message = re.sub(r"^sbatch: error: (Batch job submission failed: )?", "", message)
-        raise AgentError("sbatch_refused", "Slurm refused the job: %s" % message,
-                         hint="change the request with --slurm (e.g. fewer GPUs, another --partition); "
-                              "`sinfo` on the server shows what the cluster has",
-                         details=lines[:-1][-10:])
+        raise AgentError(
+            "sbatch_refused",
+            "Slurm refused the job: %s" % message,
+            hint="change the request with --slurm (e.g. fewer GPUs, another --partition); "
+            "`sinfo` on the server shows what the cluster has",
+            details=lines[:-1][-10:],
+        )
     job_id = done.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise AgentError("slurm_failed", "sbatch answered %r instead of a job id" % done.stdout.strip()[:80])
@@ -193,12 +234,16 @@ def cancel(job_id: str, wait: float = STOP_WAIT) -> str:
         if job_state(info) not in ACTIVE:
             return job_state(info)
         if time.monotonic() > deadline:
-            raise AgentError("slurm_failed", "Slurm job %s did not end within %d s of scancel" % (job_id, wait),
-                             hint="`squeue -j %s` on the server shows it" % job_id)
+            raise AgentError(
+                "slurm_failed",
+                "Slurm job %s did not end within %d s of scancel" % (job_id, wait),
+                hint="`squeue -j %s` on the server shows it" % job_id,
+            )
         time.sleep(0.2)
 
 
 # --- Jupyter in a job -----------------------------------------------------------
+
 
 def _paths(key: str) -> dict[str, str]:
     folder = state.private_dir("slurm")
@@ -231,8 +276,16 @@ def _tail(path: str) -> list[str]:
 
 
 def _server(record: Doc, ready: Doc) -> Doc:
-    return {"dir": record["dir"], "mode": record["mode"], "job_id": record["job_id"], "token": record["token"],
-            "node": ready["node"], "addr": ready["addr"], "port": ready["port"], "submitted": record["submitted"]}
+    return {
+        "dir": record["dir"],
+        "mode": record["mode"],
+        "job_id": record["job_id"],
+        "token": record["token"],
+        "node": ready["node"],
+        "addr": ready["addr"],
+        "port": ready["port"],
+        "submitted": record["submitted"],
+    }
 
 
 def _submit_jupyter(key: str, directory: str, mode: str, env_spec: str | None, options: list[str]) -> Doc:
@@ -244,19 +297,33 @@ def _submit_jupyter(key: str, directory: str, mode: str, env_spec: str | None, o
         except FileNotFoundError:
             pass
     import secrets  # only a submission needs it; it costs every other request its import time
+
     token = secrets.token_hex(24)
     state.write_private(paths["token"], token)
     os.close(os.open(paths["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    state.write_private(paths["sh"], render_jupyter_script(sys.executable, program, directory, paths["token"],
-                                                           paths["ready"], allow_root=os.geteuid() == 0))
+    state.write_private(
+        paths["sh"],
+        render_jupyter_script(
+            sys.executable, program, directory, paths["token"], paths["ready"], allow_root=os.geteuid() == 0
+        ),
+    )
     env = dict(os.environ)
     bindir = os.path.dirname(program)  # a conda env's kernels need its bin/ first too
     env["PATH"] = os.pathsep.join([bindir] + [d for d in env.get("PATH", "").split(os.pathsep) if d != bindir])
-    names = ["--job-name=nbremote-jupyter", "--output=" + paths["out"], "--chdir=" + directory,
-             "--open-mode=append"]
+    names = ["--job-name=nbremote-jupyter", "--output=" + paths["out"], "--chdir=" + directory, "--open-mode=append"]
     job_id = submit(paths["sh"], options, names, env=env)
-    record: Doc = {"key": key, "dir": directory, "mode": mode, "env": env_spec, "job_id": job_id, "token": token,
-              "options": list(options), "ready": paths["ready"], "out": paths["out"], "submitted": time.time()}
+    record: Doc = {
+        "key": key,
+        "dir": directory,
+        "mode": mode,
+        "env": env_spec,
+        "job_id": job_id,
+        "token": token,
+        "options": list(options),
+        "ready": paths["ready"],
+        "out": paths["out"],
+        "submitted": time.time(),
+    }
     state.write_private(paths["json"], json.dumps(record, indent=1, sort_keys=True))
     return record
 
@@ -287,24 +354,37 @@ def _wait_ready(channel: Channel, record: Doc, start_timeout: float) -> Doc:
                 running_since = time.monotonic()
             if running_since is not None and time.monotonic() - running_since > start_timeout:
                 cancel(job_id)
-                raise AgentError("jupyter_timeout", "Jupyter did not answer within %g s on %s (Slurm job %s, now "
-                                 "cancelled)" % (start_timeout, doc["node"], job_id),
-                                 hint="its output on the server is %s" % record["out"], details=_tail(record["out"]))
+                raise AgentError(
+                    "jupyter_timeout",
+                    "Jupyter did not answer within %g s on %s (Slurm job %s, now "
+                    "cancelled)" % (start_timeout, doc["node"], job_id),
+                    hint="its output on the server is %s" % record["out"],
+                    details=_tail(record["out"]),
+                )
         time.sleep(POLL_FILE)
 
 
 def _ended_early(record: Doc, doc: Doc) -> None:
     job_id = record["job_id"]
     if doc["state"] == "TIMEOUT":
-        raise AgentError("slurm_timeout", "Slurm job %s reached its time limit" % job_id,
-                         hint="ask for more time with --slurm \"--time=HH:MM:SS\"", details=_tail(record["out"]))
+        raise AgentError(
+            "slurm_timeout",
+            "Slurm job %s reached its time limit" % job_id,
+            hint='ask for more time with --slurm "--time=HH:MM:SS"',
+            details=_tail(record["out"]),
+        )
     what = "was cancelled" if doc["state"] == "CANCELLED" else "ended (%s)" % doc["state"].lower()
-    raise AgentError("jupyter_exited", "Slurm job %s %s before Jupyter was ready" % (job_id, what),
-                     hint="its output on the server is %s" % record["out"], details=_tail(record["out"]))
+    raise AgentError(
+        "jupyter_exited",
+        "Slurm job %s %s before Jupyter was ready" % (job_id, what),
+        hint="its output on the server is %s" % record["out"],
+        details=_tail(record["out"]),
+    )
 
 
-def op_slurm_up(channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, options: Any = None,
-                timeout: Any = 90) -> Doc:
+def op_slurm_up(
+    channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, options: Any = None, timeout: Any = 90
+) -> Doc:
     options = [] if options is None else options
     if mode not in jupyter.MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(jupyter.MODES))
@@ -349,8 +429,7 @@ def op_slurm_down(channel: Channel, dir: Any = None, all: Any = False) -> Doc:
             before = job_state(job_info(record["job_id"]))
             after = cancel(record["job_id"]) if before in ACTIVE else before
             _forget(record["key"])
-            stopped.append({"dir": record["dir"], "job_id": record["job_id"], "state": after,
-                            "was": before})
+            stopped.append({"dir": record["dir"], "job_id": record["job_id"], "state": after, "was": before})
     return {"stopped": stopped}
 
 
@@ -360,9 +439,14 @@ def op_slurm_ls(channel: Channel | None) -> Doc:
     for record in _records(None, True):
         doc = describe(record["job_id"], job_info(record["job_id"]))
         ready = _ready(record) if doc["state"] in ACTIVE else None
-        doc.update(dir=record["dir"], mode=record["mode"], submitted=record["submitted"],
-                   port=ready["port"] if ready else None, addr=ready["addr"] if ready else None,
-                   output=record["out"])
+        doc.update(
+            dir=record["dir"],
+            mode=record["mode"],
+            submitted=record["submitted"],
+            port=ready["port"] if ready else None,
+            addr=ready["addr"] if ready else None,
+            output=record["out"],
+        )
         servers.append(doc)
     return {"servers": servers}
 
@@ -381,28 +465,54 @@ def status_servers() -> list[Doc]:
 
 # --- `run --slurm`: jobs of the jobs module, launched by Slurm -------------------------
 
-def op_run(channel: Channel, argv: list[str], name: object, directory: str, environment: dict[str, str],
-           env_spec: str | None, options: Any) -> Doc:
+
+def op_run(
+    channel: Channel,
+    argv: list[str],
+    name: object,
+    directory: str,
+    environment: dict[str, str],
+    env_spec: str | None,
+    options: Any,
+) -> Doc:
     require_slurm()
     with state.locked():
         name = jobstore.validate_name(name) if name is not None else jobstore.auto_name(argv)
         if jobstore.load(name) is not None:
-            raise AgentError("job_exists", "a job named %s %s on the server" % (name, "already exists"),
-                             hint="pick another --name, or forget finished jobs with `nbremote jobs --prune`")
+            raise AgentError(
+                "job_exists",
+                "a job named %s %s on the server" % (name, "already exists"),
+                hint="pick another --name, or forget finished jobs with `nbremote jobs --prune`",
+            )
         log_path = jobstore.path(name, ".log")
         os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         script = jobstore.path(name, ".sh")
         state.write_private(script, render_command_script(argv))
         try:
-            job_id = submit(script, options, ["--job-name=" + name, "--output=" + log_path, "--chdir=" + directory,
-                                              "--open-mode=append"], env=environment)
+            job_id = submit(
+                script,
+                options,
+                ["--job-name=" + name, "--output=" + log_path, "--chdir=" + directory, "--open-mode=append"],
+                env=environment,
+            )
         except AgentError:
             for suffix in (".log", ".sh"):
                 os.unlink(jobstore.path(name, suffix))
             raise
-        record: Doc = {"name": name, "argv": argv, "dir": directory, "env_spec": env_spec, "log": log_path,
-                  "started": time.time(), "launcher": "slurm", "slurm_job_id": job_id, "slurm_options": options,
-                  "tmux_session": None, "pid": None, "kill_requested": None}
+        record: Doc = {
+            "name": name,
+            "argv": argv,
+            "dir": directory,
+            "env_spec": env_spec,
+            "log": log_path,
+            "started": time.time(),
+            "launcher": "slurm",
+            "slurm_job_id": job_id,
+            "slurm_options": options,
+            "tmux_session": None,
+            "pid": None,
+            "kill_requested": None,
+        }
         jobstore.save(record)
     return {"job": job_view(record)}
 
@@ -424,13 +534,21 @@ def job_view(record: Doc, gpu_memory: int | None = None) -> Doc:
         slurm = describe(job_id, job_info(job_id))
         if slurm["state"] not in ACTIVE:
             end = _end_doc(record, slurm)
-    doc = {k: record.get(k) for k in ("name", "argv", "dir", "env_spec", "started", "launcher",
-                                      "tmux_session", "log", "pid")}
-    doc.update(state="pending" if slurm and slurm["state"] == "PENDING" else "running", exit_code=None,
-               ended=None, signal=record.get("kill_requested"), gpu_memory_mib=gpu_memory,
-               slurm_job_id=job_id, slurm_state=slurm["state"] if slurm else (end or {}).get("slurm_state"),
-               slurm_reason=slurm["reason"] if slurm else (end or {}).get("slurm_reason"),
-               node=slurm["node"] if slurm else None)
+    doc = {
+        k: record.get(k)
+        for k in ("name", "argv", "dir", "env_spec", "started", "launcher", "tmux_session", "log", "pid")
+    }
+    doc.update(
+        state="pending" if slurm and slurm["state"] == "PENDING" else "running",
+        exit_code=None,
+        ended=None,
+        signal=record.get("kill_requested"),
+        gpu_memory_mib=gpu_memory,
+        slurm_job_id=job_id,
+        slurm_state=slurm["state"] if slurm else (end or {}).get("slurm_state"),
+        slurm_reason=slurm["reason"] if slurm else (end or {}).get("slurm_reason"),
+        node=slurm["node"] if slurm else None,
+    )
     if end is not None:
         slurm_state = end.get("slurm_state")
         if slurm_state == "TIMEOUT":
@@ -443,8 +561,9 @@ def job_view(record: Doc, gpu_memory: int | None = None) -> Doc:
             doc["state"] = "exited"
         doc.update(exit_code=end["exit_code"], ended=end.get("ended"))
     ended = doc["ended"] if isinstance(doc["ended"], (int, float)) else time.time()
-    doc["runtime"] = slurm["elapsed"] if slurm and slurm["elapsed"] is not None else \
-        max(0.0, ended - record.get("started", ended))
+    doc["runtime"] = (
+        slurm["elapsed"] if slurm and slurm["elapsed"] is not None else max(0.0, ended - record.get("started", ended))
+    )
     return doc
 
 

@@ -8,6 +8,7 @@ every directory 0700 and every file 0600, because records hold Jupyter tokens:
     tokens/KEY           the token, for JUPYTER_TOKEN_FILE (never on a command line)
     logs/KEY.log         Jupyter's output, kept after it stops
 """
+
 from __future__ import annotations
 
 import contextlib

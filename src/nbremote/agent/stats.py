@@ -6,6 +6,7 @@ columns (every driver adds some) parse the same. Values nvidia-smi cannot give
 ("[N/A]", "[Not Supported]", "[GPU requires reset]", "ERR!") become None, and
 the reason is kept so a broken GPU is shown as broken rather than as idle.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,19 +63,25 @@ def parse_gpus(text: str) -> list[Doc]:
     gpus: list[Doc] = []
     for position, row in enumerate(_rows(text)):
         index = _whole(row.get("index"))
-        problems = sorted({p for p in (_problem(row.get(k)) for k in
-                                       ("utilization.gpu", "memory.used", "temperature.gpu"))
-                           if p is not None and p not in ("N/A", "Not Supported")})
-        gpus.append({
-            "index": position if index is None else index,
-            "uuid": row.get("uuid") or None,
-            "name": row.get("name") or None,
-            "utilization": _whole(row.get("utilization.gpu")),
-            "memory_used_mib": _whole(row.get("memory.used")),
-            "memory_total_mib": _whole(row.get("memory.total")),
-            "temperature_c": _whole(row.get("temperature.gpu")),
-            "error": problems[0] if problems else None,
-        })
+        problems = sorted(
+            {
+                p
+                for p in (_problem(row.get(k)) for k in ("utilization.gpu", "memory.used", "temperature.gpu"))
+                if p is not None and p not in ("N/A", "Not Supported")
+            }
+        )
+        gpus.append(
+            {
+                "index": position if index is None else index,
+                "uuid": row.get("uuid") or None,
+                "name": row.get("name") or None,
+                "utilization": _whole(row.get("utilization.gpu")),
+                "memory_used_mib": _whole(row.get("memory.used")),
+                "memory_total_mib": _whole(row.get("memory.total")),
+                "temperature_c": _whole(row.get("temperature.gpu")),
+                "error": problems[0] if problems else None,
+            }
+        )
     return gpus
 
 
@@ -86,19 +93,26 @@ def parse_apps(text: str) -> list[Doc]:
         if pid is None:
             continue
         name = row.get("process_name")
-        apps.append({
-            "gpu_uuid": row.get("gpu_uuid") or None,
-            "pid": pid,
-            "name": None if _problem(name) else name,
-            "memory_mib": _whole(row.get("used_gpu_memory")),
-        })
+        apps.append(
+            {
+                "gpu_uuid": row.get("gpu_uuid") or None,
+                "pid": pid,
+                "name": None if _problem(name) else name,
+                "memory_mib": _whole(row.get("used_gpu_memory")),
+            }
+        )
     return apps
 
 
 def _smi(query: str, fields: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["nvidia-smi", "--query-%s=%s" % (query, fields), "--format=csv"],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=NVIDIA_SMI_TIMEOUT)
+    done = subprocess.run(
+        ["nvidia-smi", "--query-%s=%s" % (query, fields), "--format=csv"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=NVIDIA_SMI_TIMEOUT,
+    )
     return done
 
 
@@ -112,7 +126,7 @@ def gpu_report() -> Doc:
         return {"available": False, "reason": "nvidia-smi failed: %s" % exc, "gpus": [], "apps": []}
     if gpus.returncode != 0:
         # "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver" and kin.
-        reason = (gpus.stdout.strip() or gpus.stderr.strip() or "exit status %d" % gpus.returncode)
+        reason = gpus.stdout.strip() or gpus.stderr.strip() or "exit status %d" % gpus.returncode
         return {"available": False, "reason": reason.splitlines()[0], "gpus": [], "apps": []}
     parsed = parse_gpus(gpus.stdout)
     if not parsed:
@@ -153,7 +167,11 @@ def machine() -> Doc:
     home = os.path.expanduser("~")
     try:
         disk = os.statvfs(home)
-        disk_doc: Doc | None = {"path": home, "total": disk.f_blocks * disk.f_frsize, "free": disk.f_bavail * disk.f_frsize}
+        disk_doc: Doc | None = {
+            "path": home,
+            "total": disk.f_blocks * disk.f_frsize,
+            "free": disk.f_bavail * disk.f_frsize,
+        }
     except OSError:
         disk_doc = None
     return {"load": load, "cpus": os.cpu_count(), "memory": memory, "disk": disk_doc}

@@ -2,6 +2,7 @@
 
 The steps themselves are in steps.py and onboard.py, callable without this module.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -20,14 +21,19 @@ from nbremote.verdicts import check_lines
 
 def confirmer(yes: bool):
     """The steps' confirm(question): go on when --yes or the user says yes; stop cleanly otherwise."""
+
     def confirm(question: str) -> None:
         if yes:
             return
         if not sys.stdin.isatty():
-            raise NbremoteError("not changing anything without confirmation",
-                                hint="run it in a terminal to answer, or add --yes", exit_code=ExitCode.USAGE)
+            raise NbremoteError(
+                "not changing anything without confirmation",
+                hint="run it in a terminal to answer, or add --yes",
+                exit_code=ExitCode.USAGE,
+            )
         if not click.confirm(question, default=False, err=True):
             raise NbremoteError("nothing changed (not confirmed)", exit_code=ExitCode.ERROR)
+
     return confirm
 
 
@@ -52,8 +58,13 @@ server.add_command(relay_cmd.command(state_dir=steps.state_dir, sshd_port=steps.
 
 @server.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
-              help="Seconds to wait for the router (UPnP) to answer.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for the router (UPnP) to answer.",
+)
 def check(as_json: bool, timeout: float) -> None:
     """Check sshd, tools, firewall, listeners and addresses; exit 1 on any failure.
 
@@ -66,16 +77,23 @@ def check(as_json: bool, timeout: float) -> None:
     else:
         render_checks(console, rows)
         counts = checks.summary(rows)
-        console.result(f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail"
-                       + (f", {counts['needs root']} need root (run with sudo)" if counts["needs root"] else ""))
+        console.result(
+            f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail"
+            + (f", {counts['needs root']} need root (run with sudo)" if counts["needs root"] else "")
+        )
     if any(r.status == checks.FAIL for r in rows):
         sys.exit(ExitCode.ERROR)
 
 
 @server.command()
 @click.option("--port", type=int, help="Port for sshd [default: keep the current one].")
-@click.option("--allow-user", "allow_users", multiple=True, metavar="USER",
-              help="A user who may log in (repeat for more) [default: the current AllowUsers, else $SUDO_USER].")
+@click.option(
+    "--allow-user",
+    "allow_users",
+    multiple=True,
+    metavar="USER",
+    help="A user who may log in (repeat for more) [default: the current AllowUsers, else $SUDO_USER].",
+)
 @click.option("--dry-run", is_flag=True, help="Print the diff and change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -128,11 +146,21 @@ def firewall_command(remove, dry_run, yes, as_json) -> None:
 
 
 @server.command(name="wan-ip")
-@click.option("--echo-url", "echo_urls", multiple=True, metavar="URL",
-              help="An HTTP service that answers with the caller's address (repeat for more) "
-                   f"[default: {', '.join(netinfo.DEFAULT_ECHO_SERVICES)}].")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
-              help="Seconds to wait for the router and for each service.")
+@click.option(
+    "--echo-url",
+    "echo_urls",
+    multiple=True,
+    metavar="URL",
+    help="An HTTP service that answers with the caller's address (repeat for more) "
+    f"[default: {', '.join(netinfo.DEFAULT_ECHO_SERVICES)}].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the router and for each service.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def wan_ip(echo_urls, timeout, as_json) -> None:
     """This network's public address: from the router (UPnP), else from echo services.
@@ -147,8 +175,10 @@ def wan_ip(echo_urls, timeout, as_json) -> None:
     console.result(answer.address)
     console.done(f"WAN address {answer.address} (from {answer.source})")
     if answer.changed:
-        console.warn(f"changed: it was {answer.previous} at {_when(answer.previous_at)}; "
-                     "laptops with the old address in their profile need the new one")
+        console.warn(
+            f"changed: it was {answer.previous} at {_when(answer.previous_at)}; "
+            "laptops with the old address in their profile need the new one"
+        )
 
 
 def _when(at: float | None) -> str:
@@ -157,12 +187,18 @@ def _when(at: float | None) -> str:
 
 @server.command()
 @click.option("--external-port", type=click.IntRange(1, 65535), help="WAN port [default: the ssh port].")
-@click.option("--lease", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seconds the router keeps the mapping; 0 until removed (with --keep: 3600).")
+@click.option(
+    "--lease",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds the router keeps the mapping; 0 until removed (with --keep: 3600).",
+)
 @click.option("--keep", is_flag=True, help="Stay running and renew the lease at half its time.")
 @click.option("--igd", metavar="URL", help="The router's rootDesc.xml URL (skips discovery).")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
-              help="Seconds to wait for the router.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds to wait for the router."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     """Ask the router (UPnP IGD) to forward a WAN port to this machine's ssh port.
@@ -178,17 +214,18 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
         console.emit_json(doc)
     if keep and doc.get("mapped"):
         router = steps.router_or_none(console, timeout, igd)
-        console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends "
-                     f"within {lease} s)")
-        upnp.keep(router, doc["external_port"], doc["port"], lease,
-                  on_renew=lambda n: console.done(f"lease renewed ({n})"))
+        console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
+        upnp.keep(
+            router, doc["external_port"], doc["port"], lease, on_renew=lambda n: console.done(f"lease renewed ({n})")
+        )
 
 
 @server.command()
 @click.option("--external-port", type=click.IntRange(1, 65535), help="WAN port [default: the ssh port].")
 @click.option("--igd", metavar="URL", help="The router's rootDesc.xml URL (skips discovery).")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
-              help="Seconds to wait for the router.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds to wait for the router."
+)
 def unexpose(external_port, igd, timeout) -> None:
     """Remove the router's forwarding of the ssh port."""
     steps.unexpose(Console.for_terminal(), external_port=external_port, igd=igd, timeout=timeout)
@@ -196,14 +233,30 @@ def unexpose(external_port, igd, timeout) -> None:
 
 @server.command()
 @click.option("--port", type=int, help="Port for sshd [default: 22222 when it is on 22, else keep it].")
-@click.option("--allow-user", "allow_users", multiple=True, metavar="USER",
-              help="A user who may log in (repeat for more) [default: $SUDO_USER].")
+@click.option(
+    "--allow-user",
+    "allow_users",
+    multiple=True,
+    metavar="USER",
+    help="A user who may log in (repeat for more) [default: $SUDO_USER].",
+)
 @click.option("--expose/--no-expose", default=True, help="Ask the router to forward the ssh port (UPnP).")
 @click.option("--echo-url", "echo_urls", multiple=True, metavar="URL", help="An echo service for the WAN address.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
-              help="Seconds to wait for the router and for each echo service.")
-@click.option("--wait", "wait_s", type=click.FloatRange(min=1), default=onboard.WAIT_S, show_default=True,
-              help="Seconds to wait for a user's first key login when the user has no key yet.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the router and for each echo service.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=1),
+    default=onboard.WAIT_S,
+    show_default=True,
+    help="Seconds to wait for a user's first key login when the user has no key yet.",
+)
 @click.option("--yes", is_flag=True, help="Apply every change without asking.")
 def init(port, allow_users, expose, echo_urls, timeout, wait_s, yes) -> None:
     """Check, harden sshd, firewall, forward the port, then print the laptop's invite line.
@@ -223,7 +276,17 @@ def init(port, allow_users, expose, echo_urls, timeout, wait_s, yes) -> None:
         console.note("On your laptop:")
         console.result(f"  nbremote add {name} --invite {line}")
 
-    done = onboard.init(console, confirmer(yes), onboard.Options(
-        port=port, allow_users=tuple(allow_users), expose=expose, echo_urls=tuple(echo_urls), timeout=timeout,
-        wait_s=wait_s), show_invite=show_invite)
+    done = onboard.init(
+        console,
+        confirmer(yes),
+        onboard.Options(
+            port=port,
+            allow_users=tuple(allow_users),
+            expose=expose,
+            echo_urls=tuple(echo_urls),
+            timeout=timeout,
+            wait_s=wait_s,
+        ),
+        show_invite=show_invite,
+    )
     show_invite(done.invite)

@@ -7,6 +7,7 @@ either the old or the new file, never half of one. `rollback()` puts every
 touched path back (atomic_write is the client's, in paths.py). A `Backup` is the same record kept on disk, so that
 `nbremote server restore` can undo a change made by an earlier run.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,14 +43,24 @@ class Original:
         return cls(path, path.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "mode": self.mode, "uid": self.uid, "gid": self.gid,
-                "content": None if self.content is None else base64.b64encode(self.content).decode()}
+        return {
+            "path": str(self.path),
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "content": None if self.content is None else base64.b64encode(self.content).decode(),
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Original":
         content = doc["content"]
-        return cls(Path(doc["path"]), None if content is None else base64.b64decode(content),
-                   doc["mode"], doc["uid"], doc["gid"])
+        return cls(
+            Path(doc["path"]),
+            None if content is None else base64.b64decode(content),
+            doc["mode"],
+            doc["uid"],
+            doc["gid"],
+        )
 
     def put_back(self) -> None:
         if self.content is None:

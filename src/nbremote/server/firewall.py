@@ -7,6 +7,7 @@ Backends, first supported wins: ufw when it is the active firewall (adding
 nft rules behind its back would confuse its owner), else nftables, else
 iptables. Each tags what it adds so `--remove` takes out exactly that.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,27 +24,31 @@ from nbremote.server.files import Backup, Original, Transaction, atomic_write
 TABLE = "nbremote"
 BEGIN = "# BEGIN nbremote: written by `nbremote server firewall`; `--remove` deletes this block"
 END = "# END nbremote"
-WHY_NO_JUPYTER = ("no Jupyter port opened: Jupyter listens on 127.0.0.1 and is reached through "
-                  "the ssh tunnel, so an open port would only show its login page to the network")
+WHY_NO_JUPYTER = (
+    "no Jupyter port opened: Jupyter listens on 127.0.0.1 and is reached through "
+    "the ssh tunnel, so an open port would only show its login page to the network"
+)
 
 
 def nft_table(port: int, also: tuple[int, ...] = ()) -> str:
     """Our table. Established traffic first so the ssh session that runs this survives.
     `also`: ports kept open for the moment harden moves sshd from one to the other."""
     ports = ", ".join(str(p) for p in (port, *also))
-    return (f"table inet {TABLE} {{\n"
-            "\tchain input {\n"
-            "\t\ttype filter hook input priority filter - 1; policy drop;\n"
-            "\t\tct state established,related accept\n"
-            "\t\tct state invalid drop\n"
-            "\t\tiif \"lo\" accept\n"
-            "\t\tmeta l4proto { icmp, ipv6-icmp } accept\n"
-            # Replies to UPnP discovery (sent to a multicast address, so conntrack
-            # cannot tie them to it) come from the router: private sources only.
-            "\t\tip saddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } udp sport 1900 accept\n"
-            f"\t\ttcp dport {{ {ports} }} accept comment \"ssh (nbremote)\"\n"
-            "\t}\n"
-            "}\n")
+    return (
+        f"table inet {TABLE} {{\n"
+        "\tchain input {\n"
+        "\t\ttype filter hook input priority filter - 1; policy drop;\n"
+        "\t\tct state established,related accept\n"
+        "\t\tct state invalid drop\n"
+        '\t\tiif "lo" accept\n'
+        "\t\tmeta l4proto { icmp, ipv6-icmp } accept\n"
+        # Replies to UPnP discovery (sent to a multicast address, so conntrack
+        # cannot tie them to it) come from the router: private sources only.
+        "\t\tip saddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } udp sport 1900 accept\n"
+        f'\t\ttcp dport {{ {ports} }} accept comment "ssh (nbremote)"\n'
+        "\t}\n"
+        "}\n"
+    )
 
 
 def without_block(text: str) -> str:
@@ -122,13 +127,13 @@ class Nftables:
         except BaseException:
             tx.rollback()
             raise
-        return Outcome(self.name, True, f"allow {port}/tcp, drop other inbound (table inet {TABLE}, "
-                                        f"saved in {self.conf})")
+        return Outcome(
+            self.name, True, f"allow {port}/tcp, drop other inbound (table inet {TABLE}, saved in {self.conf})"
+        )
 
     def remove(self) -> Outcome:
         text = self._conf_text()
-        had_table = self.active_port() is not None or self.run(
-            ["nft", "list", "table", "inet", TABLE]).returncode == 0
+        had_table = self.active_port() is not None or self.run(["nft", "list", "table", "inet", TABLE]).returncode == 0
         if not had_table and without_block(text) == text:
             return Outcome(self.name, False, "nothing to remove")
         if without_block(text) != text:
@@ -156,7 +161,9 @@ class Ufw:
     def _ufw(self, *args: str) -> str:
         done = self.run(["ufw", *args])
         if done.returncode != 0:
-            raise NbremoteError(f"ufw {' '.join(args)} failed", details=(done.stderr or done.stdout).strip().splitlines())
+            raise NbremoteError(
+                f"ufw {' '.join(args)} failed", details=(done.stderr or done.stdout).strip().splitlines()
+            )
         return done.stdout
 
     def is_supported(self) -> bool:
@@ -169,8 +176,9 @@ class Ufw:
         """(ports our tagged rules allow, ports the user's own rules allow), in ufw's order."""
         ours: list[int] = []
         theirs: list[int] = []
-        for match in re.finditer(r"^(\d+)(?:/tcp)?\s+ALLOW IN\s+Anywhere(\s+#\s*nbremote)?\s*$",
-                                 self._ufw("status", "verbose"), re.M):
+        for match in re.finditer(
+            r"^(\d+)(?:/tcp)?\s+ALLOW IN\s+Anywhere(\s+#\s*nbremote)?\s*$", self._ufw("status", "verbose"), re.M
+        ):
             (ours if match.group(2) else theirs).append(int(match.group(1)))
         return list(dict.fromkeys(ours)), theirs
 
@@ -237,9 +245,11 @@ _OURS = re.compile(rf"^(?:\[\d+:\d+\] )?(?::{CHAIN} |-A {CHAIN} |-A INPUT -j {CH
 
 def iptables_chain(ports: tuple[int, ...], family: int) -> list[str]:
     """Our chain's rules, written the way iptables-save prints them back."""
-    rules = [f"-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-             f"-A {CHAIN} -m conntrack --ctstate INVALID -j DROP",
-             f"-A {CHAIN} -i lo -j ACCEPT"]
+    rules = [
+        f"-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"-A {CHAIN} -m conntrack --ctstate INVALID -j DROP",
+        f"-A {CHAIN} -i lo -j ACCEPT",
+    ]
     if family == 4:
         rules.append(f"-A {CHAIN} -p icmp -j ACCEPT")
         # Replies to UPnP discovery, as in the nft table.
@@ -264,21 +274,24 @@ def with_chain(text: str, ports: tuple[int, ...], family: int) -> str:
         start = next(i for i, line in enumerate(lines) if line.strip() == "*filter")
     except StopIteration:
         start = len(lines)
-        lines += ["*filter\n", ":INPUT ACCEPT [0:0]\n", ":FORWARD ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n",
-                  "COMMIT\n"]
+        lines += ["*filter\n", ":INPUT ACCEPT [0:0]\n", ":FORWARD ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n", "COMMIT\n"]
     commit = next(i for i in range(start, len(lines)) if lines[i].strip() == "COMMIT")
     decls = start + 1
     while decls < commit and lines[decls].startswith(":"):
         decls += 1
     chain = [f"{rule}\n" for rule in iptables_chain(ports, family)]
-    return "".join(lines[:decls] + [f":{CHAIN} - [0:0]\n", f"-A INPUT -j {CHAIN}\n"]
-                   + lines[decls:commit] + chain + lines[commit:])
+    return "".join(
+        lines[:decls] + [f":{CHAIN} - [0:0]\n", f"-A INPUT -j {CHAIN}\n"] + lines[decls:commit] + chain + lines[commit:]
+    )
 
 
 def chain_rules(text: str) -> list[str]:
     """Our chain's rules in iptables-save text, counters left out."""
-    return [re.sub(r"^\[\d+:\d+\] ", "", line) for line in text.splitlines()
-            if re.match(rf"^(?:\[\d+:\d+\] )?-A {CHAIN} ", line)]
+    return [
+        re.sub(r"^\[\d+:\d+\] ", "", line)
+        for line in text.splitlines()
+        if re.match(rf"^(?:\[\d+:\d+\] )?-A {CHAIN} ", line)
+    ]
 
 
 def first_input_rule(text: str) -> str | None:
@@ -306,14 +319,18 @@ class Iptables:
 
     def _families(self) -> list[tuple[int, str, Path]]:
         found = [(4, "iptables", self.etc / "rules.v4")]
-        if all(system.which(f"ip6tables{s}") for s in ("", "-save", "-restore")) \
-                and self.run(["ip6tables-save", "-t", "filter"]).returncode == 0:
+        if (
+            all(system.which(f"ip6tables{s}") for s in ("", "-save", "-restore"))
+            and self.run(["ip6tables-save", "-t", "filter"]).returncode == 0
+        ):
             found.append((6, "ip6tables", self.etc / "rules.v6"))
         return found
 
     def is_supported(self) -> bool:
-        return all(system.which(f"iptables{s}") for s in ("", "-save", "-restore")) \
+        return (
+            all(system.which(f"iptables{s}") for s in ("", "-save", "-restore"))
             and self.run(["iptables-save", "-t", "filter"]).returncode == 0
+        )
 
     def _save(self, tool: str) -> str:
         done = self.run([f"{tool}-save", "-c", "-t", "filter"])
@@ -324,16 +341,21 @@ class Iptables:
     def _restore(self, tool: str, text: str, *, test: bool = False) -> None:
         done = self.run([f"{tool}-restore", "-w", "5", "-c", *(["--test"] if test else [])], input=text)
         if done.returncode != 0:
-            raise NbremoteError(f"{tool}-restore{' --test' if test else ''} rejected the rules",
-                                details=done.stderr.strip().splitlines())
+            raise NbremoteError(
+                f"{tool}-restore{' --test' if test else ''} rejected the rules",
+                details=done.stderr.strip().splitlines(),
+            )
 
     def active_port(self) -> int | None:
         match = re.search(r"--dport (\d+) -j ACCEPT", "\n".join(chain_rules(self._save("iptables"))))
         return int(match.group(1)) if match else None
 
     def preview(self, port: int) -> str:
-        return (f"*filter\n:{CHAIN} - [0:0]\n-A INPUT -j {CHAIN}\n"
-                + "".join(f"{rule}\n" for rule in iptables_chain((port,), 4)) + "COMMIT\n")
+        return (
+            f"*filter\n:{CHAIN} - [0:0]\n-A INPUT -j {CHAIN}\n"
+            + "".join(f"{rule}\n" for rule in iptables_chain((port,), 4))
+            + "COMMIT\n"
+        )
 
     def _file_text(self, path: Path, tool: str) -> str:
         if path.exists():
@@ -349,9 +371,12 @@ class Iptables:
             new_live = with_chain(live, ports, family)
             file_text = self._file_text(path, tool)
             new_file = with_chain(file_text, ports, family)
-            done = (chain_rules(live) == iptables_chain(ports, family)
-                    and first_input_rule(live) == f"-A INPUT -j {CHAIN}"
-                    and path.exists() and file_text == new_file)
+            done = (
+                chain_rules(live) == iptables_chain(ports, family)
+                and first_input_rule(live) == f"-A INPUT -j {CHAIN}"
+                and path.exists()
+                and file_text == new_file
+            )
             plans.append((tool, path, live, new_live, new_file, done))
         if all(plan[-1] for plan in plans):
             return Outcome(self.name, False, f"already active: allow {port}/tcp, drop other inbound")
@@ -368,16 +393,17 @@ class Iptables:
         except BaseException as exc:
             failures = self._undo(swapped, tx)
             if failures:
-                raise NbremoteError("the firewall change failed and could not be fully undone",
-                                    details=[f"the change: {exc}", *failures],
-                                    hint="put the rules back by hand, then run "
-                                         f"`{rootcmd.command('server', 'firewall', '--remove')}`") from exc
+                raise NbremoteError(
+                    "the firewall change failed and could not be fully undone",
+                    details=[f"the change: {exc}", *failures],
+                    hint=f"put the rules back by hand, then run `{rootcmd.command('server', 'firewall', '--remove')}`",
+                ) from exc
             raise
         files = " and ".join(str(plan[1]) for plan in plans)
-        boot = "" if system.which("netfilter-persistent") else \
-            " (install iptables-persistent to load it at boot)"
-        return Outcome(self.name, True, f"allow {port}/tcp, drop other inbound (iptables chain {CHAIN}, "
-                                        f"saved in {files}{boot})")
+        boot = "" if system.which("netfilter-persistent") else " (install iptables-persistent to load it at boot)"
+        return Outcome(
+            self.name, True, f"allow {port}/tcp, drop other inbound (iptables chain {CHAIN}, saved in {files}{boot})"
+        )
 
     def _undo(self, swapped: list[tuple[str, str]], tx: Transaction) -> list[str]:
         """Every step is tried even when one before it fails: a failing restore must not leave
@@ -423,9 +449,11 @@ def choose(backends: list[Backend] | None = None) -> Backend:
     for backend in backends:
         if backend.is_supported():
             return backend
-    raise NbremoteError("no firewall tool found here",
-                        details=[f"tried {', '.join(b.name for b in backends)}"],
-                        hint="install nftables: `apt-get install nftables`")
+    raise NbremoteError(
+        "no firewall tool found here",
+        details=[f"tried {', '.join(b.name for b in backends)}"],
+        hint="install nftables: `apt-get install nftables`",
+    )
 
 
 def check_rows(root: bool, ssh_ports: set[int]) -> list[Check]:
@@ -437,9 +465,21 @@ def check_rows(root: bool, ssh_ports: set[int]) -> list[Check]:
         return [Check("firewall", WARN, exc.message, exc.hint)]
     port = backend.active_port()
     if port is None:
-        return [Check("firewall", WARN, f"{backend.name}: no nbremote rules; other inbound ports are open",
-                      rootcmd.command("server", "firewall"))]
+        return [
+            Check(
+                "firewall",
+                WARN,
+                f"{backend.name}: no nbremote rules; other inbound ports are open",
+                rootcmd.command("server", "firewall"),
+            )
+        ]
     if port not in ssh_ports:
-        return [Check("firewall", FAIL, f"{backend.name} allows {port}/tcp but sshd listens on "
-                      f"{', '.join(map(str, sorted(ssh_ports)))}", rootcmd.command("server", "firewall"))]
+        return [
+            Check(
+                "firewall",
+                FAIL,
+                f"{backend.name} allows {port}/tcp but sshd listens on {', '.join(map(str, sorted(ssh_ports)))}",
+                rootcmd.command("server", "firewall"),
+            )
+        ]
     return [Check("firewall", PASS, f"{backend.name}: allow {port}/tcp, drop other inbound")]

@@ -19,6 +19,7 @@ configuration it had before, and `restore` has nothing left to do for this run.
 Run as `python -m nbremote.server.guard`; it answers "ready" on stdout once
 it is listening, so harden never changes anything without a guard in place.
 """
+
 from __future__ import annotations
 
 import base64
@@ -94,8 +95,10 @@ def main() -> int:
     try:
         said = recover(state)
     except (OSError, NbremoteError) as exc:
-        _say(f"nbremote server harden was interrupted, and putting sshd back failed: {exc}; "
-             f"run `{rootcmd.command('server', 'restore')}`")
+        _say(
+            f"nbremote server harden was interrupted, and putting sshd back failed: {exc}; "
+            f"run `{rootcmd.command('server', 'restore')}`"
+        )
         return 1
     _say(f"nbremote server harden was interrupted: {'; '.join(said)}")
     return 0

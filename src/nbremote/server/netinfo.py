@@ -4,6 +4,7 @@ Listeners come from /proc/net/tcp{,6} (the kernel's own table, no `ss`
 needed); which process owns a socket is only visible to root for other
 users' processes, so `owner` may be None.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -50,7 +51,7 @@ def _decode_address(hex_addr: str) -> str:
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw[::-1]))
     # /proc prints IPv6 as four host-order 32-bit words.
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
     address = ipaddress.IPv6Address(words)
     return str(address.ipv4_mapped or address)
 
@@ -141,8 +142,8 @@ def lan_networks() -> list[str]:
 @dataclass(frozen=True)
 class WanAnswer:
     address: str
-    source: str           # "router (UPnP)" or the echo service's URL
-    at: float             # time.time() when seen
+    source: str  # "router (UPnP)" or the echo service's URL
+    at: float  # time.time() when seen
     previous: str | None = None
     previous_at: float | None = None
 
@@ -151,8 +152,14 @@ class WanAnswer:
         return self.previous is not None and self.previous != self.address
 
     def to_json(self) -> dict:
-        return {"address": self.address, "source": self.source, "at": self.at,
-                "previous": self.previous, "previous_at": self.previous_at, "changed": self.changed}
+        return {
+            "address": self.address,
+            "source": self.source,
+            "at": self.at,
+            "previous": self.previous,
+            "previous_at": self.previous_at,
+            "changed": self.changed,
+        }
 
 
 def public_address(text: str) -> str | None:
@@ -164,8 +171,7 @@ def public_address(text: str) -> str | None:
     return str(address) if address.is_global else None
 
 
-def ask_echo_service(url: str, timeout: float,
-                     opener: Callable[..., object] = urllib.request.urlopen) -> str:
+def ask_echo_service(url: str, timeout: float, opener: Callable[..., object] = urllib.request.urlopen) -> str:
     with opener(url, timeout=timeout) as reply:  # type: ignore[attr-defined]
         body = reply.read(200).decode("ascii", errors="replace")
     address = public_address(body)
@@ -174,8 +180,9 @@ def ask_echo_service(url: str, timeout: float,
     return address
 
 
-def wan_from_echo(services: Sequence[str], timeout: float,
-                  opener: Callable[..., object] = urllib.request.urlopen) -> tuple[str, str, list[str]]:
+def wan_from_echo(
+    services: Sequence[str], timeout: float, opener: Callable[..., object] = urllib.request.urlopen
+) -> tuple[str, str, list[str]]:
     """(address, service, failures of the services tried before it)."""
     failures: list[str] = []
     for url in services:
@@ -205,10 +212,16 @@ def nat_in_front(router_wan: str | None, seen: dict | None) -> str | None:
         return f"the router's WAN address {router_wan} is in 100.64.0.0/10: the provider's carrier-grade NAT"
     if not address.is_global:
         return f"the router's WAN address {router_wan} is private: another router or the provider's NAT is in front"
-    if seen and str(seen.get("source", "")).startswith(("http://", "https://")) \
-            and seen.get("address") and seen["address"] != router_wan:
-        return (f"the router's WAN address is {router_wan} but the internet sees {seen['address']} "
-                f"({seen['source']}): a NAT is in front of the router")
+    if (
+        seen
+        and str(seen.get("source", "")).startswith(("http://", "https://"))
+        and seen.get("address")
+        and seen["address"] != router_wan
+    ):
+        return (
+            f"the router's WAN address is {router_wan} but the internet sees {seen['address']} "
+            f"({seen['source']}): a NAT is in front of the router"
+        )
     return None
 
 

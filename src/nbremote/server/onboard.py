@@ -27,6 +27,7 @@ Ctrl-C or the end of the wait puts the files back, reloads sshd and removes
 the record: the box is as it was before init. Running init again starts over
 at the wait, or, once a key is there, goes straight to harden.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -127,15 +128,20 @@ def private_networks(networks: list[str]) -> list[str]:
 def waiting_dropin(users: tuple[str, ...], networks: list[str]) -> str:
     """The drop-in while init waits: passwords for the waiting users from these networks only."""
     nets = ",".join(["127.0.0.0/8", "::1", *networks])
-    return "\n".join([
-        f"# Written by {MARKER} (`nbremote server init`) while it waits for the first key login of "
-        f"{', '.join(users)}:",
-        "# a password only from this machine's own networks. `nbremote server restore` removes it.",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        f"Match User {','.join(users)} Address {nets}",
-        "\tPasswordAuthentication yes",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"# Written by {MARKER} (`nbremote server init`) while it waits for the first key login of "
+                f"{', '.join(users)}:",
+                "# a password only from this machine's own networks. `nbremote server restore` removes it.",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                f"Match User {','.join(users)} Address {nets}",
+                "\tPasswordAuthentication yes",
+            ]
+        )
+        + "\n"
+    )
 
 
 def outside_address(networks: list[str]) -> str:
@@ -157,17 +163,27 @@ class UserFiles:
         self.info = pwd.getpwnam(user)
 
     def _run(self, action: str, name: str, data: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-I", "-c", USER_FILE, action, name], input=data or "",
-                              capture_output=True, text=True, timeout=30, cwd="/",
-                              user=self.info.pw_uid, group=self.info.pw_gid, extra_groups=[],
-                              env={"HOME": self.info.pw_dir, "PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+        return subprocess.run(
+            [sys.executable, "-I", "-c", USER_FILE, action, name],
+            input=data or "",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd="/",
+            user=self.info.pw_uid,
+            group=self.info.pw_gid,
+            extra_groups=[],
+            env={"HOME": self.info.pw_dir, "PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+        )
 
     def write(self, name: str, doc: dict) -> None:
         done = self._run("write", name, json.dumps(doc))
         if done.returncode != 0:
-            raise NbremoteError(f"cannot write ~{self.user}/.local/state/nbremote/{name} as {self.user}",
-                                details=done.stderr.strip().splitlines()[-3:],
-                                hint=f"check that {self.info.pw_dir} exists and belongs to {self.user}")
+            raise NbremoteError(
+                f"cannot write ~{self.user}/.local/state/nbremote/{name} as {self.user}",
+                details=done.stderr.strip().splitlines()[-3:],
+                hint=f"check that {self.info.pw_dir} exists and belongs to {self.user}",
+            )
 
     def read(self, name: str) -> dict | None:
         done = self._run("read", name)
@@ -211,8 +227,14 @@ def forget_records(state: Path) -> list[str]:
 # ---------------------------------------------------------------- init
 
 
-def init(console: Console, confirm: steps.Confirm, options: Options, *,
-         show_invite: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> InitResult:
+def init(
+    console: Console,
+    confirm: steps.Confirm,
+    options: Options,
+    *,
+    show_invite: Callable[[str], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> InitResult:
     """The whole of `server init`; show_invite(line) is called while it waits for a laptop."""
     if not system.is_root():
         raise NbremoteError("init needs root", hint=f"run it with sudo: `{rootcmd.command('server', 'init')}`")
@@ -221,8 +243,10 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
     sshd = Sshd()
     sshd.require_installed()
     if sshd.pid() is None:
-        raise NbremoteError("sshd is not running: init changes nothing without it",
-                            hint="start it first (`sudo systemctl start ssh`, or `sudo service ssh start`)")
+        raise NbremoteError(
+            "sshd is not running: init changes nothing without it",
+            hint="start it first (`sudo systemctl start ssh`, or `sudo service ssh start`)",
+        )
     users = options.allow_users or _default_users()
     check_users(users)
     rows = steps.collect_checks(min(options.timeout, 2.0))
@@ -240,9 +264,19 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
         waiting.open(confirm, wait_s=options.wait_s)
         try:
             for user in without_key:
-                show_invite(invites.render(steps.build_invite(
-                    user=user, lan=netinfo.lan_addresses(), wan=None, extra=[], port=min(current),
-                    host_key_line=host_key, wait=waiting.token)))
+                show_invite(
+                    invites.render(
+                        steps.build_invite(
+                            user=user,
+                            lan=netinfo.lan_addresses(),
+                            wan=None,
+                            extra=[],
+                            port=min(current),
+                            host_key_line=host_key,
+                            wait=waiting.token,
+                        )
+                    )
+                )
             joined = waiting.wait(options.wait_s)
         except BaseException:
             waiting.close()
@@ -253,8 +287,16 @@ def init(console: Console, confirm: steps.Confirm, options: Options, *,
         if waiting is not None:
             waiting.failed(exc)
         raise
-    line = invites.render(steps.build_invite(user=users[0], lan=netinfo.lan_addresses(), wan=hosts.get("wan"),
-                                             extra=[], port=port, host_key_line=host_key))
+    line = invites.render(
+        steps.build_invite(
+            user=users[0],
+            lan=netinfo.lan_addresses(),
+            wan=hosts.get("wan"),
+            extra=[],
+            port=port,
+            host_key_line=host_key,
+        )
+    )
     addresses = list(invites.parse(line).hosts)
     if waiting is not None:
         waiting.done(port, addresses, invites.parse(line).fingerprint)
@@ -265,12 +307,16 @@ def _default_users() -> tuple[str, ...]:
     sudo_user = os.environ.get("SUDO_USER")
     if sudo_user and sudo_user != "root":
         return (sudo_user,)
-    raise NbremoteError("name the user who may log in over ssh",
-                        hint=f"e.g. `{rootcmd.command('server', 'init', '--allow-user', 'alice')}`", exit_code=ExitCode.USAGE)
+    raise NbremoteError(
+        "name the user who may log in over ssh",
+        hint=f"e.g. `{rootcmd.command('server', 'init', '--allow-user', 'alice')}`",
+        exit_code=ExitCode.USAGE,
+    )
 
 
-def _finish(console: Console, confirm: steps.Confirm, sshd: Sshd, options: Options, port: int,
-            users: tuple[str, ...]) -> dict:
+def _finish(
+    console: Console, confirm: steps.Confirm, sshd: Sshd, options: Options, port: int, users: tuple[str, ...]
+) -> dict:
     """harden, firewall, router, WAN address: what needs a key. Returns {"wan": address or None}."""
     plan = sshd.plan(port=port, allow_users=users)
     if plan.already_done:
@@ -297,8 +343,9 @@ def _finish(console: Console, confirm: steps.Confirm, sshd: Sshd, options: Optio
 class Waiting:
     """The step that needs no key: LAN-only passwords for the users, a record, the wait."""
 
-    def __init__(self, console: Console, sshd: Sshd, users: tuple[str, ...], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, console: Console, sshd: Sshd, users: tuple[str, ...], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.console, self.sshd, self.users, self.clock = console, sshd, users, clock
         self.token = secrets.token_hex(6)
         self.tx = Transaction()
@@ -316,7 +363,8 @@ class Waiting:
                 "this machine is on no private network: init will not take a password from the internet",
                 details=[f"its networks: {', '.join(netinfo.lan_networks()) or 'none'}"],
                 hint=f"add your public key to ~{self.users[0]}/.ssh/authorized_keys by hand "
-                     "(e.g. from the provider's console), then run init again")
+                "(e.g. from the provider's console), then run init again",
+            )
         main_old = self.sshd.config.read_bytes()
         writes = []
         directory, on_top = include_dir(main_old.decode(errors="replace"), self.sshd.etc_ssh)
@@ -327,7 +375,8 @@ class Waiting:
             raise NbremoteError(
                 f"{self.sshd.config} has settings before its Include of {directory}: they would win over ours",
                 hint=f"move the `Include {directory}/*.conf` line to the top of {self.sshd.config}, "
-                     "then run init again")
+                "then run init again",
+            )
         writes.append((directory / DROPIN_NAME, waiting_dropin(self.users, networks).encode()))
         return writes, networks
 
@@ -335,24 +384,31 @@ class Waiting:
         writes, networks = self.plan()
         broken = self.sshd.validate()
         if broken:
-            raise NbremoteError("the current sshd config is already broken (`sshd -t` fails): "
-                                "refusing to touch it", details=broken.splitlines(),
-                                hint=f"fix {self.sshd.config} first; `sshd -t` shows the error")
+            raise NbremoteError(
+                "the current sshd config is already broken (`sshd -t` fails): refusing to touch it",
+                details=broken.splitlines(),
+                hint=f"fix {self.sshd.config} first; `sshd -t` shows the error",
+            )
         before = self.sshd.effective()
         self.port = int(first(before, "port", "22"))
         names = ", ".join(self.users)
-        self.console.note(f"{names} {'has' if len(self.users) == 1 else 'have'} no key yet: until "
-                          f"{'its' if len(self.users) == 1 else 'their'} first key login (at most "
-                          f"{wait_s / 60:g} min), sshd takes {'a password' if len(self.users) == 1 else 'passwords'} "
-                          f"for {names} only from {', '.join(networks)}, and from no other address")
+        self.console.note(
+            f"{names} {'has' if len(self.users) == 1 else 'have'} no key yet: until "
+            f"{'its' if len(self.users) == 1 else 'their'} first key login (at most "
+            f"{wait_s / 60:g} min), sshd takes {'a password' if len(self.users) == 1 else 'passwords'} "
+            f"for {names} only from {', '.join(networks)}, and from no other address"
+        )
         confirm("Accept those passwords from the LAN while init waits?")
         _ = self.sshd.service  # resolved from the config in force, before we change it
         self.guard = Guard.start()
         try:
             for path, _ in writes:
                 self.tx.remember(path)
-            self.guard.expect(self.sshd.etc_ssh, list(self.tx.originals.values()),
-                              backup=None if self.had_backup else self.sshd.backup.directory)
+            self.guard.expect(
+                self.sshd.etc_ssh,
+                list(self.tx.originals.values()),
+                backup=None if self.had_backup else self.sshd.backup.directory,
+            )
             self.sshd.backup.save(list(self.tx.originals.values()), "nbremote server init (waiting)")
             for path, data in writes:
                 path.parent.mkdir(mode=0o755, exist_ok=True)
@@ -373,27 +429,38 @@ class Waiting:
     def _validate(self, before: dict[str, list[str]], networks: list[str]) -> None:
         problem = self.sshd.validate()
         if problem:
-            raise NbremoteError("sshd rejects the config for the wait (nothing was reloaded)",
-                                details=problem.splitlines())
+            raise NbremoteError(
+                "sshd rejects the config for the wait (nothing was reloaded)", details=problem.splitlines()
+            )
         after = self.sshd.effective()
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
-                         and k not in ("passwordauthentication", "kbdinteractiveauthentication"))
+        changed = sorted(
+            k
+            for k in set(before) | set(after)
+            if before.get(k) != after.get(k) and k not in ("passwordauthentication", "kbdinteractiveauthentication")
+        )
         lan = str(next(ipaddress.ip_network(networks[0], strict=False).hosts()))
         user = self.users[0]
         inside = first(self.sshd.effective(user, lan), "passwordauthentication")
         outside = first(self.sshd.effective(user, outside_address(networks)), "passwordauthentication")
         if changed or inside != "yes" or outside != "no":
-            raise NbremoteError("sshd does not read the config for the wait as written (nothing was reloaded)",
-                                details=[f"settings that changed too: {', '.join(changed)}" if changed else
-                                         f"password login for {user}: {inside} from {lan}, {outside} from elsewhere"],
-                                hint=f"another file under {self.sshd.etc_ssh} overrides it")
+            raise NbremoteError(
+                "sshd does not read the config for the wait as written (nothing was reloaded)",
+                details=[
+                    f"settings that changed too: {', '.join(changed)}"
+                    if changed
+                    else f"password login for {user}: {inside} from {lan}, {outside} from elsewhere"
+                ],
+                hint=f"another file under {self.sshd.etc_ssh} overrides it",
+            )
 
     def wait(self, wait_s: float) -> dict[str, str]:
         """Until every user's first key login: user -> the address it came from."""
         started = self.clock()
         deadline = started + wait_s
-        self.console.note(f"waiting up to {wait_s / 60:g} min for the first key login of {', '.join(self.users)}; "
-                          "Ctrl-C stops and puts sshd back as it was")
+        self.console.note(
+            f"waiting up to {wait_s / 60:g} min for the first key login of {', '.join(self.users)}; "
+            "Ctrl-C stops and puts sshd back as it was"
+        )
         joined: dict[str, str] = {}
         beat = started
         try:
@@ -405,8 +472,7 @@ class Waiting:
                     if mark and mark.get("token") == self.token and self.sshd.authorized_keys(user)[0]:
                         joined[user] = str(mark.get("from") or "?")
                         self.console.end_status()
-                        self.console.done(f"first key login of {user} (from {joined[user]})",
-                                          self.clock() - started)
+                        self.console.done(f"first key login of {user} (from {joined[user]})", self.clock() - started)
                 if len(joined) == len(self.users):
                     break
                 left = deadline - self.clock()
@@ -415,21 +481,26 @@ class Waiting:
                         f"no key login of {', '.join(u for u in self.users if u not in joined)} within "
                         f"{wait_s:g} s: stopped waiting; sshd is as it was before init",
                         hint=f"run `{rootcmd.command('server', 'init')}` again (with a longer --wait if need be) and "
-                             "`nbremote add NAME --invite LINE` on the laptop with the new line it prints")
+                        "`nbremote add NAME --invite LINE` on the laptop with the new line it prints",
+                    )
                 if self.clock() - beat >= BEAT_S:
                     beat = self.clock()
                     for user in self.users:
                         if user not in joined:
                             self._record(self.files[user], "waiting")
                 waiting_for = ", ".join(u for u in self.users if u not in joined)
-                self.console.status(f"… waiting for the first key login of {waiting_for} "
-                                    f"({int(left) // 60}:{int(left) % 60:02d} left; Ctrl-C stops)")
+                self.console.status(
+                    f"… waiting for the first key login of {waiting_for} "
+                    f"({int(left) // 60}:{int(left) % 60:02d} left; Ctrl-C stops)"
+                )
                 time.sleep(min(POLL_S, max(left, 0.01)))
         except KeyboardInterrupt:
             self.console.end_status()
-            raise NbremoteError("stopped waiting (Ctrl-C): sshd is as it was before init",
-                                hint=f"run `{rootcmd.command('server', 'init')}` again to start over",
-                                exit_code=ExitCode.INTERRUPTED) from None
+            raise NbremoteError(
+                "stopped waiting (Ctrl-C): sshd is as it was before init",
+                hint=f"run `{rootcmd.command('server', 'init')}` again to start over",
+                exit_code=ExitCode.INTERRUPTED,
+            ) from None
         for files in self.files.values():
             self._record(files, "finishing")
         # From here harden's own guard covers sshd: killed during harden, the box is back at
@@ -462,8 +533,9 @@ class Waiting:
             files.remove(JOINED)
         self._end_guard()
         if failures:
-            self.console.warn(f"putting sshd back failed: {'; '.join(failures)}; "
-                              f"run `{rootcmd.command('server', 'restore')}`")
+            self.console.warn(
+                f"putting sshd back failed: {'; '.join(failures)}; run `{rootcmd.command('server', 'restore')}`"
+            )
 
     def failed(self, exc: BaseException) -> None:
         """A step after the wait failed: the laptop is told, and passwords are not left open on the LAN."""
@@ -471,8 +543,11 @@ class Waiting:
         for files in self.files.values():
             self._record(files, "failed", error=message)
         dropin = next((p for p in self.tx.originals if p.name == DROPIN_NAME), None)
-        still_waiting = dropin is not None and dropin.exists() and dropin.read_bytes().startswith(
-            f"# Written by {MARKER} (`nbremote server init`) while".encode())
+        still_waiting = (
+            dropin is not None
+            and dropin.exists()
+            and dropin.read_bytes().startswith(f"# Written by {MARKER} (`nbremote server init`) while".encode())
+        )
         if still_waiting:
             self.tx.rollback()
             if not self.had_backup:
@@ -480,7 +555,9 @@ class Waiting:
             try:
                 self.sshd._reload(self.port)
             except NbremoteError as again:
-                self.console.warn(f"putting sshd back failed: {again.message}; run `{rootcmd.command('server', 'restore')}`")
+                self.console.warn(
+                    f"putting sshd back failed: {again.message}; run `{rootcmd.command('server', 'restore')}`"
+                )
 
     def done(self, port: int, hosts: list[str], fingerprint: str) -> None:
         for files in self.files.values():

@@ -14,6 +14,7 @@ seconds after two minutes), so a relay that comes back is used again within
 about a second. The first build is checked: a relay that refuses the key or
 whose port is taken is an error, not a retry loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,21 +44,46 @@ FAST_RETRY_FOR = 120.0
 @dataclass(frozen=True)
 class Plan:
     relay: Relay
-    tunnel_port: int          # on the relay's loopback
-    local_port: int           # this machine's sshd
-    key: Path | None          # None: ssh's default keys (and agent)
-    known_hosts: Path         # the relay's own host key, trusted on first use
+    tunnel_port: int  # on the relay's loopback
+    local_port: int  # this machine's sshd
+    key: Path | None  # None: ssh's default keys (and agent)
+    known_hosts: Path  # the relay's own host key, trusted on first use
 
 
 def tunnel_argv(plan: Plan) -> list[str]:
-    argv = ["ssh", "-v", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10", "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", "ServerAliveCountMax=3",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={plan.known_hosts}",
-            "-o", "ControlPath=none"]
+    argv = [
+        "ssh",
+        "-v",
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        f"ServerAliveInterval={ALIVE_INTERVAL}",
+        "-o",
+        "ServerAliveCountMax=3",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"UserKnownHostsFile={plan.known_hosts}",
+        "-o",
+        "ControlPath=none",
+    ]
     if plan.key is not None:
         argv += ["-i", str(plan.key), "-o", "IdentitiesOnly=yes"]
-    argv += ["-R", f"127.0.0.1:{plan.tunnel_port}:127.0.0.1:{plan.local_port}",
-             "-p", str(plan.relay.port), "-l", plan.relay.user, "--", plan.relay.host]
+    argv += [
+        "-R",
+        f"127.0.0.1:{plan.tunnel_port}:127.0.0.1:{plan.local_port}",
+        "-p",
+        str(plan.relay.port),
+        "-l",
+        plan.relay.user,
+        "--",
+        plan.relay.host,
+    ]
     return argv
 
 
@@ -74,25 +100,32 @@ def failure(stderr: str, plan: Plan) -> NbremoteError:
             f"the relay {where} refused the key",
             hint=f"add this machine's public key ({plan.key or '~/.ssh/id_ed25519'}.pub) to "
             f"~/.ssh/authorized_keys of {plan.relay.user} on {plan.relay.host}",
-            exit_code=ExitCode.AUTH_FAILED)
+            exit_code=ExitCode.AUTH_FAILED,
+        )
     if "remote port forwarding failed" in text:
         return NbremoteError(
             f"port {plan.tunnel_port} is already taken on the relay {plan.relay.host}",
             hint="another tunnel or program holds it there: choose another with --tunnel-port",
-            exit_code=ExitCode.PORT_BUSY)
+            exit_code=ExitCode.PORT_BUSY,
+        )
     if "IDENTIFICATION HAS CHANGED" in text:
         return NbremoteError(
             f"the host key of the relay {plan.relay.host} has changed: refusing to connect",
             hint=f"if the relay was reinstalled, remove its line from {plan.known_hosts}",
-            exit_code=ExitCode.HOST_KEY)
+            exit_code=ExitCode.HOST_KEY,
+        )
     match = re.search(r"ssh: connect to host \S+ port \d+: ([^\r\n]+)", text)
     if match or "Could not resolve hostname" in text:
         return NbremoteError(
             f"cannot reach the relay {where} ({match.group(1) if match else 'name not found'})",
             hint="check the relay's address and that its sshd runs",
-            exit_code=ExitCode.UNREACHABLE)
-    return NbremoteError(f"the tunnel to the relay {where} failed" + (f": {lines[-1]}" if lines else ""),
-                         details=lines[:-1][-5:], exit_code=ExitCode.ERROR)
+            exit_code=ExitCode.UNREACHABLE,
+        )
+    return NbremoteError(
+        f"the tunnel to the relay {where} failed" + (f": {lines[-1]}" if lines else ""),
+        details=lines[:-1][-5:],
+        exit_code=ExitCode.ERROR,
+    )
 
 
 class Tunnel:
@@ -107,9 +140,14 @@ class Tunnel:
     def open(self, timeout: float) -> None:
         log.debug("run %s", shlex.join(tunnel_argv(self.plan)))
         # ssh's messages are matched: LC_ALL=C.
-        self.proc = subprocess.Popen(tunnel_argv(self.plan), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "LC_ALL": "C"})
+        self.proc = subprocess.Popen(
+            tunnel_argv(self.plan),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )
         reader = threading.Thread(target=self._read, daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
@@ -119,8 +157,11 @@ class Tunnel:
                 raise failure("\n".join(self.tail), self.plan)
             if time.monotonic() > deadline:
                 self.close()
-                raise NbremoteError(f"no answer from the relay {self.plan.relay.host} within {timeout:g} s",
-                                    hint="check the relay's address and port", exit_code=ExitCode.UNREACHABLE)
+                raise NbremoteError(
+                    f"no answer from the relay {self.plan.relay.host} within {timeout:g} s",
+                    hint="check the relay's address and port",
+                    exit_code=ExitCode.UNREACHABLE,
+                )
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -144,9 +185,16 @@ class Tunnel:
                 self.proc.wait()
 
 
-def keep(plan: Plan, first: Tunnel, *, timeout: float, on_event: Callable[[str], None],
-         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-         rounds: int | None = None) -> None:
+def keep(
+    plan: Plan,
+    first: Tunnel,
+    *,
+    timeout: float,
+    on_event: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rounds: int | None = None,
+) -> None:
     """Rebuild the tunnel whenever it ends, forever (or for `rounds` rebuilds)."""
     tunnel, rebuilt = first, 0
     try:

@@ -1,4 +1,5 @@
 """`nbremote server relay`: the command around server/relay.py. Parse, call, render."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,13 +18,28 @@ def command(*, state_dir: Callable[[], Path], sshd_port: Callable[[int | None], 
 
     @click.command(name="relay")
     @click.argument("destination", metavar="USER@HOST[:PORT]")
-    @click.option("--tunnel-port", type=click.IntRange(1024, 65535), default=relays.DEFAULT_TUNNEL_PORT,
-                  show_default=True, help="The port on the relay's loopback that leads to this machine's sshd.")
-    @click.option("--key", type=click.Path(dir_okay=False), help="The private key to log in to the relay with "
-                  "[default: your ssh keys and agent].")
-    @click.option("--port", type=click.IntRange(1, 65535), help="This machine's sshd port [default: the one sshd serves].")
-    @click.option("--timeout", type=click.FloatRange(min=1), default=15.0, show_default=True,
-                  help="Seconds to wait for the relay to accept the tunnel.")
+    @click.option(
+        "--tunnel-port",
+        type=click.IntRange(1024, 65535),
+        default=relays.DEFAULT_TUNNEL_PORT,
+        show_default=True,
+        help="The port on the relay's loopback that leads to this machine's sshd.",
+    )
+    @click.option(
+        "--key",
+        type=click.Path(dir_okay=False),
+        help="The private key to log in to the relay with [default: your ssh keys and agent].",
+    )
+    @click.option(
+        "--port", type=click.IntRange(1, 65535), help="This machine's sshd port [default: the one sshd serves]."
+    )
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=1),
+        default=15.0,
+        show_default=True,
+        help="Seconds to wait for the relay to accept the tunnel.",
+    )
     @click.option("--once", is_flag=True, help="Check that the tunnel can be built, record the relay, and exit.")
     def relay(destination, tunnel_port, key, port, timeout, once) -> None:
         """Keep a reverse ssh tunnel to a relay: for a box behind carrier-grade NAT.
@@ -40,8 +56,13 @@ def command(*, state_dir: Callable[[], Path], sshd_port: Callable[[int | None], 
         target = parse_relay(destination)
         if key is not None and not Path(key).is_file():
             raise NbremoteError(f"no key at {key}", hint="give the path of a private key", exit_code=ExitCode.USAGE)
-        plan = relays.Plan(relay=target, tunnel_port=tunnel_port, local_port=sshd_port(port),
-                           key=Path(key).absolute() if key else None, known_hosts=state_dir() / "relay_known_hosts")
+        plan = relays.Plan(
+            relay=target,
+            tunnel_port=tunnel_port,
+            local_port=sshd_port(port),
+            key=Path(key).absolute() if key else None,
+            known_hosts=state_dir() / "relay_known_hosts",
+        )
         tunnel = relays.Tunnel(plan)
         with console.progress(f"opening the tunnel to {target}"):
             tunnel.open(timeout)

@@ -4,6 +4,7 @@ sudo replaces PATH with its secure_path, so an nbremote installed in a venv (the
 installs it in ~/.nbremote) is "command not found" under `sudo nbremote`: unless sudo
 would find this very nbremote, the hint names it by its full path.
 """
+
 from __future__ import annotations
 
 import os

@@ -26,6 +26,7 @@ through exactly what a remote login does (port, AllowUsers, the user's shell,
 StrictModes on ~/.ssh), except the network path, which `firewall` and
 `expose` cover.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -57,8 +58,13 @@ DROPIN_NAME = "00-nbremote.conf"
 # ssh-audit 3.9 warns about it (not post-quantum) but finds nothing that fails.
 # No NIST curves, no SHA-1, no CBC, no non-etm MACs. Algorithms this OpenSSH
 # does not know are left out, so the file stays valid on older and newer ones.
-KEX = ("mlkem768x25519-sha256", "sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com",
-       "curve25519-sha256", "curve25519-sha256@libssh.org")
+KEX = (
+    "mlkem768x25519-sha256",
+    "sntrup761x25519-sha512",
+    "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+)
 CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
 MACS = ("hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "umac-128-etm@openssh.com")
 HOST_KEY_ALGORITHMS = ("ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com")
@@ -172,23 +178,30 @@ def include_dir(main_text: str, etc_ssh: Path) -> tuple[Path | None, bool]:
 
 def with_include(main_text: str, directory: Path) -> str:
     """The main config with our Include at the top (Debian's own layout)."""
-    return (f"# Added by {MARKER}: settings in {directory} come first. `nbremote server restore` removes this.\n"
-            f"Include {directory}/*.conf\n\n" + main_text)
+    return (
+        f"# Added by {MARKER}: settings in {directory} come first. `nbremote server restore` removes this.\n"
+        f"Include {directory}/*.conf\n\n" + main_text
+    )
 
 
 def check_port(port: int, current_ports: list[int], busy: dict[int, str]) -> None:
     """Refuse a port sshd could not take, naming it. busy: port -> who listens there."""
     if not 1 <= port <= 65535:
-        raise NbremoteError(f"port {port} is not a TCP port", hint="choose 1024-65535 (or 22)",
-                            exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"port {port} is not a TCP port", hint="choose 1024-65535 (or 22)", exit_code=ExitCode.USAGE
+        )
     if port < 1024 and port != 22:
         raise NbremoteError(
             f"port {port} is below 1024 and not 22",
             hint="ports below 1024 belong to other services; choose 22 or one in 1024-65535, e.g. 22222",
-            exit_code=ExitCode.USAGE)
+            exit_code=ExitCode.USAGE,
+        )
     if port in busy and port not in current_ports:
-        raise NbremoteError(f"port {port} is already in use by {busy[port]}",
-                            hint="choose another port with --port", exit_code=ExitCode.USAGE)
+        raise NbremoteError(
+            f"port {port} is already in use by {busy[port]}",
+            hint="choose another port with --port",
+            exit_code=ExitCode.USAGE,
+        )
 
 
 def check_users(users: tuple[str, ...]) -> None:
@@ -196,21 +209,27 @@ def check_users(users: tuple[str, ...]) -> None:
         if user == "root":
             raise NbremoteError(
                 "root cannot be an allowed user: harden turns root login off",
-                hint="name the account you log in with, e.g. --allow-user alice", exit_code=ExitCode.USAGE)
+                hint="name the account you log in with, e.g. --allow-user alice",
+                exit_code=ExitCode.USAGE,
+            )
         try:
             pwd.getpwnam(user)
         except KeyError:
-            raise NbremoteError(f"there is no user {user!r} on this machine",
-                                hint="check the name with `getent passwd`, or create the account first",
-                                exit_code=ExitCode.USAGE) from None
+            raise NbremoteError(
+                f"there is no user {user!r} on this machine",
+                hint="check the name with `getent passwd`, or create the account first",
+                exit_code=ExitCode.USAGE,
+            ) from None
 
 
 def unified_diff(path: Path, old: bytes | None, new: bytes | None) -> str:
     old_lines = [] if old is None else old.decode(errors="replace").splitlines(keepends=True)
     new_lines = [] if new is None else new.decode(errors="replace").splitlines(keepends=True)
-    return "".join(difflib.unified_diff(old_lines, new_lines,
-                                        "/dev/null" if old is None else f"a{path}",
-                                        "/dev/null" if new is None else f"b{path}"))
+    return "".join(
+        difflib.unified_diff(
+            old_lines, new_lines, "/dev/null" if old is None else f"a{path}", "/dev/null" if new is None else f"b{path}"
+        )
+    )
 
 
 # ---------------------------------------------------------------- the service manager seam
@@ -234,8 +253,11 @@ class ServiceManagerSshd:
         self.name = f"{argv_prefix[0]} ({unit})"
 
     def _call(self, action: str) -> None:
-        argv = ([*self.argv_prefix, action, self.unit] if self.argv_prefix[0] == "systemctl"
-                else [*self.argv_prefix, self.unit, action])
+        argv = (
+            [*self.argv_prefix, action, self.unit]
+            if self.argv_prefix[0] == "systemctl"
+            else [*self.argv_prefix, self.unit, action]
+        )
         done = self.run(argv)
         if done.returncode != 0:
             raise NbremoteError(f"`{shlex.join(argv)}` failed", details=done.stderr.splitlines())
@@ -278,12 +300,12 @@ class PidFileSshd:
         argv = self.cmdline or [self.binary]
         done = self.run(argv)
         if done.returncode != 0:
-            raise NbremoteError(f"could not start sshd again with `{shlex.join(argv)}`",
-                                details=done.stderr.splitlines())
+            raise NbremoteError(
+                f"could not start sshd again with `{shlex.join(argv)}`", details=done.stderr.splitlines()
+            )
 
 
-def service_for(pidfile: Path, binary: str, run: system.Runner = system.run,
-                root: Path = Path("/")) -> SshdService:
+def service_for(pidfile: Path, binary: str, run: system.Runner = system.run, root: Path = Path("/")) -> SshdService:
     """systemd where it is PID 1, else the `service` wrapper where an init script exists,
     else SIGHUP by PidFile (containers, machines without an init system)."""
     if (root / "run/systemd/system").is_dir():
@@ -314,7 +336,7 @@ class HardenPlan:
     changes: list[FileChange]
     new_host_key: bool
     before: dict[str, list[str]]
-    keys: dict[str, str]                 # user -> where their working key is
+    keys: dict[str, str]  # user -> where their working key is
     supported: dict[str, set[str]] = field(default_factory=dict)
 
     @property
@@ -329,8 +351,9 @@ class HardenPlan:
 
     def summary(self) -> str:
         old_port = first(self.before, "port", "22")
-        port = f"port {old_port} → {self.hardening.port}" if old_port != str(self.hardening.port) \
-            else f"port {old_port}"
+        port = (
+            f"port {old_port} → {self.hardening.port}" if old_port != str(self.hardening.port) else f"port {old_port}"
+        )
         keys = ", ".join(f"{u} (key found)" for u in self.hardening.allow_users)
         return f"{port} · passwords off for {keys} · root login off · modern algorithms only"
 
@@ -345,17 +368,28 @@ class HardenResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"already_hardened": self.already, "port": self.port, "allow_users": list(self.users),
-                "reloaded_with": self.reloaded_with, "verified_logins": self.verified,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "already_hardened": self.already,
+            "port": self.port,
+            "allow_users": list(self.users),
+            "reloaded_with": self.reloaded_with,
+            "verified_logins": self.verified,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 class Sshd:
     """The machine's sshd. Nothing runs in the constructor."""
 
-    def __init__(self, *, etc_ssh: Path = Path("/etc/ssh"), run: system.Runner = system.run,
-                 service: SshdService | None = None, binary: str | None = None,
-                 reload_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        etc_ssh: Path = Path("/etc/ssh"),
+        run: system.Runner = system.run,
+        service: SshdService | None = None,
+        binary: str | None = None,
+        reload_timeout: float = 10.0,
+    ) -> None:
         self.etc_ssh = etc_ssh
         self.config = etc_ssh / "sshd_config"
         self.backup = Backup(etc_ssh / "nbremote-backup")
@@ -374,9 +408,10 @@ class Sshd:
 
     def require_installed(self) -> str:
         if self.binary is None:
-            raise NbremoteError("sshd is not installed (no /usr/sbin/sshd)",
-                                hint="install it: `apt-get install openssh-server` (Debian/Ubuntu) "
-                                     "or `dnf install openssh-server`")
+            raise NbremoteError(
+                "sshd is not installed (no /usr/sbin/sshd)",
+                hint="install it: `apt-get install openssh-server` (Debian/Ubuntu) or `dnf install openssh-server`",
+            )
         return self.binary
 
     @property
@@ -398,8 +433,9 @@ class Sshd:
             argv += ["-C", f"user={user},host=localhost,addr={addr}"]
         done = self.run(argv)
         if done.returncode != 0:
-            raise NbremoteError("sshd cannot read its configuration",
-                                details=(done.stderr or done.stdout).strip().splitlines())
+            raise NbremoteError(
+                "sshd cannot read its configuration", details=(done.stderr or done.stdout).strip().splitlines()
+            )
         return parse_sshd_T(done.stdout)
 
     def supported(self) -> dict[str, set[str]]:
@@ -427,8 +463,13 @@ class Sshd:
         settings = self.effective(user)
         problems = []
         for raw in listed(settings, "authorizedkeysfile"):
-            expanded = raw.replace("%%", "\0").replace("%h", info.pw_dir).replace("%u", user) \
-                .replace("%U", str(info.pw_uid)).replace("\0", "%")
+            expanded = (
+                raw.replace("%%", "\0")
+                .replace("%h", info.pw_dir)
+                .replace("%u", user)
+                .replace("%U", str(info.pw_uid))
+                .replace("\0", "%")
+            )
             path = Path(expanded if expanded.startswith("/") else f"{info.pw_dir}/{expanded}")
             if not path.is_file():
                 continue
@@ -458,8 +499,9 @@ class Sshd:
                 f"refusing to turn password login off: {names} would have no working key",
                 details=details or [f"{u}: no authorized_keys file with a key" for u, _ in missing],
                 hint=f"from your laptop, while passwords still work: `ssh-copy-id -p {first_port(self)} "
-                     f"{user}@THIS_SERVER`; or add your public key to ~{user}/.ssh/authorized_keys "
-                     f"(mode 600, ~/.ssh mode 700), then run harden again")
+                f"{user}@THIS_SERVER`; or add your public key to ~{user}/.ssh/authorized_keys "
+                f"(mode 600, ~/.ssh mode 700), then run harden again",
+            )
         return keys
 
     # ------------------------------------------------------------ harden
@@ -472,19 +514,25 @@ class Sshd:
             check_users(allow_users)
         self.require_installed()
         if not system.is_root():
-            raise NbremoteError("harden needs root: sshd's config and host keys are root's",
-                                hint=f"run it with sudo: `{rootcmd.command('server', 'harden', '...')}`")
+            raise NbremoteError(
+                "harden needs root: sshd's config and host keys are root's",
+                hint=f"run it with sudo: `{rootcmd.command('server', 'harden', '...')}`",
+            )
         broken = self.validate()
         if broken:
-            raise NbremoteError("the current sshd config is already broken (`sshd -t` fails): "
-                                "refusing to touch it", details=broken.splitlines(),
-                                hint=f"fix {self.config} first; `sshd -t` shows the error")
+            raise NbremoteError(
+                "the current sshd config is already broken (`sshd -t` fails): refusing to touch it",
+                details=broken.splitlines(),
+                hint=f"fix {self.config} first; `sshd -t` shows the error",
+            )
         before = self.effective()
         current_ports = [int(p) for p in before.get("port", ["22"])]
         port = current_ports[0] if port is None else port
-        busy = {item.port: f"{item.process or 'another program'}"
-                          + (f" (pid {item.pid})" if item.pid else "")
-                for item in netinfo.listeners() if item.process != "sshd"}
+        busy = {
+            item.port: f"{item.process or 'another program'}" + (f" (pid {item.pid})" if item.pid else "")
+            for item in netinfo.listeners()
+            if item.process != "sshd"
+        }
         check_port(port, current_ports, busy)
         if not allow_users:
             allow_users = tuple(listed(before, "allowusers"))
@@ -492,26 +540,27 @@ class Sshd:
             if not allow_users and sudo_user and sudo_user != "root":
                 allow_users = (sudo_user,)
             if not allow_users:
-                raise NbremoteError("name the users who may log in over ssh",
-                                    hint="e.g. `nbremote server harden --allow-user alice`",
-                                    exit_code=ExitCode.USAGE)
+                raise NbremoteError(
+                    "name the users who may log in over ssh",
+                    hint="e.g. `nbremote server harden --allow-user alice`",
+                    exit_code=ExitCode.USAGE,
+                )
             check_users(allow_users)
         keys = self.keys_or_refuse(allow_users, port)
 
-        hardening = Hardening(port=port, allow_users=allow_users,
-                              host_key=str(self.etc_ssh / "ssh_host_ed25519_key"))
+        hardening = Hardening(port=port, allow_users=allow_users, host_key=str(self.etc_ssh / "ssh_host_ed25519_key"))
         supported = self.supported()
         main_old = self.config.read_bytes()
         changes = []
         directory, on_top = include_dir(main_old.decode(errors="replace"), self.etc_ssh)
         if directory is None:
             directory = self.etc_ssh / "sshd_config.d"
-            changes.append(FileChange(self.config, main_old,
-                                      with_include(main_old.decode(), directory).encode()))
+            changes.append(FileChange(self.config, main_old, with_include(main_old.decode(), directory).encode()))
         elif not on_top:
             raise NbremoteError(
                 f"{self.config} has settings before its Include of {directory}: they would win over ours",
-                hint=f"move the `Include {directory}/*.conf` line to the top of {self.config}, then run harden again")
+                hint=f"move the `Include {directory}/*.conf` line to the top of {self.config}, then run harden again",
+            )
         dropin = directory / DROPIN_NAME
         new = render_dropin(hardening, supported).encode()
         old = dropin.read_bytes() if dropin.exists() else None
@@ -519,11 +568,16 @@ class Sshd:
             changes.append(FileChange(dropin, old, new))
         return HardenPlan(hardening, changes, not Path(hardening.host_key).exists(), before, keys, supported)
 
-    def apply(self, plan: HardenPlan, *, step: Callable[[str], None] = lambda _: None,
-              before_reload: Callable[[], None] = lambda: None,
-              on_rollback: Callable[[], None] = lambda: None,
-              firewall_port: int | None = None,
-              checkpoint: Callable[[str], None] = lambda _: None) -> HardenResult:
+    def apply(
+        self,
+        plan: HardenPlan,
+        *,
+        step: Callable[[str], None] = lambda _: None,
+        before_reload: Callable[[], None] = lambda: None,
+        on_rollback: Callable[[], None] = lambda: None,
+        firewall_port: int | None = None,
+        checkpoint: Callable[[str], None] = lambda _: None,
+    ) -> HardenResult:
         """before_reload/on_rollback: for a firewall that must let the new port in first;
         firewall_port: the one port it allowed before, which the guard sets it back to.
 
@@ -538,12 +592,17 @@ class Sshd:
         if plan.already_done:
             mismatch = mismatches(self.effective(), expected_effective(h, plan.supported))
             if mismatch:
-                raise NbremoteError("the drop-in is in place but sshd does not use all of it",
-                                    details=mismatch, hint=f"another file under {self.etc_ssh} overrides it")
+                raise NbremoteError(
+                    "the drop-in is in place but sshd does not use all of it",
+                    details=mismatch,
+                    hint=f"another file under {self.etc_ssh} overrides it",
+                )
             return HardenResult(True, h.port, h.allow_users, seconds=time.monotonic() - started)
         if self.pid() is None:
-            raise NbremoteError("sshd is not running: harden reloads it and proves a login works",
-                                hint="start it first (`service ssh start` or `systemctl start ssh`)")
+            raise NbremoteError(
+                "sshd is not running: harden reloads it and proves a login works",
+                hint="start it first (`service ssh start` or `systemctl start ssh`)",
+            )
         _ = self.service  # resolved from the config in force, before we change it
         guard = Guard.start()
         tx = Transaction()
@@ -553,13 +612,16 @@ class Sshd:
             checkpoint("write")
             problem = self.validate()
             if problem:
-                raise NbremoteError("sshd rejects the hardened config (nothing was reloaded)",
-                                    details=problem.splitlines())
+                raise NbremoteError(
+                    "sshd rejects the hardened config (nothing was reloaded)", details=problem.splitlines()
+                )
             mismatch = mismatches(self.effective(), expected_effective(h, plan.supported))
             if mismatch:
-                raise NbremoteError("another setting wins over the drop-in (nothing was reloaded)",
-                                    details=mismatch, hint=f"look for these keywords in {self.config} "
-                                                           "and other files it includes")
+                raise NbremoteError(
+                    "another setting wins over the drop-in (nothing was reloaded)",
+                    details=mismatch,
+                    hint=f"look for these keywords in {self.config} and other files it includes",
+                )
         except BaseException:
             self._undo(tx, had_backup)
             guard.done()
@@ -577,8 +639,10 @@ class Sshd:
             for user in h.allow_users:
                 error = self.verify_login(user, h.port, plan.keys[user], guard=guard, checkpoint=checkpoint)
                 if error:
-                    raise NbremoteError(f"a fresh key login as {user} on port {h.port} failed after the reload",
-                                        details=error.splitlines())
+                    raise NbremoteError(
+                        f"a fresh key login as {user} on port {h.port} failed after the reload",
+                        details=error.splitlines(),
+                    )
                 verified.append(user)
             checkpoint("verified")
         except BaseException as exc:
@@ -594,30 +658,39 @@ class Sshd:
                 failures.append(f"firewall: {again.message}")
             guard.done()
             if isinstance(exc, NbremoteError):
-                exc.details.append("the previous config was restored and sshd reloaded with it"
-                                   if not failures else f"restoring failed too: {'; '.join(failures)}")
+                exc.details.append(
+                    "the previous config was restored and sshd reloaded with it"
+                    if not failures
+                    else f"restoring failed too: {'; '.join(failures)}"
+                )
                 exc.hint = exc.hint or "nothing changed; `--debug` shows each step"
             raise
         guard.done()
-        return HardenResult(False, h.port, h.allow_users, self.service.name, verified,
-                            time.monotonic() - started)
+        return HardenResult(False, h.port, h.allow_users, self.service.name, verified, time.monotonic() - started)
 
-    def _write(self, plan: HardenPlan, tx: Transaction, guard: Guard, *, created_backup: bool,
-               checkpoint: Callable[[str], None]) -> None:
+    def _write(
+        self,
+        plan: HardenPlan,
+        tx: Transaction,
+        guard: Guard,
+        *,
+        created_backup: bool,
+        checkpoint: Callable[[str], None],
+    ) -> None:
         for change in plan.changes:
             tx.remember(change.path)
         if plan.new_host_key:
             key = Path(plan.hardening.host_key)
             tx.created(key)
             tx.created(Path(f"{key}.pub"))
-        guard.expect(self.etc_ssh, list(tx.originals.values()),
-                     backup=self.backup.directory if created_backup else None)
+        guard.expect(
+            self.etc_ssh, list(tx.originals.values()), backup=self.backup.directory if created_backup else None
+        )
         # Backup first: if we die halfway, `restore` still knows the originals.
         self.backup.save(list(tx.originals.values()), "nbremote server harden")
         checkpoint("backup")
         if plan.new_host_key:
-            done = self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "",
-                             "-f", plan.hardening.host_key])
+            done = self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", plan.hardening.host_key])
             if done.returncode != 0:
                 raise NbremoteError("could not create an ed25519 host key", details=done.stderr.splitlines())
         for change in plan.changes:
@@ -649,8 +722,15 @@ class Sshd:
 
     # ------------------------------------------------------------ the verification login
 
-    def verify_login(self, user: str, port: int, authorized_keys: str, *, guard: Guard | None = None,
-                     checkpoint: Callable[[str], None] = lambda _: None) -> str | None:
+    def verify_login(
+        self,
+        user: str,
+        port: int,
+        authorized_keys: str,
+        *,
+        guard: Guard | None = None,
+        checkpoint: Callable[[str], None] = lambda _: None,
+    ) -> str | None:
         """None when a fresh key login as user on port works, else what ssh said."""
         host_pub = (self.etc_ssh / "ssh_host_ed25519_key.pub").read_text().split()
         keys_file = Path(authorized_keys)
@@ -672,18 +752,44 @@ class Sshd:
             atomic_write(keys_file, added)
             try:
                 checkpoint("verify")
-                done = self.run(["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
-                                 "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                                 "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
-                                 "-o", "HostKeyAlias=nbremote-self", "-o", "ConnectTimeout=5",
-                                 "-p", str(port), "-l", user, "--", "127.0.0.1", "true"], timeout=20)
+                done = self.run(
+                    [
+                        "ssh",
+                        "-F",
+                        "/dev/null",
+                        "-i",
+                        str(key),
+                        "-o",
+                        "IdentitiesOnly=yes",
+                        "-o",
+                        "BatchMode=yes",
+                        "-o",
+                        "StrictHostKeyChecking=yes",
+                        "-o",
+                        f"UserKnownHostsFile={known}",
+                        "-o",
+                        "GlobalKnownHostsFile=/dev/null",
+                        "-o",
+                        "HostKeyAlias=nbremote-self",
+                        "-o",
+                        "ConnectTimeout=5",
+                        "-p",
+                        str(port),
+                        "-l",
+                        user,
+                        "--",
+                        "127.0.0.1",
+                        "true",
+                    ],
+                    timeout=20,
+                )
             finally:
                 take_out_verify_key(original, added, tag)
                 if guard:
                     guard.verify_key_gone()
         if done.returncode == 0:
             return None
-        return (done.stderr.strip() or f"ssh exited {done.returncode}")
+        return done.stderr.strip() or f"ssh exited {done.returncode}"
 
     # ------------------------------------------------------------ restore
 
@@ -691,8 +797,10 @@ class Sshd:
         """Put back what harden changed; return the paths restored ([] when nothing to do)."""
         self.require_installed()
         if not system.is_root():
-            raise NbremoteError("restore needs root: sshd's config is root's",
-                                hint=f"run it with sudo: `{rootcmd.command('server', 'restore')}`")
+            raise NbremoteError(
+                "restore needs root: sshd's config is root's",
+                hint=f"run it with sudo: `{rootcmd.command('server', 'restore')}`",
+            )
         if not self.backup.exists():
             return []
         originals = self.backup.load()
@@ -704,8 +812,11 @@ class Sshd:
         problem = self.validate()
         if problem:
             tx.rollback()
-            raise NbremoteError("the backed-up config does not pass `sshd -t`; nothing was restored",
-                                details=problem.splitlines(), hint=f"the backup is in {self.backup.directory}")
+            raise NbremoteError(
+                "the backed-up config does not pass `sshd -t`; nothing was restored",
+                details=problem.splitlines(),
+                hint=f"the backup is in {self.backup.directory}",
+            )
         self.backup.remove()
         if self.pid() is not None:
             self._reload(int(first(self.effective(), "port", "22")))

@@ -5,6 +5,7 @@ reads stdin or exits. `confirm(question)` is the caller's: it returns when
 the change may go ahead and raises when it may not (the CLI asks on a
 terminal or takes --yes; a test passes its own).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,7 @@ def collect_checks(timeout: float) -> list[checks.Check]:
     rows = checks.safe(lambda: checks.sshd_checks(sshd, root), "sshd")
     rows += checks.tool_checks()
     rows += checks.safe(lambda: firewall.check_rows(root, ssh_ports(sshd, root)), "firewall")
-    rows += checks.safe(lambda: checks.listener_checks(netinfo.listeners(), ssh_ports(sshd, root), root),
-                        "listeners")
+    rows += checks.safe(lambda: checks.listener_checks(netinfo.listeners(), ssh_ports(sshd, root), root), "listeners")
     router = upnp.probe(timeout)
     wan = None
     if router and router.wan_address:
@@ -52,9 +52,14 @@ def collect_checks(timeout: float) -> list[checks.Check]:
     rows += checks.network_checks(netinfo.lan_addresses(), wan, mapping, router.name if router else None)
     if router and router.wan_address:
         nat = netinfo.nat_in_front(router.wan_address, netinfo.WanRecord(state_dir() / "wan-ip.json").last())
-        rows.append(checks.Check("reachable from the internet", checks.WARN if nat else checks.PASS,
-                                 nat or f"the router's WAN address {router.wan_address} is public",
-                                 netinfo.RELAY_FIX if nat else None))
+        rows.append(
+            checks.Check(
+                "reachable from the internet",
+                checks.WARN if nat else checks.PASS,
+                nat or f"the router's WAN address {router.wan_address} is public",
+                netinfo.RELAY_FIX if nat else None,
+            )
+        )
     return rows
 
 
@@ -105,13 +110,18 @@ def apply_harden(console: Console, sshd: Sshd, plan, *, checkpoint=lambda _: Non
         if moving:
             backend.apply(old_port)
 
-    result = sshd.apply(plan, step=console.done, before_reload=open_both, on_rollback=back_to_old,
-                        firewall_port=old_port if moving else None, checkpoint=checkpoint)
+    result = sshd.apply(
+        plan,
+        step=console.done,
+        before_reload=open_both,
+        on_rollback=back_to_old,
+        firewall_port=old_port if moving else None,
+        checkpoint=checkpoint,
+    )
     if moving:
         backend.apply(new_port)
         console.done(f"firewall now allows {new_port}/tcp instead of {old_port}/tcp")
-    console.done(f"a fresh key login on port {result.port} works for {', '.join(result.verified)}",
-                 result.seconds)
+    console.done(f"a fresh key login on port {result.port} works for {', '.join(result.verified)}", result.seconds)
     return result.to_json()
 
 
@@ -153,17 +163,24 @@ def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinf
     if router and router.wan_address and netinfo.public_address(router.wan_address):
         return record.record(router.wan_address, "the router (UPnP)")
     if router and router.wan_address:
-        console.warn(f"the router's own WAN address {router.wan_address} is not public "
-                     "(carrier-grade NAT or a second router?): asking an echo service; no port forward "
-                     "can reach this machine, a relay can: `nbremote server relay USER@HOST`")
-    services = echo_urls or tuple(u for u in os.environ.get("NBREMOTE_ECHO_URLS", "").split() if u) \
+        console.warn(
+            f"the router's own WAN address {router.wan_address} is not public "
+            "(carrier-grade NAT or a second router?): asking an echo service; no port forward "
+            "can reach this machine, a relay can: `nbremote server relay USER@HOST`"
+        )
+    services = (
+        echo_urls
+        or tuple(u for u in os.environ.get("NBREMOTE_ECHO_URLS", "").split() if u)
         or netinfo.DEFAULT_ECHO_SERVICES
+    )
     try:
         address, url, _ = netinfo.wan_from_echo(services, timeout)
     except LookupError as exc:
-        raise NbremoteError("could not find the WAN address: no router answered UPnP and no echo service worked",
-                            details=list(exc.args[0]),
-                            hint="check the network, or give a service with --echo-url") from None
+        raise NbremoteError(
+            "could not find the WAN address: no router answered UPnP and no echo service worked",
+            details=list(exc.args[0]),
+            hint="check the network, or give a service with --echo-url",
+        ) from None
     return record.record(address, url)
 
 
@@ -188,14 +205,25 @@ def run_expose(console: Console, *, external_port, lease, igd, timeout, port=Non
     router.add(external, port, lease)
     found = router.mapping(external)
     if not found or found[0] != router.lan_address or found[1] != port:
-        raise NbremoteError(f"the router accepted the mapping but does not list it for WAN port {external}",
-                            details=[f"it lists {found}" if found else "it lists nothing"])
+        raise NbremoteError(
+            f"the router accepted the mapping but does not list it for WAN port {external}",
+            details=[f"it lists {found}" if found else "it lists nothing"],
+        )
     wan = find_wan(console, (), timeout, router) if router.wan_address else None
     where = f"{wan.address}:{external}" if wan else f"WAN port {external}"
-    console.done(f"router forwards {where} → {router.lan_address}:{port}"
-                 + (f" (lease {lease} s)" if lease else " (until `nbremote server unexpose`)"))
-    return {"mapped": True, "port": port, "external_port": external, "lan_address": router.lan_address,
-            "wan_address": wan.address if wan else None, "lease": lease, "router": router.name}
+    console.done(
+        f"router forwards {where} → {router.lan_address}:{port}"
+        + (f" (lease {lease} s)" if lease else " (until `nbremote server unexpose`)")
+    )
+    return {
+        "mapped": True,
+        "port": port,
+        "external_port": external,
+        "lan_address": router.lan_address,
+        "wan_address": wan.address if wan else None,
+        "lease": lease,
+        "router": router.name,
+    }
 
 
 def unexpose(console: Console, *, external_port, igd, timeout) -> bool:
@@ -220,8 +248,10 @@ def host_key_line(path: Path = HOST_KEY) -> str:
     try:
         return path.read_text()
     except OSError as exc:
-        raise NbremoteError(f"cannot read {path}: {exc.strerror}",
-                            hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys") from None
+        raise NbremoteError(
+            f"cannot read {path}: {exc.strerror}",
+            hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys",
+        ) from None
 
 
 def known_wan() -> str | None:
@@ -233,9 +263,17 @@ def known_relay() -> tuple[str, int] | None:
     return RelayRecord(state_dir() / "relay.json").last()
 
 
-def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str], port: int,
-                 host_key_line: str, wait: str | None = None,
-                 relay: tuple[str, int] | None = None) -> invites.Invite:
+def build_invite(
+    *,
+    user: str,
+    lan: list[str],
+    wan: str | None,
+    extra: list[str],
+    port: int,
+    host_key_line: str,
+    wait: str | None = None,
+    relay: tuple[str, int] | None = None,
+) -> invites.Invite:
     """The invite from what this machine knows; LAN first, as the laptop should prefer it.
     wait: the token of an `init` waiting for this user's first key login;
     relay: the relay's USER@HOST[:PORT] and the tunnel's port there."""
@@ -245,9 +283,19 @@ def build_invite(*, user: str, lan: list[str], wan: str | None, extra: list[str]
             hosts.append(host)
     fields = host_key_line.split()
     if len(fields) < 2 or fields[0] != "ssh-ed25519":
-        raise NbremoteError("the ed25519 host key is unreadable", exit_code=ExitCode.ERROR,
-                            hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys")
-    return invites.check(invites.Invite(user=user, hosts=tuple(hosts), port=port,
-                                        fingerprint=invites.fingerprint(fields[1]), wait=wait,
-                                        relay=parse_relay(relay[0]) if relay else None,
-                                        tunnel_port=relay[1] if relay else None))
+        raise NbremoteError(
+            "the ed25519 host key is unreadable",
+            exit_code=ExitCode.ERROR,
+            hint="on Debian/Ubuntu, `sudo dpkg-reconfigure openssh-server` makes the host keys",
+        )
+    return invites.check(
+        invites.Invite(
+            user=user,
+            hosts=tuple(hosts),
+            port=port,
+            fingerprint=invites.fingerprint(fields[1]),
+            wait=wait,
+            relay=parse_relay(relay[0]) if relay else None,
+            tunnel_port=relay[1] if relay else None,
+        )
+    )

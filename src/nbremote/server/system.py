@@ -4,6 +4,7 @@ LC_ALL=C because sshd's, nft's and ufw's messages are matched and shown; no
 shell ever; a missing program comes back as exit 127 with a message instead
 of an exception, so callers have one failure path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    argv: Sequence[str], *, input: str | None = None, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env["LC_ALL"] = "C"
     # sudo and cron give root a PATH without /usr/sbin, where sshd and nft live.
@@ -29,9 +31,15 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30,
     full_env.update(env or {})
     log.debug("run %s", shlex.join(argv))
     try:
-        return subprocess.run(list(argv), input=input, capture_output=True, text=True,
-                              timeout=timeout, env=full_env,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        return subprocess.run(
+            list(argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
     except FileNotFoundError:
         return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:

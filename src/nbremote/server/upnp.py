@@ -4,6 +4,7 @@ Only the ssh port is ever mapped: Jupyter goes through the ssh tunnel. The
 mapping has a lease, so a router that reboots or a server that goes away does
 not keep a hole open forever; `expose --keep` renews it before it ends.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,15 +20,16 @@ def _library() -> Any:
     try:
         import miniupnpc
     except ImportError:
-        raise NbremoteError("the UPnP client library is not installed",
-                            hint="pip install 'nbremote[server]' (it adds miniupnpc)") from None
+        raise NbremoteError(
+            "the UPnP client library is not installed", hint="pip install 'nbremote[server]' (it adds miniupnpc)"
+        ) from None
     return miniupnpc
 
 
 @dataclass
 class Router:
-    name: str                 # the IGD's description URL
-    lan_address: str          # this machine's address as the router sees it
+    name: str  # the IGD's description URL
+    lan_address: str  # this machine's address as the router sees it
     wan_address: str | None
     client: Any
 
@@ -57,10 +59,12 @@ class Router:
         try:
             ok = self.client.addportmapping(external, "TCP", self.lan_address, internal, DESCRIPTION, "", lease)
         except Exception as exc:
-            raise NbremoteError(f"the router refused to forward WAN port {external} to "
-                                f"{self.lan_address}:{internal}", details=[str(exc)],
-                                hint="the port may be taken or not allowed by the router's UPnP rules; "
-                                     "try another with --external-port, or forward it in the router's page") from None
+            raise NbremoteError(
+                f"the router refused to forward WAN port {external} to {self.lan_address}:{internal}",
+                details=[str(exc)],
+                hint="the port may be taken or not allowed by the router's UPnP rules; "
+                "try another with --external-port, or forward it in the router's page",
+            ) from None
         if not ok:
             raise NbremoteError(f"the router refused to forward WAN port {external}")
 
@@ -92,9 +96,16 @@ def probe(timeout: float, url: str | None = None) -> Router | None:
     return Router(str(name), client.lanaddr, wan, client)
 
 
-def keep(router: Router, external: int, internal: int, lease: int, *,
-         sleep: Callable[[float], None] = time.sleep, rounds: int | None = None,
-         on_renew: Callable[[int], None] = lambda _: None) -> None:
+def keep(
+    router: Router,
+    external: int,
+    internal: int,
+    lease: int,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    rounds: int | None = None,
+    on_renew: Callable[[int], None] = lambda _: None,
+) -> None:
     """Renew the mapping at half its lease, forever (or `rounds` times)."""
     done = 0
     while rounds is None or done < rounds:
