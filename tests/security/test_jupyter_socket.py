@@ -15,6 +15,8 @@ from pathlib import Path
 
 from netlab import ALICE, BOB, LAB_PYTHON
 
+from nbremote.errors import ExitCode
+
 PROBE = (Path(__file__).resolve().parents[1] / "lab" / "jupyter_client_probe.py").read_text()
 
 CONNECT = r"""
@@ -77,7 +79,7 @@ def test_up_socket_refuses_to_move_a_server_that_listens_on_a_port(lab):
     first = lab.nbremote("up", "server", "--no-browser", "--detach", "--json", timeout=120)
     assert first.returncode == 0, first.stderr
     done = lab.nbremote("up", "server", "--socket", "--no-browser", "--detach", timeout=120)
-    assert done.returncode == 7, done.stderr
+    assert done.returncode == ExitCode.CONFLICT, done.stderr
     assert "listens on a port, not on a Unix socket" in done.stderr
     assert "`nbremote down` and the same --dir" in done.stderr
 
