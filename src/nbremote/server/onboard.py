@@ -334,7 +334,8 @@ def _finish(
         wan = doc.get("wan_address")
     if wan is None:
         try:
-            wan = steps.find_wan(console, options.echo_urls, options.timeout).address
+            # Asked already when exposing: a second search would only wait the timeout again.
+            wan = steps.find_wan(console, options.echo_urls, options.timeout, ask_router=not options.expose).address
         except NbremoteError as exc:
             console.warn(f"{exc.message}; the invite lists the LAN addresses only")
     return {"wan": wan}

@@ -156,9 +156,9 @@ def run_firewall(console: Console, confirm: Confirm, *, remove: bool, dry_run: b
     return outcome
 
 
-def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinfo.WanAnswer:
+def find_wan(console: Console, echo_urls, timeout: float, router=None, *, ask_router: bool = True) -> netinfo.WanAnswer:
     record = netinfo.WanRecord(state_dir() / "wan-ip.json")
-    if router is None:
+    if router is None and ask_router:
         router = router_or_none(console, timeout)
     if router and router.wan_address and netinfo.public_address(router.wan_address):
         return record.record(router.wan_address, "the router (UPnP)")
