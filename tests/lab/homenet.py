@@ -21,6 +21,22 @@ blackhole routes cover both ranges)::
     relay netns   eth0 11.22.33.130/26 ── rl0 11.22.33.129/26  café netns   (add_relay)
                   default via .129; sshd on .130:22 as a VPS has it
 
+With ``HomeNet.build(lab, workdir, ipv6=True)`` the home has IPv6 as most
+lines now do: the provider routes a /64 of its own (no NAT66) to the router,
+the server takes a global address in it, and the router's forward chain lets
+in from the WAN only what is established or what miniupnpd's pinholes allow
+(UPnP IGD v2 WANIPv6FirewallControl, which miniupnpd serves on the LAN)::
+
+    server netns  eth1 2001:db8:77:1::2/64 ── lan0 2001:db8:77:1::1/64, fe80::1  router netns
+                  default via fe80::1                 wan0 2001:db8:0:1::1/64
+                                                        │  (the café routes 2001:db8:77::/48 to it)
+    café netns    eth0 2001:db8:0:1::10/64  ────────────┘
+
+2001:db8::/32 is the documentation range: miniupnpd accepts it for pinholes
+(it refuses reserved external addresses for IPv4 only), and the root namespace
+gets a blackhole route for it while the home exists, as netlab does for IPv4:
+this machine has IPv6 of its own, and a mistaken command there must not leave.
+
 The /25 is more specific than the lab's 192.168.77.0/24 on eth0, so the
 laptop (192.168.77.10) is still reached directly. With laptop_uplink the
 laptop is on the café's Wi-Fi as well as on the home LAN (its eth0): it
@@ -49,6 +65,10 @@ CAFE_WIFI, LAPTOP_WIFI = "11.22.33.65", "11.22.33.66"  # a /26 inside the blackh
 CAFE_RELAY_SIDE, RELAY_ADDR = "11.22.33.129", "11.22.33.130"  # another /26 of it
 WAN_ADDR = ROUTER_WAN
 ECHO_URL = f"http://{CAFE_ADDR}/ip"
+V6_NET = "2001:db8::/32"  # blackholed in the root namespace while an IPv6 home exists
+ROUTER_LAN6, ROUTER_LINK6, SERVER_V6 = "2001:db8:77:1::1", "fe80::1", "2001:db8:77:1::2"
+ROUTER_WAN6, CAFE_V6 = "2001:db8:0:1::1", "2001:db8:0:1::10"
+HOME_PREFIX6 = "2001:db8:77::/48"  # what the provider routes to the router
 
 ROUTER_RULES = """
 table inet filter {
@@ -82,6 +102,7 @@ enable_upnp=yes
 secure_mode=yes
 system_uptime=yes
 lease_file={lease_file}
+{ipv6}
 uuid=3d9d6b1e-5c2b-4f45-9a5f-6e1c0a0b2c77
 upnp_table_name=filter
 upnp_nat_table_name=filter
@@ -106,9 +127,11 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
 
 
 class HomeNet:
-    def __init__(self, lab, workdir: Path) -> None:
+    def __init__(self, lab, workdir: Path, ipv6: bool = False) -> None:
         self.lab = lab
         self.workdir = workdir
+        self.ipv6 = ipv6
+        self._v6_blackhole = False
         tag = lab.tag
         self.router_ns, self.cafe_ns = f"nbr-rtr-{tag}", f"nbr-cafe-{tag}"
         self._namespaces: list[str] = []
@@ -121,9 +144,9 @@ class HomeNet:
         self.relay_keys: Path | None = None
 
     @classmethod
-    def build(cls, lab, workdir: Path) -> "HomeNet":
+    def build(cls, lab, workdir: Path, ipv6: bool = False) -> "HomeNet":
         workdir.mkdir(parents=True, exist_ok=True)
-        home = cls(lab, workdir)
+        home = cls(lab, workdir, ipv6)
         try:
             home._build()
         except BaseException:
@@ -132,6 +155,10 @@ class HomeNet:
         return home
 
     def _build(self) -> None:
+        if self.ipv6:
+            # Guard first, as netlab does: nothing of the lab's IPv6 can leave from the root namespace.
+            _run(["ip", "-6", "route", "replace", "blackhole", V6_NET])
+            self._v6_blackhole = True
         for ns in (self.router_ns, self.cafe_ns):
             _run(["ip", "netns", "add", ns])
             self._namespaces.append(ns)
@@ -169,10 +196,48 @@ class HomeNet:
         rules = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=ROUTER_RULES)
         if rules.returncode != 0:
             raise LabError(f"router rules: {rules.stderr.strip()}")
+        if self.ipv6:
+            self._build_ipv6()
         self.assert_island()
         self._procs.append(self._popen(self.cafe_ns, ["python3", "-c", ECHO_SERVER]))
         self.start_miniupnpd()
         self._wait(lambda: "0.0.0.0:80" in self.ns_exec(self.cafe_ns, ["ss", "-Htln"]).stdout, "echo service")
+
+    def _build_ipv6(self) -> None:
+        """Global addresses, routed: see the module's docstring. `nodad`: usable at once."""
+        srv = self.lab.server_ns
+        for ns, dev, addr in (
+            (self.router_ns, "lan0", f"{ROUTER_LAN6}/64"),
+            (self.router_ns, "lan0", f"{ROUTER_LINK6}/64"),
+            (srv, "eth1", f"{SERVER_V6}/64"),
+            (self.router_ns, "wan0", f"{ROUTER_WAN6}/64"),
+            (self.cafe_ns, "eth0", f"{CAFE_V6}/64"),
+        ):
+            _run(["ip", "-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])
+        # The router's link-local address, as a router advertisement would give it.
+        _run(["ip", "-n", srv, "-6", "route", "replace", "default", "via", ROUTER_LINK6, "dev", "eth1"])
+        _run(["ip", "-n", self.cafe_ns, "-6", "route", "replace", HOME_PREFIX6, "via", ROUTER_WAN6])
+        _run(["ip", "netns", "exec", self.router_ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+
+    def ipv4_from_internet(self, allowed: bool) -> None:
+        """allowed=False: nothing new from the internet reaches the home over IPv4, forwards
+        included, as behind a provider's carrier-grade NAT; IPv6 is untouched. (After
+        conntrack, before DNAT: the home's own connections out still get their answers.)"""
+        if allowed:
+            self.ns_exec(self.router_ns, ["nft", "delete", "table", "ip", "nbrtest_cgnat"])
+            return
+        table = (
+            "table ip nbrtest_cgnat {\n chain prerouting {\n type filter hook prerouting priority -150;\n"
+            ' iifname "wan0" ct state new drop\n }\n}\n'
+        )
+        done = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=table)
+        if done.returncode != 0:
+            raise LabError(f"IPv4 cut: {done.stderr.strip()}")
+
+    def pinholes(self) -> str:
+        """The IPv6 rules miniupnpd added to its forward chain (one per pinhole)."""
+        chain = self.ns_exec(self.router_ns, ["nft", "list", "chain", "inet", "filter", "miniupnpd"]).stdout
+        return "\n".join(line.strip() for line in chain.splitlines() if "ip6 " in line)
 
     def forward_port(self, external: int, internal: int = 22) -> None:
         """A port forward set by hand in the router's page: WAN `external` to the server's sshd."""
@@ -373,11 +438,18 @@ AllowUsers {user}
             time.sleep(0.05)
         raise LabError(f"{what} did not come up within {timeout} s")
 
-    def start_miniupnpd(self) -> None:
+    def start_miniupnpd(self, pinholes: bool = True) -> None:
+        """pinholes=False: a router whose UPnP forwards IPv4 ports but offers no IPv6 pinholes."""
         leases = self.workdir / "miniupnpd.leases"
         leases.unlink(missing_ok=True)  # or old mappings come back
         conf = self.workdir / "miniupnpd.conf"
-        conf.write_text(MINIUPNPD_CONF.format(lease_file=leases))
+        conf.write_text(
+            MINIUPNPD_CONF.format(
+                lease_file=leases,
+                # The same file as before IPv6 came to the lab unless an IPv6 home asks for more.
+                ipv6="" if not self.ipv6 else "ext_ifname6=wan0" if pinholes else "ipv6_disable=yes",
+            )
+        )
         log = self.miniupnpd_log.open("ab")
         self.miniupnpd = self._popen(
             self.router_ns,
@@ -415,6 +487,10 @@ AllowUsers {user}
             if root_ids.get(link.get("link_netnsid", -1)) in lab_ns:
                 raise AssertionError(f"root namespace's {link['ifname']} is a peer of a lab link")
         missing = [net for net in BLACKHOLE_NETS if (net, 0) not in root_blackholes()]
+        if self.ipv6:
+            v6 = json.loads(_run(["ip", "-6", "-j", "route", "show", "type", "blackhole"]).stdout or "[]")
+            if not any(route.get("dst") == V6_NET for route in v6):
+                missing.append(V6_NET)
         if missing:
             raise AssertionError(f"no blackhole route for {', '.join(missing)} in the root namespace")
 
@@ -446,5 +522,8 @@ AllowUsers {user}
             # Takes the remaining veths (the laptop's wan1 with its default route included).
             _run(["ip", "netns", "del", ns], check=False)
         self._namespaces.clear()
+        if self._v6_blackhole:
+            _run(["ip", "-6", "route", "del", "blackhole", V6_NET], check=False)
+            self._v6_blackhole = False
         if survivors:
             raise LabError("; ".join(survivors))
