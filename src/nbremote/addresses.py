@@ -131,7 +131,8 @@ def parse_address(text: str) -> Address:
 
 
 def kind(host: str) -> str:
-    """LAN, VPN or WAN: how `up` names the path it took (an Address with `via` is "relay")."""
+    """LAN, VPN, IPv6 or WAN: how `up` names the path it took (an Address with `via` is "relay").
+    IPv6 is a global IPv6 address: the box itself, reached through the router's pinhole."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -145,4 +146,4 @@ def kind(host: str) -> str:
         return "VPN"
     if any(ip.version == net.version and ip in net for net in _LAN_NETS):
         return "LAN"
-    return "WAN"
+    return "IPv6" if ip.version == 6 else "WAN"

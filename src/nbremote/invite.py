@@ -165,6 +165,13 @@ def parse(text: str) -> Invite:
         raise bad
     hosts = []
     for item in match.group(1).split(","):
+        if item.count(":") >= 2 and not item.startswith("["):
+            # Without brackets the port cannot be told from the address's last group.
+            raise NbremoteError(
+                f"invite: IPv6 address {item!r} is not in brackets",
+                exit_code=ExitCode.USAGE,
+                hint="an IPv6 address goes in brackets, [2001:db8::7]; copy the whole line again",
+            )
         address = parse_address(item)
         if address.port is not None:
             raise NbremoteError(

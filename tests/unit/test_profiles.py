@@ -72,7 +72,7 @@ def test_parse_address_rejects_naming_the_value(text):
         ("fd7a:115c:a1e0::1234", "VPN"),
         ("::ffff:192.168.1.112", "LAN"),
         ("::ffff:11.22.33.1", "WAN"),
-        ("2001:db8::7", "WAN"),
+        ("2001:db8::7", "IPv6"),
         ("192.168.77.2", "LAN"),
     ],
 )
@@ -105,6 +105,12 @@ def test_invite_round_trip():
         (f"nbr1:houser@192.168.1.112,bad;host:22#{FP}", "'bad;host'"),
         (f"nbr1:houser@192.168.1.112:2222,10.0.0.1:22#{FP}", "'192.168.1.112:2222'"),
         (f"nbr1:houser@192.168.1.112:99999#{FP}", "99999"),
+        # IPv6: a bad literal, an unbracketed one (its last group would be taken for the port)
+        (f"nbr1:houser@192.168.1.112,[2001:db8::zz]:22#{FP}", "'[2001:db8::zz]'"),
+        (f"nbr1:houser@192.168.1.112,[2001:db8:::7]:22#{FP}", "'[2001:db8:::7]'"),
+        (f"nbr1:houser@192.168.1.112,[192.168.1.9]:22#{FP}", "'[192.168.1.9]'"),
+        (f"nbr1:houser@192.168.1.112,2001:db8::7:22#{FP}", "IPv6 address '2001:db8::7' is not in brackets"),
+        (f"nbr1:houser@[2001:db8::7]:22:22#{FP}", "'[2001:db8::7]:22'"),
     ],
 )
 def test_invite_rejects_naming_the_value(line, named):
