@@ -185,7 +185,13 @@ def test_the_iptables_chain_goes_first_in_input_and_comes_out_to_the_byte():
 def test_an_empty_iptables_ruleset_gets_a_filter_table_and_ipv6_its_own_icmp():
     text = firewall.with_chain("", (22,), 6)
     assert text.startswith("*filter\n:INPUT ACCEPT [0:0]\n") and text.endswith("COMMIT\n")
-    assert f"-A {firewall.CHAIN} -p ipv6-icmp -j ACCEPT" in text and "1900" not in text
+    assert f"-A {firewall.CHAIN} -p ipv6-icmp -j ACCEPT" in text
+    # Discovery's and DHCPv6's answers from the link only: never from the internet.
+    assert [line for line in text.splitlines() if "udp" in line] == [
+        f"-A {firewall.CHAIN} -s fe80::/10 -p udp -m udp --sport 1900 -j ACCEPT",
+        f"-A {firewall.CHAIN} -s fe80::/10 -d fe80::/10 -p udp -m udp --sport 547 --dport 546 -j ACCEPT",
+    ]
+    assert "192.168.0.0/16" not in text and "fe80" not in firewall.with_chain("", (22,), 4)
     counted = "[5:300] " + f"-A {firewall.CHAIN} -j DROP"
     assert firewall.without_chain(counted + "\n") == ""
 

@@ -203,6 +203,8 @@ def _when(at: float | None) -> str:
 def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     """Ask the router (UPnP IGD) to forward a WAN port to this machine's ssh port.
 
+    Where this machine has a global IPv6 address, also a pinhole in the router's
+    IPv6 firewall to its ssh port (IGD v2; a lease of at most a day).
     Without a UPnP router, prints what to enter in the router's page.
     Only ssh is forwarded: Jupyter goes through the ssh tunnel.
     """
@@ -216,7 +218,12 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
         router = steps.router_or_none(console, timeout, igd)
         console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
         upnp.keep(
-            router, doc["external_port"], doc["port"], lease, on_renew=lambda n: console.done(f"lease renewed ({n})")
+            router,
+            doc["external_port"],
+            doc["port"],
+            lease,
+            on_renew=lambda n: console.done(f"lease renewed ({n})"),
+            also=lambda: steps.renew_pinholes(doc["pinholes"], timeout),
         )
 
 
@@ -227,7 +234,7 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     "--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds to wait for the router."
 )
 def unexpose(external_port, igd, timeout) -> None:
-    """Remove the router's forwarding of the ssh port."""
+    """Remove the router's forwarding of the ssh port, and the IPv6 pinholes expose opened."""
     steps.unexpose(Console.for_terminal(), external_port=external_port, igd=igd, timeout=timeout)
 
 

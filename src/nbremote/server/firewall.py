@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nbremote.errors import NbremoteError
-from nbremote.server import rootcmd, system
+from nbremote.server import netinfo, rootcmd, system
 from nbremote.verdicts import FAIL, PASS, SKIP, WARN, Check
 from nbremote.server.files import Backup, Original, Transaction, atomic_write
 
@@ -45,6 +45,11 @@ def nft_table(port: int, also: tuple[int, ...] = ()) -> str:
         # Replies to UPnP discovery (sent to a multicast address, so conntrack
         # cannot tie them to it) come from the router: private sources only.
         "\t\tip saddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } udp sport 1900 accept\n"
+        # The same over IPv6 (expose's search for the router's pinhole service goes out from
+        # the link-local address), and DHCPv6's answers, which come the same way: without
+        # them a box whose global address comes from DHCPv6 loses it at the lease's end.
+        "\t\tip6 saddr fe80::/10 udp sport 1900 accept\n"
+        "\t\tip6 saddr fe80::/10 ip6 daddr fe80::/10 udp sport 547 udp dport 546 accept\n"
         f'\t\ttcp dport {{ {ports} }} accept comment "ssh (nbremote)"\n'
         "\t}\n"
         "}\n"
@@ -210,7 +215,21 @@ class Ufw:
         if self._incoming() != "deny":
             self._ufw("default", "deny", "incoming")
         mine = "" if port not in theirs else f" (your own ufw rule already allows {port}/tcp)"
-        return Outcome(self.name, True, f"allow {port}/tcp, deny other inbound (ufw){mine}")
+        return Outcome(self.name, True, f"allow {port}/tcp, deny other inbound (ufw){mine}{self._ipv6_note()}")
+
+    def _ipv6_note(self) -> str:
+        """ufw with IPV6=no drops all IPv6 but loopback: say so where this machine has global IPv6."""
+        try:
+            text = self.defaults.read_bytes()
+        except OSError:
+            return ""
+        match = re.search(rb'^IPV6="?(\w+)"?', text, re.M)
+        if (match and match.group(1).lower() == b"yes") or not netinfo.global_ipv6():
+            return ""
+        return (
+            f"; ufw's IPV6=no in {self.defaults} drops all IPv6, so ssh over IPv6 cannot come in "
+            "(IPV6=yes there, then `ufw reload`, lets it in as over IPv4)"
+        )
 
     def remove(self) -> Outcome:
         ours, _ = self._ports()
@@ -255,7 +274,12 @@ def iptables_chain(ports: tuple[int, ...], family: int) -> list[str]:
         # Replies to UPnP discovery, as in the nft table.
         rules += [f"-A {CHAIN} -s {net} -p udp -m udp --sport 1900 -j ACCEPT" for net in PRIVATE_V4]
     else:
-        rules.append(f"-A {CHAIN} -p ipv6-icmp -j ACCEPT")
+        rules += [
+            f"-A {CHAIN} -p ipv6-icmp -j ACCEPT",
+            # UPnP discovery's and DHCPv6's answers, as in the nft table.
+            f"-A {CHAIN} -s fe80::/10 -p udp -m udp --sport 1900 -j ACCEPT",
+            f"-A {CHAIN} -s fe80::/10 -d fe80::/10 -p udp -m udp --sport 547 --dport 546 -j ACCEPT",
+        ]
     rules += [f"-A {CHAIN} -p tcp -m tcp --dport {p} -j ACCEPT" for p in ports]
     return rules + [f"-A {CHAIN} -j DROP"]
 

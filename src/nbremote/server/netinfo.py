@@ -127,6 +127,36 @@ def lan_addresses() -> list[str]:
     return [str(i.ip) for i in _lan_interfaces()]
 
 
+_GLOBAL_UNICAST6 = ipaddress.ip_network("2000::/3")
+
+
+def global_ipv6() -> list[tuple[str, str]]:
+    """(address, interface) of this machine's global IPv6 addresses, the ones the internet can
+    reach (through the router's pinhole). Not the temporary ones: privacy extensions replace
+    them within a day, and a laptop's profile would keep a dead one."""
+    done = system.run(["ip", "-j", "-6", "addr", "show", "scope", "global"])
+    if done.returncode != 0:
+        return []
+    found = []
+    for link in json.loads(done.stdout or "[]"):
+        for info in link.get("addr_info", []):
+            if "local" not in info or info.get("temporary") or info.get("deprecated") or info.get("tentative"):
+                continue
+            if is_global_ipv6(info["local"]):
+                found.append((info["local"], link.get("ifname", "")))
+    return found
+
+
+def is_global_ipv6(text: str) -> bool:
+    """Global unicast (2000::/3): not link-local, not a ULA (fc00::/7), not mapped IPv4.
+    The documentation range 2001:db8::/32 counts, as it stands for such addresses in examples."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return ip.version == 6 and ip in _GLOBAL_UNICAST6
+
+
 def lan_networks() -> list[str]:
     """The networks those addresses are on (CIDR), IPv4 first: where this machine's LAN is."""
     networks: list[str] = []

@@ -295,6 +295,7 @@ def init(
             extra=[],
             port=port,
             host_key_line=host_key,
+            ipv6=[address for address, _ in netinfo.global_ipv6()],
         )
     )
     addresses = list(invites.parse(line).hosts)

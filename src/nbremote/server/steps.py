@@ -8,6 +8,7 @@ terminal or takes --yes; a test passes its own).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from nbremote.addresses import parse_address, parse_relay
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, firewall, netinfo, rootcmd, system, upnp
+from nbremote.server.files import atomic_write
 from nbremote.server.relay import RelayRecord
 from nbremote.server.sshd import Sshd
 
@@ -195,13 +197,14 @@ def router_or_none(console: Console, timeout: float, url: str | None = None):
 def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None) -> dict:
     port = sshd_port(port)
     external = external_port or port
+    pinholes = expose_ipv6(console, port, lease, timeout)
     router = router_or_none(console, timeout, igd)
     if router is None:
         lan = netinfo.lan_addresses()
         console.warn("no UPnP router answered: forward the port in the router's page by hand")
         for line in upnp.manual_instructions(lan[0] if lan else "THIS_SERVER_LAN_IP", port, external):
             console.note(line)
-        return {"mapped": False, "port": port, "external_port": external, "lan_addresses": lan}
+        return {"mapped": False, "port": port, "external_port": external, "lan_addresses": lan, "pinholes": pinholes}
     router.add(external, port, lease)
     found = router.mapping(external)
     if not found or found[0] != router.lan_address or found[1] != port:
@@ -223,19 +226,139 @@ def run_expose(console: Console, *, external_port, lease, igd, timeout, port=Non
         "wan_address": wan.address if wan else None,
         "lease": lease,
         "router": router.name,
+        "pinholes": pinholes,
     }
 
 
+def pinhole_lease(lease: int) -> int:
+    """A pinhole always has a lease (IGD v2: 1 to 86400 s); 0, "until removed", is the longest."""
+    return min(lease, upnp.PINHOLE_LEASE_MAX) if lease else upnp.PINHOLE_LEASE_MAX
+
+
+def expose_ipv6(console: Console, port: int, lease: int, timeout: float) -> list[dict]:
+    """An IPv6 pinhole to sshd for each global IPv6 address of this machine, where the router
+    offers them. A router that offers none, or refuses, changes nothing: it is said, with what
+    to do, and the IPv4 forward still goes ahead."""
+    opened = []
+    record = PinholeRecord(state_dir() / "pinholes.json")
+    for address, interface in netinfo.global_ipv6():
+        entry: dict = {"address": address, "port": port, "opened": False}
+        opened.append(entry)
+        firewall = upnp.find_firewall6(address, interface, timeout)
+        if firewall is None:
+            entry["reason"] = "the router offers no IPv6 pinholes"
+            console.warn(
+                f"the router offers no IPv6 pinholes (no UPnP IGD v2 firewall control answered on {interface}): "
+                f"from outside, [{address}]:{port} answers only if the router's IPv6 firewall lets it in"
+            )
+            console.note(f"in the router's page (IPv6 firewall), allow TCP port {port} to {address}")
+            continue
+        try:
+            enabled, allowed = firewall.status(timeout)
+            if not enabled:
+                entry["reason"] = "the router's IPv6 firewall is off"
+                console.note(f"the router's IPv6 firewall is off: [{address}]:{port} is reachable as it is")
+                continue
+            if not allowed:
+                raise upnp.UpnpFault(703, "InboundPinholeNotAllowed")
+            unique_id = firewall.add(port, pinhole_lease(lease), timeout)
+        except upnp.UpnpFault as fault:
+            said, fix = upnp.pinhole_refusal(address, port, fault)
+            entry["reason"] = said
+            console.warn(f"{said}: {fix}")
+            continue
+        except (OSError, ValueError, KeyError) as exc:
+            entry["reason"] = f"the router's answer: {exc}"
+            console.warn(f"could not open an IPv6 pinhole to [{address}]:{port} ({exc})")
+            continue
+        entry.update(opened=True, id=unique_id, lease=pinhole_lease(lease))
+        record.add(address, port, unique_id, firewall.control_url)
+        console.done(
+            f"router's IPv6 firewall lets in [{address}]:{port} (pinhole {unique_id}, lease {entry['lease']} s)"
+        )
+    return opened
+
+
+def renew_pinholes(pinholes: list[dict], timeout: float) -> None:
+    """`expose --keep`: the same AddPinhole again renews each lease (the router keeps its id)."""
+    for entry in pinholes:
+        if entry.get("opened"):
+            url = PinholeRecord(state_dir() / "pinholes.json").url(entry["address"])
+            upnp.Firewall6(url, entry["address"]).add(entry["port"], entry["lease"], timeout)
+
+
+class PinholeRecord:
+    """The pinholes `expose` opened, by address: the router's id is what `unexpose` needs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def all(self) -> dict[str, dict]:
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def url(self, address: str) -> str:
+        return str(self.all()[address]["control_url"])
+
+    def add(self, address: str, port: int, unique_id: int, control_url: str) -> None:
+        found = self.all()
+        found[address] = {"port": port, "id": unique_id, "control_url": control_url}
+        self._write(found)
+
+    def forget(self, address: str) -> None:
+        found = self.all()
+        found.pop(address, None)
+        if found:
+            self._write(found)
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def _write(self, found: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps(found, indent=1).encode(), mode=0o644)
+
+
+def unexpose_ipv6(console: Console, timeout: float) -> bool:
+    """Close the pinholes `expose` opened; False when it had opened none."""
+    record = PinholeRecord(state_dir() / "pinholes.json")
+    closed = False
+    for address, entry in record.all().items():
+        try:
+            upnp.Firewall6(str(entry["control_url"]), address).delete(int(entry["id"]), timeout)
+        except upnp.UpnpFault as fault:
+            if fault.code != 704:  # already gone (its lease ended): nothing left to close
+                raise NbremoteError(
+                    f"the router refused to close the IPv6 pinhole to [{address}]:{entry['port']}",
+                    details=[str(fault)],
+                    hint="close it in the router's page (IPv6 firewall)",
+                ) from None
+        except OSError as exc:
+            raise NbremoteError(
+                f"could not ask the router to close the IPv6 pinhole to [{address}]:{entry['port']} ({exc})",
+                hint="is this machine on its home network? run unexpose again there",
+            ) from None
+        record.forget(address)
+        console.done(f"router's IPv6 firewall no longer lets in [{address}]:{entry['port']}")
+        closed = True
+    return closed
+
+
 def unexpose(console: Console, *, external_port, igd, timeout) -> bool:
-    """False when the router forwarded nothing on that port."""
+    """False when the router forwarded nothing on that port (and expose had opened no pinhole)."""
     external = external_port or sshd_port()
+    closed = unexpose_ipv6(console, timeout)
     router = router_or_none(console, timeout, igd)
     if router is None:
+        if closed:
+            return True
         raise NbremoteError("no UPnP router answered", hint="remove the forwarding in the router's page")
     found = router.mapping(external)
     if not found:
         console.note(f"the router forwards nothing on WAN port {external}")
-        return False
+        return closed
     if found[0] != router.lan_address:
         raise NbremoteError(f"WAN port {external} is forwarded to {found[0]}, not to this machine: leaving it")
     if not router.remove(external):
@@ -273,12 +396,15 @@ def build_invite(
     host_key_line: str,
     wait: str | None = None,
     relay: tuple[str, int] | None = None,
+    ipv6: list[str] | tuple[str, ...] = (),
 ) -> invites.Invite:
-    """The invite from what this machine knows; LAN first, as the laptop should prefer it.
+    """The invite from what this machine knows; LAN first, as the laptop should prefer it,
+    then its global IPv6 addresses (reached without a forward, through the router's pinhole),
+    then the WAN address and the extra ones.
     wait: the token of an `init` waiting for this user's first key login;
     relay: the relay's USER@HOST[:PORT] and the tunnel's port there."""
     hosts: list[str] = []
-    for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
+    for host in [a for a in lan if ":" not in a] + list(ipv6) + ([wan] if wan else []) + extra:
         if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
             hosts.append(host)
     fields = host_key_line.split()

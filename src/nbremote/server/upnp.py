@@ -1,13 +1,23 @@
-"""Asking the home router (UPnP IGD) to forward the ssh port, through miniupnpc.
+"""Asking the home router (UPnP IGD) to forward the ssh port, through miniupnpc,
+and to open an IPv6 pinhole to it (IGD v2 WANIPv6FirewallControl).
 
 Only the ssh port is ever mapped: Jupyter goes through the ssh tunnel. The
 mapping has a lease, so a router that reboots or a server that goes away does
 not keep a hole open forever; `expose --keep` renews it before it ends.
+
+miniupnpc's Python module has no pinhole calls (2.3.3, nor its source since),
+so the three pinhole actions are plain SOAP over http.client. The router lets
+a control point open a pinhole only to the address the request comes from, so
+every request is sent from the very IPv6 address the pinhole is for.
 """
 
 from __future__ import annotations
 
+import http.client
+import socket
 import time
+import urllib.parse
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -112,12 +122,15 @@ def keep(
     sleep: Callable[[float], None] = time.sleep,
     rounds: int | None = None,
     on_renew: Callable[[int], None] = lambda _: None,
+    also: Callable[[], None] = lambda: None,
 ) -> None:
-    """Renew the mapping at half its lease, forever (or `rounds` times)."""
+    """Renew the mapping at half its lease, forever (or `rounds` times); `also` renews the rest
+    (the IPv6 pinholes, whose leases are the same or shorter)."""
     done = 0
     while rounds is None or done < rounds:
         sleep(max(1.0, lease / 2))
         router.add(external, internal, lease)
+        also()
         done += 1
         on_renew(done)
 
@@ -129,3 +142,154 @@ def manual_instructions(lan_address: str, port: int, external: int) -> list[str]
         f"  protocol TCP · external port {external} · internal IP {lan_address} · internal port {port}",
         "forward nothing else: Jupyter goes through the ssh tunnel and needs no open port",
     ]
+
+
+# ---------------------------------------------------------------- IPv6 pinholes
+
+FIREWALL6 = "urn:schemas-upnp-org:service:WANIPv6FirewallControl:1"
+_SSDP6 = ("ff02::c", 1900)  # SSDP's link-local multicast group
+_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+_DEVICE = "{urn:schemas-upnp-org:device-1-0}"
+# IGD v2's 1..86400: a pinhole always has a lease, a day at most.
+PINHOLE_LEASE_MAX = 86400
+# What the router's error codes mean for someone opening ssh to this machine.
+_PINHOLE_ERRORS = {
+    606: "not authorized: routers open pinholes only to ports 1024 and up, and only for the asking address",
+    701: "the router has no room for another pinhole",
+    702: "the router's IPv6 firewall is off: nothing to open, IPv6 already comes in",
+    703: "the router's settings allow no inbound pinholes",
+    704: "no such pinhole",
+}
+
+
+class UpnpFault(Exception):
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(f"UPnP error {code}: {description}")
+        self.code = code
+
+
+@dataclass
+class Firewall6:
+    """The router's WANIPv6FirewallControl service, asked from `source` (this machine's address)."""
+
+    control_url: str
+    source: str
+
+    def _call(self, action: str, args: dict[str, str], timeout: float) -> dict[str, str]:
+        fields = "".join(f"<{k}>{v}</{k}>" for k, v in args.items())
+        body = (
+            f'<?xml version="1.0"?><s:Envelope xmlns:s="{_SOAP}" '
+            f's:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>'
+            f'<u:{action} xmlns:u="{FIREWALL6}">{fields}</u:{action}></s:Body></s:Envelope>'
+        ).encode()
+        url = urllib.parse.urlsplit(self.control_url)
+        conn = http.client.HTTPConnection(
+            url.hostname or "", url.port or 80, timeout=timeout, source_address=(self.source, 0)
+        )
+        try:
+            conn.request(
+                "POST",
+                url.path or "/",
+                body,
+                {"Content-Type": 'text/xml; charset="utf-8"', "SOAPAction": f'"{FIREWALL6}#{action}"'},
+            )
+            reply = conn.getresponse()
+            text = reply.read(65536)
+        finally:
+            conn.close()
+        root = ET.fromstring(text)
+        code = root.find(".//{urn:schemas-upnp-org:control-1-0}errorCode")
+        if code is not None:
+            said = root.find(".//{urn:schemas-upnp-org:control-1-0}errorDescription")
+            raise UpnpFault(int((code.text or "0").strip()), (said.text or "") if said is not None else "")
+        if reply.status != 200:
+            raise UpnpFault(reply.status, f"HTTP {reply.status}")
+        answer = root.find(f".//{{{FIREWALL6}}}{action}Response")
+        return {child.tag.split("}")[-1]: (child.text or "") for child in (answer if answer is not None else [])}
+
+    def status(self, timeout: float) -> tuple[bool, bool]:
+        """(the router's IPv6 firewall is on, it takes inbound pinholes)."""
+        got = self._call("GetFirewallStatus", {}, timeout)
+        return got.get("FirewallEnabled") == "1", got.get("InboundPinholeAllowed") == "1"
+
+    def add(self, port: int, lease: int, timeout: float) -> int:
+        """A pinhole from anywhere to this machine's TCP `port`; its UniqueID. The same pinhole
+        again only renews its lease and gives the same UniqueID (IGD v2 says so)."""
+        got = self._call(
+            "AddPinhole",
+            {
+                "RemoteHost": "",
+                "RemotePort": "0",
+                "InternalClient": self.source,
+                "InternalPort": str(port),
+                "Protocol": str(socket.IPPROTO_TCP),
+                "LeaseTime": str(lease),
+            },
+            timeout,
+        )
+        return int(got["UniqueID"])
+
+    def delete(self, unique_id: int, timeout: float) -> None:
+        self._call("DeletePinhole", {"UniqueID": str(unique_id)}, timeout)
+
+
+def pinhole_refusal(address: str, port: int, fault: UpnpFault) -> tuple[str, str]:
+    """(what happened, what to do) when the router refuses a pinhole: `expose` warns and goes on."""
+    reason = _PINHOLE_ERRORS.get(fault.code, str(fault))
+    if fault.code == 606 and port < 1024:
+        fix = "move sshd to a port of 1024 or more (`nbremote server harden --port 22222`), then expose again"
+    else:
+        fix = f"open TCP port {port} to {address} in the router's IPv6 firewall page"
+    return f"the router refused an IPv6 pinhole to [{address}]:{port} ({reason})", fix
+
+
+def find_firewall6(address: str, interface: str, timeout: float) -> Firewall6 | None:
+    """The router's WANIPv6FirewallControl, found by SSDP on `interface` (which holds `address`);
+    None when no router there offers one (an IGD v1, or no UPnP)."""
+    try:
+        index = socket.if_nametoindex(interface)
+    except OSError:
+        return None
+    search = (
+        'M-SEARCH * HTTP/1.1\r\nHOST: [ff02::c]:1900\r\nMAN: "ssdp:discover"\r\n'
+        f"MX: {max(1, int(timeout))}\r\nST: {FIREWALL6}\r\n\r\n"
+    ).encode()
+    locations: list[str] = []
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        sock.settimeout(0.2)
+        sock.sendto(search, (*_SSDP6, 0, index))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not locations:
+            try:
+                data, _ = sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            for line in data.decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "location" and value.strip().startswith("http://"):
+                    locations.append(value.strip())
+    for location in locations:
+        try:
+            control = _control_url(location, timeout)
+        except (OSError, ET.ParseError, http.client.HTTPException):
+            continue
+        if control:
+            return Firewall6(control, address)
+    return None
+
+
+def _control_url(location: str, timeout: float) -> str | None:
+    url = urllib.parse.urlsplit(location)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", url.path or "/")
+        text = conn.getresponse().read(262144)
+    finally:
+        conn.close()
+    root = ET.fromstring(text)
+    base = root.findtext(f"{_DEVICE}URLBase") or location
+    for service in root.iter(f"{_DEVICE}service"):
+        if (service.findtext(f"{_DEVICE}serviceType") or "").strip() == FIREWALL6:
+            return urllib.parse.urljoin(base, (service.findtext(f"{_DEVICE}controlURL") or "").strip())
+    return None

@@ -1,0 +1,155 @@
+"""IPv6 (issue 13, part 3): the box's global address in the invite, and `server expose`
+opening a pinhole in the router's IPv6 firewall (UPnP IGD v2, miniupnpd) to sshd.
+
+The home of tests/lab/homenet.py with ipv6=True: routed IPv6, no NAT66, the
+router dropping new inbound IPv6 unless a pinhole lets it in. The café has no
+way in over IPv4 at all (as behind a provider's carrier-grade NAT), so what
+reaches the box from there is IPv6 through the pinhole, or nothing.
+miniupnpd opens pinholes only to ports of 1024 and up: sshd listens on 22222
+here, as `server harden` moves it. The box runs `server firewall` (nftables) first,
+as `server init` does: it must let ssh in over IPv6 as over IPv4, and let the
+router's answers to expose's search for its pinhole service in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from homenet import SERVER_V6, HomeNet
+from netlab import ALICE, LAB_PYTHON, LAPTOP_USER
+from serverlab import private_etc, server_cli
+
+PORT = 22222
+
+
+@pytest.fixture(scope="module")
+def home(lab, tmp_path_factory):
+    built = HomeNet.build(lab, tmp_path_factory.mktemp("homenet-v6"), ipv6=True)
+    built.ipv4_from_internet(False)
+    yield built
+    built.teardown()
+
+
+@pytest.fixture
+def sshd_high(lab):
+    """sshd on PORT instead of 22 (the lab puts /etc/ssh back after each test)."""
+    (lab.server_etc_ssh / "sshd_config.d" / "50-nbrtest-port.conf").write_text(f"Port {PORT}\n")
+    lab.reload_sshd()
+    deadline = time.monotonic() + 10
+    while f"[::]:{PORT}" not in lab.server_exec(["ss", "-Htln"]).stdout:
+        assert time.monotonic() < deadline, "sshd did not move to the high port"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def box_firewall(lab, tmp_path):
+    """The box's /etc a private copy (nftables.conf is written there); our table gone after."""
+    with private_etc(lab, tmp_path):
+        yield
+    lab.server_exec(["nft", "delete", "table", "inet", "nbremote"])
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+@pytest.fixture(autouse=True)
+def no_profiles(lab):
+    yield
+    shutil.rmtree(lab.user(LAPTOP_USER).home / ".config" / "nbremote", ignore_errors=True)
+
+
+def cafe_reaches(home, address: str, port: int) -> bool:
+    code = (
+        "import socket,sys\n"
+        f"try: socket.create_connection(({address!r}, {port}), timeout=1).close()\n"
+        "except OSError: sys.exit(1)\n"
+    )
+    return home.cafe_exec(["python3", "-c", code]).returncode == 0
+
+
+def cafe_nbremote(lab, home, *args: str, timeout: float = 120):
+    return home.cafe_laptop(lab.nbremote_argv(*args), env=lab.nbremote_env(), timeout=timeout)
+
+
+def invite(lab) -> dict:
+    done = lab.server_exec(
+        [str(LAB_PYTHON), "-m", "nbremote", "server", "invite", "--port", str(PORT), "--json"],
+        user=ALICE,
+        env=lab.nbremote_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_cafe_reaches_the_box_over_ipv6_only_once_expose_opened_the_pinhole(
+    lab, home, sshd_high, box_firewall, state
+):
+    firewall = server_cli(lab, "firewall", "--yes", state_dir=state)
+    assert firewall.returncode == 0, firewall.stderr
+    assert f"allow {PORT}/tcp, drop other inbound (table inet nbremote" in firewall.stderr
+    assert not cafe_reaches(home, SERVER_V6, PORT)  # the router drops new inbound IPv6
+
+    doc = invite(lab)
+    # The global IPv6 address after the LAN ones, bracketed in the line.
+    assert doc["addresses"][-1] == SERVER_V6 and doc["addresses"][0] == "192.168.77.2"
+    assert f",[{SERVER_V6}]:{PORT}#SHA256:" in doc["invite"]
+
+    done = server_cli(lab, "expose", "--json", state_dir=state)
+    assert done.returncode == 0, done.stderr
+    exposed = json.loads(done.stdout)
+    assert exposed["pinholes"] == [
+        {"address": SERVER_V6, "port": PORT, "opened": True, "id": exposed["pinholes"][0]["id"], "lease": 86400}
+    ]
+    assert f"router's IPv6 firewall lets in [{SERVER_V6}]:{PORT}" in done.stderr
+    assert SERVER_V6 in home.pinholes()
+    assert cafe_reaches(home, SERVER_V6, PORT)
+    assert not cafe_reaches(home, "11.22.33.1", PORT)  # the IPv4 forward leads nowhere from the café
+
+    added = cafe_nbremote(lab, home, "add", "box", "--invite", doc["invite"], "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["reached"] == f"[{SERVER_V6}]:{PORT}"
+    up = cafe_nbremote(lab, home, "up", "box", "--no-browser", "--detach")
+    assert up.returncode == 0, up.stderr
+    assert f"connected to box via IPv6 [{SERVER_V6}]:{PORT}" in up.stderr
+    assert cafe_nbremote(lab, home, "down", "box").returncode == 0
+
+    closed = server_cli(lab, "unexpose", state_dir=state)
+    assert closed.returncode == 0, closed.stderr
+    assert f"router's IPv6 firewall no longer lets in [{SERVER_V6}]:{PORT}" in closed.stderr
+    assert SERVER_V6 not in home.pinholes()
+    assert not cafe_reaches(home, SERVER_V6, PORT)
+    assert not (state / "pinholes.json").exists()
+
+
+def test_a_router_without_pinholes_is_said_and_nothing_opens(lab, home, sshd_high, state):
+    home.stop_miniupnpd()
+    home.start_miniupnpd(pinholes=False)
+    try:
+        done = server_cli(lab, "expose", "--json", "--timeout", "1", state_dir=state)
+    finally:
+        home.stop_miniupnpd()
+        home.start_miniupnpd()
+    assert done.returncode == 0, done.stderr  # the IPv4 forward still went ahead
+    assert "the router offers no IPv6 pinholes" in done.stderr
+    assert f"allow TCP port {PORT} to {SERVER_V6}" in done.stderr
+    assert json.loads(done.stdout)["pinholes"][0]["opened"] is False
+    assert home.pinholes() == ""
+    assert not (state / "pinholes.json").exists()
+    assert not cafe_reaches(home, SERVER_V6, PORT)
+    assert server_cli(lab, "unexpose", state_dir=state).returncode == 0
+
+
+def test_a_pinhole_to_port_22_is_refused_with_the_fix_and_nothing_opens(lab, home, state):
+    done = server_cli(lab, "expose", "--external-port", "22022", "--json", state_dir=state)
+    assert done.returncode == 0, done.stderr
+    assert f"the router refused an IPv6 pinhole to [{SERVER_V6}]:22" in done.stderr
+    assert "routers open pinholes only to ports 1024 and up" in done.stderr
+    assert "nbremote server harden --port 22222" in done.stderr
+    assert home.pinholes() == ""
+    assert not (state / "pinholes.json").exists()
+    assert server_cli(lab, "unexpose", "--external-port", "22022", state_dir=state).returncode == 0

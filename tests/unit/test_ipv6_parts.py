@@ -1,0 +1,113 @@
+"""IPv6 (issue 13, part 3), the pure parts: which addresses count, where they go in the
+invite, how a refused pinhole is told. The pinhole itself is tested against a real
+miniupnpd in tests/lab/test_server_ipv6.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from nbremote import invite
+from nbremote.addresses import Address
+from nbremote.reach import Reached
+from nbremote.server import netinfo, steps, upnp
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2001:db8:77:1::2", True),  # the documentation range stands for a global address
+        ("2a01:4f8::1", True),
+        ("fd00::2", False),  # a ULA: the LAN's own
+        ("fe80::1", False),
+        ("::1", False),
+        ("::ffff:11.22.33.1", False),
+        ("ff02::c", False),
+        ("11.22.33.1", False),
+        ("not an address", False),
+    ],
+)
+def test_global_ipv6_is_global_unicast(text, expected):
+    assert netinfo.is_global_ipv6(text) is expected
+
+
+IP_ADDR = [
+    {
+        "ifname": "eth1",
+        "addr_info": [
+            {"family": "inet6", "local": "2001:db8:77:1:1c2e:5ff:fe11:2233", "prefixlen": 64, "mngtmpaddr": True},
+            {"family": "inet6", "local": "2001:db8:77:1:9d41:7a0b:c3e2:15f0", "prefixlen": 64, "temporary": True},
+            {"family": "inet6", "local": "2001:db8:77:1::99", "prefixlen": 64, "deprecated": True},
+            {"family": "inet6", "local": "fd00::2", "prefixlen": 64},
+        ],
+    },
+    {"ifname": "wg0", "addr_info": [{}]},
+]
+
+
+def test_this_machines_global_ipv6_leaves_out_temporary_and_deprecated_ones(monkeypatch):
+    def run(argv, **_):
+        assert argv == ["ip", "-j", "-6", "addr", "show", "scope", "global"]
+        return subprocess.CompletedProcess(argv, 0, json.dumps(IP_ADDR), "")
+
+    monkeypatch.setattr(netinfo.system, "run", run)
+    assert netinfo.global_ipv6() == [("2001:db8:77:1:1c2e:5ff:fe11:2233", "eth1")]
+
+
+def test_the_invite_puts_global_ipv6_after_the_lan_and_before_the_wan(tmp_path):
+    key = tmp_path / "host"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    made = steps.build_invite(
+        user="houser",
+        lan=["192.168.1.112", "2001:db8:77:1::2", "fd00::2"],
+        wan="203.0.113.7",
+        extra=["gpubox.example.org"],
+        port=22222,
+        host_key_line=(tmp_path / "host.pub").read_text(),
+        ipv6=["2001:db8:77:1::2"],
+    )
+    assert made.hosts == ("192.168.1.112", "2001:db8:77:1::2", "203.0.113.7", "gpubox.example.org")
+    line = invite.render(made)
+    assert line.startswith("nbr1:houser@192.168.1.112,[2001:db8:77:1::2],203.0.113.7,gpubox.example.org:22222#")
+    assert invite.parse(line) == made
+    assert made.addresses[1] == Address("2001:db8:77:1::2", 22222)
+
+
+def test_up_names_the_ipv6_path():
+    reached = Reached(Address("2001:db8:77:1::2", 22222), 0.2, 0.012)
+    assert reached.describe() == "IPv6 [2001:db8:77:1::2]:22222 (12 ms)"
+
+
+def test_a_pinhole_lease_is_never_zero_nor_over_a_day():
+    assert steps.pinhole_lease(0) == 86400
+    assert steps.pinhole_lease(3600) == 3600
+    assert steps.pinhole_lease(7 * 86400) == 86400
+
+
+def test_a_refused_pinhole_says_why_and_what_to_do():
+    said, fix = upnp.pinhole_refusal("2001:db8::2", 22, upnp.UpnpFault(606, "Action not authorized"))
+    assert said == (
+        "the router refused an IPv6 pinhole to [2001:db8::2]:22 (not authorized: routers open pinholes "
+        "only to ports 1024 and up, and only for the asking address)"
+    )
+    assert "nbremote server harden --port 22222" in fix
+    said, fix = upnp.pinhole_refusal("2001:db8::2", 22222, upnp.UpnpFault(703, "InboundPinholeNotAllowed"))
+    assert "allow no inbound pinholes" in said
+    assert fix == "open TCP port 22222 to 2001:db8::2 in the router's IPv6 firewall page"
+    said, _ = upnp.pinhole_refusal("2001:db8::2", 22222, upnp.UpnpFault(501, "Action Failed"))
+    assert "(UPnP error 501: Action Failed)" in said
+
+
+@pytest.mark.parametrize("setting, said", [(b"IPV6=no\n", True), (b'IPV6="yes"\n', False)])
+def test_ufw_without_ipv6_is_named_where_the_box_has_global_ipv6(tmp_path, monkeypatch, setting, said):
+    from nbremote.server import firewall
+
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "ufw").write_bytes(setting)
+    monkeypatch.setattr(firewall.netinfo, "global_ipv6", lambda: [("2001:db8:77:1::2", "eth1")])
+    note = firewall.Ufw(etc=tmp_path)._ipv6_note()
+    assert ("drops all IPv6, so ssh over IPv6 cannot come in" in note) is said
+    monkeypatch.setattr(firewall.netinfo, "global_ipv6", lambda: [])
+    assert firewall.Ufw(etc=tmp_path)._ipv6_note() == ""
