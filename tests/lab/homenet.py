@@ -49,6 +49,7 @@ chains let through; miniupnpd refuses reserved WAN addresses, hence 11.22.33/24.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -234,10 +235,16 @@ class HomeNet:
         if done.returncode != 0:
             raise LabError(f"IPv4 cut: {done.stderr.strip()}")
 
-    def pinholes(self) -> str:
-        """The IPv6 rules miniupnpd added to its forward chain (one per pinhole)."""
+    def pinholes(self, address: str) -> list[str]:
+        """The rules miniupnpd added to its forward chain for pinholes to `address`. It matches
+        raw header fields, which nft may print as such (@nh,192,128 0x2001…): either form counts."""
+        packed = "0x" + ipaddress.IPv6Address(address).packed.hex()
         chain = self.ns_exec(self.router_ns, ["nft", "list", "chain", "inet", "filter", "miniupnpd"]).stdout
-        return "\n".join(line.strip() for line in chain.splitlines() if "ip6 " in line)
+        return [line.strip() for line in chain.splitlines() if address in line or packed in line]
+
+    def forward_chain(self) -> str:
+        """miniupnpd's forward chain as nft prints it, for a failing test's message."""
+        return self.ns_exec(self.router_ns, ["nft", "list", "chain", "inet", "filter", "miniupnpd"]).stdout
 
     def forward_port(self, external: int, internal: int = 22) -> None:
         """A port forward set by hand in the router's page: WAN `external` to the server's sshd."""

@@ -121,8 +121,10 @@ class FakeRouter:
 
 def test_keep_renews_at_half_the_lease():
     router, slept = FakeRouter(), []
-    upnp.keep(router, 22222, 22, 600, sleep=slept.append, rounds=3)
+    renewed = []
+    upnp.keep(router, 22222, 22, 600, sleep=slept.append, rounds=3, also=lambda: renewed.append(len(router.added)))
     assert slept == [300, 300, 300] and router.added == [(22222, 22, 600)] * 3
+    assert renewed == [1, 2, 3]  # the IPv6 pinholes after each mapping
 
 
 def test_manual_instructions_name_every_value():
