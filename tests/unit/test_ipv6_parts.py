@@ -111,3 +111,17 @@ def test_ufw_without_ipv6_is_named_where_the_box_has_global_ipv6(tmp_path, monke
     assert ("drops all IPv6, so ssh over IPv6 cannot come in" in note) is said
     monkeypatch.setattr(firewall.netinfo, "global_ipv6", lambda: [])
     assert firewall.Ufw(etc=tmp_path)._ipv6_note() == ""
+
+
+def test_the_pinhole_record_keeps_what_unexpose_needs_and_goes_with_the_last(tmp_path):
+    record = steps.PinholeRecord(tmp_path / "pinholes.json")
+    assert record.all() == {}
+    record.add("2001:db8::2", 22222, 7, "http://[fe80::1]:5000/ctl/IP6FCtl", "eth1")
+    record.add("2001:db8:1::2", 22222, 8, "http://[2001:db8:1::1]:5000/ctl/IP6FCtl", "eth2")
+    assert record.firewall("2001:db8::2") == upnp.Firewall6("http://[fe80::1]:5000/ctl/IP6FCtl", "2001:db8::2", "eth1")
+    record.forget("2001:db8::2")
+    assert list(record.all()) == ["2001:db8:1::2"]
+    record.forget("2001:db8:1::2")
+    assert not (tmp_path / "pinholes.json").exists()
+    (tmp_path / "pinholes.json").write_text("[1, 2]")  # not ours: no record
+    assert record.all() == {}

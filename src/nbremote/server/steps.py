@@ -249,9 +249,9 @@ def expose_ipv6(console: Console, port: int, lease: int, timeout: float) -> list
             entry["reason"] = "the router offers no IPv6 pinholes"
             console.warn(
                 f"the router offers no IPv6 pinholes (no UPnP IGD v2 firewall control answered on {interface}): "
-                f"from outside, [{address}]:{port} answers only if the router's IPv6 firewall lets it in"
+                f"from outside, [{address}]:{port} answers only if the router's IPv6 firewall lets it in; "
+                f"in the router's page (IPv6 firewall), allow TCP port {port} to {address}"
             )
-            console.note(f"in the router's page (IPv6 firewall), allow TCP port {port} to {address}")
             continue
         try:
             enabled, allowed = firewall.status(timeout)
@@ -267,12 +267,12 @@ def expose_ipv6(console: Console, port: int, lease: int, timeout: float) -> list
             entry["reason"] = said
             console.warn(f"{said}: {fix}")
             continue
-        except (OSError, ValueError, KeyError) as exc:
+        except upnp.ANSWER_ERRORS as exc:
             entry["reason"] = f"the router's answer: {exc}"
             console.warn(f"could not open an IPv6 pinhole to [{address}]:{port} ({exc})")
             continue
         entry.update(opened=True, id=unique_id, lease=pinhole_lease(lease))
-        record.add(address, port, unique_id, firewall.control_url)
+        record.add(address, port, unique_id, firewall.control_url, interface)
         console.done(
             f"router's IPv6 firewall lets in [{address}]:{port} (pinhole {unique_id}, lease {entry['lease']} s)"
         )
@@ -283,8 +283,8 @@ def renew_pinholes(pinholes: list[dict], timeout: float) -> None:
     """`expose --keep`: the same AddPinhole again renews each lease (the router keeps its id)."""
     for entry in pinholes:
         if entry.get("opened"):
-            url = PinholeRecord(state_dir() / "pinholes.json").url(entry["address"])
-            upnp.Firewall6(url, entry["address"]).add(entry["port"], entry["lease"], timeout)
+            firewall = PinholeRecord(state_dir() / "pinholes.json").firewall(entry["address"])
+            firewall.add(entry["port"], entry["lease"], timeout)
 
 
 class PinholeRecord:
@@ -300,12 +300,14 @@ class PinholeRecord:
             return {}
         return found if isinstance(found, dict) else {}
 
-    def url(self, address: str) -> str:
-        return str(self.all()[address]["control_url"])
+    def firewall(self, address: str) -> upnp.Firewall6:
+        """The router's service that opened the pinhole to `address`, asked from it again."""
+        entry = self.all()[address]
+        return upnp.Firewall6(str(entry["control_url"]), address, str(entry.get("interface", "")))
 
-    def add(self, address: str, port: int, unique_id: int, control_url: str) -> None:
+    def add(self, address: str, port: int, unique_id: int, control_url: str, interface: str) -> None:
         found = self.all()
-        found[address] = {"port": port, "id": unique_id, "control_url": control_url}
+        found[address] = {"port": port, "id": unique_id, "control_url": control_url, "interface": interface}
         self._write(found)
 
     def forget(self, address: str) -> None:
@@ -327,7 +329,7 @@ def unexpose_ipv6(console: Console, timeout: float) -> bool:
     closed = False
     for address, entry in record.all().items():
         try:
-            upnp.Firewall6(str(entry["control_url"]), address).delete(int(entry["id"]), timeout)
+            record.firewall(address).delete(int(entry["id"]), timeout)
         except upnp.UpnpFault as fault:
             if fault.code != 704:  # already gone (its lease ended): nothing left to close
                 raise NbremoteError(
@@ -335,7 +337,7 @@ def unexpose_ipv6(console: Console, timeout: float) -> bool:
                     details=[str(fault)],
                     hint="close it in the router's page (IPv6 firewall)",
                 ) from None
-        except OSError as exc:
+        except upnp.ANSWER_ERRORS as exc:
             raise NbremoteError(
                 f"could not ask the router to close the IPv6 pinhole to [{address}]:{entry['port']} ({exc})",
                 hint="is this machine on its home network? run unexpose again there",

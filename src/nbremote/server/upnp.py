@@ -14,6 +14,7 @@ every request is sent from the very IPv6 address the pinhole is for.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import socket
 import time
 import urllib.parse
@@ -162,6 +163,10 @@ _PINHOLE_ERRORS = {
 }
 
 
+# A router that does not answer, or answers what is not SOAP.
+ANSWER_ERRORS = (OSError, ValueError, KeyError, http.client.HTTPException, ET.ParseError)
+
+
 class UpnpFault(Exception):
     def __init__(self, code: int, description: str) -> None:
         super().__init__(f"UPnP error {code}: {description}")
@@ -174,6 +179,7 @@ class Firewall6:
 
     control_url: str
     source: str
+    interface: str = ""  # where a link-local control URL is
 
     def _call(self, action: str, args: dict[str, str], timeout: float) -> dict[str, str]:
         fields = "".join(f"<{k}>{v}</{k}>" for k, v in args.items())
@@ -183,9 +189,7 @@ class Firewall6:
             f'<u:{action} xmlns:u="{FIREWALL6}">{fields}</u:{action}></s:Body></s:Envelope>'
         ).encode()
         url = urllib.parse.urlsplit(self.control_url)
-        conn = http.client.HTTPConnection(
-            url.hostname or "", url.port or 80, timeout=timeout, source_address=(self.source, 0)
-        )
+        conn = _connection(url, self.interface, timeout, source=self.source)
         try:
             conn.request(
                 "POST",
@@ -243,45 +247,61 @@ def pinhole_refusal(address: str, port: int, fault: UpnpFault) -> tuple[str, str
     return f"the router refused an IPv6 pinhole to [{address}]:{port} ({reason})", fix
 
 
+def _connection(
+    url: urllib.parse.SplitResult, interface: str, timeout: float, source: str | None = None
+) -> http.client.HTTPConnection:
+    host = url.hostname or ""
+    try:
+        if ipaddress.ip_address(host).is_link_local:
+            host = f"{host}%{interface}"  # a link-local address means nothing without its link
+    except ValueError:
+        pass
+    return http.client.HTTPConnection(
+        host, url.port or 80, timeout=timeout, source_address=(source, 0) if source else None
+    )
+
+
 def find_firewall6(address: str, interface: str, timeout: float) -> Firewall6 | None:
     """The router's WANIPv6FirewallControl, found by SSDP on `interface` (which holds `address`);
     None when no router there offers one (an IGD v1, or no UPnP)."""
-    try:
-        index = socket.if_nametoindex(interface)
-    except OSError:
-        return None
     search = (
         'M-SEARCH * HTTP/1.1\r\nHOST: [ff02::c]:1900\r\nMAN: "ssdp:discover"\r\n'
         f"MX: {max(1, int(timeout))}\r\nST: {FIREWALL6}\r\n\r\n"
     ).encode()
     locations: list[str] = []
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
-        sock.settimeout(0.2)
-        sock.sendto(search, (*_SSDP6, 0, index))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not locations:
-            try:
-                data, _ = sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            for line in data.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "location" and value.strip().startswith("http://"):
-                    locations.append(value.strip())
+    try:
+        index = socket.if_nametoindex(interface)
+        # Sent from the link-local address (the scope of ff02::c), so the answer comes back
+        # link-local to link-local: what `server firewall` lets in.
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.settimeout(0.2)
+            sock.sendto(search, (*_SSDP6, 0, index))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not locations:
+                try:
+                    data, _ = sock.recvfrom(4096)
+                except socket.timeout:
+                    continue
+                for line in data.decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "location" and value.strip().startswith("http://"):
+                        locations.append(value.strip())
+    except OSError:
+        return None
     for location in locations:
         try:
-            control = _control_url(location, timeout)
-        except (OSError, ET.ParseError, http.client.HTTPException):
+            control = _control_url(location, interface, timeout)
+        except ANSWER_ERRORS:
             continue
         if control:
-            return Firewall6(control, address)
+            return Firewall6(control, address, interface)
     return None
 
 
-def _control_url(location: str, timeout: float) -> str | None:
+def _control_url(location: str, interface: str, timeout: float) -> str | None:
     url = urllib.parse.urlsplit(location)
-    conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=timeout)
+    conn = _connection(url, interface, timeout)
     try:
         conn.request("GET", url.path or "/")
         text = conn.getresponse().read(262144)
