@@ -19,6 +19,7 @@ import socket
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -182,7 +183,7 @@ class Firewall6:
     interface: str = ""  # where a link-local control URL is
 
     def _call(self, action: str, args: dict[str, str], timeout: float) -> dict[str, str]:
-        fields = "".join(f"<{k}>{v}</{k}>" for k, v in args.items())
+        fields = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in args.items())
         body = (
             f'<?xml version="1.0"?><s:Envelope xmlns:s="{_SOAP}" '
             f's:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>'
@@ -214,7 +215,7 @@ class Firewall6:
     def status(self, timeout: float) -> tuple[bool, bool]:
         """(the router's IPv6 firewall is on, it takes inbound pinholes)."""
         got = self._call("GetFirewallStatus", {}, timeout)
-        return got.get("FirewallEnabled") == "1", got.get("InboundPinholeAllowed") == "1"
+        return _true(got.get("FirewallEnabled")), _true(got.get("InboundPinholeAllowed"))
 
     def add(self, port: int, lease: int, timeout: float) -> int:
         """A pinhole from anywhere to this machine's TCP `port`; its UniqueID. The same pinhole
@@ -235,6 +236,11 @@ class Firewall6:
 
     def delete(self, unique_id: int, timeout: float) -> None:
         self._call("DeletePinhole", {"UniqueID": str(unique_id)}, timeout)
+
+
+def _true(value: str | None) -> bool:
+    """A UPnP boolean: 1, true or yes."""
+    return (value or "").strip().lower() in ("1", "true", "yes")
 
 
 def pinhole_refusal(address: str, port: int, fault: UpnpFault) -> tuple[str, str]:
