@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import IO, Any, Callable, TypeGuard
 
+from nbremote.addresses import public_ip
 from nbremote.errors import ExitCode, NbremoteError
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Hello:
     protocol: int
     hash: str
     python: str
+    # The server's public addresses it last recorded, each with the one before it: (address, previous).
+    public: tuple[tuple[str, str | None], ...] = ()
 
 
 _VERSION = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,4}")
@@ -154,7 +157,20 @@ def parse_hello(line: str) -> Hello | None:
             f"the agent on the server speaks another protocol ({clean_text(line.strip(), 80)})",
             exit_code=ExitCode.AGENT_FAILED,
         )
-    return Hello(protocol, digest, python)
+    return Hello(protocol, digest, python, _public(doc.get("public")))
+
+
+MAX_PUBLIC = 8
+
+
+def _public(items: object) -> tuple[tuple[str, str | None], ...]:
+    """The hello's public addresses that are public IP addresses; anything else is left out, never an error."""
+    found: list[tuple[str, str | None]] = []
+    for item in items[:MAX_PUBLIC] if isinstance(items, list) else []:
+        address = public_ip(item.get("address")) if isinstance(item, dict) else None
+        if address is not None and address not in (a for a, _ in found):
+            found.append((address, public_ip(item.get("previous"))))
+    return tuple(found)
 
 
 AGENT_ERROR_EXITS = {
@@ -236,8 +252,10 @@ class AgentCall:
         on_ssh_failure: Callable[[str], NbremoteError] | None,
         hello_timeout: float | None,
         env: dict[str, str] | None = None,
+        on_hello: Callable[[Hello], None] | None = None,
     ):
         self.command = command  # argv that runs the agent on one request line
+        self.on_hello = on_hello
         self.where = where
         self.on_ssh_failure = on_ssh_failure
         self.hello_timeout = hello_timeout
@@ -338,6 +356,8 @@ class AgentCall:
                     log.debug("agent %s, python %s", hello.hash, hello.python)
                     if process.stdin is not None:
                         pinged = self._ping(process)
+                    if self.on_hello is not None:
+                        self.on_hello(hello)
                     continue
                 noise += len(raw)
                 if noise > MAX_NOISE:

@@ -10,8 +10,11 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
+from typing import Any, Callable
 
-from nbremote import agentlink, paths, profiles, reach, sshfiles
+from nbremote import addresses, agentlink, paths, profiles, reach, sshfiles
+from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
 
@@ -59,6 +62,19 @@ class Host(Place):
         """Log in now (the agent call would otherwise log in itself); a profile says by which path."""
         return self.connection.open_master()
 
+    def path(self, rtt_s: float | None = None) -> dict[str, Any]:
+        """How this host is reached: the kind (LAN, WAN, IPv6, VPN, relay) and address of the
+        path, its round trip when known, and each way in with when it last answered (a plain
+        ssh destination has only the one ssh resolves, and no record)."""
+        where = self.connection.endpoint()
+        host = f"[{where.hostname}]" if ":" in where.hostname else where.hostname
+        return {
+            "kind": addresses.kind(where.hostname),
+            "address": f"{host}:{where.port}",
+            "rtt_ms": None if rtt_s is None else round(rtt_s * 1000, 1),
+            "addresses": [],
+        }
+
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         # While a person may be typing a password, only ssh's own timeouts apply.
         return agentlink.AgentCall(
@@ -72,10 +88,20 @@ class Host(Place):
 class ProfileHost(Host):
     """A host profile: its connection races the profile's addresses (reach.PathConnection)."""
 
-    def __init__(self, profile: profiles.Profile, *, timeout: float, interactive: bool, persist: bool):
+    def __init__(
+        self,
+        profile: profiles.Profile,
+        *,
+        timeout: float,
+        interactive: bool,
+        persist: bool,
+        notify: Callable[[str], None] | None = None,
+    ):
         self.profile = profile
         self.label = self.host = profile.name
         self.interactive = interactive
+        self.notify = notify
+        self.renumbered: list[tuple[Address, Address]] = []  # what this session changed in the profile
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
             profile,
@@ -105,6 +131,19 @@ class ProfileHost(Host):
         except NbremoteError as exc:  # the session works; only plain `ssh NAME` keeps its old address
             log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
 
+    def path(self, rtt_s: float | None = None) -> dict[str, Any]:
+        assert isinstance(self.connection, reach.PathConnection)
+        address = self.connection.active_address()
+        reached = self.connection.reached
+        if rtt_s is None and reached is not None and reached.address == address:
+            rtt_s = reached.rtt_s
+        return {
+            "kind": None if address is None else reach.kind_of(address),
+            "address": None if address is None else str(address),
+            "rtt_ms": None if rtt_s is None else round(rtt_s * 1000, 1),
+            "addresses": reach.ways_in(self.profile),
+        }
+
     def connect(self) -> reach.Reached | None:
         """Race the addresses unless a master is up already (then None)."""
         if self.connection.master_alive():
@@ -113,13 +152,49 @@ class ProfileHost(Host):
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         self.connect()
-        return super().agent(hello_timeout)
+        call = super().agent(hello_timeout)
+        call.on_hello = self._take_public
+        return call
+
+    def _take_public(self, hello: agentlink.Hello) -> None:
+        """The server's public addresses into the profile, whichever path this session took."""
+        if not hello.public:
+            return
+        try:
+            made = reach.take_public(self.profile, hello.public)
+        except (OSError, NbremoteError) as exc:  # the session works; the profile keeps its old address
+            log.warning("not updating the profile of %s: %s", self.profile.name, exc)
+            return
+        if not made:
+            return
+        new = dict(made)
+        self.profile = replace(self.profile, addresses=tuple(new.get(a, a) for a in self.profile.addresses))
+        assert isinstance(self.connection, reach.PathConnection)
+        self.connection.renumbered(self.profile, made)
+        self.renumbered += made
+        try:
+            sshfiles.refresh_config(profiles.load())
+        except NbremoteError as exc:
+            log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
+        for old, address in made:
+            message = reach.renumbered_text(self.profile.name, old, address)
+            log.info("%s", message)
+            if self.notify is not None:
+                self.notify(message)
 
 
-def place_for(host: str | None, *, timeout: float, interactive: bool, persist: bool) -> Place:
+def place_for(
+    host: str | None,
+    *,
+    timeout: float,
+    interactive: bool,
+    persist: bool,
+    notify: Callable[[str], None] | None = None,
+) -> Place:
+    """notify(text) hears of a change the server's report made in the host's profile."""
     if not host:
         return ThisMachine()
     profile = profiles.find(host)
     if profile is not None:
-        return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist)
+        return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist, notify=notify)
     return Host(parse_target(host), timeout=timeout, interactive=interactive, persist=persist)
