@@ -5,6 +5,7 @@
     home.forward_port(22022)            # the router's WAN 22022 to the server's sshd
     home.laptop_uplink()                # the laptop gets a second way out, through the café
     home.add_relay()                    # a VPS on the internet side with a stock sshd
+    home.renumber_wan("11.22.33.2")     # the provider changes the router's WAN address
     home.teardown()
 
 Topology, still an island (no veth touches the root namespace; netlab's
@@ -119,6 +120,7 @@ class HomeNet:
         self.relay_dir = workdir / "relay"
         self.relay_sshd: subprocess.Popen | None = None
         self.relay_keys: Path | None = None
+        self.wan_addr = ROUTER_WAN  # the router's WAN address now (renumber_wan changes it)
 
     @classmethod
     def build(cls, lab, workdir: Path) -> "HomeNet":
@@ -183,6 +185,31 @@ class HomeNet:
         done = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=rule)
         if done.returncode != 0:
             raise LabError(f"port forward {external}: {done.stderr.strip()}")
+
+    def renumber_wan(self, new: str) -> None:
+        """The provider gives the router another WAN address: the old one stops answering at once.
+
+        The address moves on wan0, and a drop of the old one at priority -300 (before conntrack
+        and NAT) stands for the provider no longer routing it: the café's neighbour cache would
+        otherwise keep it working."""
+        old = self.wan_addr
+        for argv in (
+            ["ip", "addr", "add", f"{new}/24", "dev", "wan0"],
+            ["ip", "addr", "del", f"{old}/24", "dev", "wan0"],
+        ):
+            done = self.ns_exec(self.router_ns, argv)
+            if done.returncode != 0:
+                raise LabError(f"renumbering the WAN: {done.stderr.strip()}")
+        # Only the address just left is gone: one renumbered back to an earlier one works again.
+        self.ns_exec(self.router_ns, ["nft", "delete", "table", "inet", "nbrtest_gone"])
+        rule = (
+            "table inet nbrtest_gone {\n chain prerouting {\n type filter hook prerouting priority -300;\n"
+            f" ip daddr {old} drop\n }}\n}}\n"
+        )
+        done = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=rule)
+        if done.returncode != 0:
+            raise LabError(f"dropping the old WAN address: {done.stderr.strip()}")
+        self.wan_addr = new
 
     def laptop_uplink(self) -> None:
         """The lab's laptop joins the café's Wi-Fi too (see the module's docstring)."""

@@ -194,7 +194,11 @@ def _when(at: float | None) -> str:
     show_default=True,
     help="Seconds the router keeps the mapping; 0 until removed (with --keep: 3600).",
 )
-@click.option("--keep", is_flag=True, help="Stay running and renew the lease at half its time.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Stay running: renew the lease at half its time, and record the WAN address the router then gives.",
+)
 @click.option("--igd", metavar="URL", help="The router's rootDesc.xml URL (skips discovery).")
 @click.option(
     "--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds to wait for the router."
@@ -215,9 +219,12 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     if keep and doc.get("mapped"):
         router = steps.router_or_none(console, timeout, igd)
         console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
-        upnp.keep(
-            router, doc["external_port"], doc["port"], lease, on_renew=lambda n: console.done(f"lease renewed ({n})")
-        )
+
+        def renewed(count: int) -> None:
+            console.done(f"lease renewed ({count})")
+            steps.record_router_wan(console, router)
+
+        upnp.keep(router, doc["external_port"], doc["port"], lease, on_renew=renewed)
 
 
 @server.command()

@@ -184,6 +184,23 @@ def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinf
     return record.record(address, url)
 
 
+def record_router_wan(console: Console, router) -> None:
+    """The router's WAN address as it answers now, recorded (`expose --keep` asks at each renewal):
+    every laptop's next connection then takes a changed one into its profile."""
+    try:
+        address = router.client.externalipaddress() or None
+    except Exception:  # miniupnpc raises plain Exception for a router that does not answer
+        return
+    if address is None or not netinfo.public_address(address):
+        return
+    answer = netinfo.WanRecord(state_dir() / "wan-ip.json").record(address, "the router (UPnP)")
+    if answer.changed:
+        console.warn(
+            f"the WAN address changed: {answer.previous} → {answer.address}; "
+            "laptops take the new one on their next connection that works (at home, over the LAN)"
+        )
+
+
 def router_or_none(console: Console, timeout: float, url: str | None = None):
     try:
         return upnp.probe(timeout, url)
