@@ -178,9 +178,10 @@ class ProfileHost(Host):
             log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
         for old, address in made:
             message = reach.renumbered_text(self.profile.name, old, address)
-            log.info("%s", message)
             if self.notify is not None:
                 self.notify(message)
+            else:  # a command that shows no progress (jobs, run, doctor): still said once, on stderr
+                log.warning("%s", message)
 
 
 def place_for(

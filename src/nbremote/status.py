@@ -153,7 +153,8 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
     try:
         # Without keep_master the ssh that runs the agent is its own master and ends with it:
         # no master to fork into the background, none to stop afterwards.
-        place = place_for(host, timeout=timeout, interactive=False, persist=keep_master)
+        # A change the server's report makes in the profile is shown by render(), with the host.
+        place = place_for(host, timeout=timeout, interactive=False, persist=keep_master, notify=lambda _: None)
         label = place.label
         had_master = isinstance(place, Host) and place.connection.master_alive()
         try:
