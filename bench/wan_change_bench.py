@@ -13,7 +13,8 @@ Each rep: the café's `up gpubox --detach --no-browser` with the current address
 baseline), `down`; then the router is renumbered (homenet's renumber_wan, the old address
 dropped at once) and the clock starts; the box's record follows at its next renewal; the
 laptop, at home, runs `nbremote ls gpubox` once (the agent's hello brings the address into the
-profile); then, in the café, `up gpubox --detach --no-browser` until it succeeds. Reported:
+profile); its ssh master ends (the laptop leaves home); then, in the café, `up gpubox --detach
+--no-browser`. Reported:
 seconds from the renumbering to the record, the LAN `ls`, the café's `up`, the whole, and the
 café `up` after the change over the baseline. The laptop moves from home to café at once: the
 whole is what nbremote adds to the walk.
@@ -52,6 +53,22 @@ def recorded(folder: Path) -> str | None:
         return json.loads((folder / "wan-ip.json").read_text())["address"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def leave_home(lab) -> None:
+    """The laptop leaves the LAN: its ssh masters from home end (both places share one runtime dir
+    here, and a master from the laptop's namespace would serve the café's `up` with a forward there)."""
+    done = lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-x", "ssh"])
+    for pid in [int(p) for p in done.stdout.split()]:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-x", "ssh"]).stdout.strip():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
 
 def main() -> int:
@@ -114,6 +131,7 @@ def main() -> int:
             lan_s, done = timed(lab.nbremote, "ls", "gpubox")
             if done.returncode != 0 or f"→ {new}:{EXTERNAL}" not in done.stderr:
                 raise RuntimeError(done.stdout + done.stderr)
+            leave_home(lab)
             cafe_s, done = timed(cafe, "up", "gpubox", "--detach", "--no-browser")
             if done.returncode != 0 or f"via WAN {new}:{EXTERNAL}" not in done.stderr:
                 raise RuntimeError(done.stderr)

@@ -193,13 +193,19 @@ class HomeNet:
         and NAT) stands for the provider no longer routing it: the café's neighbour cache would
         otherwise keep it working."""
         old = self.wan_addr
+        # The old one goes first: deleting a primary address takes its subnet's secondaries with it.
         for argv in (
-            ["ip", "addr", "add", f"{new}/24", "dev", "wan0"],
             ["ip", "addr", "del", f"{old}/24", "dev", "wan0"],
+            ["ip", "addr", "add", f"{new}/24", "dev", "wan0"],
         ):
             done = self.ns_exec(self.router_ns, argv)
             if done.returncode != 0:
                 raise LabError(f"renumbering the WAN: {done.stderr.strip()}")
+        if self.relay_ns in self._namespaces:  # its route went with the old address's subnet
+            _run(
+                ["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26"]
+                + ["via", CAFE_ADDR]
+            )
         # Only the address just left is gone: one renumbered back to an earlier one works again.
         self.ns_exec(self.router_ns, ["nft", "delete", "table", "inet", "nbrtest_gone"])
         rule = (
