@@ -213,18 +213,23 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     console = Console.for_terminal(json_mode=as_json)
     if keep and lease == 0:
         lease = 3600
-    doc = steps.run_expose(console, external_port=external_port, lease=lease, igd=igd, timeout=timeout)
+    # The router that took the mapping renews it: a second discovery could outlast a short lease.
+    router = steps.router_or_none(console, timeout, igd) if keep else None
+    doc = steps.run_expose(console, external_port=external_port, lease=lease, igd=igd, timeout=timeout, router=router)
     if as_json:
         console.emit_json(doc)
     if keep and doc.get("mapped"):
-        router = steps.router_or_none(console, timeout, igd)
         console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
 
         def renewed(count: int) -> None:
             console.done(f"lease renewed ({count})")
             steps.record_router_wan(console, router)
 
-        upnp.keep(router, doc["external_port"], doc["port"], lease, on_renew=renewed)
+        def failed(exc: NbremoteError) -> None:
+            # A router between two WAN addresses (a PPPoE reconnect) refuses for a moment.
+            console.warn(f"{exc.message}: trying again in {max(1, lease // 2)} s")
+
+        upnp.keep(router, doc["external_port"], doc["port"], lease, on_renew=renewed, on_error=failed)
 
 
 @server.command()

@@ -209,10 +209,11 @@ def router_or_none(console: Console, timeout: float, url: str | None = None):
         return None
 
 
-def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None) -> dict:
+def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None, router=None) -> dict:
+    """router: one found already (`expose --keep` renews through it), else one is looked for."""
     port = sshd_port(port)
     external = external_port or port
-    router = router_or_none(console, timeout, igd)
+    router = router or router_or_none(console, timeout, igd)
     if router is None:
         lan = netinfo.lan_addresses()
         console.warn("no UPnP router answered: forward the port in the router's page by hand")
