@@ -219,6 +219,7 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     if as_json:
         console.emit_json(doc)
     if keep and doc.get("mapped"):
+        assert router is not None  # mapped: a router answered
         console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
 
         def renewed(count: int) -> None:
