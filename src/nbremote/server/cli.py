@@ -219,7 +219,10 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     if as_json:
         console.emit_json(doc)
     if keep and doc.get("mapped"):
-        assert router is not None  # mapped: a router answered
+        router = router or steps.router_or_none(console, timeout, igd)  # it answered run_expose's second look
+        if router is None:
+            console.warn(f"the router no longer answers UPnP: the mapping is not renewed and ends within {lease} s")
+            return
         console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
 
         def renewed(count: int) -> None:
