@@ -109,7 +109,9 @@ def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) 
     the (old, new) addresses changed. Safe because only the host whose pinned key this
     session proved can report them, and a new address is used with that pinned key only."""
     changes = addresses.refreshed(profile.addresses, list(reported))
-    made = profiles.replace_addresses(profile.name, changes) if changes else []
+    if not changes:  # every agent call of every command gets here: no file is read for nothing
+        return []
+    made = profiles.replace_addresses(profile.name, changes)
     records = answered()
     seen = records.get(profile.name, {})
     # The old address's last answer would stay behind forever: no profile lists it now.
