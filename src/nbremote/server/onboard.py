@@ -295,6 +295,7 @@ def init(
             extra=[],
             port=port,
             host_key_line=host_key,
+            dns_name=steps.known_dns_name(),
         )
     )
     addresses = list(invites.parse(line).hosts)

@@ -16,7 +16,7 @@ from nbremote import invite as invites
 from nbremote.addresses import parse_address, parse_relay
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.server import checks, firewall, netinfo, rootcmd, system, upnp
+from nbremote.server import checks, ddns, firewall, netinfo, rootcmd, system, upnp
 from nbremote.server.relay import RelayRecord
 from nbremote.server.sshd import Sshd
 
@@ -258,6 +258,11 @@ def known_wan() -> str | None:
     return (netinfo.WanRecord(state_dir() / "wan-ip.json").last() or {}).get("address")
 
 
+def known_dns_name() -> str | None:
+    """The name `server ddns` keeps pointed at this network, once it has updated it."""
+    return ddns.known_name(state_dir())
+
+
 def known_relay() -> tuple[str, int] | None:
     """The relay and its tunnel port, when `server relay` has built a tunnel to one."""
     return RelayRecord(state_dir() / "relay.json").last()
@@ -273,12 +278,16 @@ def build_invite(
     host_key_line: str,
     wait: str | None = None,
     relay: tuple[str, int] | None = None,
+    dns_name: str | None = None,
 ) -> invites.Invite:
     """The invite from what this machine knows; LAN first, as the laptop should prefer it.
     wait: the token of an `init` waiting for this user's first key login;
-    relay: the relay's USER@HOST[:PORT] and the tunnel's port there."""
+    relay: the relay's USER@HOST[:PORT] and the tunnel's port there;
+    dns_name: the name `server ddns` keeps pointed at the WAN address, first of the WAN
+    addresses since it stays right when the address changes."""
     hosts: list[str] = []
-    for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
+    wan_side = ([dns_name] if dns_name else []) + ([wan] if wan else [])
+    for host in [a for a in lan if ":" not in a] + wan_side + extra:
         if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
             hosts.append(host)
     fields = host_key_line.split()
