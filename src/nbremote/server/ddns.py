@@ -21,6 +21,7 @@ import os
 import pwd
 import re
 import shlex
+import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def _exchange(plan: Plan, message: Any) -> Any:
     where = str(plan.server)
     try:
         answer, _tcp = dns.query.udp_with_fallback(
-            message, plan.server.host, timeout=plan.timeout, port=plan.server.port
+            message, _server_ip(plan.server.host), timeout=plan.timeout, port=plan.server.port
         )
     except dns.exception.Timeout:
         raise NbremoteError(
@@ -236,6 +237,24 @@ def _exchange(plan: Plan, message: Any) -> Any:
             hint="is it a DNS server, and the one that has this key? nothing was changed",
         ) from None
     return answer
+
+
+def _server_ip(host: str) -> str:
+    """The DNS server's address: dnspython sends to addresses only, so a name is resolved here."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, DNS_PORT, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise NbremoteError(
+            f"cannot find the address of the DNS server {host}: {exc.strerror}",
+            hint="check the name, or give the server's address; nothing was changed",
+            exit_code=ExitCode.UNREACHABLE,
+        ) from None
+    return str(found[0][4][0])
 
 
 def find_zone(plan: Plan) -> str:
