@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import click
 
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
-from nbremote.server import ddns, rootcmd, steps, system
+from nbremote.server import ddns, rootcmd, steps, system, upnp
 
 
 @click.command(name="ddns")
@@ -107,8 +108,14 @@ def ddns_command(
     )
     record = ddns.DdnsRecord(steps.state_dir() / ddns.RECORD)
 
+    found: list[upnp.Router] = []  # the router the first check found: later checks ask it directly
+
     def wan() -> tuple[str, str]:
-        answer = steps.find_wan(console, echo_urls, timeout)
+        router = _ask_again(found[0]) if found else None
+        if router is None:
+            router = steps.router_or_none(console, timeout)
+            found[:] = [router] if router else []
+        answer = steps.find_wan(console, echo_urls, timeout, router, ask_router=False)
         return answer.address, answer.source
 
     outcome = ddns.check_once(plan, record, wan, force=force)
@@ -137,6 +144,15 @@ def ddns_command(
             on_outcome=lambda o: _render(console, plan, o) if o.updated else None,
             on_error=lambda e: console.warn(f"{e.message}; trying again in {period:g} s"),
         )
+
+
+def _ask_again(router: upnp.Router) -> upnp.Router | None:
+    """The router's WAN address now, without discovery (SSDP waits its whole delay every time)."""
+    try:
+        address = router.client.externalipaddress() or None
+    except Exception:
+        return None
+    return dataclasses.replace(router, wan_address=address)
 
 
 def _render(console: Console, plan: ddns.Plan, outcome: ddns.Outcome) -> None:
