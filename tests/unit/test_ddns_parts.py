@@ -347,3 +347,20 @@ def test_a_bad_name_is_refused_before_the_key_is_read(capsys, tmp_path):
     )
     assert code == ExitCode.USAGE
     assert "'gpubox' is not a DNS name to point at this machine" in err
+
+
+def test_without_systemd_install_timer_stops_before_the_first_check(capsys, tmp_path, monkeypatch):
+    from nbremote.server import ddns_cmd
+
+    monkeypatch.setattr(ddns_cmd.system, "is_root", lambda: True)
+    monkeypatch.setattr(ddns, "systemd_runs", lambda root=Path("/"): False)
+    monkeypatch.setenv("NBREMOTE_STATE_DIR", str(tmp_path / "state"))
+    key = tmp_path / "ddns.key"
+    key.write_text(KEY)
+    os.chmod(key, 0o600)
+    code, _, err = run_main(
+        capsys, "server", "ddns", "a.example.org", "--server", "198.51.100.53", "--key", str(key), "--install-timer"
+    )
+    assert code == ExitCode.ERROR
+    assert "systemd does not run on this machine: no timer to install" in err
+    assert not (tmp_path / "state").exists()

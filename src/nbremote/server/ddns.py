@@ -482,12 +482,16 @@ def _no_systemd() -> NbremoteError:
     )
 
 
+def require_systemd(root: Path = Path("/")) -> None:
+    if not systemd_runs(root):
+        raise _no_systemd()
+
+
 def install_timer(
     files: dict[str, str], *, run: system.Runner = system.run, root: Path = Path("/"), unit_dir: Path = UNIT_DIR
 ) -> list[Path]:
     """Write the unit files and start the timer; the paths written."""
-    if not systemd_runs(root):
-        raise _no_systemd()
+    require_systemd(root)
     written = []
     for file_name, text in files.items():
         path = unit_dir / file_name

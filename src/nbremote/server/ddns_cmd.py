@@ -97,6 +97,8 @@ def ddns_command(
             "installing the timer needs root",
             hint=f"run it with sudo: `{rootcmd.command('server', 'ddns', '...', '--install-timer')}`",
         )
+    if install_timer:
+        ddns.require_systemd()  # before the first check: a timer that cannot be installed changes nothing
     checked_name = ddns.check_name(name)
     plan = ddns.Plan(
         name=checked_name,
