@@ -32,7 +32,6 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from importlib import resources
 from typing import IO, Any, Callable, TypeGuard
 
 from nbremote.errors import ExitCode, NbremoteError
@@ -84,6 +83,8 @@ _REMOTE_SCRIPT = (
 @functools.lru_cache(maxsize=1)
 def bundle() -> tuple[str, str]:
     """The agent's modules packed for the command line, and their hash (12 hex digits)."""
+    from importlib import resources  # its import is paid by the commands that pack the agent only
+
     folder = resources.files("nbremote.agent")
     sources = {
         entry.name[:-3]: entry.read_text(encoding="utf-8")

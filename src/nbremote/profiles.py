@@ -41,9 +41,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomlkit
-from tomlkit.items import Table
+from typing import TYPE_CHECKING
 
 from nbremote import paths, slurmopts
 
@@ -54,6 +52,9 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
 from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
+
+if TYPE_CHECKING:
+    from tomlkit.items import Table
 
 # Also a valid ssh_config Host pattern and a bare-enough TOML key: no spaces,
 # slashes, wildcards or shell metacharacters.
@@ -328,6 +329,8 @@ def _sub(table: Table, key: str, values: dict[str, object]) -> None:
         table.pop(key, None)
         return
     if key not in table:
+        import tomlkit
+
         table[key] = tomlkit.table()
     sub = table[key]
     for old in [k for k in sub if k not in values]:
@@ -354,6 +357,8 @@ def dumps(profiles: dict[str, Profile], text: str = "") -> str:
 
     Tables of profiles that did not change are kept byte for byte, with their comments.
     """
+    import tomlkit  # the round-trip parser only writes; reading (every command) uses tomllib
+
     doc = tomlkit.parse(text) if text.strip() else tomlkit.parse(HEADER)
     if "hosts" not in doc:
         doc["hosts"] = tomlkit.table(is_super_table=True)
