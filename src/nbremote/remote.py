@@ -119,16 +119,19 @@ class Host(Place):
         return not self.began_login and self.connection.master_alive()
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
-        if self._login is not None:
-            agentlink.bundle()  # packed while the login runs
-            self.connect()
         # While a person may be typing a password, only ssh's own timeouts apply.
         return agentlink.AgentCall(
-            lambda request: self.connection.command_argv(agentlink.remote_command(request)),
+            self._agent_argv,
             where=self.label,
             on_ssh_failure=self.connection.failure,
             hello_timeout=None if self.interactive else hello_timeout,
         )
+
+    def _agent_argv(self, request: str) -> list[str]:
+        argv = self.connection.command_argv(agentlink.remote_command(request))  # packed while the login runs
+        if self._login is not None:
+            self.connect()
+        return argv
 
 
 class ProfileHost(Host):

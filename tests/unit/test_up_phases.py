@@ -321,6 +321,12 @@ def test_no_early_login_over_a_live_master(world, cleanup):
 
 
 class _RefusedLogin(Connection):
+    def command_argv(self, remote_command: str) -> list[str]:
+        return ["false"]  # never run: the login's error comes first
+
+    def failure(self, stderr: str) -> NbremoteError:
+        return NbremoteError(stderr)
+
     def open_master(self, connect_timeout: float | None = None) -> Reached | None:
         self.calls.append("login")
         raise NbremoteError("gpubox refused the login", exit_code=ExitCode.AUTH_FAILED)
@@ -332,7 +338,7 @@ def test_an_early_login_that_fails_is_the_agent_calls_error_and_is_ended(world, 
     place = host(conn)
     place.begin_login()
     with pytest.raises(NbremoteError, match="refused the login"):
-        place.agent(hello_timeout=1)
+        place.agent(hello_timeout=1).request("ls", {})
     place.abandon_login()
     assert conn.calls == ["login", "close"]
 
