@@ -56,11 +56,39 @@ def test_bundle_carries_every_agent_module_with_a_stable_hash():
     doc = json.loads(zlib.decompress(base64.b64decode(payload)))
     expected = {p.stem: p.read_text(encoding="utf-8") for p in AGENT_DIR.glob("*.py")}
     assert {"__init__", "main", "protocol", "jupyter", "state"} <= set(expected)
-    assert doc["src"] == expected
+    assert set(doc["src"]) == set(expected)
+    for name, text in doc["src"].items():
+        assert _code(text) == _code(expected[name]), name
     assert doc["hash"] == digest
     assert len(digest) == 12 and int(digest, 16) >= 0
     agentlink.bundle.cache_clear()
     assert agentlink.bundle()[1] == digest, "the hash must depend only on the sources"
+
+
+def _code(source: str) -> str:
+    """What Python runs: the syntax tree, docstrings emptied."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                body[0].value.value = ""
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("path", sorted(AGENT_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_the_shipped_agent_is_the_same_code_on_the_same_lines(path):
+    source = path.read_text(encoding="utf-8")
+    shipped = agentlink._compact(source)
+    assert _code(shipped) == _code(source)
+    assert shipped.count("\n") == source.count("\n")  # a traceback's line numbers are the source's
+    assert len(shipped) < len(source)
+
+
+def test_ups_command_fits_in_the_first_ten_segments_of_a_connection():
+    # TCP's initial window: 10 segments of 1448 bytes (MTU 1500) before the first ACK.
+    request = json.dumps({"id": 1, "op": "up", "args": {"dir": "~/" + "d" * 200, "env": "e" * 200}})
+    assert len(agentlink.remote_command(request)) < 10 * 1448 - 200
 
 
 def _siblings(path: Path) -> set[str]:
