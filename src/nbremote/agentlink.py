@@ -32,7 +32,6 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from importlib import resources
 from typing import IO, Any, Callable, TypeGuard
 
 from nbremote.addresses import public_ip
@@ -82,15 +81,71 @@ _REMOTE_SCRIPT = (
 )
 
 
-@functools.lru_cache(maxsize=1)
-def bundle() -> tuple[str, str]:
-    """The agent's modules packed for the command line, and their hash (12 hex digits)."""
+# A sibling module named in the agent's source: `from .state import ...`, `from . import a, b`,
+# or module_source("launcher") (run from its text in a Python of its own).
+_SIBLING_IMPORT = re.compile(r"^[ \t]*from \.(\w*) import ([\w, ]+)", re.MULTILINE)
+_SIBLING_SOURCE = re.compile(r"module_source\(\s*[\"'](\w+)[\"']")
+
+
+def _needed(sources: dict[str, str], module: str) -> set[str]:
+    """The agent's modules that run an op whose handler is in module: main (its imports of the
+    other ops' modules, in handler_for, are not followed), protocol, module, and what they import."""
+    needed = {"__init__", "main"}
+    todo = ["protocol", module]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in sources:
+            continue
+        needed.add(name)
+        text = sources[name]
+        for match in _SIBLING_IMPORT.finditer(text):
+            todo += [match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
+        todo += _SIBLING_SOURCE.findall(text)
+    return needed
+
+
+# What the agent's modules carry for their readers only: whole-line comments and docstrings
+# (a docstring's lines are kept empty, so the server's tracebacks keep the source's line numbers).
+_COMMENT_LINE = re.compile(r"^[ \t]*#[^\n]*$", re.MULTILINE)
+_DOCSTRING = re.compile(r'^([ \t]*)"""(?:[^"\\]|\\.|"(?!""))*"""[ \t]*$', re.MULTILINE)
+
+
+def _compact(source: str) -> str:
+    """source as the agent runs it: the same code, without what only its readers need
+    (tests/unit/test_agentlink.py checks that the code is the same)."""
+    source = _COMMENT_LINE.sub("", source)
+    return _DOCSTRING.sub(lambda m: m.group(1) + '""' + "\n" * m.group(0).count("\n"), source)
+
+
+def _op_of(request: str) -> str | None:
+    try:
+        doc = json.loads(request)
+    except ValueError:
+        return None
+    op = doc.get("op") if isinstance(doc, dict) else None
+    return op if isinstance(op, str) else None
+
+
+@functools.lru_cache(maxsize=None)
+def bundle(op: str | None = None) -> tuple[str, str]:
+    """The agent's modules packed for the command line, and their hash (12 hex digits): those
+    that op needs, or all of them (no op, or one the agent does not know), without comments
+    and docstrings. On a fresh connection TCP sends about ten segments (14 KB) a round trip at
+    first, so every 14 KB more on the command line can cost one more: `up`'s command is 13 KB
+    this way, against 38 KB with every module as written."""
+    from importlib import resources  # its import is paid by the commands that pack the agent only
+
+    from nbremote.agent.main import OP_MODULES
+
     folder = resources.files("nbremote.agent")
     sources = {
-        entry.name[:-3]: entry.read_text(encoding="utf-8")
+        entry.name[:-3]: _compact(entry.read_text(encoding="utf-8"))
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
         if entry.name.endswith(".py")
     }
+    if op in OP_MODULES:
+        needed = _needed(sources, OP_MODULES[op])
+        sources = {name: text for name, text in sources.items() if name in needed}
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:12]
     packed = zlib.compress(json.dumps({"src": sources, "hash": digest}).encode(), 9)
     return base64.b64encode(packed).decode("ascii"), digest
@@ -98,11 +153,11 @@ def bundle() -> tuple[str, str]:
 
 def remote_command(request: str) -> str:
     """The command for ssh; a login shell, so the PATH is the one the user gets there."""
-    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP, bundle()[0], request])
+    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP, bundle(_op_of(request))[0], request])
 
 
 def local_argv(request: str) -> list[str]:
-    return [sys.executable, "-c", BOOTSTRAP, bundle()[0], request]
+    return [sys.executable, "-c", BOOTSTRAP, bundle(_op_of(request))[0], request]
 
 
 @dataclass(frozen=True)

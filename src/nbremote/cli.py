@@ -152,18 +152,24 @@ def up(
     extra = [forwards.parse_spec(spec) for spec in forward_specs]
     if extra and (not host or runner.name == "slurm"):
         raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
-    opts = session.UpOptions(
-        host=host,
-        dir=directory,
-        mode=mode,
-        env=env or defaults.env,
-        port=port or defaults.port,
-        timeout=timeout,
-        socket=use_socket,
-        keep_output=keep,
-    )
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True, notify=console.done)
-    result = session.up(place, runner, opts, console)
+    # The login runs while the rest of `up` gets ready; a cold `up` waits on it first.
+    place.begin_login()
+    try:
+        opts = session.UpOptions(
+            host=host,
+            dir=directory,
+            mode=mode,
+            env=env or defaults.env,
+            port=port or defaults.port,
+            timeout=timeout,
+            socket=use_socket,
+            keep_output=keep,
+        )
+        result = session.up(place, runner, opts, console)
+    except BaseException:
+        place.abandon_login()
+        raise
     for remote, local in extra:
         added = forwards.add(place, forwards.session_for(place.host, directory), remote, local, timeout=timeout)
         console.done(f"localhost:{added.local_port} → {place.label}:{remote}", added.seconds)

@@ -43,9 +43,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomlkit
-from tomlkit.items import Table
+from typing import TYPE_CHECKING
 
 from nbremote import paths, slurmopts
 
@@ -56,6 +54,9 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
 from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
+
+if TYPE_CHECKING:
+    from tomlkit.items import Table
 
 # Also a valid ssh_config Host pattern and a bare-enough TOML key: no spaces,
 # slashes, wildcards or shell metacharacters.
@@ -330,6 +331,8 @@ def _sub(table: Table, key: str, values: dict[str, object]) -> None:
         table.pop(key, None)
         return
     if key not in table:
+        import tomlkit
+
         table[key] = tomlkit.table()
     sub = table[key]
     for old in [k for k in sub if k not in values]:
@@ -356,6 +359,8 @@ def dumps(profiles: dict[str, Profile], text: str = "") -> str:
 
     Tables of profiles that did not change are kept byte for byte, with their comments.
     """
+    import tomlkit  # the round-trip parser only writes; reading (every command) uses tomllib
+
     doc = tomlkit.parse(text) if text.strip() else tomlkit.parse(HEADER)
     if "hosts" not in doc:
         doc["hosts"] = tomlkit.table(is_super_table=True)
@@ -415,6 +420,8 @@ _refreshing = threading.Lock()
 
 
 def _replace(name: str, changes: list[tuple[Address, Address]], path: Path) -> list[tuple[Address, Address]]:
+    import tomlkit  # the round-trip parser only writes (see dumps)
+
     try:
         text = path.read_text()
         load(path)

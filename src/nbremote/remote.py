@@ -6,9 +6,11 @@ through an ssh forward for a host, directly for this machine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable
@@ -30,6 +32,12 @@ class Place:
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         raise NotImplementedError
 
+    def begin_login(self) -> None:
+        """Nothing to log in to here; a Host starts its login."""
+
+    def abandon_login(self) -> None:
+        """Nothing to end here; a Host ends the master its early login opened."""
+
 
 class ThisMachine(Place):
     label = "this machine"
@@ -45,8 +53,32 @@ class ThisMachine(Place):
         )
 
 
+class _Login:
+    """A login run in a thread; its result (or error) is taken once, by whoever needs the master."""
+
+    def __init__(self, log_in: Callable[[], reach.Reached | None]):
+        self._result: reach.Reached | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(log_in,), daemon=True)
+        self._thread.start()
+
+    def _run(self, log_in: Callable[[], reach.Reached | None]) -> None:
+        try:
+            self._result = log_in()
+        except BaseException as exc:  # handed to the thread that joins
+            self._error = exc
+
+    def result(self) -> reach.Reached | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class Host(Place):
     connection: Connection | reach.PathConnection
+    _login: _Login | None = None
+    began_login = False  # this command logged in (begin_login): any master is its own
 
     def __init__(self, target: Target, *, timeout: float, interactive: bool, persist: bool):
         self.target = target
@@ -58,9 +90,35 @@ class Host(Place):
             target, control_dir=paths.runtime_dir(), timeout=timeout, batch=not interactive, persist=persist
         )
 
+    def begin_login(self) -> None:
+        """Start logging in, in the background, when no master may be up: the rest of the
+        command's start-up (its imports, packing the agent) then runs during the login."""
+        if not self.began_login and not self.connection.may_have_master():
+            self.began_login = True
+            self._login = _Login(self._log_in)
+
+    def abandon_login(self) -> None:
+        """The command failed: end the master its early login opened."""
+        if self._login is not None:
+            with contextlib.suppress(Exception):
+                self.connect()
+        if self.began_login:
+            self.connection.close()
+
     def connect(self) -> reach.Reached | None:
-        """Log in now (the agent call would otherwise log in itself); a profile says by which path."""
+        """Log in now (the agent call would otherwise log in itself), or wait for the login
+        begun already; a profile says by which path."""
+        if self._login is not None:
+            login, self._login = self._login, None
+            return login.result()
+        return self._log_in()
+
+    def _log_in(self) -> reach.Reached | None:
         return self.connection.open_master()
+
+    def master_before(self) -> bool:
+        """Whether a master was up before this command (not one its own login opened)."""
+        return not self.began_login and self.connection.master_alive()
 
     def path(self, rtt_s: float | None = None) -> dict[str, Any]:
         """How this host is reached: the kind (LAN, WAN, IPv6, VPN, relay) and address of the
@@ -78,11 +136,17 @@ class Host(Place):
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         # While a person may be typing a password, only ssh's own timeouts apply.
         return agentlink.AgentCall(
-            lambda request: self.connection.command_argv(agentlink.remote_command(request)),
+            self._agent_argv,
             where=self.label,
             on_ssh_failure=self.connection.failure,
             hello_timeout=None if self.interactive else hello_timeout,
         )
+
+    def _agent_argv(self, request: str) -> list[str]:
+        argv = self.connection.command_argv(agentlink.remote_command(request))  # packed while the login runs
+        if self._login is not None:
+            self.connect()
+        return argv
 
 
 class ProfileHost(Host):
@@ -144,7 +208,7 @@ class ProfileHost(Host):
             "addresses": reach.ways_in(self.profile),
         }
 
-    def connect(self) -> reach.Reached | None:
+    def _log_in(self) -> reach.Reached | None:
         """Race the addresses unless a master is up already (then None)."""
         if self.connection.master_alive():
             return None

@@ -120,7 +120,9 @@ class HomeNet:
         self.relay_dir = workdir / "relay"
         self.relay_sshd: subprocess.Popen | None = None
         self.relay_keys: Path | None = None
-        self.wan_addr = ROUTER_WAN  # the router's WAN address now (renumber_wan changes it)
+        self.wan_address = ROUTER_WAN
+        self._cafe_routes: list[str] = []
+        self._old_wan: list[str] = []
 
     @classmethod
     def build(cls, lab, workdir: Path) -> "HomeNet":
@@ -186,37 +188,6 @@ class HomeNet:
         if done.returncode != 0:
             raise LabError(f"port forward {external}: {done.stderr.strip()}")
 
-    def renumber_wan(self, new: str) -> None:
-        """The provider gives the router another WAN address: the old one stops answering at once.
-
-        The address moves on wan0, and a drop of the old one at priority -300 (before conntrack
-        and NAT) stands for the provider no longer routing it: the café's neighbour cache would
-        otherwise keep it working."""
-        old = self.wan_addr
-        # The old one goes first: deleting a primary address takes its subnet's secondaries with it.
-        for argv in (
-            ["ip", "addr", "del", f"{old}/24", "dev", "wan0"],
-            ["ip", "addr", "add", f"{new}/24", "dev", "wan0"],
-        ):
-            done = self.ns_exec(self.router_ns, argv)
-            if done.returncode != 0:
-                raise LabError(f"renumbering the WAN: {done.stderr.strip()}")
-        if self.relay_ns in self._namespaces:  # its route went with the old address's subnet
-            _run(
-                ["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26"]
-                + ["via", CAFE_ADDR]
-            )
-        # Only the address just left is gone: one renumbered back to an earlier one works again.
-        self.ns_exec(self.router_ns, ["nft", "delete", "table", "inet", "nbrtest_gone"])
-        rule = (
-            "table inet nbrtest_gone {\n chain prerouting {\n type filter hook prerouting priority -300;\n"
-            f" ip daddr {old} drop\n }}\n}}\n"
-        )
-        done = self.ns_exec(self.router_ns, ["nft", "-f", "-"], input=rule)
-        if done.returncode != 0:
-            raise LabError(f"dropping the old WAN address: {done.stderr.strip()}")
-        self.wan_addr = new
-
     def laptop_uplink(self) -> None:
         """The lab's laptop joins the café's Wi-Fi too (see the module's docstring)."""
         lap = self.lab.laptop_ns
@@ -234,6 +205,44 @@ class HomeNet:
         if done.returncode != 0:
             raise LabError(f"café NAT: {done.stderr.strip()}")
         self.assert_island()
+
+    def route_via_cafe(self, net: str) -> None:
+        """The router reaches net (a host behind the café) through the café, as the internet would route it."""
+        _run(["ip", "-n", self.router_ns, "route", "replace", net, "via", CAFE_ADDR])
+        if net not in self._cafe_routes:
+            self._cafe_routes.append(net)
+
+    def join(self, ns: str) -> None:
+        """A namespace another lab module made on the internet side: island-checked, removed at teardown."""
+        if ns not in self._namespaces:
+            self._namespaces.append(ns)
+
+    def renumber_wan(self, address: str) -> str:
+        """The provider gives the router a new WAN address; the old one stops working at once.
+
+        The new address is added before the old goes (promote_secondaries keeps it when the
+        old primary is deleted); packets still sent to the old address are dropped ahead of
+        the NAT, or the café's neighbour cache and the port forwards would keep it working.
+        Returns the old address."""
+        old = self.wan_address
+        rtr = self.router_ns
+        _run(["ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.conf.wan0.promote_secondaries=1"])
+        _run(["ip", "-n", rtr, "addr", "add", f"{address}/24", "dev", "wan0"])
+        _run(["ip", "-n", rtr, "addr", "del", f"{old}/24", "dev", "wan0"])
+        for net in self._cafe_routes:
+            _run(["ip", "-n", rtr, "route", "replace", net, "via", CAFE_ADDR])
+        rules = (
+            "table ip renumbered\ndelete table ip renumbered\n"
+            "table ip renumbered {\n chain prerouting {\n type filter hook prerouting priority -300;\n"
+            + "".join(f" ip daddr {gone} drop\n" for gone in self._old_wan + [old] if gone != address)
+            + " }\n}\n"
+        )
+        done = self.ns_exec(rtr, ["nft", "-f", "-"], input=rules)
+        if done.returncode != 0:
+            raise LabError(f"renumbering the WAN: {done.stderr.strip()}")
+        self._old_wan.append(old)
+        self.wan_address = address
+        return old
 
     RELAY_SSHD_CONF = """Port 22
 ListenAddress {addr}
@@ -281,10 +290,7 @@ AllowUsers {user}
             _run(["ip", "-n", ns, "link", "set", dev, "up"])
         _run(["ip", "-n", self.relay_ns, "route", "replace", "default", "via", CAFE_RELAY_SIDE])
         _run(["ip", "netns", "exec", self.cafe_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        # The router reaches the relay's /26 through the café, as the internet would route it.
-        _run(
-            ["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26", "via", CAFE_ADDR]
-        )
+        self.route_via_cafe(f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26")
         self.assert_island()
         self.relay_dir.mkdir(parents=True, exist_ok=True)
         # sshd reads authorized keys as the user: a folder the user can enter (pytest's is root's only).

@@ -14,6 +14,7 @@ import click
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, netinfo, onboard, relay_cmd, steps, upnp
+from nbremote.server.ddns_cmd import ddns_command
 from nbremote.server.invite_cmd import invite as invite_command
 from nbremote.server.sshd import Sshd
 from nbremote.verdicts import check_lines
@@ -53,6 +54,7 @@ def server() -> None:
 
 
 server.add_command(invite_command)
+server.add_command(ddns_command)
 server.add_command(relay_cmd.command(state_dir=steps.state_dir, sshd_port=steps.sshd_port))
 
 

@@ -275,14 +275,16 @@ def init(
         if waiting is not None:
             waiting.failed(exc)
         raise
-    line = invite_line(users[0], host_key, port, wan=hosts.get("wan"))
+    line = invite_line(users[0], host_key, port, wan=hosts.get("wan"), dns_name=steps.known_dns_name())
     addresses = list(invites.parse(line).hosts)
     if waiting is not None:
         waiting.done(port, addresses, invites.parse(line).fingerprint)
     return InitResult(invite=line, port=port, hosts=addresses, waited_for=list(without_key), joined_from=joined)
 
 
-def invite_line(user: str, host_key: str, port: int, *, wan: str | None, wait: str | None = None) -> str:
+def invite_line(
+    user: str, host_key: str, port: int, *, wan: str | None, wait: str | None = None, dns_name: str | None = None
+) -> str:
     """The invite init prints: this machine's addresses, and the relay when `server relay` keeps a
     tunnel to one (a box behind carrier-grade NAT is reached through it from elsewhere)."""
     return invites.render(
@@ -295,6 +297,7 @@ def invite_line(user: str, host_key: str, port: int, *, wan: str | None, wait: s
             host_key_line=host_key,
             wait=wait,
             relay=steps.known_relay(),
+            dns_name=dns_name,
         )
     )
 
@@ -330,7 +333,8 @@ def _finish(
         wan = doc.get("wan_address")
     if wan is None:
         try:
-            wan = steps.find_wan(console, options.echo_urls, options.timeout).address
+            # Asked already when exposing: a second search would only wait the timeout again.
+            wan = steps.find_wan(console, options.echo_urls, options.timeout, ask_router=not options.expose).address
         except NbremoteError as exc:
             console.warn(f"{exc.message}; the invite lists the LAN addresses only")
     return {"wan": wan}
