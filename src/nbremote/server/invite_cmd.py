@@ -2,7 +2,8 @@
 
 The LAN addresses of this machine, then its global IPv6 addresses (the
 internet reaches them through the router's pinhole, no forward needed), then
-the WAN address when `server wan-ip`
+the DNS name `server ddns` keeps pointed at the WAN address, then the WAN
+address when `server wan-ip`
 or `expose` has recorded one, then any --address given (a DNS name, a VPN
 address); the port sshd serves; the SHA256 fingerprint of the ed25519 host key;
 the relay, when `server relay` has built a tunnel to one.
@@ -46,6 +47,7 @@ def invite(user, port, extra, as_json) -> None:
         host_key_line=steps.host_key_line(),
         relay=steps.known_relay(),
         ipv6=[address for address, _ in netinfo.global_ipv6()],
+        dns_name=steps.known_dns_name(),
     )
     line = invites.render(made)
     if as_json:

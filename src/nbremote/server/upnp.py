@@ -125,13 +125,21 @@ def keep(
     rounds: int | None = None,
     on_renew: Callable[[int], None] = lambda _: None,
     also: Callable[[], None] = lambda: None,
+    on_error: Callable[[NbremoteError], None] | None = None,
 ) -> None:
     """Renew the mapping at half its lease, forever (or `rounds` times); `also` renews the rest
-    (the IPv6 pinholes, whose leases are the same or shorter)."""
+    (the IPv6 pinholes, whose leases are the same or shorter). A refused renewal raises, or
+    with on_error is passed to it and tried again at the next period."""
     done = 0
     while rounds is None or done < rounds:
         sleep(max(1.0, lease / 2))
-        router.add(external, internal, lease)
+        try:
+            router.add(external, internal, lease)
+        except NbremoteError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
         also()
         done += 1
         on_renew(done)
