@@ -12,6 +12,7 @@ apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
     sshpass iptables ufw miniupnpd miniupnpd-nftables slurm-wlm munge libpam-slurm-adopt \
+    bind9 bind9-dnsutils \
     sudo zsh fish >/dev/null  # sudo: the root hints are run through it; zsh, fish: the completion scripts
 
 # Chromium for the browser tests: Debian's package where apt has one. Ubuntu has it only

@@ -131,7 +131,9 @@ def parse_address(text: str) -> Address:
 
 
 def kind(host: str) -> str:
-    """LAN, VPN or WAN: how `up` names the path it took (an Address with `via` is "relay")."""
+    """LAN, VPN, WAN or IPv6: how `up` names the path it took (an Address with `via` is "relay").
+
+    A global IPv6 address is IPv6, not WAN: it reaches the box itself, with no port forward."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -145,4 +147,55 @@ def kind(host: str) -> str:
         return "VPN"
     if any(ip.version == net.version and ip in net for net in _LAN_NETS):
         return "LAN"
-    return "WAN"
+    return "IPv6" if ip.version == 6 else "WAN"
+
+
+def public_ip(text: object) -> str | None:
+    """text as an IP address the internet can route to this box, else None.
+
+    What the server reports of its own public addresses goes through this: private,
+    loopback, link-local, carrier-grade NAT, documentation, multicast and reserved
+    addresses, host names and anything else are not a way in from elsewhere."""
+    if not isinstance(text, str) or len(text) > 45:
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if not ip.is_global or ip.is_multicast or (ip.version == 6 and ip.ipv4_mapped is not None):
+        return None
+    return str(ip)
+
+
+def ip_version(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def refreshed(current: tuple[Address, ...], reported: list[tuple[str, str | None]]) -> list[tuple[Address, Address]]:
+    """(old, new) for each of a profile's addresses that the server's public addresses replace.
+
+    reported: (address, the one before it or None), each a public_ip. An address replaces
+    the profile's one IP literal of its kind (WAN for IPv4, IPv6), keeping that entry's
+    port (the router's external port); with several of that kind, only the one the server
+    says it had before. Host names (a DNS name that follows the address), LAN, VPN and
+    relay entries are never touched, nor is anything when the address is there already."""
+    hosts = [a.host for a in current]
+    changes: list[tuple[Address, Address]] = []
+    for address, previous in reported:
+        if address in hosts:
+            continue
+        same = [
+            i
+            for i, a in enumerate(current)
+            if a.via is None and ip_version(a.host) == ip_version(address) and kind(a.host) == kind(address)
+        ]
+        if len(same) > 1:
+            same = [i for i in same if current[i].host == previous]
+        if len(same) == 1 and hosts[same[0]] == current[same[0]].host:  # not replaced by an earlier report
+            old = current[same[0]]
+            hosts[same[0]] = address
+            changes.append((old, Address(address, old.port)))
+    return changes

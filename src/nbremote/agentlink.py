@@ -32,9 +32,9 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from importlib import resources
 from typing import IO, Any, Callable, TypeGuard
 
+from nbremote.addresses import public_ip
 from nbremote.errors import ExitCode, NbremoteError
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,71 @@ _REMOTE_SCRIPT = (
 )
 
 
-@functools.lru_cache(maxsize=1)
-def bundle() -> tuple[str, str]:
-    """The agent's modules packed for the command line, and their hash (12 hex digits)."""
+# A sibling module named in the agent's source: `from .state import ...`, `from . import a, b`,
+# or module_source("launcher") (run from its text in a Python of its own).
+_SIBLING_IMPORT = re.compile(r"^[ \t]*from \.(\w*) import ([\w, ]+)", re.MULTILINE)
+_SIBLING_SOURCE = re.compile(r"module_source\(\s*[\"'](\w+)[\"']")
+
+
+def _needed(sources: dict[str, str], module: str) -> set[str]:
+    """The agent's modules that run an op whose handler is in module: main (its imports of the
+    other ops' modules, in handler_for, are not followed), protocol, module, and what they import."""
+    needed = {"__init__", "main"}
+    todo = ["protocol", module]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in sources:
+            continue
+        needed.add(name)
+        text = sources[name]
+        for match in _SIBLING_IMPORT.finditer(text):
+            todo += [match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
+        todo += _SIBLING_SOURCE.findall(text)
+    return needed
+
+
+# What the agent's modules carry for their readers only: whole-line comments and docstrings
+# (a docstring's lines are kept empty, so the server's tracebacks keep the source's line numbers).
+_COMMENT_LINE = re.compile(r"^[ \t]*#[^\n]*$", re.MULTILINE)
+_DOCSTRING = re.compile(r'^([ \t]*)"""(?:[^"\\]|\\.|"(?!""))*"""[ \t]*$', re.MULTILINE)
+
+
+def _compact(source: str) -> str:
+    """source as the agent runs it: the same code, without what only its readers need
+    (tests/unit/test_agentlink.py checks that the code is the same)."""
+    source = _COMMENT_LINE.sub("", source)
+    return _DOCSTRING.sub(lambda m: m.group(1) + '""' + "\n" * m.group(0).count("\n"), source)
+
+
+def _op_of(request: str) -> str | None:
+    try:
+        doc = json.loads(request)
+    except ValueError:
+        return None
+    op = doc.get("op") if isinstance(doc, dict) else None
+    return op if isinstance(op, str) else None
+
+
+@functools.lru_cache(maxsize=None)
+def bundle(op: str | None = None) -> tuple[str, str]:
+    """The agent's modules packed for the command line, and their hash (12 hex digits): those
+    that op needs, or all of them (no op, or one the agent does not know), without comments
+    and docstrings. On a fresh connection TCP sends about ten segments (14 KB) a round trip at
+    first, so every 14 KB more on the command line can cost one more: `up`'s command is 13 KB
+    this way, against 38 KB with every module as written."""
+    from importlib import resources  # its import is paid by the commands that pack the agent only
+
+    from nbremote.agent.main import OP_MODULES
+
     folder = resources.files("nbremote.agent")
     sources = {
-        entry.name[:-3]: entry.read_text(encoding="utf-8")
+        entry.name[:-3]: _compact(entry.read_text(encoding="utf-8"))
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
         if entry.name.endswith(".py")
     }
+    if op in OP_MODULES:
+        needed = _needed(sources, OP_MODULES[op])
+        sources = {name: text for name, text in sources.items() if name in needed}
     digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:12]
     packed = zlib.compress(json.dumps({"src": sources, "hash": digest}).encode(), 9)
     return base64.b64encode(packed).decode("ascii"), digest
@@ -97,11 +153,11 @@ def bundle() -> tuple[str, str]:
 
 def remote_command(request: str) -> str:
     """The command for ssh; a login shell, so the PATH is the one the user gets there."""
-    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP, bundle()[0], request])
+    return shlex.join(["/bin/sh", "-lc", _REMOTE_SCRIPT, "sh", BOOTSTRAP, bundle(_op_of(request))[0], request])
 
 
 def local_argv(request: str) -> list[str]:
-    return [sys.executable, "-c", BOOTSTRAP, bundle()[0], request]
+    return [sys.executable, "-c", BOOTSTRAP, bundle(_op_of(request))[0], request]
 
 
 @dataclass(frozen=True)
@@ -109,6 +165,8 @@ class Hello:
     protocol: int
     hash: str
     python: str
+    # The server's public addresses it last recorded, each with the one before it: (address, previous).
+    public: tuple[tuple[str, str | None], ...] = ()
 
 
 _VERSION = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,4}")
@@ -154,7 +212,20 @@ def parse_hello(line: str) -> Hello | None:
             f"the agent on the server speaks another protocol ({clean_text(line.strip(), 80)})",
             exit_code=ExitCode.AGENT_FAILED,
         )
-    return Hello(protocol, digest, python)
+    return Hello(protocol, digest, python, _public(doc.get("public")))
+
+
+MAX_PUBLIC = 8
+
+
+def _public(items: object) -> tuple[tuple[str, str | None], ...]:
+    """The hello's public addresses that are public IP addresses; anything else is left out, never an error."""
+    found: list[tuple[str, str | None]] = []
+    for item in items[:MAX_PUBLIC] if isinstance(items, list) else []:
+        address = public_ip(item.get("address")) if isinstance(item, dict) else None
+        if address is not None and address not in (a for a, _ in found):
+            found.append((address, public_ip(item.get("previous"))))
+    return tuple(found)
 
 
 AGENT_ERROR_EXITS = {
@@ -236,8 +307,10 @@ class AgentCall:
         on_ssh_failure: Callable[[str], NbremoteError] | None,
         hello_timeout: float | None,
         env: dict[str, str] | None = None,
+        on_hello: Callable[[Hello], None] | None = None,
     ):
         self.command = command  # argv that runs the agent on one request line
+        self.on_hello = on_hello
         self.where = where
         self.on_ssh_failure = on_ssh_failure
         self.hello_timeout = hello_timeout
@@ -338,6 +411,8 @@ class AgentCall:
                     log.debug("agent %s, python %s", hello.hash, hello.python)
                     if process.stdin is not None:
                         pinged = self._ping(process)
+                    if self.on_hello is not None:
+                        self.on_hello(hello)
                     continue
                 noise += len(raw)
                 if noise > MAX_NOISE:

@@ -18,6 +18,7 @@ from nbremote import (
     keeper,
     kernels,
     profiles,
+    reach,
     runners,
     session,
     sessions,
@@ -26,7 +27,7 @@ from nbremote import (
 from nbremote.console import Console
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
-from nbremote.remote import place_for
+from nbremote.remote import Host, place_for
 from nbremote.ssh import parse_target
 from nbremote.tables import table
 
@@ -151,18 +152,24 @@ def up(
     extra = [forwards.parse_spec(spec) for spec in forward_specs]
     if extra and (not host or runner.name == "slurm"):
         raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
-    opts = session.UpOptions(
-        host=host,
-        dir=directory,
-        mode=mode,
-        env=env or defaults.env,
-        port=port or defaults.port,
-        timeout=timeout,
-        socket=use_socket,
-        keep_output=keep,
-    )
-    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True)
-    result = session.up(place, runner, opts, console)
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True, notify=console.done)
+    # The login runs while the rest of `up` gets ready; a cold `up` waits on it first.
+    place.begin_login()
+    try:
+        opts = session.UpOptions(
+            host=host,
+            dir=directory,
+            mode=mode,
+            env=env or defaults.env,
+            port=port or defaults.port,
+            timeout=timeout,
+            socket=use_socket,
+            keep_output=keep,
+        )
+        result = session.up(place, runner, opts, console)
+    except BaseException:
+        place.abandon_login()
+        raise
     for remote, local in extra:
         added = forwards.add(place, forwards.session_for(place.host, directory), remote, local, timeout=timeout)
         console.done(f"localhost:{added.local_port} → {place.label}:{remote}", added.seconds)
@@ -208,7 +215,7 @@ def down(host, directory, all_dirs, as_json, timeout) -> None:
     console = Console.for_terminal(json_mode=as_json)
     directory = directory if directory is not None else profiles.up_defaults(host).dir or "~"
     runner = runners.for_host(host)
-    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=False)
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=False, notify=console.done)
     stopped = session.down(place, runner, directory=directory, all_dirs=all_dirs, timeout=timeout, console=console)
     if as_json:
         console.emit_json({"stopped": stopped})
@@ -238,11 +245,17 @@ def ls_command(host, as_json, show_token, timeout) -> None:
     """List the Jupyter servers nbremote runs on HOST (this machine without HOST)."""
     console = Console.for_terminal(json_mode=as_json)
     runner = runners.for_host(host)
-    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=False)
+    place = place_for(host, timeout=timeout, interactive=_interactive(), persist=False, notify=console.done)
     servers = session.ls(place, runner, timeout=timeout, show_token=show_token)
+    # How the host was reached and when each way in last answered (None for this machine).
+    path = place.path() if isinstance(place, Host) else None
+    if not as_json and path is not None and path["address"]:
+        console.result(f"{place.label} {reach.path_text(path)}")
+        if len(path["addresses"]) > 1:
+            console.result(f"  ways in  {reach.ways_text(path['addresses'], time.time())}")
     if runner.name == "slurm":
         if as_json:
-            console.emit_json({"scheduler": "slurm", "servers": servers})
+            console.emit_json({"scheduler": "slurm", "servers": servers, "path": path})
             return
         if not servers:
             console.result(f"no Slurm job of nbremote's on {host}")
@@ -254,7 +267,7 @@ def ls_command(host, as_json, show_token, timeout) -> None:
             console.warn(warning)
         return
     if as_json:
-        console.emit_json({"servers": servers})
+        console.emit_json({"servers": servers, "path": path})
         return
     if not servers:
         console.result(f"no Jupyter of nbremote's on {host or 'this machine'}")
@@ -620,12 +633,11 @@ def hosts_command(as_json) -> None:
                 + f" ({ago(last['when'])})"
             )
         )
-        relay = row["relay"]
-        via = [] if relay is None else [f"relay {relay['relay']} :{relay['tunnel']}"]
-        # Each way in with when it last answered; the relay's is the last of `answered`.
-        ages = [f" ({ago(when)})" if when else "" for when in row["answered"].values()]
-        ways = [a + ages[i] if i < len(ages) else a for i, a in enumerate(row["addresses"] + via)]
-        shown.append((row["name"], row["user"] or "-", " ".join(ways), path))
+        # Each way in, its kind and when it last answered (the relay's as "relay 127.0.0.1:N via …").
+        ways = [
+            f"{w['kind']} {w['address']}" + (f" ({ago(w['answered'])})" if w["answered"] else "") for w in row["ways"]
+        ]
+        shown.append((row["name"], row["user"] or "-", " · ".join(ways), path))
     for line in table(shown):
         console.result(line)
 

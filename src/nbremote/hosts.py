@@ -518,6 +518,7 @@ def listing() -> list[dict]:
                 "relay": None if p.relay is None else {"relay": str(p.relay), "tunnel": p.tunnel},
                 # When each way in last completed a login (the relay's as "127.0.0.1:N via …").
                 "answered": {str(a): seen.get(name, {}).get(str(a)) for a in p.endpoints()},
+                "ways": reach.ways_in(p),
                 "last_path": None
                 if recent is None
                 else {

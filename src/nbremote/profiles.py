@@ -36,14 +36,14 @@ path used) lives in the state dir instead, in hosts.json.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomlkit
-from tomlkit.items import Table
+from typing import TYPE_CHECKING
 
 from nbremote import paths, slurmopts
 
@@ -54,6 +54,9 @@ else:  # pragma: no cover - the same parser, before it joined the standard libra
 from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
+
+if TYPE_CHECKING:
+    from tomlkit.items import Table
 
 # Also a valid ssh_config Host pattern and a bare-enough TOML key: no spaces,
 # slashes, wildcards or shell metacharacters.
@@ -328,6 +331,8 @@ def _sub(table: Table, key: str, values: dict[str, object]) -> None:
         table.pop(key, None)
         return
     if key not in table:
+        import tomlkit
+
         table[key] = tomlkit.table()
     sub = table[key]
     for old in [k for k in sub if k not in values]:
@@ -354,6 +359,8 @@ def dumps(profiles: dict[str, Profile], text: str = "") -> str:
 
     Tables of profiles that did not change are kept byte for byte, with their comments.
     """
+    import tomlkit  # the round-trip parser only writes; reading (every command) uses tomllib
+
     doc = tomlkit.parse(text) if text.strip() else tomlkit.parse(HEADER)
     if "hosts" not in doc:
         doc["hosts"] = tomlkit.table(is_super_table=True)
@@ -391,6 +398,48 @@ def save(profiles: dict[str, Profile], path: Path | None = None) -> None:
     except FileNotFoundError:
         text = ""
     paths.write_private(path, dumps(profiles, text))
+
+
+def replace_addresses(
+    name: str, changes: list[tuple[Address, Address]], path: Path | None = None
+) -> list[tuple[Address, Address]]:
+    """Put each change's new address in place of its old one in profile `name`, in the file as
+    it is now; the rest of the file, comments in the list included, stays byte for byte.
+
+    Returns the changes made: one whose old address is no longer there (the file was
+    edited meanwhile) is left out, and an unreadable file is left alone (its error shows
+    on the next command that reads it)."""
+    path = path or profiles_path()
+    # status asks every host at once: two refreshes must not each write the file they read.
+    with _refreshing, open(paths.state_dir() / "hosts.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _replace(name, changes, path)
+
+
+_refreshing = threading.Lock()
+
+
+def _replace(name: str, changes: list[tuple[Address, Address]], path: Path) -> list[tuple[Address, Address]]:
+    import tomlkit  # the round-trip parser only writes (see dumps)
+
+    try:
+        text = path.read_text()
+        load(path)
+    except (OSError, NbremoteError):
+        return []
+    doc = tomlkit.parse(text)
+    listed = doc["hosts"][name]["addresses"] if name in doc.get("hosts", {}) else []
+    made = []
+    for old, new in changes:
+        shown = [str(a) for a in listed]
+        if str(old) in shown:
+            listed[shown.index(str(old))] = str(new)
+            made.append((old, new))
+    if made:
+        out = tomlkit.dumps(doc)
+        _profiles_of(out)  # what goes back must load: never a file the next command refuses
+        paths.write_private(path, out)
+    return made
 
 
 # --- the last path used (state, not config) --------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nbremote import addresses, durations, paths, sshfiles
+from nbremote import addresses, durations, paths, profiles, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import Profile
@@ -41,11 +41,37 @@ class Reached:
 
     @property
     def kind(self) -> str:
-        return "relay" if self.address.via else addresses.kind(self.address.host)
+        return kind_of(self.address)
 
     def describe(self) -> str:
         rtt = f" ({self.rtt_s * 1000:.0f} ms)" if self.rtt_s is not None else ""
         return f"{self.kind} {self.address}{rtt}"
+
+
+def kind_of(address: Address) -> str:
+    """LAN, WAN, IPv6, VPN or relay: how a path through this address is named."""
+    return "relay" if address.via else addresses.kind(address.host)
+
+
+def ways_in(profile: Profile) -> list[dict[str, Any]]:
+    """Each of the profile's ways in, best first, with its kind and when it last completed a login."""
+    seen = answered().get(profile.name, {})
+    return [{"address": str(a), "kind": kind_of(a), "answered": seen.get(str(a))} for a in profile.endpoints()]
+
+
+def ways_text(ways: list[dict[str, Any]], now: float) -> str:
+    """`LAN 192.168.1.112:22222 (last answered 2 s ago) · WAN …`: the ways in, as hosts, ls and status show them."""
+    return " · ".join(f"{w['kind']} {w['address']} ({ago(w['answered'], now)})" for w in ways)
+
+
+def renumbered_text(name: str, old: Address, new: Address) -> str:
+    return f"{name}'s {kind_of(new)} address changed: {old} → {new} (from the server)"
+
+
+def path_text(path: dict[str, Any]) -> str:
+    """`via LAN 192.168.1.112:22222 (2 ms)`: the way in use."""
+    rtt = f" ({path['rtt_ms']:.0f} ms)" if path.get("rtt_ms") is not None else ""
+    return f"via {path['kind']} {path['address']}{rtt}"
 
 
 # --- when each address last answered (state, per profile) ------------------------------
@@ -76,6 +102,23 @@ def forget_answers(name: str) -> None:
     records = answered()
     if records.pop(name, None) is not None:
         paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
+
+
+def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) -> list[tuple[Address, Address]]:
+    """Put the server's public addresses (from its agent's hello) in the profile, in hosts.toml:
+    the (old, new) addresses changed. Safe because only the host whose pinned key this
+    session proved can report them, and a new address is used with that pinned key only."""
+    changes = addresses.refreshed(profile.addresses, list(reported))
+    if not changes:  # every agent call of every command gets here: no file is read for nothing
+        return []
+    made = profiles.replace_addresses(profile.name, changes)
+    records = answered()
+    seen = records.get(profile.name, {})
+    # The old address's last answer would stay behind forever: no profile lists it now.
+    dropped = [seen.pop(str(old.with_port(profile.port)), None) for old, _ in made]
+    if any(when is not None for when in dropped):
+        paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
+    return made
 
 
 def ago(when: float | None, now: float) -> str:
@@ -190,21 +233,28 @@ def _unreachable(name: str, errors: list[NbremoteError], tried: list[Address]) -
     for address, error in zip(tried, errors):
         reason = error.message.rsplit("(", 1)[-1].rstrip(")") if "(" in error.message else error.message
         reasons.append(f"{address} ({reason}; {ago(seen.get(str(address)), now)})")
+    home = "at home, connect once over the LAN: the server then tells this laptop its current WAN address"
     if any(address.via for address in tried):
         return NbremoteError(
             f"cannot reach {name}",
             details=["tried " + ", ".join(reasons)],
-            hint="check that the server is on and that `nbremote server relay` runs there; "
+            hint=f"check that the server is on and that `nbremote server relay` runs there; {home}; "
             "the addresses and the relay are in `nbremote hosts`",
             exit_code=ExitCode.UNREACHABLE,
         )
+    names = [a.host for a in tried if addresses.kind(a.host) == "WAN" and addresses.ip_version(a.host) is None]
+    away = (
+        f"away, its DNS name {names[0]} must follow the WAN address, and the router must forward the ssh "
+        "port (`nbremote server expose` on the server)"
+        if names
+        else "away, the router must forward the ssh port (`nbremote server expose` on the server) to the WAN "
+        "address in the profile (`nbremote server wan-ip` there says the current one); a DNS name that follows "
+        "the WAN address, or a relay (`nbremote server relay`), reaches the box whatever its address"
+    )
     return NbremoteError(
         f"cannot reach {name}",
         details=["tried " + ", ".join(reasons)],
-        hint="check that the server is on and sshd runs; at home, its LAN address works; away, the router "
-        "must forward the ssh port (`nbremote server expose` on the server) to a WAN address that has not "
-        "changed (`nbremote server wan-ip` there), or the box needs a relay (`nbremote server relay`); "
-        "the addresses are in `nbremote hosts`",
+        hint=f"check that the server is on and sshd runs; {home}; {away}; the addresses are in `nbremote hosts`",
         exit_code=ExitCode.UNREACHABLE,
     )
 
@@ -242,6 +292,22 @@ class PathConnection:
         by_name = {str(a): c for a, c in self.candidates}
         self._active: Connection | None = None
         self._fallback = by_name.get(preferred or "", self.candidates[0][1])
+
+    def renumbered(self, profile: Profile, changes: list[tuple[Address, Address]]) -> None:
+        """The profile with its new addresses: a later race (the keeper's) tries them instead.
+        The connection in use stays as it is: it works."""
+        self.profile = profile
+        for old, new in changes:
+            for i, (address, conn) in enumerate(self.candidates):
+                if address == old.with_port(profile.port) and conn is not self._active:
+                    self.candidates[i] = (
+                        new.with_port(profile.port),
+                        self._connection(new.with_port(profile.port), True),
+                    )
+
+    def active_address(self) -> Address | None:
+        """The address of the connection in use, once there is one."""
+        return next((a for a, c in self.candidates if c is self._active), None)
 
     def _current(self) -> Connection:
         if self._active is None and not self.master_alive():

@@ -6,12 +6,17 @@ through an ssh forward for a host, directly for this machine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
+from dataclasses import replace
+from typing import Any, Callable
 
-from nbremote import agentlink, paths, profiles, reach, sshfiles
+from nbremote import addresses, agentlink, paths, profiles, reach, sshfiles
+from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
 
@@ -26,6 +31,12 @@ class Place:
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         raise NotImplementedError
+
+    def begin_login(self) -> None:
+        """Nothing to log in to here; a Host starts its login."""
+
+    def abandon_login(self) -> None:
+        """Nothing to end here; a Host ends the master its early login opened."""
 
 
 class ThisMachine(Place):
@@ -42,8 +53,32 @@ class ThisMachine(Place):
         )
 
 
+class _Login:
+    """A login run in a thread; its result (or error) is taken once, by whoever needs the master."""
+
+    def __init__(self, log_in: Callable[[], reach.Reached | None]):
+        self._result: reach.Reached | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(log_in,), daemon=True)
+        self._thread.start()
+
+    def _run(self, log_in: Callable[[], reach.Reached | None]) -> None:
+        try:
+            self._result = log_in()
+        except BaseException as exc:  # handed to the thread that joins
+            self._error = exc
+
+    def result(self) -> reach.Reached | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class Host(Place):
     connection: Connection | reach.PathConnection
+    _login: _Login | None = None
+    began_login = False  # this command logged in (begin_login): any master is its own
 
     def __init__(self, target: Target, *, timeout: float, interactive: bool, persist: bool):
         self.target = target
@@ -55,27 +90,82 @@ class Host(Place):
             target, control_dir=paths.runtime_dir(), timeout=timeout, batch=not interactive, persist=persist
         )
 
+    def begin_login(self) -> None:
+        """Start logging in, in the background, when no master may be up: the rest of the
+        command's start-up (its imports, packing the agent) then runs during the login."""
+        if not self.began_login and not self.connection.may_have_master():
+            self.began_login = True
+            self._login = _Login(self._log_in)
+
+    def abandon_login(self) -> None:
+        """The command failed: end the master its early login opened."""
+        if self._login is not None:
+            with contextlib.suppress(Exception):
+                self.connect()
+        if self.began_login:
+            self.connection.close()
+
     def connect(self) -> reach.Reached | None:
-        """Log in now (the agent call would otherwise log in itself); a profile says by which path."""
+        """Log in now (the agent call would otherwise log in itself), or wait for the login
+        begun already; a profile says by which path."""
+        if self._login is not None:
+            login, self._login = self._login, None
+            return login.result()
+        return self._log_in()
+
+    def _log_in(self) -> reach.Reached | None:
         return self.connection.open_master()
+
+    def master_before(self) -> bool:
+        """Whether a master was up before this command (not one its own login opened)."""
+        return not self.began_login and self.connection.master_alive()
+
+    def path(self, rtt_s: float | None = None) -> dict[str, Any]:
+        """How this host is reached: the kind (LAN, WAN, IPv6, VPN, relay) and address of the
+        path, its round trip when known, and each way in with when it last answered (a plain
+        ssh destination has only the one ssh resolves, and no record)."""
+        where = self.connection.endpoint()
+        host = f"[{where.hostname}]" if ":" in where.hostname else where.hostname
+        return {
+            "kind": addresses.kind(where.hostname),
+            "address": f"{host}:{where.port}",
+            "rtt_ms": None if rtt_s is None else round(rtt_s * 1000, 1),
+            "addresses": [],
+        }
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         # While a person may be typing a password, only ssh's own timeouts apply.
         return agentlink.AgentCall(
-            lambda request: self.connection.command_argv(agentlink.remote_command(request)),
+            self._agent_argv,
             where=self.label,
             on_ssh_failure=self.connection.failure,
             hello_timeout=None if self.interactive else hello_timeout,
         )
 
+    def _agent_argv(self, request: str) -> list[str]:
+        argv = self.connection.command_argv(agentlink.remote_command(request))  # packed while the login runs
+        if self._login is not None:
+            self.connect()
+        return argv
+
 
 class ProfileHost(Host):
     """A host profile: its connection races the profile's addresses (reach.PathConnection)."""
 
-    def __init__(self, profile: profiles.Profile, *, timeout: float, interactive: bool, persist: bool):
+    def __init__(
+        self,
+        profile: profiles.Profile,
+        *,
+        timeout: float,
+        interactive: bool,
+        persist: bool,
+        notify: Callable[[str], None] | None = None,
+    ):
         self.profile = profile
         self.label = self.host = profile.name
         self.interactive = interactive
+        self.notify = notify
+        self.renumbered: list[tuple[Address, Address]] = []  # what this session changed in the profile
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
             profile,
@@ -105,7 +195,20 @@ class ProfileHost(Host):
         except NbremoteError as exc:  # the session works; only plain `ssh NAME` keeps its old address
             log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
 
-    def connect(self) -> reach.Reached | None:
+    def path(self, rtt_s: float | None = None) -> dict[str, Any]:
+        assert isinstance(self.connection, reach.PathConnection)
+        address = self.connection.active_address()
+        reached = self.connection.reached
+        if rtt_s is None and reached is not None and reached.address == address:
+            rtt_s = reached.rtt_s
+        return {
+            "kind": None if address is None else reach.kind_of(address),
+            "address": None if address is None else str(address),
+            "rtt_ms": None if rtt_s is None else round(rtt_s * 1000, 1),
+            "addresses": reach.ways_in(self.profile),
+        }
+
+    def _log_in(self) -> reach.Reached | None:
         """Race the addresses unless a master is up already (then None)."""
         if self.connection.master_alive():
             return None
@@ -113,13 +216,50 @@ class ProfileHost(Host):
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         self.connect()
-        return super().agent(hello_timeout)
+        call = super().agent(hello_timeout)
+        call.on_hello = self._take_public
+        return call
+
+    def _take_public(self, hello: agentlink.Hello) -> None:
+        """The server's public addresses into the profile, whichever path this session took."""
+        if not hello.public:
+            return
+        try:
+            made = reach.take_public(self.profile, hello.public)
+        except (OSError, NbremoteError) as exc:  # the session works; the profile keeps its old address
+            log.warning("not updating the profile of %s: %s", self.profile.name, exc)
+            return
+        if not made:
+            return
+        new = dict(made)
+        self.profile = replace(self.profile, addresses=tuple(new.get(a, a) for a in self.profile.addresses))
+        assert isinstance(self.connection, reach.PathConnection)
+        self.connection.renumbered(self.profile, made)
+        self.renumbered += made
+        try:
+            sshfiles.refresh_config(profiles.load())
+        except NbremoteError as exc:
+            log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
+        for old, address in made:
+            message = reach.renumbered_text(self.profile.name, old, address)
+            if self.notify is not None:
+                self.notify(message)
+            else:  # a command that shows no progress (jobs, run, doctor): still said once, on stderr
+                log.warning("%s", message)
 
 
-def place_for(host: str | None, *, timeout: float, interactive: bool, persist: bool) -> Place:
+def place_for(
+    host: str | None,
+    *,
+    timeout: float,
+    interactive: bool,
+    persist: bool,
+    notify: Callable[[str], None] | None = None,
+) -> Place:
+    """notify(text) hears of a change the server's report made in the host's profile."""
     if not host:
         return ThisMachine()
     profile = profiles.find(host)
     if profile is not None:
-        return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist)
+        return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist, notify=notify)
     return Host(parse_target(host), timeout=timeout, interactive=interactive, persist=persist)

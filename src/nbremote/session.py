@@ -280,13 +280,14 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         and previous is not None
         and opts.port in (None, previous.local_port)
         and not asks_agent
+        and not place.began_login
         and place.connection.may_have_master()
     ):
         # No `-O check` first: the forward itself fails at once without a live master.
         result = _reattach_fast(place, previous, opts, console, runner, started)
         if result is not None:
             return result
-    had_master = isinstance(place, Host) and place.connection.master_alive()
+    had_master = isinstance(place, Host) and place.master_before()
     local_port = _local_port(place, opts, previous, had_master)
     forwarder = _Forwarder(place, local_port)
     progress = _Progress(place, console, forwarder, started, connected=had_master or isinstance(place, ThisMachine))

@@ -238,7 +238,8 @@ class Connection:
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=(connect_timeout or self.timeout) + 10,
+            # While a person may be typing a password, only ssh's own timeouts apply.
+            timeout=(connect_timeout or self.timeout) + 10 if self.batch else None,
             env=ssh_env(),
         )
         if done.returncode != 0:

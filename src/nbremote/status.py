@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from nbremote import jobcache
 from nbremote import jobs as jobs_core
 from nbremote import slurm
-from nbremote import profiles, sessions
+from nbremote import profiles, reach, sessions
 from nbremote.agentlink import clean_text, is_server_path
 from nbremote.durations import duration
 from nbremote.errors import NbremoteError
-from nbremote.remote import Host, place_for
+from nbremote.remote import Host, ProfileHost, place_for
 from nbremote.servers import masked, url_for
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -34,6 +34,9 @@ class HostStatus:
     error: str | None = None
     path: str | None = None
     rtt: float | None = None
+    kind: str | None = None  # of the path: LAN, WAN, IPv6, VPN, relay
+    ways: list = field(default_factory=list)  # each way in of a profile, with when it last answered
+    renumbered: list = field(default_factory=list)  # (old, new) addresses the server's report changed
     machine: dict = field(default_factory=dict)
     gpu: dict = field(default_factory=dict)
     servers: list = field(default_factory=list)
@@ -47,6 +50,9 @@ class HostStatus:
             "reachable": self.reachable,
             "error": self.error,
             "path": self.path,
+            "kind": self.kind,
+            "addresses": self.ways,
+            "renumbered": [{"old": str(old), "new": str(new)} for old, new in self.renumbered],
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 1),
             "seconds": round(self.seconds, 3),
             "machine": self.machine,
@@ -147,7 +153,8 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
     try:
         # Without keep_master the ssh that runs the agent is its own master and ends with it:
         # no master to fork into the background, none to stop afterwards.
-        place = place_for(host, timeout=timeout, interactive=False, persist=keep_master)
+        # A change the server's report makes in the profile is shown by render(), with the host.
+        place = place_for(host, timeout=timeout, interactive=False, persist=keep_master, notify=lambda _: None)
         label = place.label
         had_master = isinstance(place, Host) and place.connection.master_alive()
         try:
@@ -158,8 +165,7 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
             reply = call.request("status", {}, timeout=timeout + 20, ping=isinstance(place, Host))
             rtt, path = call.round_trip, None
             if isinstance(place, Host):
-                where = place.connection.endpoint()
-                path = f"{where.hostname}:{where.port}"
+                path = place.path(rtt)
         finally:
             # A host profile's address race leaves a master (ControlPersist 60 s): not ours to keep.
             if isinstance(place, Host) and not had_master and not keep_master:
@@ -181,8 +187,11 @@ def query(host: str | None, *, timeout: float, keep_master: bool = False, show_t
         label=label,
         reachable=True,
         seconds=time.monotonic() - started,
-        path=path,
+        path=None if path is None else path["address"],
         rtt=rtt,
+        kind=None if path is None else path["kind"],
+        ways=[] if path is None else path["addresses"],
+        renumbered=place.renumbered if isinstance(place, ProfileHost) else [],
         machine=_clean_machine(reply.get("machine")),
         gpu=_clean_gpu(reply.get("gpu")),
         servers=servers,
@@ -307,7 +316,8 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
             continue
         parts = []
         if s.path:
-            parts.append(f"via {s.path} {s.rtt * 1000:.0f} ms" if s.rtt is not None else f"via {s.path}")
+            via = f"via {s.kind} {s.path}" if s.kind else f"via {s.path}"
+            parts.append(f"{via} {s.rtt * 1000:.0f} ms" if s.rtt is not None else via)
         m = s.machine
         if m.get("load"):
             parts.append(f"load {m['load'][0]:.2f}/{m.get('cpus') or '?'}")
@@ -316,6 +326,9 @@ def render(statuses: list[HostStatus], history: History | None = None) -> list[s
         if m.get("disk"):
             parts.append(f"disk {m['disk']['path']} {_gb(m['disk']['free'])} GB free")
         lines.append(f"{head}  " + "   ".join(parts))
+        lines.extend(f"  {reach.renumbered_text(s.label, old, new)}" for old, new in s.renumbered)
+        if len(s.ways) > 1:
+            lines.append(f"  ways in  {reach.ways_text(s.ways, time.time())}")
         lines.extend(_gpu_lines(s, history))
         for server in s.servers:
             kernels = (

@@ -5,6 +5,7 @@
     home.forward_port(22022)            # the router's WAN 22022 to the server's sshd
     home.laptop_uplink()                # the laptop gets a second way out, through the café
     home.add_relay()                    # a VPS on the internet side with a stock sshd
+    home.renumber_wan("11.22.33.2")     # the provider changes the router's WAN address
     home.teardown()
 
 Topology, still an island (no veth touches the root namespace; netlab's
@@ -119,6 +120,9 @@ class HomeNet:
         self.relay_dir = workdir / "relay"
         self.relay_sshd: subprocess.Popen | None = None
         self.relay_keys: Path | None = None
+        self.wan_address = ROUTER_WAN
+        self._cafe_routes: list[str] = []
+        self._old_wan: list[str] = []
 
     @classmethod
     def build(cls, lab, workdir: Path) -> "HomeNet":
@@ -202,6 +206,44 @@ class HomeNet:
             raise LabError(f"café NAT: {done.stderr.strip()}")
         self.assert_island()
 
+    def route_via_cafe(self, net: str) -> None:
+        """The router reaches net (a host behind the café) through the café, as the internet would route it."""
+        _run(["ip", "-n", self.router_ns, "route", "replace", net, "via", CAFE_ADDR])
+        if net not in self._cafe_routes:
+            self._cafe_routes.append(net)
+
+    def join(self, ns: str) -> None:
+        """A namespace another lab module made on the internet side: island-checked, removed at teardown."""
+        if ns not in self._namespaces:
+            self._namespaces.append(ns)
+
+    def renumber_wan(self, address: str) -> str:
+        """The provider gives the router a new WAN address; the old one stops working at once.
+
+        The new address is added before the old goes (promote_secondaries keeps it when the
+        old primary is deleted); packets still sent to the old address are dropped ahead of
+        the NAT, or the café's neighbour cache and the port forwards would keep it working.
+        Returns the old address."""
+        old = self.wan_address
+        rtr = self.router_ns
+        _run(["ip", "netns", "exec", rtr, "sysctl", "-qw", "net.ipv4.conf.wan0.promote_secondaries=1"])
+        _run(["ip", "-n", rtr, "addr", "add", f"{address}/24", "dev", "wan0"])
+        _run(["ip", "-n", rtr, "addr", "del", f"{old}/24", "dev", "wan0"])
+        for net in self._cafe_routes:
+            _run(["ip", "-n", rtr, "route", "replace", net, "via", CAFE_ADDR])
+        rules = (
+            "table ip renumbered\ndelete table ip renumbered\n"
+            "table ip renumbered {\n chain prerouting {\n type filter hook prerouting priority -300;\n"
+            + "".join(f" ip daddr {gone} drop\n" for gone in self._old_wan + [old] if gone != address)
+            + " }\n}\n"
+        )
+        done = self.ns_exec(rtr, ["nft", "-f", "-"], input=rules)
+        if done.returncode != 0:
+            raise LabError(f"renumbering the WAN: {done.stderr.strip()}")
+        self._old_wan.append(old)
+        self.wan_address = address
+        return old
+
     RELAY_SSHD_CONF = """Port 22
 ListenAddress {addr}
 HostKey {dir}/ssh_host_ed25519_key
@@ -248,10 +290,7 @@ AllowUsers {user}
             _run(["ip", "-n", ns, "link", "set", dev, "up"])
         _run(["ip", "-n", self.relay_ns, "route", "replace", "default", "via", CAFE_RELAY_SIDE])
         _run(["ip", "netns", "exec", self.cafe_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        # The router reaches the relay's /26 through the café, as the internet would route it.
-        _run(
-            ["ip", "-n", self.router_ns, "route", "replace", f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26", "via", CAFE_ADDR]
-        )
+        self.route_via_cafe(f"{RELAY_ADDR.rsplit('.', 1)[0]}.128/26")
         self.assert_island()
         self.relay_dir.mkdir(parents=True, exist_ok=True)
         # sshd reads authorized keys as the user: a folder the user can enter (pytest's is root's only).

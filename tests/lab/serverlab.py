@@ -50,11 +50,15 @@ def key_login(lab, port: int, host_alias: str = "server") -> subprocess.Complete
     )
 
 
-def password_login(lab, port: int, user: str = ALICE) -> subprocess.CompletedProcess:
-    return lab.laptop_exec(
+def password_login(
+    lab, port: int, user: str = ALICE, *, password: str = PASSWORD, host: str = SERVER_ADDR, via=None
+) -> subprocess.CompletedProcess:
+    """One password login (no key offered) from the laptop, or through via (e.g. the café's exec)."""
+    return (via or lab.laptop_exec)(
         [
             "sshpass",
-            "-e",
+            "-p",
+            password,
             "ssh",
             "-o",
             "StrictHostKeyChecking=no",
@@ -68,10 +72,9 @@ def password_login(lab, port: int, user: str = ALICE) -> subprocess.CompletedPro
             "ConnectTimeout=5",
             "-p",
             str(port),
-            f"{user}@{SERVER_ADDR}",
+            f"{user}@{host}",
             "true",
         ],
-        env={"SSHPASS": PASSWORD},
         timeout=30,
     )
 

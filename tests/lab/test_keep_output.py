@@ -19,9 +19,9 @@ from test_browser import _origin, _require, browser, stop, up_in_foreground  # n
 from test_up import wait_until
 
 KEEP_VENV = Path("/opt/nbremote-lab/keep-output")
-LINES = 30
-# One line a second; flush, or the kernel holds the lines back in its buffer.
-TICKER = f"import time\nfor i in range({LINES}):\n    print('line', i, flush=True)\n    time.sleep(1)"
+LINES = 24
+# Two lines a second for 12 s; flush, or the kernel holds the lines back in its buffer.
+TICKER = f"import time\nfor i in range({LINES}):\n    print('line', i, flush=True)\n    time.sleep(0.5)"
 EXPECTED = "".join(f"line {i}\n" for i in range(LINES))
 
 
@@ -64,10 +64,10 @@ def test_output_printed_while_the_page_is_closed_is_in_the_notebook_and_the_file
         browser.ask("open", url=url, ui=ui)
         began = time.monotonic()
         browser.ask("start", code=TICKER)
-        time.sleep(max(0.0, 5 - (time.monotonic() - began)))
+        time.sleep(max(0.0, 3 - (time.monotonic() - began)))
         browser.ask("close_page")
         closed = time.monotonic() - began
-        time.sleep(max(0.0, 20 - (time.monotonic() - began)))
+        time.sleep(max(0.0, 9 - (time.monotonic() - began)))
         notebooks = sorted(lab.user(ALICE).home.glob("Untitled*.ipynb"))
         assert len(notebooks) == 1, notebooks
         token = url.split("token=", 1)[1]

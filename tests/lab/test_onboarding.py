@@ -28,6 +28,7 @@ from netlab import ALICE, BOB, LAB_VENV, LAPTOP_USER, SERVER_ADDR, etc_ssh_diges
 from serverlab import (
     PASSWORD,
     password_for,
+    password_login,
     private_etc,
     server_cli,
     ssh_audit,
@@ -149,28 +150,8 @@ def cafe_port_open(fresh: Fresh, port: int) -> bool:
 
 
 def password_refused(lab, port: int, user: str = ALICE, password: str = PASSWORD, via=None) -> bool:
-    argv = [
-        "sshpass",
-        "-p",
-        password,
-        "ssh",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "PreferredAuthentications=password,keyboard-interactive",
-        "-o",
-        "ConnectTimeout=5",
-        "-p",
-        str(port),
-        f"{user}@{SERVER_ADDR if via is None else WAN_ADDR}",
-        "true",
-    ]
-    done = (via or lab.laptop_exec)(argv, timeout=30)
-    return done.returncode != 0
+    host = SERVER_ADDR if via is None else WAN_ADDR
+    return password_login(lab, port, user, password=password, host=host, via=via).returncode != 0
 
 
 def server_state(lab) -> tuple[str, bool, set[int]]:

@@ -139,6 +139,7 @@ def test_from_the_cafe_add_and_up_go_through_the_relay_and_survive_its_drops(lab
         relay_way = f"127.0.0.1:{TUNNEL} via {RELAY}"
         assert isinstance(host["answered"].pop(relay_way), float)
         assert set(host["answered"].values()) == {None}  # the LAN addresses never answered in the café
+        assert host["ways"][-1]["kind"] == "relay" and {w["kind"] for w in host["ways"][:-1]} == {"LAN"}
         assert cafe_nbremote(lab, home, "down", "box").returncode == 0
 
         # The box's tunnel killed: the relay command builds it again.

@@ -205,23 +205,6 @@ def test_run_output_reaches_logs_and_kill_cancels_the_job(lab, cluster):
     assert [(j["name"], j["state"]) for j in listed] == [("hello", "killed")]
 
 
-def test_a_job_past_its_time_limit_is_reported(lab, cluster):
-    # Slurm counts limits in minutes and checks them every 30 s: this test takes 1 to 1.5 min.
-    up = lab.nbremote("up", "server", "--slurm", "--time=1", "--no-browser", "--detach", "--json", timeout=120)
-    assert up.returncode == 0, up.stderr
-    result = json.loads(up.stdout)
-    assert result["time_left"] <= 60
-    assert f"! Slurm job {result['job_id']} has only" in up.stderr
-    listed = lab.nbremote("ls", "server")
-    assert "save your work" in listed.stderr
-    assert wait_until(lambda: cluster.squeue() == [], 120), cluster.logs()
-    assert cluster.job_field(result["job_id"], "JobState") == "TIMEOUT"
-    listed = lab.nbremote("ls", "server")
-    assert listed.returncode == 0, listed.stderr
-    assert re.search(rf"{result['job_id']}\s+ended: time limit reached", listed.stdout), listed.stdout
-    assert f"Slurm job {result['job_id']} reached its time limit" in listed.stderr
-
-
 # --- the keeper of a Slurm session: the same resilience as on a plain host ----------------------
 
 TICKS = f"{HOME}/ticks"
@@ -324,9 +307,18 @@ def test_slurm_killed_client_and_up_again_reattaches_to_the_running_job(lab, clu
     assert cluster.squeue() == [job_id]
 
 
-def test_slurm_time_limit_during_an_outage_is_reported_once_and_the_keeper_stops(lab, cluster, lossy_link):
-    # Slurm counts limits in minutes and checks them every 30 s: this test takes 1 to 1.5 min.
-    result = up_json(lab, "--slurm", "--time=1")
+def test_a_job_past_its_time_limit_is_reported_by_up_and_ls_and_once_by_the_keeper_through_an_outage(
+    lab, cluster, lossy_link
+):
+    # Slurm counts limits in minutes and checks them every 30 s: this test takes 1 to 1.5 min,
+    # so one job serves what up, ls and the keeper each say of a time limit.
+    up = lab.nbremote("up", "server", "--slurm", "--time=1", "--no-browser", "--detach", "--json", timeout=120)
+    assert up.returncode == 0, up.stderr
+    result = json.loads(up.stdout)
+    assert result["time_left"] <= 60
+    assert f"! Slurm job {result['job_id']} has only" in up.stderr
+    listed = lab.nbremote("ls", "server")
+    assert "save your work" in listed.stderr
     assert wait_until(lambda: lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-f", "nbremote.keeper"]).stdout)
     lossy_link.set_down(True)
     assert wait_until(lambda: cluster.squeue() == [], 120), cluster.logs()
@@ -336,3 +328,7 @@ def test_slurm_time_limit_during_an_outage_is_reported_once_and_the_keeper_stops
     assert wait_until(lambda: said in _keeper_log(lab), 30), _keeper_log(lab)
     assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", LAPTOP_USER, "-f", "nbremote.keeper"]).stdout)
     assert _keeper_log(lab).count(said) == 1
+    listed = lab.nbremote("ls", "server")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"{result['job_id']}\s+ended: time limit reached", listed.stdout), listed.stdout
+    assert said in listed.stderr

@@ -59,6 +59,7 @@ def test_eight_gpus_are_listed_with_their_load(lab):
         [host] = status_json(lab, "server")
         text = lab.nbremote("status", "server").stdout
     assert host["reachable"] is True and host["path"] == "192.168.77.2:22" and host["rtt_ms"] > 0
+    assert host["kind"] == "LAN" and text.startswith("server  via LAN 192.168.77.2:22 ")
     gpus = host["gpu"]["gpus"]
     assert len(gpus) == 8 and gpus[6]["utilization"] == 100 and gpus[6]["memory_used_mib"] == 13928
     assert "  GPU6 Tesla V100-SXM2-32GB  100%  13.6/32.0 GB  51°C" in text.splitlines()

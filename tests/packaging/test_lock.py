@@ -8,6 +8,7 @@ no wheel for X, fails here. scripts/lock.py regenerates the lock; see its docstr
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,18 @@ lock = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lock)
 
 
+@pytest.fixture(scope="module")
+def resolutions():
+    # One pip a Python, all at once: each waits mostly on PyPI, so together they take
+    # about as long as one.
+    versions = lock.supported()
+    with ThreadPoolExecutor(len(versions)) as pool:
+        return dict(zip(versions, pool.map(lock.check, versions)))
+
+
 @pytest.mark.parametrize("version", lock.supported())
-def test_the_lock_resolves_with_pip_for(version):
-    done = lock.check(version)
+def test_the_lock_resolves_with_pip_for(version, resolutions):
+    done = resolutions[version]
     assert done.returncode == 0, (
         f"requirements/lock.txt does not install on Python {version}: regenerate it with "
         f"`python scripts/lock.py`\n{done.stderr[-3000:]}"

@@ -6,6 +6,7 @@ are `sh -c` scripts that print exactly the lines a broken agent or shell would.
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from nbremote import agentlink
+from nbremote.agent.main import OP_MODULES, handler_for
 from nbremote.agentlink import BOOTSTRAP, AgentCall, Hello, parse_hello
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -54,11 +56,73 @@ def test_bundle_carries_every_agent_module_with_a_stable_hash():
     doc = json.loads(zlib.decompress(base64.b64decode(payload)))
     expected = {p.stem: p.read_text(encoding="utf-8") for p in AGENT_DIR.glob("*.py")}
     assert {"__init__", "main", "protocol", "jupyter", "state"} <= set(expected)
-    assert doc["src"] == expected
+    assert set(doc["src"]) == set(expected)
+    for name, text in doc["src"].items():
+        assert _code(text) == _code(expected[name]), name
     assert doc["hash"] == digest
     assert len(digest) == 12 and int(digest, 16) >= 0
     agentlink.bundle.cache_clear()
     assert agentlink.bundle()[1] == digest, "the hash must depend only on the sources"
+
+
+def _code(source: str) -> str:
+    """What Python runs: the syntax tree, docstrings emptied."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                body[0].value.value = ""
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("path", sorted(AGENT_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_the_shipped_agent_is_the_same_code_on_the_same_lines(path):
+    source = path.read_text(encoding="utf-8")
+    shipped = agentlink._compact(source)
+    assert _code(shipped) == _code(source)
+    assert shipped.count("\n") == source.count("\n")  # a traceback's line numbers are the source's
+    assert len(shipped) < len(source)
+
+
+def test_ups_command_fits_in_the_first_ten_segments_of_a_connection():
+    # TCP's initial window: 10 segments of 1448 bytes (MTU 1500) before the first ACK.
+    request = json.dumps({"id": 1, "op": "up", "args": {"dir": "~/" + "d" * 200, "env": "e" * 200}})
+    assert len(agentlink.remote_command(request)) < 10 * 1448 - 200
+
+
+def _siblings(path: Path) -> set[str]:
+    """The agent modules path's source imports (at any depth) or runs from their text (module_source)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "module_source":
+            found |= {arg.value for arg in node.args if isinstance(arg, ast.Constant)}
+    return found
+
+
+@pytest.mark.parametrize("op", sorted(OP_MODULES))
+def test_an_ops_bundle_carries_what_its_handler_needs_and_no_other_op(op):
+    doc = json.loads(zlib.decompress(base64.b64decode(agentlink.bundle(op)[0])))
+    shipped = set(doc["src"])
+    needed, todo = {"__init__", "main"}, ["protocol", OP_MODULES[op]]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += _siblings(AGENT_DIR / f"{name}.py")
+    assert shipped == needed
+    assert handler_for(op).__module__ == f"nbremote.agent.{OP_MODULES[op]}"
+
+
+def test_up_ships_well_under_half_the_agent():
+    up = agentlink.remote_command(json.dumps({"id": 1, "op": "up", "args": {}}))
+    assert len(up) < 0.5 * len(agentlink.remote_command("{}"))
+
+
+def test_an_op_the_agent_does_not_know_ships_every_module():
+    assert agentlink.bundle("no_such_op") == agentlink.bundle()
 
 
 # --- hello -----------------------------------------------------------------------
@@ -314,7 +378,7 @@ def test_remote_command_is_one_quoted_string():
     request = json.dumps({"id": 1, "op": "up", "args": {"dir": "it's $(here); `x`"}})
     words = shlex.split(agentlink.remote_command(request))
     assert words[:2] == ["/bin/sh", "-lc"]
-    assert words[3:] == ["sh", BOOTSTRAP, agentlink.bundle()[0], request]
+    assert words[3:] == ["sh", BOOTSTRAP, agentlink.bundle("up")[0], request]
     assert words[2].endswith("exit %d" % agentlink.NO_PYTHON_EXIT)
 
 

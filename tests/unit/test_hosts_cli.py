@@ -82,7 +82,7 @@ def test_hosts_lists_and_remove_forgets(capsys, homes):
     assert code == 0
     assert [h["name"] for h in json.loads(out)["hosts"]] == ["gpubox"]
     code, out, _ = run_main(capsys, "hosts")
-    assert code == 0 and out.splitlines()[1].split() == ["gpubox", "-", "10.0.0.1", "-"]
+    assert code == 0 and out.splitlines()[1].split() == ["gpubox", "-", "LAN", "10.0.0.1:22", "-"]
 
 
 def test_remove_takes_the_block_and_pins_out(capsys, isolated):

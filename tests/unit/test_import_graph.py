@@ -22,6 +22,7 @@ CLICK_MODULES = {
     "nbremote.completion",
     "nbremote.server.cli",
     "nbremote.server.invite_cmd",
+    "nbremote.server.ddns_cmd",
     "nbremote.server.relay_cmd",
 }
 

@@ -4,6 +4,8 @@ and the laptop's reading of a refused password login."""
 from __future__ import annotations
 
 import ast
+import base64
+import json
 import time
 import subprocess
 from pathlib import Path
@@ -137,3 +139,18 @@ def test_server_cli_and_invite_cmd_do_not_import_each_other():
         }
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "cli" not in imported and "nbremote.server.cli" not in imported, name
+
+
+HOST_KEY = "ssh-ed25519 " + base64.b64encode(b"k" * 51).decode() + " root@gpubox\n"
+
+
+def test_init_invites_through_the_relay_the_box_keeps_a_tunnel_to(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBREMOTE_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(onboard.netinfo, "lan_addresses", lambda: ["192.168.1.5"])
+    plain = invite.parse(onboard.invite_line("alice", HOST_KEY, 22222, wan="11.22.33.1"))
+    assert plain.relay is None and plain.hosts == ("192.168.1.5", "11.22.33.1")
+    (tmp_path / "relay.json").write_text(json.dumps({"relay": "bob@vps.example.org:2022", "tunnel": 2222, "at": 1}))
+    final = invite.parse(onboard.invite_line("alice", HOST_KEY, 22222, wan=None))
+    assert (str(final.relay), final.tunnel_port, final.wait) == ("bob@vps.example.org:2022", 2222, None)
+    waiting = invite.parse(onboard.invite_line("alice", HOST_KEY, 22, wan=None, wait="0123456789ab"))
+    assert (str(waiting.relay), waiting.tunnel_port, waiting.wait) == ("bob@vps.example.org:2022", 2222, "0123456789ab")

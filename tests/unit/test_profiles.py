@@ -72,7 +72,7 @@ def test_parse_address_rejects_naming_the_value(text):
         ("fd7a:115c:a1e0::1234", "VPN"),
         ("::ffff:192.168.1.112", "LAN"),
         ("::ffff:11.22.33.1", "WAN"),
-        ("2001:db8::7", "WAN"),
+        ("2001:db8::7", "IPv6"),
         ("192.168.77.2", "LAN"),
     ],
 )

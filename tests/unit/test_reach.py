@@ -106,7 +106,20 @@ def test_all_unreachable_lists_every_address():
     assert error.details == [
         "tried 10.0.0.1:22 (connection refused; never answered), 10.0.0.2:22 (no answer after 5 s; never answered)"
     ]
-    assert "at home, its LAN address works" in error.hint and "`nbremote server relay`" in error.hint
+    assert "at home, connect once over the LAN: the server then tells this laptop its current WAN address" in (
+        error.hint
+    )
+    assert "a DNS name that follows the WAN address, or a relay (`nbremote server relay`)" in error.hint
+
+
+def test_all_unreachable_with_a_dns_name_names_it():
+    conns = [FakeConnection(0, 255, "Connection refused"), FakeConnection(0, 255)]
+    candidates = [(Address("10.0.0.1", 22), conns[0]), (Address("gpubox.example.org", 22), conns[1])]
+    with pytest.raises(NbremoteError) as caught:
+        reach.race(candidates, connect_timeout=5, stagger=0.05)
+    assert "gpubox.example.org:22 (no answer after 5 s; never answered)" in caught.value.details[0]
+    assert "away, its DNS name gpubox.example.org must follow the WAN address" in caught.value.hint
+    assert "at home, connect once over the LAN" in caught.value.hint
 
 
 def test_all_unreachable_says_when_each_address_last_answered():

@@ -366,6 +366,10 @@ def test_hosts_shows_the_relay_and_when_each_way_last_answered(capsys, isolated)
     assert host["relay"] == {"relay": "bob@vps.example.org:2022", "tunnel": 2222}
     assert host["answered"]["192.168.1.112:22"] is None
     assert isinstance(host["answered"]["127.0.0.1:2222 via bob@vps.example.org:2022"], float)
+    assert [(w["kind"], w["answered"] is None) for w in host["ways"]] == [("LAN", True), ("relay", False)]
     code, out, _ = run_main(capsys, "hosts")
     assert code == 0
-    assert re.search(r"192\.168\.1\.112 relay bob@vps\.example\.org:2022 :2222 \(\d+ s ago\)", out.splitlines()[1])
+    assert re.search(
+        r"LAN 192\.168\.1\.112:22 · relay 127\.0\.0\.1:2222 via bob@vps\.example\.org:2022 \(\d+ s ago\)",
+        out.splitlines()[1],
+    )

@@ -125,6 +125,24 @@ def test_keep_renews_at_half_the_lease():
     assert slept == [300, 300, 300] and router.added == [(22222, 22, 600)] * 3
 
 
+class FlakyRouter(FakeRouter):
+    """Refuses its second renewal, as a router between two WAN addresses does."""
+
+    def add(self, external, internal, lease):
+        super().add(external, internal, lease)
+        if len(self.added) == 2:
+            raise NbremoteError("the router refused to forward WAN port 22222")
+
+
+def test_keep_tries_a_refused_renewal_again_at_the_next_period():
+    router, slept, errors, renewed = FlakyRouter(), [], [], []
+    upnp.keep(router, 22222, 22, 4, sleep=slept.append, rounds=2, on_renew=renewed.append, on_error=errors.append)
+    assert slept == [2, 2, 2] and len(router.added) == 3 and renewed == [1, 2]
+    assert [e.message for e in errors] == ["the router refused to forward WAN port 22222"]
+    with pytest.raises(NbremoteError):  # without on_error, a refusal ends keep
+        upnp.keep(FlakyRouter(), 22222, 22, 4, sleep=slept.append, rounds=2)
+
+
 def test_manual_instructions_name_every_value():
     text = "\n".join(upnp.manual_instructions("192.168.1.112", 22222, 22222))
     assert "TCP · external port 22222 · internal IP 192.168.1.112 · internal port 22222" in text

@@ -296,6 +296,61 @@ def test_a_profile_logs_in_and_reattaches_by_the_remembered_forward(world, clean
     assert "✓ connected to gpubox via LAN 192.168.1.112:22" in err.getvalue()
 
 
+def test_the_login_begun_early_is_the_one_up_waits_for_and_its_master_counts_as_new(world, cleanup):
+    port = any_free_port()
+    remember(port)
+    world.servers[("127.0.0.1", REMOTE)] = TOKEN
+    conn = Connection(world)
+    cleanup.append(conn)
+    place = host(conn)
+    place.begin_login()
+    place.begin_login()  # once per command
+    out, _ = console()
+    result = session.up(place, Runner(world), opts(), out)
+    # The master it opened is up by now, yet it is this command's: no fast path over it.
+    assert conn.calls[:2] == ["login", ("forward", port, REMOTE, "127.0.0.1")]
+    assert result.reused and result.created_master
+
+
+def test_no_early_login_over_a_live_master(world, cleanup):
+    conn = Connection(world, alive=True)
+    cleanup.append(conn)
+    place = host(conn)
+    place.begin_login()
+    assert conn.calls == [] and place.master_before()
+
+
+class _RefusedLogin(Connection):
+    def command_argv(self, remote_command: str) -> list[str]:
+        return ["false"]  # never run: the login's error comes first
+
+    def failure(self, stderr: str) -> NbremoteError:
+        return NbremoteError(stderr)
+
+    def open_master(self, connect_timeout: float | None = None) -> Reached | None:
+        self.calls.append("login")
+        raise NbremoteError("gpubox refused the login", exit_code=ExitCode.AUTH_FAILED)
+
+
+def test_an_early_login_that_fails_is_the_agent_calls_error_and_is_ended(world, cleanup):
+    conn = _RefusedLogin(world)
+    cleanup.append(conn)
+    place = host(conn)
+    place.begin_login()
+    with pytest.raises(NbremoteError, match="refused the login"):
+        place.agent(hello_timeout=1).request("ls", {})
+    place.abandon_login()
+    assert conn.calls == ["login", "close"]
+
+
+def test_an_abandoned_login_waits_for_its_master_and_ends_it(world, cleanup):
+    conn = Connection(world)
+    place = host(conn)
+    place.begin_login()
+    place.abandon_login()
+    assert conn.calls == ["login", "close"] and not conn.alive
+
+
 def test_a_runner_that_needs_the_agent_is_asked_even_with_a_remembered_server(world, cleanup):
     port = any_free_port()
     remember(port, runner="slurm", addr=NODE_ADDR, job_id="81", node="node1")

@@ -11,6 +11,29 @@ if TYPE_CHECKING:
     from .protocol import Handler
 
 
+# The module of each op's handler (handler_for imports it): the client ships an op only that
+# module and the siblings it imports (agentlink.bundle), so the command line stays short.
+OP_MODULES = {
+    "up": "jupyter",
+    "down": "jupyter",
+    "ls": "jupyter",
+    "run": "jobs",
+    "jobs": "jobs",
+    "logs": "jobs",
+    "kill": "jobs",
+    "status": "jobs",
+    "slurm_up": "slurm",
+    "slurm_down": "slurm",
+    "slurm_ls": "slurm",
+    "kernel_check": "kernels",
+    "kernel_start": "kernels",
+    "kernel_signal": "kernels",
+    "kernel_stop": "kernels",
+    "listening": "ports",
+    "port_check": "ports",
+}
+
+
 def handler_for(op: str) -> Handler | None:
     """The op's handler. Its module is compiled and imported only now: the agent travels as
     source, and a cold `up` waits on every millisecond before Jupyter's launch."""

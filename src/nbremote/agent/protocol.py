@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import threading
 
@@ -81,7 +82,49 @@ def hello(agent_hash: str) -> Doc:
         HELLO_KEY: PROTOCOL_VERSION,
         "hash": agent_hash,
         "python": "%d.%d.%d" % sys.version_info[:3],
+        "public": public_addresses(),
     }
+
+
+WAN_RECORD = "wan-ip.json"
+
+
+def _wan_records() -> list[str]:
+    """Where `nbremote server wan-ip`, `expose` (its router's answer) and `init` keep the WAN
+    address they found (server/steps.py's state_dir, which the agent cannot import): the
+    folder the environment names, root's, and the user's own."""
+    home_state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    folders = [
+        os.environ.get("NBREMOTE_STATE_DIR", ""),
+        "/var/lib/nbremote",
+        os.path.join(home_state, "nbremote-server"),
+    ]
+    return [os.path.join(f, WAN_RECORD) for f in folders if f]
+
+
+def public_addresses() -> list[Doc]:
+    """The server's public address as last recorded, newest record first: it rides on every
+    hello, so the laptop keeps its profile's WAN address fresh at no extra round trip.
+    The laptop checks it (a public address, nothing else) and trusts it only because
+    this channel is the host whose key it pinned."""
+    found = []
+    for path in _wan_records():
+        try:
+            with open(path) as handle:
+                doc: object = json.loads(handle.read(4096))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("address"), str) and isinstance(doc.get("at"), (int, float)):
+            previous = doc.get("previous")
+            found.append(
+                {
+                    "address": doc["address"][:64],
+                    "at": doc["at"],
+                    "previous": previous[:64] if isinstance(previous, str) else None,
+                }
+            )
+    found.sort(key=lambda d: -d["at"])
+    return found[:1]
 
 
 PING_WAIT = 30.0  # seconds the final line waits for stdin to end; the client ends it at once

@@ -14,6 +14,7 @@ import click
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.server import checks, netinfo, onboard, relay_cmd, steps, upnp
+from nbremote.server.ddns_cmd import ddns_command
 from nbremote.server.invite_cmd import invite as invite_command
 from nbremote.server.sshd import Sshd
 from nbremote.verdicts import check_lines
@@ -53,6 +54,7 @@ def server() -> None:
 
 
 server.add_command(invite_command)
+server.add_command(ddns_command)
 server.add_command(relay_cmd.command(state_dir=steps.state_dir, sshd_port=steps.sshd_port))
 
 
@@ -194,7 +196,11 @@ def _when(at: float | None) -> str:
     show_default=True,
     help="Seconds the router keeps the mapping; 0 until removed (with --keep: 3600).",
 )
-@click.option("--keep", is_flag=True, help="Stay running and renew the lease at half its time.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Stay running: renew the lease at half its time, and record the WAN address the router then gives.",
+)
 @click.option("--igd", metavar="URL", help="The router's rootDesc.xml URL (skips discovery).")
 @click.option(
     "--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds to wait for the router."
@@ -209,15 +215,27 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
     console = Console.for_terminal(json_mode=as_json)
     if keep and lease == 0:
         lease = 3600
-    doc = steps.run_expose(console, external_port=external_port, lease=lease, igd=igd, timeout=timeout)
+    # The router that took the mapping renews it: a second discovery could outlast a short lease.
+    router = steps.router_or_none(console, timeout, igd) if keep else None
+    doc = steps.run_expose(console, external_port=external_port, lease=lease, igd=igd, timeout=timeout, router=router)
     if as_json:
         console.emit_json(doc)
     if keep and doc.get("mapped"):
-        router = steps.router_or_none(console, timeout, igd)
+        router = router or steps.router_or_none(console, timeout, igd)  # it answered run_expose's second look
+        if router is None:
+            console.warn(f"the router no longer answers UPnP: the mapping is not renewed and ends within {lease} s")
+            return
         console.note(f"renewing every {lease // 2} s; Ctrl-C stops renewing (the mapping then ends within {lease} s)")
-        upnp.keep(
-            router, doc["external_port"], doc["port"], lease, on_renew=lambda n: console.done(f"lease renewed ({n})")
-        )
+
+        def renewed(count: int) -> None:
+            console.done(f"lease renewed ({count})")
+            steps.record_router_wan(console, router)
+
+        def failed(exc: NbremoteError) -> None:
+            # A router between two WAN addresses (a PPPoE reconnect) refuses for a moment.
+            console.warn(f"{exc.message}: trying again in {max(1, lease // 2)} s")
+
+        upnp.keep(router, doc["external_port"], doc["port"], lease, on_renew=renewed, on_error=failed)
 
 
 @server.command()

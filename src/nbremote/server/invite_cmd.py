@@ -1,6 +1,7 @@
 """`nbremote server invite`: the one line a laptop needs, printed on the server.
 
-The LAN addresses of this machine, then the WAN address when `server wan-ip`
+The LAN addresses of this machine, then the DNS name `server ddns` keeps
+pointed at the WAN address, then the WAN address when `server wan-ip`
 or `expose` has recorded one, then any --address given (a DNS name, a VPN
 address); the port sshd serves; the SHA256 fingerprint of the ed25519 host key;
 the relay, when `server relay` has built a tunnel to one.
@@ -43,6 +44,7 @@ def invite(user, port, extra, as_json) -> None:
         port=port or min(steps.ssh_ports(Sshd(), system.is_root())),
         host_key_line=steps.host_key_line(),
         relay=steps.known_relay(),
+        dns_name=steps.known_dns_name(),
     )
     line = invites.render(made)
     if as_json:

@@ -264,19 +264,7 @@ def init(
         waiting.open(confirm, wait_s=options.wait_s)
         try:
             for user in without_key:
-                show_invite(
-                    invites.render(
-                        steps.build_invite(
-                            user=user,
-                            lan=netinfo.lan_addresses(),
-                            wan=None,
-                            extra=[],
-                            port=min(current),
-                            host_key_line=host_key,
-                            wait=waiting.token,
-                        )
-                    )
-                )
+                show_invite(invite_line(user, host_key, min(current), wan=None, wait=waiting.token))
             joined = waiting.wait(options.wait_s)
         except BaseException:
             waiting.close()
@@ -287,20 +275,31 @@ def init(
         if waiting is not None:
             waiting.failed(exc)
         raise
-    line = invites.render(
-        steps.build_invite(
-            user=users[0],
-            lan=netinfo.lan_addresses(),
-            wan=hosts.get("wan"),
-            extra=[],
-            port=port,
-            host_key_line=host_key,
-        )
-    )
+    line = invite_line(users[0], host_key, port, wan=hosts.get("wan"), dns_name=steps.known_dns_name())
     addresses = list(invites.parse(line).hosts)
     if waiting is not None:
         waiting.done(port, addresses, invites.parse(line).fingerprint)
     return InitResult(invite=line, port=port, hosts=addresses, waited_for=list(without_key), joined_from=joined)
+
+
+def invite_line(
+    user: str, host_key: str, port: int, *, wan: str | None, wait: str | None = None, dns_name: str | None = None
+) -> str:
+    """The invite init prints: this machine's addresses, and the relay when `server relay` keeps a
+    tunnel to one (a box behind carrier-grade NAT is reached through it from elsewhere)."""
+    return invites.render(
+        steps.build_invite(
+            user=user,
+            lan=netinfo.lan_addresses(),
+            wan=wan,
+            extra=[],
+            port=port,
+            host_key_line=host_key,
+            wait=wait,
+            relay=steps.known_relay(),
+            dns_name=dns_name,
+        )
+    )
 
 
 def _default_users() -> tuple[str, ...]:
@@ -334,7 +333,8 @@ def _finish(
         wan = doc.get("wan_address")
     if wan is None:
         try:
-            wan = steps.find_wan(console, options.echo_urls, options.timeout).address
+            # Asked already when exposing: a second search would only wait the timeout again.
+            wan = steps.find_wan(console, options.echo_urls, options.timeout, ask_router=not options.expose).address
         except NbremoteError as exc:
             console.warn(f"{exc.message}; the invite lists the LAN addresses only")
     return {"wan": wan}

@@ -16,7 +16,7 @@ from nbremote import invite as invites
 from nbremote.addresses import parse_address, parse_relay
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.server import checks, firewall, netinfo, rootcmd, system, upnp
+from nbremote.server import checks, ddns, firewall, netinfo, rootcmd, system, upnp
 from nbremote.server.relay import RelayRecord
 from nbremote.server.sshd import Sshd
 
@@ -156,9 +156,9 @@ def run_firewall(console: Console, confirm: Confirm, *, remove: bool, dry_run: b
     return outcome
 
 
-def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinfo.WanAnswer:
+def find_wan(console: Console, echo_urls, timeout: float, router=None, *, ask_router: bool = True) -> netinfo.WanAnswer:
     record = netinfo.WanRecord(state_dir() / "wan-ip.json")
-    if router is None:
+    if router is None and ask_router:
         router = router_or_none(console, timeout)
     if router and router.wan_address and netinfo.public_address(router.wan_address):
         return record.record(router.wan_address, "the router (UPnP)")
@@ -184,6 +184,23 @@ def find_wan(console: Console, echo_urls, timeout: float, router=None) -> netinf
     return record.record(address, url)
 
 
+def record_router_wan(console: Console, router) -> None:
+    """The router's WAN address as it answers now, recorded (`expose --keep` asks at each renewal):
+    every laptop's next connection then takes a changed one into its profile."""
+    try:
+        address = router.client.externalipaddress() or None
+    except Exception:  # miniupnpc raises plain Exception for a router that does not answer
+        return
+    if address is None or not netinfo.public_address(address):
+        return
+    answer = netinfo.WanRecord(state_dir() / "wan-ip.json").record(address, "the router (UPnP)")
+    if answer.changed:
+        console.warn(
+            f"the WAN address changed: {answer.previous} → {answer.address}; "
+            "laptops take the new one on their next connection that works (at home, over the LAN)"
+        )
+
+
 def router_or_none(console: Console, timeout: float, url: str | None = None):
     try:
         return upnp.probe(timeout, url)
@@ -192,10 +209,11 @@ def router_or_none(console: Console, timeout: float, url: str | None = None):
         return None
 
 
-def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None) -> dict:
+def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None, router=None) -> dict:
+    """router: one found already (`expose --keep` renews through it), else one is looked for."""
     port = sshd_port(port)
     external = external_port or port
-    router = router_or_none(console, timeout, igd)
+    router = router or router_or_none(console, timeout, igd)
     if router is None:
         lan = netinfo.lan_addresses()
         console.warn("no UPnP router answered: forward the port in the router's page by hand")
@@ -258,6 +276,11 @@ def known_wan() -> str | None:
     return (netinfo.WanRecord(state_dir() / "wan-ip.json").last() or {}).get("address")
 
 
+def known_dns_name() -> str | None:
+    """The name `server ddns` keeps pointed at this network, once it has updated it."""
+    return ddns.known_name(state_dir())
+
+
 def known_relay() -> tuple[str, int] | None:
     """The relay and its tunnel port, when `server relay` has built a tunnel to one."""
     return RelayRecord(state_dir() / "relay.json").last()
@@ -273,12 +296,16 @@ def build_invite(
     host_key_line: str,
     wait: str | None = None,
     relay: tuple[str, int] | None = None,
+    dns_name: str | None = None,
 ) -> invites.Invite:
     """The invite from what this machine knows; LAN first, as the laptop should prefer it.
     wait: the token of an `init` waiting for this user's first key login;
-    relay: the relay's USER@HOST[:PORT] and the tunnel's port there."""
+    relay: the relay's USER@HOST[:PORT] and the tunnel's port there;
+    dns_name: the name `server ddns` keeps pointed at the WAN address, first of the WAN
+    addresses since it stays right when the address changes."""
     hosts: list[str] = []
-    for host in [a for a in lan if ":" not in a] + ([wan] if wan else []) + extra:
+    wan_side = ([dns_name] if dns_name else []) + ([wan] if wan else [])
+    for host in [a for a in lan if ":" not in a] + wan_side + extra:
         if parse_address(f"[{host}]" if ":" in host else host).host not in hosts:
             hosts.append(host)
     fields = host_key_line.split()

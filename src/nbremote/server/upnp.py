@@ -75,11 +75,18 @@ class Router:
             return False
 
 
+# urn:...:InternetGatewayDevice:1, WANIPConnection:1, WANPPPConnection:1, upnp:rootdevice
+SEARCHED_TYPES = 4
+
+
 def probe(timeout: float, url: str | None = None) -> Router | None:
     """The router if one answers UPnP within timeout (or at url), else None."""
     lib = _library()
     client = lib.UPnP()
-    client.discoverdelay = max(100, int(timeout * 1000))
+    # miniupnpc searches for its device types one after another, each waiting the whole delay
+    # when nothing answers: the delay is split so that a silent network costs timeout, not
+    # four times it. Below 1 s miniupnpc rounds it up (a router may wait up to 1 s to answer).
+    client.discoverdelay = max(1000, int(timeout * 1000 / SEARCHED_TYPES))
     try:
         if url:
             name = client.selectigd(url)
@@ -105,12 +112,20 @@ def keep(
     sleep: Callable[[float], None] = time.sleep,
     rounds: int | None = None,
     on_renew: Callable[[int], None] = lambda _: None,
+    on_error: Callable[[NbremoteError], None] | None = None,
 ) -> None:
-    """Renew the mapping at half its lease, forever (or `rounds` times)."""
+    """Renew the mapping at half its lease, forever (or `rounds` times). A refused renewal
+    raises, or with on_error is passed to it and tried again at the next period."""
     done = 0
     while rounds is None or done < rounds:
         sleep(max(1.0, lease / 2))
-        router.add(external, internal, lease)
+        try:
+            router.add(external, internal, lease)
+        except NbremoteError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
         done += 1
         on_renew(done)
 
