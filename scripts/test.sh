@@ -11,7 +11,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
-    sshpass iptables ufw miniupnpd miniupnpd-nftables slurm-wlm munge \
+    sshpass iptables ufw miniupnpd miniupnpd-nftables slurm-wlm munge libpam-slurm-adopt \
     bind9 bind9-dnsutils \
     sudo zsh fish >/dev/null  # sudo: the root hints are run through it; zsh, fish: the completion scripts
 

@@ -1,6 +1,6 @@
 """The docs' example outputs against real runs: the console blocks of a page, a run
 typed as a user types it, and one normaliser for what differs between runs (times,
-pids, ports, tokens, the home folder, the server's address,
+pids, ports, tokens, host key fingerprints, the home folder, the server's address,
 Slurm's job ids and time left) so that everything else
 must match line for line. Used by the lab and the agent tests alike."""
 
@@ -44,10 +44,12 @@ def normalise(line: str, home: str, address: str | None = None) -> str:
         # the path's kind is the address's (`up` names a public login node WAN, the lab's LAN)
         line = re.sub(r"\b(?:LAN|WAN|VPN) ADDRESS\b", "KIND ADDRESS", line)
     line = re.sub(r"token=[0-9a-f]+(…)?", r"token=TOKEN\1", line)
+    line = re.sub(r"SHA256:[A-Za-z0-9+/]{43}", "SHA256:FINGERPRINT", line)  # each lab run has new host keys
+    line = re.sub(r"#wait=[0-9a-f]+", "#wait=WAIT", line)
     line = re.sub(r"(\d{1,3}(?:\.\d{1,3}){3}|ADDRESS|NODE|localhost|gpubox|cluster):\d+", r"\1:PORT", line)
     line = re.sub(r"\bSlurm job \d+", "Slurm job JOB", line)
     line = re.sub(r"\b\d+ (?:d|h|min|s)(?: \d+ (?:h|min|s))? left\b", "TIME left", line)
-    line = re.sub(r"\(\d+ ms\)", "(N ms)", line)
+    line = re.sub(r"\b\d+ ms\b", "N ms", line)
     line = re.sub(r"\bpid \d+", "pid PID", line)
     line = re.sub(r"\d+\.\d+ s$", "T s", line)
     line = re.sub(r"\b\d+ s ago\b", "N s ago", line)

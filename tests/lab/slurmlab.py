@@ -15,6 +15,16 @@ touched. The daemons are started with `nsenter` (netlab's server prefix), not
 The node has a fake GPU: gres.conf points gpu:a100 at /dev/null, so
 `--gres=gpu:1` is accepted, sets CUDA_VISIBLE_DEVICES, and a second GPU job
 waits for the first; `--gres=gpu:2` is refused at submission.
+
+    cluster = SlurmCluster.start(lab, node_host=True)
+
+makes the compute node a machine of its own, as on a cluster whose users may ssh
+to the node running their job: a network namespace joined to the login node (the
+server's) by a veth (NODE_ADDR, Slurm's NodeAddr), where slurmd runs, and a mount
+namespace of its own whose /etc/pam.d/sshd ends its account stack with
+`pam_slurm_adopt.so` (Debian's libpam-slurm-adopt); its sshd (own ed25519 host
+key, node_host_key()) listens on NODE_ADDR:22. PrologFlags=contain gives each job
+the extern step pam_slurm_adopt adopts a login into.
 """
 
 from __future__ import annotations
@@ -27,17 +37,22 @@ import socket
 import time
 from pathlib import Path
 
-from netlab import LabError, LabUnavailable
+from netlab import LabError, LabUnavailable, _kill_until_gone, _netns_pids, _run
+
 
 NODE = "node1"
 PARTITION = "debug"
 DAEMONS = ("slurmctld", "slurmd", "munged")
+# The node host's link: a /30 inside the lab's blackholed 192.168.77.0/24, clear of homenet's /25.
+LOGIN_SIDE, NODE_ADDR = "192.168.77.253", "192.168.77.254"
+PAM_ADOPT = "/lib/security/pam_slurm_adopt.so"
 
 
-def slurm_conf(state: Path, control_host: str) -> str:
+def slurm_conf(state: Path, control_host: str, node_host: bool = False) -> str:
+    control_addr, node_addr = (LOGIN_SIDE, NODE_ADDR) if node_host else ("127.0.0.1", "127.0.0.1")
     return f"""\
 ClusterName=nbrlab
-SlurmctldHost={control_host}(127.0.0.1)
+SlurmctldHost={control_host}({control_addr})
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation={state}/ctld
@@ -59,7 +74,8 @@ ReturnToService=2
 KillWait=2
 MinJobAge=300
 InactiveLimit=0
-NodeName={NODE} NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 Gres=gpu:a100:1 State=UNKNOWN
+{"PrologFlags=contain" if node_host else ""}
+NodeName={NODE} NodeAddr={node_addr} CPUs=2 RealMemory=2000 Gres=gpu:a100:1 State=UNKNOWN
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -68,27 +84,29 @@ GRES_CONF = f"AutoDetect=off\nNodeName={NODE} Name=gpu Type=a100 File=/dev/null\
 
 
 class SlurmCluster:
-    def __init__(self, lab, root: Path):
+    def __init__(self, lab, root: Path, node_host: bool = False):
         self.lab = lab
         self.root = root
         self.state = lab.server_run / "slurm"  # /run/slurm on the server
         self.mounted = False
+        self.node_host = node_host
+        self.node_ns = f"nbr-node-{lab.server_ns.split('-', 2)[2]}"
+        self.node_mnt = root / "node.mnt"
 
     @classmethod
-    def start(cls, lab) -> "SlurmCluster":
-        missing = [
-            p
-            for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/sbatch")
-            if not os.path.exists(p)
-        ]
+    def start(cls, lab, node_host: bool = False) -> "SlurmCluster":
+        needed = ["/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/sbatch"]
+        needed += [PAM_ADOPT] if node_host else []
+        missing = [p for p in needed if not os.path.exists(p)]
         if missing:
             raise LabUnavailable(
-                f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge"
+                f"Slurm is not installed ({', '.join(missing)} missing): "
+                "apt-get install slurm-wlm munge libpam-slurm-adopt"
             )
         root = lab.workdir / "slurm"
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(lab.server_run / "slurm", ignore_errors=True)
-        cluster = cls(lab, root)
+        cluster = cls(lab, root, node_host)
         try:
             cluster._start()
         except BaseException:
@@ -113,7 +131,9 @@ class SlurmCluster:
         for d in (etc_slurm, etc_munge, state / "ctld", state / "spool"):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o755)
-        (etc_slurm / "slurm.conf").write_text(slurm_conf(Path("/run/slurm"), socket.gethostname().split(".")[0]))
+        (etc_slurm / "slurm.conf").write_text(
+            slurm_conf(Path("/run/slurm"), socket.gethostname().split(".")[0], self.node_host)
+        )
         (etc_slurm / "gres.conf").write_text(GRES_CONF)
         for f in etc_slurm.iterdir():
             os.chmod(f, 0o644)
@@ -148,8 +168,76 @@ class SlurmCluster:
         )
         self._wait(lambda: (self.lab.server_run / "munge" / "munge.socket.2").exists(), "munged's socket")
         self._root(["/usr/sbin/slurmctld"])
-        self._root(["/usr/sbin/slurmd", "-N", NODE])
+        if self.node_host:
+            self._start_node_host()
+            self._node(["/usr/sbin/slurmd", "-N", NODE])
+        else:
+            self._root(["/usr/sbin/slurmd", "-N", NODE])
         self._wait(self._node_idle, f"node {NODE} to be idle", seconds=30)
+        if self.node_host:
+            self._node(["/usr/sbin/sshd", "-f", "/run/slurm/node-sshd/sshd_config", "-E", "/run/slurm/node-sshd.log"])
+            self._wait(lambda: (self.state / "node-sshd.pid").exists(), "the node's sshd")
+
+    # --- the node as a host of its own -----------------------------------------
+
+    def _node_prefix(self) -> list[str]:
+        return ["nsenter", f"--mount={self.node_mnt}", f"--net=/run/netns/{self.node_ns}", "--"]
+
+    def node_exec(self, argv: list[str], user: str | None = None, timeout: float = 30):
+        """argv on the compute node (its network and mount namespaces), as root or as user."""
+        as_user = []
+        if user is not None:
+            u = pwd.getpwnam(user)
+            as_user = ["setpriv", f"--reuid={u.pw_uid}", f"--regid={u.pw_gid}", "--init-groups", "--"]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        return _run([*self._node_prefix(), *as_user, *argv], check=False, timeout=timeout, env=env)
+
+    def _node(self, argv: list[str]) -> None:
+        done = self.node_exec(argv)
+        if done.returncode != 0:
+            raise LabError(
+                f"`{shlex.join(argv)}` on the node exited {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()}\n{self.logs()}"
+            )
+
+    def _start_node_host(self) -> None:
+        ns, veth = self.node_ns, f"nd{self.node_ns.split('-', 2)[2]}"[:15]
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "link", "add", veth, "netns", self.lab.server_ns, "type", "veth", "peer", "eth0", "netns", ns])
+        for where, dev, addr in ((self.lab.server_ns, veth, LOGIN_SIDE), (ns, "eth0", NODE_ADDR)):
+            _run(["ip", "-n", where, "addr", "add", f"{addr}/30", "dev", dev])
+            _run(["ip", "-n", where, "link", "set", dev, "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "route", "add", "default", "via", LOGIN_SIDE])
+        # The node's own files: its PAM stack (pam_slurm_adopt last in account) and its sshd's.
+        pam = self.root / "node-pam.d"
+        shutil.copytree("/etc/pam.d", pam)
+        (pam / "sshd").write_text(
+            (pam / "sshd").read_text()
+            + f"account required pam_slurm_adopt.so nodename={NODE} action_adopt_failure=allow\n"
+        )
+        sshd_dir = self.state / "node-sshd"
+        sshd_dir.mkdir()
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_key")])
+        (sshd_dir / "sshd_config").write_text(
+            f"ListenAddress {NODE_ADDR}\nPort 22\nHostKey /run/slurm/node-sshd/host_key\nUsePAM yes\n"
+            "KbdInteractiveAuthentication no\nPasswordAuthentication no\nPidFile /run/slurm/node-sshd.pid\n"
+            "AllowTcpForwarding yes\nSubsystem sftp internal-sftp\n"
+        )
+        # The node's mount namespace: the server's view (its /run, Slurm's and munge's /etc, so the
+        # home folders, the spool and the stepd sockets are shared as on a cluster) with its own PAM.
+        self.node_mnt.touch()
+        _run(["unshare", f"--mount={self.node_mnt}", "--propagation", "private", "true"])
+        binds = ((self.lab.server_run, "/run"), (self.root / "etc-slurm", "/etc/slurm"))
+        binds += ((self.root / "etc-munge", "/etc/munge"), (pam, "/etc/pam.d"))
+        script = "umount -R /run/netns 2>/dev/null; " + " && ".join(
+            f"mount --bind {shlex.quote(str(src))} {dst}" for src, dst in binds
+        )
+        _run(["nsenter", f"--mount={self.node_mnt}", "--", "sh", "-c", script])
+
+    def node_host_key(self) -> str:
+        """The node's public host key, as a known_hosts line would hold it after the host name."""
+        return " ".join((self.state / "node-sshd" / "host_key.pub").read_text().split()[:2])
 
     def _node_idle(self) -> bool:
         done = self.lab.server_exec(["sinfo", "-h", "-n", NODE, "-o", "%t"])
@@ -217,6 +305,10 @@ class SlurmCluster:
                 except OSError:
                     break
                 time.sleep(0.05)
+        if self.node_host:
+            _kill_until_gone(lambda: _netns_pids(self.node_ns), f"processes in {self.node_ns}")
+            _run(["umount", str(self.node_mnt)], check=False)
+            _run(["ip", "netns", "del", self.node_ns], check=False)
         if self.mounted:
             self.lab.server_exec(["sh", "-c", "umount /etc/slurm; umount /etc/munge"])
             self.mounted = False
