@@ -277,10 +277,10 @@ def _connection(
 
 def find_firewall6(address: str, interface: str, timeout: float) -> Firewall6 | None:
     """The router's WANIPv6FirewallControl, found by SSDP on `interface` (which holds `address`);
-    None when no router there offers one (an IGD v1, or no UPnP)."""
+    None when no router there offers one (an IGD v1, or no UPnP). The first answer ends the
+    wait; MX 1 asks routers to answer within a second."""
     search = (
-        'M-SEARCH * HTTP/1.1\r\nHOST: [ff02::c]:1900\r\nMAN: "ssdp:discover"\r\n'
-        f"MX: {max(1, int(timeout))}\r\nST: {FIREWALL6}\r\n\r\n"
+        f'M-SEARCH * HTTP/1.1\r\nHOST: [ff02::c]:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\nST: {FIREWALL6}\r\n\r\n'
     ).encode()
     locations: list[str] = []
     try:
