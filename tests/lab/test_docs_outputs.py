@@ -2,7 +2,7 @@
 quickstart's set-up (`server init` and `add --invite`, sections 2 and 3, on fresh
 machines of homenet.py) and daily commands (section 4), the README's `nbremote up
 gpubox`, its `nbremote up cluster --slurm …` (on the real Slurm of slurmlab.py), and
-the example fragments of its `hosts` and `status` rows.
+the example fragments of its `hosts`, `ls` and `status` rows.
 
 Each `$ nbremote …` line runs in the lab against a profile named gpubox, as the user
 types it (a foreground `up` gets Ctrl-C, `^C` in the page, once it has printed its last
@@ -13,13 +13,14 @@ tokens, times, column widths); everything else must match line for line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import selectors
 import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -179,6 +180,18 @@ def differs(page: str, command: str, printed: list[str], shown: list[str], home:
     )
 
 
+@contextlib.contextmanager
+def ctrl_c_after(proc: subprocess.Popen, seconds: float):
+    """Ctrl-C to proc should the blocking reads inside outlast seconds (a select on the pipe would
+    miss the lines already in the reader's buffer)."""
+    guard = threading.Timer(seconds, lambda: os.killpg(proc.pid, signal.SIGINT))
+    guard.start()
+    try:
+        yield
+    finally:
+        guard.cancel()
+
+
 def test_quickstart_server_init_and_add_print_what_the_page_shows(lab, fresh):  # noqa: F811
     """Sections 2 and 3 run as typed: `init` on the fresh server (with the island's echo service
     for its WAN check), then the invite it printed pasted into `add` on the home laptop. Two lines
@@ -202,25 +215,22 @@ def test_quickstart_server_init_and_add_print_what_the_page_shows(lab, fresh):  
     init_printed: list[str] = []
     try:
         line = None
-        with selectors.DefaultSelector() as sel:
-            sel.register(init.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + 60
-            while line is None and time.monotonic() < deadline:
-                if sel.select(0.2):
-                    text = init.stdout.readline()
-                    if not text:
-                        break
-                    init_printed.append(text.rstrip("\n"))
-                    found = re.search(r"--invite (\S+)", text)
-                    line = found.group(1) if found else None
+        with ctrl_c_after(init, 60):
+            for text in init.stdout:
+                init_printed.append(text.rstrip("\n"))
+                found = re.search(r"--invite (\S+)", text)
+                if found:
+                    line = found.group(1)
+                    break
         assert line, "init printed no invite:\n" + "\n".join(init_printed)
         added = lab.laptop_exec(
             ["sshpass", "-p", fresh.password, *lab.nbremote_argv("add", "gpubox", "--invite", line, *add_args[5:])],
             env=lab.nbremote_env(),
             timeout=180,
         )
-        rest, _ = init.communicate(timeout=120)
-        init_printed += rest.splitlines()
+        with ctrl_c_after(init, 120):
+            init_printed += init.stdout.read().splitlines()  # from the reader's buffer on, as communicate() is not
+        init.wait(timeout=60)
     finally:
         if init.poll() is None:
             os.killpg(init.pid, signal.SIGINT)
@@ -242,8 +252,8 @@ def row_examples(command: str) -> list[str]:
     return [f for f in re.findall(r"`([^`]+)`", row) if PAGE_ADDRESS in f]
 
 
-def test_readme_hosts_and_status_examples_are_what_they_print(lab):
-    """Each example fragment of the README's `hosts` and `status` rows (those naming the page's
+def test_readme_hosts_ls_and_status_examples_are_what_they_print(lab):
+    """Each example fragment of the README's `hosts`, `ls` and `status` rows (those naming the page's
     server address; a row without one has nothing to check) is in what the command prints
     after an `up` (both normalised: the kind and address of the path, ports, round trips, ages), so
     a change of those lines in the code shows here with the run to copy from."""
@@ -251,10 +261,10 @@ def test_readme_hosts_and_status_examples_are_what_they_print(lab):
     try:
         up = lab.nbremote("up", "gpubox", "--detach", "--no-browser")
         assert up.returncode == 0, up.stderr
-        examples = {command: row_examples(command) for command in ("hosts", "status")}
-        assert any(examples.values()), f"the README's hosts and status rows show no example with {PAGE_ADDRESS}"
+        examples = {command: row_examples(command) for command in ("hosts", "ls", "status")}
+        assert any(examples.values()), f"the README's hosts, ls and status rows show no example with {PAGE_ADDRESS}"
         for command in examples:
-            done = lab.nbremote(command, *(["gpubox"] if command == "status" else []))
+            done = lab.nbremote(command, *([] if command == "hosts" else ["gpubox"]))
             assert done.returncode == 0, done.stderr
             printed = (done.stdout + done.stderr).splitlines()
             got = " | ".join(normalise(line, home, SERVER_ADDR) for line in printed)
