@@ -78,7 +78,8 @@ def test_up_with_a_gpu_gives_a_notebook_whose_kernel_sees_slurms_gpu(lab, cluste
 
     listed = lab.nbremote("ls", "server")
     assert listed.returncode == 0, listed.stderr
-    row = listed.stdout.splitlines()[1].split()
+    # After the path line (`server via LAN …`) and the table's header.
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(HOME)).split()
     assert row[:5] == [HOME, result["job_id"], "running", "on", NODE] and "1×a100" in row, listed.stdout
     assert "unlimited" in row and f"localhost:{result['local_port']}" in row
 
@@ -151,7 +152,7 @@ def test_an_impossible_request_fails_fast_with_slurms_message_and_queues_nothing
     assert time.monotonic() - began < 15
     assert "✗ Slurm refused the job: Requested node configuration is not available" in done.stderr
     assert cluster.squeue() == []
-    assert lab.nbremote("ls", "server").stdout.strip() == "no Jupyter of nbremote's on server"
+    assert lab.nbremote("ls", "server").stdout.splitlines()[-1] == "no Jupyter of nbremote's on server"
 
 
 def test_a_job_that_ends_before_jupyter_is_ready_shows_its_output(lab, cluster):
