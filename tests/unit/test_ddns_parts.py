@@ -45,6 +45,13 @@ def test_comments_around_the_key_are_ignored():
     assert ddns.parse_key(text, "k").name == "ddns-key"
 
 
+def test_a_secret_that_holds_comment_marks_is_read_whole():
+    # tsig-keygen's base64 can hold "//": inside the quotes it starts no comment.
+    secret = "ab//cd//" + "A" * 35 + "="
+    text = f'// the key\nkey "ddns-key" {{\n\talgorithm hmac-sha256;\n\tsecret "{secret}";\n}};\n'
+    assert ddns.parse_key(text, "k").secret == secret
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -44,7 +44,8 @@ KEYGEN = "tsig-keygen -a hmac-sha256 NAME > FILE"
 _KEY = re.compile(r'key\s+"?([A-Za-z0-9._-]+)"?\s*\{(.*?)\}\s*;', re.S)
 _ALGORITHM = re.compile(r"\balgorithm\s+\"?([A-Za-z0-9-]+)\"?\s*;")
 _SECRET = re.compile(r'\bsecret\s+"([^"]*)"\s*;')
-_COMMENTS = re.compile(r"(#|//)[^\n]*|/\*.*?\*/", re.S)
+# Quoted strings are matched first and kept: a base64 secret may hold "//".
+_COMMENTS = re.compile(r'("[^"]*")|(?:#|//)[^\n]*|/\*.*?\*/', re.S)
 
 
 def _dns() -> Any:
@@ -80,7 +81,7 @@ class TsigKey:
 
 def parse_key(text: str, where: str) -> TsigKey:
     """The one key in a BIND `key "NAME" { algorithm …; secret "…"; };` file, as tsig-keygen writes it."""
-    keys = _KEY.findall(_COMMENTS.sub("", text))
+    keys = _KEY.findall(_COMMENTS.sub(lambda m: m.group(1) or "", text))
     if len(keys) != 1:
         raise NbremoteError(
             f"{where} holds {'no' if not keys else len(keys)} TSIG key{'s' if len(keys) > 1 else ''} in BIND's format",
