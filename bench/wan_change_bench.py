@@ -38,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "lab"))
 import homenet  # noqa: E402
 import netlab  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_bench import end_masters  # noqa: E402
+
 EXTERNAL = 22022
 ADDRESSES = ("11.22.33.2", "11.22.33.3")  # the router's WAN address takes these in turn
 
@@ -53,22 +56,6 @@ def recorded(folder: Path) -> str | None:
         return json.loads((folder / "wan-ip.json").read_text())["address"]
     except (OSError, ValueError, KeyError):
         return None
-
-
-def leave_home(lab) -> None:
-    """The laptop leaves the LAN: its ssh masters from home end (both places share one runtime dir
-    here, and a master from the laptop's namespace would serve the café's `up` with a forward there)."""
-    done = lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-x", "ssh"])
-    for pid in [int(p) for p in done.stdout.split()]:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5
-    while lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-x", "ssh"]).stdout.strip():
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
 
 
 def main() -> int:
@@ -131,7 +118,8 @@ def main() -> int:
             lan_s, done = timed(lab.nbremote, "ls", "gpubox")
             if done.returncode != 0 or f"→ {new}:{EXTERNAL}" not in done.stderr:
                 raise RuntimeError(done.stdout + done.stderr)
-            leave_home(lab)
+            # The laptop leaves the LAN: its masters from home would serve the café's `up` (one runtime dir here).
+            end_masters(lab)
             cafe_s, done = timed(cafe, "up", "gpubox", "--detach", "--no-browser")
             if done.returncode != 0 or f"via WAN {new}:{EXTERNAL}" not in done.stderr:
                 raise RuntimeError(done.stderr)
