@@ -116,9 +116,9 @@ def main() -> None:
             place = remote.begin_login_for(found.host, timeout=found.timeout, interactive=sys.stdin.isatty())
         except NbremoteError:
             place = None  # a HOST or profile file the CLI will refuse, with its usual message
-    from nbremote import cli
-
     try:
+        from nbremote import cli
+
         cli.main(args)
     finally:
         if place is not None:
