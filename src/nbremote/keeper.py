@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import logging
 import os
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbremote import paths, profiles, runners, sessions
+from nbremote import logs, paths, profiles, runners, sessions
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.localnet import probe
@@ -42,7 +41,7 @@ from nbremote.remote import Host, Place, ProfileHost, place_for
 from nbremote.runner import Runner
 from nbremote.sessions import SessionRecord
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 CHECK_EVERY = 1.0
 FAILED_PROBES = 2
@@ -328,6 +327,8 @@ def _serve(record: SessionRecord) -> None:
 
 
 def main(argv: list[str]) -> int:
+    import logging
+
     host, directory = argv
     # One log for every keeper: each line names its session.
     session = f"{host} {directory}".replace("%", "%%")

@@ -13,11 +13,10 @@ plain results; they never print a result themselves and never exit.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
-from nbremote import keeper, sessions
+from nbremote import keeper, logs, sessions
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import Poller, choose_local_port, port_free, probe
@@ -27,7 +26,7 @@ from nbremote.agentlink import MODES
 from nbremote.servers import url_for, validate_text
 from nbremote.sessions import SessionRecord
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 
 @dataclass(frozen=True)

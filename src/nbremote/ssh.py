@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import shlex
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from nbremote import logs
 from nbremote.errors import ExitCode, NbremoteError
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 # Names ssh would read as an option, or that the shell would split, never reach argv.
 # \Z, not $: $ also matches before a final newline.
@@ -72,6 +71,8 @@ def _fingerprint_of_known_line(path: str, line_no: int) -> str | None:
         line = Path(path).read_text().splitlines()[line_no - 1]
     except (OSError, IndexError):
         return None
+    import tempfile  # imported where used: kept out of `up HOST`'s start-up
+
     with tempfile.NamedTemporaryFile("w", suffix=".pub") as handle:
         handle.write(line + "\n")
         handle.flush()

@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import os
 import re
 import shlex
-import shutil
-import socket
 import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbremote import paths, profiles
+from nbremote import logs, paths, profiles
 from nbremote.addresses import Address, Relay
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import LastPath, Profile
 from nbremote.ssh import ssh_env
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 # Strongest first: the key pinned when trusting on first use.
@@ -104,6 +99,8 @@ def ensure_include() -> Path | None:
     if old is not None:
         backup = path.with_name("config.nbremote-backup")
         if not backup.exists():  # the one from before nbremote's first edit is the one worth keeping
+            import shutil  # imported where used: kept out of `up HOST`'s start-up
+
             shutil.copy2(path, backup)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     # Byte for byte: the user's file may hold any encoding or line ending.
@@ -279,6 +276,8 @@ def scan_via(address: Address, timeout: float) -> Scan:
     the caller pins it only if it matches the invite's fingerprint.
     """
     assert address.via is not None
+    import tempfile  # imported where used: kept out of `up HOST`'s start-up
+
     with tempfile.TemporaryDirectory(prefix="nbremote-scan-") as tmp:
         known = Path(tmp) / "known_hosts"
         argv = [
@@ -325,6 +324,8 @@ def scan_via(address: Address, timeout: float) -> Scan:
 
 
 def scan_all(addresses: list[Address], timeout: float) -> list[Scan]:
+    from concurrent.futures import ThreadPoolExecutor  # it imports logging: see nbremote.logs
+
     with ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
         return list(pool.map(lambda a: scan_via(a, timeout) if a.via else keyscan(a, timeout), addresses))
 
@@ -355,6 +356,8 @@ def generate_key(interactive: bool) -> Path:
     folder = ssh_dir()
     folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / "id_ed25519"
+    import socket  # imported where used: kept out of `up HOST`'s start-up
+
     argv = [
         "ssh-keygen",
         "-t",
