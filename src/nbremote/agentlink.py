@@ -17,12 +17,9 @@ no Python was found, 255 is ssh's own failure.
 
 from __future__ import annotations
 
-import base64
 import collections
 import functools
-import hashlib
 import json
-import logging
 import queue
 import re
 import shlex
@@ -30,14 +27,17 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
-from typing import IO, Any, Callable, TypeGuard
 
+from nbremote import logs
 from nbremote.addresses import public_ip
 from nbremote.errors import ExitCode, NbremoteError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, TypeGuard
+
+log = logs.get(__name__)
 
 # The client's side of the wire: equal to agent/protocol.py's and agent/jupyter.py's, which
 # the agent, stdlib only and shipped alone, cannot import from here (tests/unit/test_agentlink.py).
@@ -83,8 +83,10 @@ _REMOTE_SCRIPT = (
 
 # A sibling module named in the agent's source: `from .state import ...`, `from . import a, b`,
 # or module_source("launcher") (run from its text in a Python of its own).
-_SIBLING_IMPORT = re.compile(r"^[ \t]*from \.(\w*) import ([\w, ]+)", re.MULTILINE)
-_SIBLING_SOURCE = re.compile(r"module_source\(\s*[\"'](\w+)[\"']")
+# Patterns, not compiled ones: only packing (once a process) uses them, and compiling them at
+# import would cost every command's start-up.
+_SIBLING_IMPORT = r"^[ \t]*from \.(\w*) import ([\w, ]+)"
+_SIBLING_SOURCE = r"module_source\(\s*[\"'](\w+)[\"']"
 
 
 def _needed(sources: dict[str, str], module: str) -> set[str]:
@@ -98,23 +100,23 @@ def _needed(sources: dict[str, str], module: str) -> set[str]:
             continue
         needed.add(name)
         text = sources[name]
-        for match in _SIBLING_IMPORT.finditer(text):
+        for match in re.finditer(_SIBLING_IMPORT, text, re.MULTILINE):
             todo += [match.group(1)] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
-        todo += _SIBLING_SOURCE.findall(text)
+        todo += re.findall(_SIBLING_SOURCE, text)
     return needed
 
 
 # What the agent's modules carry for their readers only: whole-line comments and docstrings
 # (a docstring's lines are kept empty, so the server's tracebacks keep the source's line numbers).
-_COMMENT_LINE = re.compile(r"^[ \t]*#[^\n]*$", re.MULTILINE)
-_DOCSTRING = re.compile(r'^([ \t]*)"""(?:[^"\\]|\\.|"(?!""))*"""[ \t]*$', re.MULTILINE)
+_COMMENT_LINE = r"^[ \t]*#[^\n]*$"
+_DOCSTRING = r'^([ \t]*)"""(?:[^"\\]|\\.|"(?!""))*"""[ \t]*$'
 
 
 def _compact(source: str) -> str:
     """source as the agent runs it: the same code, without what only its readers need
     (tests/unit/test_agentlink.py checks that the code is the same)."""
-    source = _COMMENT_LINE.sub("", source)
-    return _DOCSTRING.sub(lambda m: m.group(1) + '""' + "\n" * m.group(0).count("\n"), source)
+    source = re.sub(_COMMENT_LINE, "", source, flags=re.MULTILINE)
+    return re.sub(_DOCSTRING, lambda m: m.group(1) + '""' + "\n" * m.group(0).count("\n"), source, flags=re.MULTILINE)
 
 
 def _op_of(request: str) -> str | None:
@@ -133,7 +135,11 @@ def bundle(op: str | None = None) -> tuple[str, str]:
     and docstrings. On a fresh connection TCP sends about ten segments (14 KB) a round trip at
     first, so every 14 KB more on the command line can cost one more: `up`'s command is 13 KB
     this way, against 38 KB with every module as written."""
-    from importlib import resources  # its import is paid by the commands that pack the agent only
+    # These imports are paid by the commands that pack the agent only.
+    import base64
+    import hashlib
+    import zlib
+    from importlib import resources
 
     from nbremote.agent.main import OP_MODULES
 

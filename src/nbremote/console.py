@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TextIO
+
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Callable, Iterator, TextIO
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 def log_steps() -> None:
     """-v and --debug: each step to stderr, on a clock from the process's start."""
+    import logging  # only -v and --debug need it: see nbremote.logs
+
     logging.basicConfig(
         level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
     )

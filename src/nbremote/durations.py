@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Callable
+
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 def duration(seconds: float | None) -> str:

@@ -11,13 +11,15 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, TypeVar
 
 from nbremote.errors import NbremoteError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+
+    T = TypeVar("T")
 
 
 def _private(path: Path) -> Path:
@@ -91,6 +93,8 @@ def runtime_dir() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
         return _private(Path(xdg) / "nbremote")
+    import tempfile  # imported where used: kept out of `up HOST`'s start-up
+
     return _private(Path(tempfile.gettempdir()) / f"nbremote-{os.getuid()}")
 
 
@@ -115,6 +119,8 @@ def atomic_write(
         gid = st.st_gid if gid is None else gid
     except FileNotFoundError:
         mode = 0o644 if mode is None else mode
+    import tempfile  # imported where used: kept out of `up HOST`'s start-up
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nbremote-tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

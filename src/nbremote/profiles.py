@@ -43,19 +43,17 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nbremote import paths, slurmopts
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the same parser, before it joined the standard library
-    import tomli as tomllib
 from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
 
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from tomlkit.items import Table
 
 # Also a valid ssh_config Host pattern and a bare-enough TOML key: no spaces,
@@ -266,6 +264,16 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
     )
 
 
+def _toml() -> ModuleType:
+    """The TOML reader, imported when a file is read (it imports typing): a command on a
+    machine without profiles, `up ssh://...` among them, never pays for it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - the same parser, before it joined the standard library
+        import tomli as tomllib
+    return tomllib
+
+
 def load(path: Path | None = None) -> dict[str, Profile]:
     """Every profile, or an error naming file and line; a missing file is no profiles."""
     path = path or profiles_path()
@@ -275,8 +283,9 @@ def load(path: Path | None = None) -> dict[str, Profile]:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise NbremoteError(f"cannot read {path}: {exc}", exit_code=ExitCode.ERROR) from None
+    tomllib = _toml()
     try:
-        doc = tomllib.loads(text)
+        doc = _toml().loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         where = f"{path}:{match.group(1)}" if match else str(path)
@@ -385,7 +394,7 @@ def dumps(profiles: dict[str, Profile], text: str = "") -> str:
 
 
 def _profiles_of(text: str) -> dict[str, Profile]:
-    doc = tomllib.loads(text)
+    doc = _toml().loads(text)
     hosts = doc.get("hosts", {})
     return {name: _profile(name, value, Path("hosts.toml"), text) for name, value in hosts.items()}
 

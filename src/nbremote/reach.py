@@ -13,22 +13,24 @@ the connection of the address that won (or whose master is still alive).
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from nbremote import addresses, durations, paths, profiles, sshfiles
+from nbremote import addresses, durations, logs, paths, profiles, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import Profile
 from nbremote.ssh import Connection, Target
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+log = logs.get(__name__)
 
 STAGGER = 0.25
 

@@ -7,20 +7,22 @@ through an ssh forward for a host, directly for this machine.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Callable
 
-from nbremote import addresses, agentlink, paths, profiles, reach, sshfiles
+from nbremote import addresses, agentlink, logs, paths, profiles, reach, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+log = logs.get(__name__)
 
 
 class Place:
