@@ -12,10 +12,8 @@ import click
 from nbremote import (
     __version__,
     completion,
-    forwards,
     jobs,
     keeper,
-    kernels,
     profiles,
     reach,
     runners,
@@ -146,7 +144,11 @@ def up(
     keep = bool(defaults.keep_output if keep_output is None else keep_output)
     if keep and runner.name == "slurm":
         raise click.UsageError("--keep-output is not available for a Slurm job's Jupyter yet")
-    extra = [forwards.parse_spec(spec) for spec in forward_specs]
+    extra: list[tuple[int, int | None]] = []
+    if forward_specs:
+        from nbremote import forwards  # up without --forward has no use for it: kept out of its start-up
+
+        extra = [forwards.parse_spec(spec) for spec in forward_specs]
     if extra and (not host or runner.name == "slurm"):
         raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True, notify=console.done)
@@ -168,6 +170,8 @@ def up(
         place.abandon_login()
         raise
     for remote, local in extra:
+        from nbremote import forwards
+
         added = forwards.add(place, forwards.session_for(place.host, directory), remote, local, timeout=timeout)
         console.done(f"localhost:{added.local_port} → {place.label}:{remote}", added.seconds)
     _show_url(result, as_json, no_browser, console)
@@ -700,6 +704,8 @@ def forward_command(host, spec, remove, directory, as_json, timeout) -> None:
     `forward --remove` or `nbremote down` take it away.
     """
     console = Console.for_terminal(json_mode=as_json)
+    from nbremote import forwards  # only this command needs it: kept out of the other commands' start-up
+
     port_pair = forwards.parse_spec(spec) if spec is not None else None
     if remove and port_pair is None:
         raise click.UsageError("--remove needs the REMOTE_PORT to stop forwarding")
@@ -768,6 +774,8 @@ def kernels_install(host, env, as_json, timeout) -> None:
     """
     console = Console.for_terminal(json_mode=as_json)
     began = time.monotonic()
+    from nbremote import kernels  # only this command needs it: kept out of the other commands' start-up
+
     spec = kernels.install(host=host, env=env, timeout=timeout, interactive=_interactive())
     if as_json:
         console.emit_json(spec.to_json())
@@ -785,6 +793,8 @@ def kernels_install(host, env, as_json, timeout) -> None:
 def kernels_remove(host, env, as_json) -> None:
     """Remove HOST's kernel spec; kernels started from it run until they are stopped."""
     console = Console.for_terminal(json_mode=as_json)
+    from nbremote import kernels  # only this command needs it: kept out of the other commands' start-up
+
     spec = kernels.remove(host=host, env=env)
     if as_json:
         console.emit_json(spec.to_json())
@@ -797,6 +807,8 @@ def kernels_remove(host, env, as_json) -> None:
 def kernels_ls(as_json) -> None:
     """The kernel specs nbremote installed on this laptop."""
     console = Console.for_terminal(json_mode=as_json)
+    from nbremote import kernels  # only this command needs it: kept out of the other commands' start-up
+
     specs = kernels.installed()
     if as_json:
         console.emit_json([spec.to_json() for spec in specs])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
 if TYPE_CHECKING:
@@ -27,6 +26,8 @@ def duration(seconds: float | None) -> str:
 def ago(when: object, now: Callable[[], float] = time.time) -> str:
     """Seconds since the epoch, or Jupyter's ISO time, as `3 min 05 s ago`; `-` when unknown."""
     if isinstance(when, str):
+        from datetime import datetime  # only a time from Jupyter needs it: kept out of start-up
+
         text = when
         try:
             when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
