@@ -12,6 +12,10 @@ round, so a machine that gets busier or quieter mid-run weighs on both alike. Me
 - `nbremote -v up HOST`, to its first ssh: from the start to the moment its log says it runs
   the login's ssh (HOST is a closed port on this machine's loopback, so that login fails at
   once); the time a cold or warm `up` loses to the client before its login begins.
+- `up HOST`'s imports before its login, without -v: a Python that imports what the console
+  script (nbremote.entry) imports before it begins the login, and exits; -v imports logging,
+  which `up HOST` without it no longer does, so this is the start-up that a plain `up HOST`
+  pays before its first ssh (less the scan of its arguments and the ssh's own start).
 
 Prints medians (ms) per command and tree and the after/before ratio; no network, no root.
 """
@@ -31,6 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"--version": ["--version"], "up (refused at the edge)": ["up", "--", "-oProxyCommand=x"]}
 FIRST_SSH = "up HOST, to its first ssh"
+BEFORE_LOGIN = "up HOST's imports, no -v"
+# What nbremote.entry imports before remote.begin_login_for when the scan finds `up HOST`.
+BEFORE_LOGIN_CODE = "import nbremote.entry, nbremote.remote, nbremote.console, nbremote.errors"
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -44,10 +51,10 @@ def checkout(rev: str, into: Path) -> Path:
     return tree
 
 
-def once(tree: Path, args: list[str], env: dict[str, str]) -> float:
+def once(tree: Path, args: list[str], env: dict[str, str], *, code: str | None = None) -> float:
     began = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "nbremote", *args],
+        [sys.executable, "-m", "nbremote", *args] if code is None else [sys.executable, "-c", code],
         env={**env, "PYTHONPATH": str(tree / "src")},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -108,9 +115,11 @@ def main() -> None:
                     times.setdefault((name, label), []).append(once(tree, args, env))
             for label, tree in order:
                 times.setdefault((FIRST_SSH, label), []).append(first_ssh(tree, env))
+            for label, tree in order:
+                times.setdefault((BEFORE_LOGIN, label), []).append(once(tree, [], env, code=BEFORE_LOGIN_CODE))
     print(f"{opts.rounds} interleaved rounds; before = {opts.before}, after = {opts.after}; median ms")
     print(f"{'command':28} {'before':>8} {'after':>8} {'after/before':>13}")
-    for name in [*COMMANDS, FIRST_SSH]:
+    for name in [*COMMANDS, FIRST_SSH, BEFORE_LOGIN]:
         before = statistics.median(times[(name, "before")]) * 1000
         after = statistics.median(times[(name, "after")]) * 1000
         print(f"{name:28} {before:8.0f} {after:8.0f} {after / before:13.2f}")
