@@ -21,9 +21,10 @@ from nbremote import (
     sessions,
     slurm,
 )
-from nbremote.console import Console, log_steps
+from nbremote.console import Console
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
+from nbremote.logs import log_steps
 from nbremote.remote import Host, place_for
 from nbremote.ssh import parse_target
 from nbremote.tables import table

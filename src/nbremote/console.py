@@ -21,15 +21,6 @@ if TYPE_CHECKING:
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
-def log_steps() -> None:
-    """-v and --debug: each step to stderr, on a clock from the process's start."""
-    import logging  # only -v and --debug need it: see nbremote.logs
-
-    logging.basicConfig(
-        level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
-    )
-
-
 def _open_in_browser(url: str) -> bool:
     import webbrowser  # only `up` opens a browser: keep it out of every command's start-up
 

@@ -106,12 +106,13 @@ def main() -> None:
     found = None if any(k.startswith("_NBREMOTE_COMPLETE") for k in os.environ) else scan(args)
     place = None
     if found is not None:
+        if found.verbose:
+            from nbremote.logs import log_steps
+
+            log_steps()  # before the imports below: its clock starts when logging is imported
         from nbremote import remote
-        from nbremote.console import log_steps
         from nbremote.errors import NbremoteError
 
-        if found.verbose:
-            log_steps()
         try:
             place = remote.begin_login_for(found.host, timeout=found.timeout, interactive=sys.stdin.isatty())
         except NbremoteError:

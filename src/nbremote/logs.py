@@ -43,3 +43,13 @@ class Logger:
 
 def get(name: str) -> Logger:
     return Logger(name)
+
+
+def log_steps() -> None:
+    """-v and --debug: each step to stderr, on a clock from the process's start (logging's
+    clock starts when it is imported: the console script calls this before its other imports)."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
+    )

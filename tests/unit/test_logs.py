@@ -18,7 +18,7 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_up_hosts_early_imports_leave_logging_out():
     done = _run(
-        "import sys, nbremote.entry, nbremote.remote, nbremote.console, nbremote.errors\n"
+        "import sys, nbremote.entry, nbremote.remote, nbremote.errors\n"
         "print('logging' in sys.modules, 'typing' in sys.modules)"
     )
     assert done.returncode == 0, done.stderr
