@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"--version": ["--version"], "up (refused at the edge)": ["up", "--", "-oProxyCommand=x"]}
 FIRST_SSH = "up HOST, to its first ssh"
 BEFORE_LOGIN = "up HOST's imports, no -v"
-# What nbremote.entry imports before remote.begin_login_for when the scan finds `up HOST`.
+# What nbremote.entry imported before remote.begin_login_for at adc0d55 (when the scan finds
+# `up HOST`), the same for both trees; later ones import console after the login begins, so
+# this row overstates them by console's own imports.
 BEFORE_LOGIN_CODE = "import nbremote.entry, nbremote.remote, nbremote.console, nbremote.errors"
 
 
