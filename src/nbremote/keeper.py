@@ -13,7 +13,8 @@ does not change.
 It runs inside a foreground `nbremote up`, or for `up --detach` as a small
 background process per session (`python -m nbremote.keeper HOST DIR`) that
 `nbremote down` stops. It keeps every session alike: for one in a Slurm job
-the forward goes through the login node to the compute node, and when Jupyter
+the forward goes through the login node to the compute node (or through the
+laptop's ssh to the node, logged in again after the login node), and when Jupyter
 no longer answers through a rebuilt tunnel the runner says why (the job hit
 its time limit, was cancelled, its node failed): said once, then it stops.
 """
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbremote import paths, profiles, runners, sessions
+from nbremote import nodelogin, paths, profiles, runners, sessions
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.localnet import probe
@@ -74,13 +75,18 @@ class Tunnel:
     token: str
     addr: str = "127.0.0.1"  # the forward's destination seen from the host: its loopback, or a compute node
     extra: tuple[tuple[int, int], ...] = ()  # (local, remote) ports of the host's loopback, `nbremote forward`
+    hop: str | None = None  # a compute node logged in to through the host: addr is seen from there
 
     @classmethod
     def of(cls, place: Host, record: SessionRecord) -> Tunnel:
-        return cls(place, record.local_port, record.remote_port, record.token, record.addr, record.forwards)
+        return cls(place, record.local_port, record.remote_port, record.token, record.addr, record.forwards, record.hop)
 
     def forward(self) -> None:
-        self.place.connection.forward(self.local_port, self.remote_port, self.addr)
+        """Put the forwards back through the live master (and the node's, logged in to first)."""
+        carrier = nodelogin.link(self.place, self.hop)
+        if self.hop is not None and not carrier.master_alive():
+            carrier.open_master(connect_timeout=CONNECT_TIMEOUT)  # the node's key pinned when `up` began
+        carrier.forward(self.local_port, self.remote_port, self.addr)
         for local, remote in self.extra:
             try:
                 self.place.connection.forward(local, remote, "127.0.0.1")
@@ -88,9 +94,15 @@ class Tunnel:
                 log.warning("localhost:%d → %s:%d not put back: %s", local, self.place.label, remote, exc.message)
 
     def cancel(self) -> None:
-        self.place.connection.cancel(self.local_port, self.remote_port, self.addr)
+        nodelogin.link(self.place, self.hop).cancel(self.local_port, self.remote_port, self.addr)
         for local, remote in self.extra:
             self.place.connection.cancel(local, remote, "127.0.0.1")
+
+    def close(self) -> None:
+        """End the masters, the node's first: it holds the local port, and its way runs through the other."""
+        if self.hop is not None:
+            nodelogin.link(self.place, self.hop).close()
+        self.place.connection.close()
 
 
 class Keeper:
@@ -149,7 +161,7 @@ class Keeper:
         attempt = 0
         was = f" via {self.via}" if self.via else ""
         self.announce(f"lost the connection to {place.label}{was}; reconnecting")
-        conn.close()  # the dead master still holds the local port
+        self.tunnel.close()  # the dead master still holds the local port
         while True:
             attempt += 1
             self.report(f"reconnecting (attempt {attempt}, {self.clock() - began:.0f} s)…")
@@ -160,7 +172,15 @@ class Keeper:
                 self.tunnel.forward()
             except (NbremoteError, subprocess.TimeoutExpired) as exc:
                 log.info("attempt %d failed: %s", attempt, getattr(exc, "message", exc))
-                conn.close()
+                # The login node answers but its compute node does not take the login: once the
+                # job has ended, pam_slurm_adopt refuses it for good, which the runner can tell.
+                gone = None
+                if self.tunnel.hop is not None and conn.master_alive():
+                    with contextlib.suppress(NbremoteError, subprocess.TimeoutExpired):
+                        gone = self.ended()
+                if gone is not None:
+                    raise gone from None
+                self.tunnel.close()
                 # An attempt that timed out has waited already: a fresh SYN then goes out
                 # every CONNECT_TIMEOUT, so the path is found within that of its return.
                 self.sleep(max(0.0, backoff(attempt) - (self.clock() - tried)))
@@ -247,9 +267,10 @@ def hold(
         console.end_status()
         stop = f"nbremote down {record.host}" if record.host else "nbremote down"
         if isinstance(place, Host):
-            Tunnel.of(place, sessions.find(record.host, record.dir) or record).cancel()
+            tunnel = Tunnel.of(place, sessions.find(record.host, record.dir) or record)
+            tunnel.cancel()
             if created_master:
-                place.connection.close()
+                tunnel.close()
             console.note(f"stopped forwarding; {runner.left_running(record, place.label, stop)}")
         else:
             console.note(runner.left_running(record, place.label, stop))

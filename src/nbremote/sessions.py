@@ -3,7 +3,8 @@
 One JSON file, 0600 in the private state dir (it holds tokens, so a later
 `up` can reattach in a couple of round trips without asking the agent). A
 session in a Slurm job is a record like any other: its runner is "slurm", and
-its forward goes through the login node to the compute node's address.
+its forward goes through the login node to the compute node's address, or,
+with `hop`, through the laptop's ssh to the node to the node's loopback.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class SessionRecord:
     addr: str = "127.0.0.1"  # where the forward goes, seen from the host: its loopback, or a compute node
     job_id: str | None = None  # the batch job holding Jupyter, for a scheduler's runner
     node: str | None = None  # the compute node it runs on
+    hop: str | None = None  # the node's address, when the forward goes through the laptop's ssh to it
     # More ports of the host's loopback forwarded beside Jupyter (`nbremote forward`), as
     # (local port, remote port); the keeper puts them back with Jupyter's.
     forwards: tuple[tuple[int, int], ...] = ()

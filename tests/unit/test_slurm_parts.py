@@ -35,6 +35,7 @@ def test_jupyter_script_execs_the_launcher_with_every_path_quoted():
         "/home/a/my dir",
         "/home/a/.local/state/nbremote/slurm/k.token",
         "/home/a/.local/state/nbremote/slurm/k.ready",
+        "no",
     ]
     assert "#SBATCH" not in script  # options travel on sbatch's command line, as a list
 
