@@ -224,7 +224,7 @@ class SlurmRunner:
                     )
                     exc.details = [*exc.details, f"Slurm job {job_id} is cancelled: it waited for that login"]
                     raise
-                console.note(
+                console.warn(
                     f"{node} refused ssh from this laptop ({exc.message}): Jupyter listens on its "
                     f'cluster address {addr} instead (node_login = "no" in the profile skips this try)'
                 )
