@@ -91,7 +91,10 @@ def link(place: Host, hop: str | None) -> Connection | PathConnection:
 
 
 def log_in(place: Host, *, node: str, addr: str, keys: list[str], job_id: str) -> Connection:
-    """Pin the node's keys and log in to it (a master kept for the forwards); errors say which step."""
+    """Pin the node's keys and log in to it (a master kept for the forwards); errors say which step.
+    A login that fails leaves the pinned keys as they were."""
+    known = known_hosts_path(place.host, addr)
+    before = known.read_text() if known.exists() else None
     pin(place.host, node, addr, keys, job_id)
     conn = connection(place, addr, label=node)
     if conn.master_alive():
@@ -99,6 +102,10 @@ def log_in(place: Host, *, node: str, addr: str, keys: list[str], job_id: str) -
     try:
         conn.open_master()
     except NbremoteError as exc:
+        if before is None:
+            known.unlink(missing_ok=True)
+        else:
+            paths.write_private(known, before)
         if exc.exit_code == ExitCode.HOST_KEY:
             raise NbremoteError(
                 f"compute node {node} ({addr}) showed a host key that is not one Slurm job {job_id} "

@@ -132,6 +132,7 @@ def _from_record(record: SessionRecord, place: Place) -> Served:
         pid=record.pid,
         reused=True,
         addr=record.addr,
+        hop=record.hop,
         job_id=record.job_id,
         node=record.node,
         where=place.label,

@@ -119,6 +119,11 @@ def node_masters(lab) -> list[int]:
     return pids
 
 
+def pinned(lab) -> dict[str, str]:
+    folder = state_dir(lab) / "nodes"
+    return {p.name: p.read_text() for p in folder.iterdir()} if folder.exists() else {}
+
+
 def state_dir(lab):
     return lab.user(LAPTOP_USER).home / ".local" / "state" / "nbremote"
 
@@ -173,6 +178,7 @@ def test_a_node_showing_another_key_than_the_job_read_there_is_refused_and_nothi
     real.write_text((other.with_suffix(".pub")).read_text())
     log = lab.server_run / "slurm" / "node-sshd.log"
     log_before = log.read_text() if log.exists() else ""
+    pinned_before = pinned(lab)
     try:
         done = lab.nbremote("up", "server", "--slurm", "--time=10", "--no-browser", "--detach", "--json", timeout=120)
     finally:
@@ -188,6 +194,7 @@ def test_a_node_showing_another_key_than_the_job_read_there_is_refused_and_nothi
     sessions = state_dir(lab) / "sessions.json"
     assert not sessions.exists() or json.loads(sessions.read_text()) == {}
     assert node_masters(lab) == []
+    assert pinned(lab) == pinned_before  # the key the job reported is not left pinned
 
 
 @pytest.fixture
