@@ -297,14 +297,39 @@ def spawn(host: str, directory: str) -> None:
 
 
 def stop(host: str, directory: str, wait: float = 5.0) -> None:
-    pid = keeper_pid(host, directory)
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGTERM)
+    _stop_all(host, [directory], wait)
+
+
+def _stop_all(host: str, directories: list[str], wait: float = 5.0) -> list[str]:
+    """The keepers of these sessions ended, all signalled before any is waited for; the
+    directories whose keeper was running."""
+    running = [(d, pid) for d in directories if (pid := keeper_pid(host, d)) is not None]
+    for _, pid in running:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and keeper_pid(host, directory) is not None:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and any(keeper_pid(host, d) is not None for d, _ in running):
+        time.sleep(0.01)
+    return [d for d, _ in running]
+
+
+def pause(host: str, directory: str, *, logging_in: bool, holding: bool) -> list[str]:
+    """Stop the background keepers that would fight this `up` over the host's one master.
+
+    While `up` logs in, every keeper of the host may be rebuilding that same master
+    (the masters were ended, or the network dropped): two logins at once leave one
+    of them without its control socket, and a keeper's clean-up (close) ends the
+    master `up` has just opened ("Failed to connect to new control master", or
+    "local port … is busy" when the keeper's forward holds the port). A foreground
+    `up` keeps its own session's tunnel, so that session's keeper stops too. Returns
+    the directories whose keepers stopped; `resume` starts them again."""
+    directories = [r.dir for r in sessions.for_host(host) if logging_in or (holding and r.dir == directory)]
+    return _stop_all(host, directories)
+
+
+def resume(host: str, directories: list[str]) -> None:
+    for directory in directories:
+        spawn(host, directory)
 
 
 def _serve(record: SessionRecord) -> None:
