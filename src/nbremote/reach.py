@@ -64,7 +64,9 @@ def ways_text(ways: list[dict[str, Any]], now: float) -> str:
     return " · ".join(f"{w['kind']} {w['address']} ({ago(w['answered'], now)})" for w in ways)
 
 
-def renumbered_text(name: str, old: Address, new: Address) -> str:
+def renumbered_text(name: str, old: Address | None, new: Address) -> str:
+    if old is None:
+        return f"{name}'s {kind_of(new)} address added: {new} (from the server)"
     return f"{name}'s {kind_of(new)} address changed: {old} → {new} (from the server)"
 
 
@@ -104,9 +106,9 @@ def forget_answers(name: str) -> None:
         paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
 
 
-def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) -> list[tuple[Address, Address]]:
+def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) -> list[tuple[Address | None, Address]]:
     """Put the server's public addresses (from its agent's hello) in the profile, in hosts.toml:
-    the (old, new) addresses changed. Safe because only the host whose pinned key this
+    the (old, new) addresses changed, old None for one added. Safe because only the host whose pinned key this
     session proved can report them, and a new address is used with that pinned key only."""
     changes = addresses.refreshed(profile.addresses, list(reported))
     if not changes:  # every agent call of every command gets here: no file is read for nothing
@@ -115,7 +117,7 @@ def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) 
     records = answered()
     seen = records.get(profile.name, {})
     # The old address's last answer would stay behind forever: no profile lists it now.
-    dropped = [seen.pop(str(old.with_port(profile.port)), None) for old, _ in made]
+    dropped = [seen.pop(str(old.with_port(profile.port)), None) for old, _ in made if old is not None]
     if any(when is not None for when in dropped):
         paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
     return made
@@ -293,11 +295,17 @@ class PathConnection:
         self._active: Connection | None = None
         self._fallback = by_name.get(preferred or "", self.candidates[0][1])
 
-    def renumbered(self, profile: Profile, changes: list[tuple[Address, Address]]) -> None:
+    def renumbered(self, profile: Profile, changes: list[tuple[Address | None, Address]]) -> None:
         """The profile with its new addresses: a later race (the keeper's) tries them instead.
         The connection in use stays as it is: it works."""
         self.profile = profile
         for old, new in changes:
+            if old is None:
+                at = addresses.added_at([a for a, _ in self.candidates])
+                self.candidates.insert(
+                    at, (new.with_port(profile.port), self._connection(new.with_port(profile.port), True))
+                )
+                continue
             for i, (address, conn) in enumerate(self.candidates):
                 if address == old.with_port(profile.port) and conn is not self._active:
                     self.candidates[i] = (

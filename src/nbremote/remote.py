@@ -165,7 +165,7 @@ class ProfileHost(Host):
         self.label = self.host = profile.name
         self.interactive = interactive
         self.notify = notify
-        self.renumbered: list[tuple[Address, Address]] = []  # what this session changed in the profile
+        self.renumbered: list[tuple[Address | None, Address]] = []  # what this session changed in the profile
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
             profile,
@@ -231,8 +231,7 @@ class ProfileHost(Host):
             return
         if not made:
             return
-        new = dict(made)
-        self.profile = replace(self.profile, addresses=tuple(new.get(a, a) for a in self.profile.addresses))
+        self.profile = replace(self.profile, addresses=addresses.applied(self.profile.addresses, made))
         assert isinstance(self.connection, reach.PathConnection)
         self.connection.renumbered(self.profile, made)
         self.renumbered += made

@@ -21,6 +21,7 @@ import pytest
 from homenet import SERVER_V6, HomeNet
 from netlab import ALICE, LAB_PYTHON, LAPTOP_USER
 from serverlab import private_etc, server_cli
+from test_wan_change import leave_home
 
 PORT = 22222
 
@@ -152,3 +153,31 @@ def test_a_pinhole_to_port_22_is_refused_with_the_fix_and_nothing_opens(lab, hom
     assert home.pinholes(SERVER_V6) == [], home.forward_chain()
     assert not (state / "pinholes.json").exists()
     assert server_cli(lab, "unexpose", "--external-port", "22022", state_dir=state).returncode == 0
+
+
+def test_the_boxs_ipv6_address_reported_over_the_lan_lets_the_cafe_in_over_ipv6(
+    lab, home, sshd_high, box_firewall, state
+):
+    """A profile made at home with the LAN address only: the agent's hello on the first
+    connection brings the box's global IPv6 address in, and the café reaches the box by it."""
+    firewall = server_cli(lab, "firewall", "--yes", state_dir=state)
+    assert firewall.returncode == 0, firewall.stderr
+    exposed = server_cli(lab, "expose", "--json", state_dir=state)
+    assert exposed.returncode == 0, exposed.stderr
+    try:
+        added = lab.nbremote("add", "box", "--address", f"192.168.77.2:{PORT}", "--user", ALICE)
+        assert added.returncode == 0, added.stderr
+        at_home = lab.nbremote("ls", "box")
+        assert at_home.returncode == 0, at_home.stderr
+        assert f"box's IPv6 address added: [{SERVER_V6}]:{PORT} (from the server)" in at_home.stderr
+        hosts = json.loads(lab.nbremote("hosts", "--json").stdout)["hosts"][0]
+        assert hosts["addresses"] == [f"192.168.77.2:{PORT}", f"[{SERVER_V6}]:{PORT}"]
+
+        leave_home(lab)
+        up = cafe_nbremote(lab, home, "up", "box", "--no-browser", "--detach")
+        assert up.returncode == 0, up.stderr
+        assert f"connected to box via IPv6 [{SERVER_V6}]:{PORT}" in up.stderr
+        assert "address added" not in up.stderr  # said once, at home
+    finally:
+        cafe_nbremote(lab, home, "down", "box", timeout=60)
+        assert server_cli(lab, "unexpose", state_dir=state).returncode == 0
