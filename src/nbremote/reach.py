@@ -31,6 +31,11 @@ from nbremote.ssh import Connection, Target
 log = logging.getLogger(__name__)
 
 STAGGER = 0.25
+# ssh's ConnectTimeout also bounds the wait for the server's banner, which through a relay comes
+# only after the hop's own whole login: at a 100 ms RTT that is 1.6 s, past the keeper's 1 s, and
+# every rebuild through the relay would time out. The hop bounds reaching the relay itself
+# (sshfiles.proxy_command's ConnectTimeout=5); this is for its login and the box's answer.
+RELAY_CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -159,8 +164,11 @@ def race(
     results: queue.Queue[tuple[int, int, str]] = queue.Queue()
     attempts: list[_Attempt] = []
     failures: dict[int, str] = {}
+    timeouts = [
+        connect_timeout if a.via is None else max(connect_timeout, RELAY_CONNECT_TIMEOUT) for a, _ in candidates
+    ]
     began = clock()
-    deadline = began + connect_timeout + 10  # a login that hangs after connecting
+    deadline = began + max(timeouts, default=connect_timeout) + 10  # a login that hangs after connecting
     winner = None
 
     def wait_for(attempt: _Attempt) -> None:
@@ -173,7 +181,7 @@ def race(
             due = began + started * stagger
             if started < len(candidates) and (clock() >= due or len(failures) == started):
                 conn = candidates[started][1]
-                attempt = _Attempt(started, conn, conn.start_master(connect_timeout))
+                attempt = _Attempt(started, conn, conn.start_master(timeouts[started]))
                 attempts.append(attempt)
                 threading.Thread(target=wait_for, args=(attempt,), daemon=True).start()
                 continue
