@@ -14,7 +14,10 @@ router's answers to expose's search for its pinhole service in.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import time
 
 import pytest
@@ -109,6 +112,12 @@ def test_the_cafe_reaches_the_box_over_ipv6_only_once_expose_opened_the_pinhole(
     assert len(home.pinholes(SERVER_V6)) == 1, home.forward_chain()
     assert cafe_reaches(home, SERVER_V6, PORT)
     assert not cafe_reaches(home, "11.22.33.1", PORT)  # the IPv4 forward leads nowhere from the café
+    pinhole = exposed["pinholes"][0]["id"]
+    assert ipv6_rows(lab, state) == [
+        ("ipv6 address", "pass", f"{SERVER_V6} (eth1)"),
+        ("ipv6 firewall", "pass", f"nftables: allow {PORT}/tcp over IPv6 as over IPv4"),
+        ("ipv6 pinhole", "pass", f"pinhole {pinhole} lets in [{SERVER_V6}]:{PORT}"),
+    ]
 
     added = cafe_nbremote(lab, home, "add", "box", "--invite", doc["invite"], "--json")
     assert added.returncode == 0, added.stderr
@@ -124,6 +133,67 @@ def test_the_cafe_reaches_the_box_over_ipv6_only_once_expose_opened_the_pinhole(
     assert home.pinholes(SERVER_V6) == [], home.forward_chain()
     assert not cafe_reaches(home, SERVER_V6, PORT)
     assert not (state / "pinholes.json").exists()
+    assert ipv6_rows(lab, state)[2] == (
+        "ipv6 pinhole",
+        "warn",
+        f"no pinhole to [{SERVER_V6}]:{PORT} in the router's IPv6 firewall",
+    )
+
+
+def ipv6_rows(lab, state) -> list[tuple[str, str, str]]:
+    """`server check`'s IPv6 rows, as (name, status, detail)."""
+    done = server_cli(lab, "check", "--json", "--timeout", "1", state_dir=state)
+    rows = json.loads(done.stdout)["checks"]
+    return [(r["name"], r["status"], r["detail"]) for r in rows if r["name"].startswith("ipv6")]
+
+
+def test_expose_keep_renews_the_pinhole_past_its_lease_and_opens_it_again_once_it_lapsed(
+    lab, home, sshd_high, state, tmp_path
+):
+    """A pinhole always has a lease (a day at most): `expose --keep` renews it (UpdatePinhole)
+    at half of it; one that lapsed meanwhile (the box asleep, the router restarted) is opened
+    again at the next renewal."""
+    log = tmp_path / "expose.log"
+    keep = lab.server_popen(
+        [str(LAB_PYTHON), "-m", "nbremote", "server", "expose", "--keep", "--lease", "4", "--timeout", "1"],
+        env=lab.nbremote_env({"NBREMOTE_STATE_DIR": str(state)}),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert wait_for(lambda: len(home.pinholes(SERVER_V6)) == 1, 20), log.read_text()
+        time.sleep(9)  # more than two leases
+        assert len(home.pinholes(SERVER_V6)) == 1, log.read_text() + home.forward_chain()
+        assert cafe_reaches(home, SERVER_V6, PORT)
+        assert "opened again" not in log.read_text()  # renewed, the same pinhole all along
+
+        os.killpg(keep.pid, signal.SIGSTOP)  # nothing renews: the router lets the lease run out
+        try:
+            assert wait_for(lambda: home.pinholes(SERVER_V6) == [], 15), home.forward_chain()
+            assert not cafe_reaches(home, SERVER_V6, PORT)
+        finally:
+            os.killpg(keep.pid, signal.SIGCONT)
+        assert wait_for(lambda: len(home.pinholes(SERVER_V6)) == 1, 10), log.read_text()
+        assert wait_for(lambda: "opened again" in log.read_text(), 5), log.read_text()
+        assert f"the router had dropped the IPv6 pinhole to [{SERVER_V6}]:{PORT}: opened again" in log.read_text()
+        assert cafe_reaches(home, SERVER_V6, PORT)
+        again = json.loads((state / "pinholes.json").read_text())[SERVER_V6]["id"]
+        assert ipv6_rows(lab, state)[2] == ("ipv6 pinhole", "pass", f"pinhole {again} lets in [{SERVER_V6}]:{PORT}")
+    finally:
+        if keep.poll() is None:
+            os.killpg(keep.pid, signal.SIGTERM)
+            keep.wait(10)
+        assert server_cli(lab, "unexpose", state_dir=state).returncode == 0
+    assert home.pinholes(SERVER_V6) == [], home.forward_chain()
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_a_router_without_pinholes_is_said_and_nothing_opens(lab, home, sshd_high, state):
