@@ -1,5 +1,7 @@
-"""IPv6 (issue 13, part 3): the box's global address in the invite, and `server expose`
-opening a pinhole in the router's IPv6 firewall (UPnP IGD v2, miniupnpd) to sshd.
+"""IPv6 (issue 13, part 3): the box's global address in the invite and in the agent's hello
+(a profile made at home learns it), `server expose` opening a pinhole in the router's IPv6
+firewall (UPnP IGD v2, miniupnpd) to sshd and `--keep` renewing it, and `server check`
+saying whether ssh comes in over IPv6.
 
 The home of tests/lab/homenet.py with ipv6=True: routed IPv6, no NAT66, the
 router dropping new inbound IPv6 unless a pinhole lets it in. The café has no
