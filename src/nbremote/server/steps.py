@@ -108,11 +108,11 @@ def pinhole_row(address: str, interface: str, ports: set[int], record: PinholeRe
     except upnp.UpnpFault as fault:
         if fault.code != 704:
             return checks.Check(name, checks.WARN, f"the router's answer about [{address}]:{port}: {fault}", expose)
+        gone = f"pinhole {entry['id']}" if entry else "the pinhole"
         return checks.Check(
             name,
             checks.WARN,
-            f"pinhole {entry['id'] if entry else ''} to [{address}]:{port} is gone (its lease ended, or the router "
-            "restarted)",
+            f"{gone} to [{address}]:{port} is gone (its lease ended, or the router restarted)",
             expose,
         )
     except upnp.ANSWER_ERRORS as exc:
@@ -389,23 +389,13 @@ def pinhole_renewal_failed(address: str, port: int, lease: int) -> str:
     return f"the IPv6 pinhole to [{address}]:{port} was not renewed: it ends within {lease} s unless the next try works"
 
 
-def keep_pinholes(
-    console: Console,
-    pinholes: list[dict],
-    timeout: float,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    rounds: int | None = None,
-) -> None:
+def keep_pinholes(console: Console, pinholes: list[dict], timeout: float) -> None:
     """`expose --keep` with pinholes but no IPv4 mapping to renew beside them (no UPnP for
-    IPv4, or a forward set by hand): the pinholes alone, at half their lease, forever (or
-    `rounds` times)."""
+    IPv4, or a forward set by hand): the pinholes alone, at half their lease, until Ctrl-C."""
     lease = min(entry["lease"] for entry in pinholes if entry.get("opened"))
-    done = 0
-    while rounds is None or done < rounds:
-        sleep(max(1.0, lease / 2))
+    while True:
+        time.sleep(max(1.0, lease / 2))
         renew_pinholes(console, pinholes, timeout)
-        done += 1
 
 
 class PinholeRecord:
