@@ -106,7 +106,7 @@ def pinhole_row(address: str, interface: str, ports: set[int], record: PinholeRe
             )
         record.firewall(address).packets(int(entry["id"]), timeout)
     except upnp.UpnpFault as fault:
-        if fault.code != 704:
+        if fault.code not in upnp.PINHOLE_GONE:
             return checks.Check(name, checks.WARN, f"the router's answer about [{address}]:{port}: {fault}", expose)
         gone = f"pinhole {entry['id']}" if entry else "the pinhole"
         return checks.Check(
@@ -374,7 +374,7 @@ def renew_pinholes(console: Console, pinholes: list[dict], timeout: float) -> No
             try:
                 firewall.update(int(entry["id"]), entry["lease"], timeout)
             except upnp.UpnpFault as fault:
-                if fault.code != 704:
+                if fault.code not in upnp.PINHOLE_GONE:
                     raise
                 entry["id"] = firewall.add(port, entry["lease"], timeout)
                 record.add(address, port, entry["id"], firewall.control_url, firewall.interface)
@@ -442,7 +442,7 @@ def unexpose_ipv6(console: Console, timeout: float) -> bool:
         try:
             record.firewall(address).delete(int(entry["id"]), timeout)
         except upnp.UpnpFault as fault:
-            if fault.code != 704:  # already gone (its lease ended): nothing left to close
+            if fault.code not in upnp.PINHOLE_GONE:  # already gone (its lease ended): nothing left to close
                 raise NbremoteError(
                     f"the router refused to close the IPv6 pinhole to [{address}]:{entry['port']}",
                     details=[str(fault)],

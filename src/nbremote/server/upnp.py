@@ -171,6 +171,10 @@ _PINHOLE_ERRORS = {
     703: "the router's settings allow no inbound pinholes",
     704: "no such pinhole",
 }
+# IGD v2 says 704 NoSuchEntry for a UniqueID the router no longer has (the lease ran out, it
+# restarted); miniupnpd 2.3.1 says 402 Invalid Args for Update/Delete/GetPinholePackets then
+# (seen in the lab). Our arguments are always well-formed numbers, so either means gone.
+PINHOLE_GONE = (704, 402)
 
 
 # A router that does not answer, or answers what is not SOAP.
@@ -244,11 +248,11 @@ class Firewall6:
         return int(got["UniqueID"])
 
     def update(self, unique_id: int, lease: int, timeout: float) -> None:
-        """A new lease for a pinhole, from now (IGD v2's renewal); UpnpFault 704 when it is gone."""
+        """A new lease for a pinhole, from now (IGD v2's renewal); a PINHOLE_GONE fault when it is gone."""
         self._call("UpdatePinhole", {"UniqueID": str(unique_id), "NewLeaseTime": str(lease)}, timeout)
 
     def packets(self, unique_id: int, timeout: float) -> int:
-        """The packets a pinhole let in: asking changes nothing, and UpnpFault 704 says it is gone."""
+        """The packets a pinhole let in: asking changes nothing, and a PINHOLE_GONE fault says it is gone."""
         return int(self._call("GetPinholePackets", {"UniqueID": str(unique_id)}, timeout)["PinholePackets"])
 
     def delete(self, unique_id: int, timeout: float) -> None:
