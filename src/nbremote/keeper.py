@@ -5,9 +5,9 @@ to give up on a dead path; so the keeper probes the whole path instead (one
 GET of /api/status through the forward, every second). After two failed
 probes it drops the master and logs in again, racing the profile's addresses
 anew (the laptop may have moved from the home LAN to a café: the WAN address
-wins then), with a 1 s connect timeout and a pause that starts at 0.25 s and
-doubles up to 1 s; so the tunnel is back within about a second plus one login
-of the network returning. Open browser tabs carry on because the local port
+wins then), with a 1 s connect timeout (10 s through a relay, whose hop logs in
+first) and a pause that starts at 0.25 s and doubles up to 1 s; so the tunnel is
+back within about a second plus one login of the network returning. Open browser tabs carry on because the local port
 does not change.
 
 It runs inside a foreground `nbremote up`, or for `up --detach` as a small

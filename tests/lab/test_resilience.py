@@ -128,5 +128,6 @@ def test_a_cold_up_of_a_detached_session_replaces_its_keeper_instead_of_racing_i
     assert wait_until(lambda: keeper() not in (None, first)), "the old keeper was left running"
     keepers = lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-f", "nbremote.keeper"]).stdout.split()
     assert keepers == [str(keeper())]
-    assert len(lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-x", "ssh"]).stdout.split()) == 1
+    processes = lab.laptop_exec(["pgrep", "-a", "-u", netlab.LAPTOP_USER, "-x", "ssh"]).stdout
+    assert len([line for line in processes.splitlines() if " -N -f " in line]) == 1, processes  # one master
     assert _status_through(lab, result) == 200
