@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import sys
@@ -24,7 +23,7 @@ from nbremote import (
     sessions,
     slurm,
 )
-from nbremote.console import Console
+from nbremote.console import Console, log_steps
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
 from nbremote.remote import Host, place_for
@@ -75,9 +74,7 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """
     ctx.obj = {"debug": debug}
     if verbose or debug:
-        logging.basicConfig(
-            level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
-        )
+        log_steps()
 
 
 @cli.command()

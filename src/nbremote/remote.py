@@ -247,6 +247,27 @@ class ProfileHost(Host):
                 log.warning("%s", message)
 
 
+# Logins begun before the CLI was imported (entry.py), by what place_for was asked: `up`'s
+# own place_for takes its one, so its login is the one `up` waits on.
+_begun: dict[tuple[str, float, bool], Host] = {}
+
+
+def begin_login_for(host: str, *, timeout: float, interactive: bool) -> Place:
+    """The place `up HOST` will ask place_for for, its login begun now."""
+    place = place_for(host, timeout=timeout, interactive=interactive, persist=True)
+    if isinstance(place, Host):
+        place.begin_login()
+        _begun[(host, timeout, interactive)] = place
+    return place
+
+
+def abandon_unclaimed(place: Place) -> None:
+    """End the login begun by begin_login_for when the command never took it (it refused
+    its arguments first)."""
+    if any(begun is place for begun in _begun.values()):
+        place.abandon_login()
+
+
 def place_for(
     host: str | None,
     *,
@@ -258,6 +279,11 @@ def place_for(
     """notify(text) hears of a change the server's report made in the host's profile."""
     if not host:
         return ThisMachine()
+    begun = _begun.pop((host, timeout, interactive), None) if persist else None
+    if begun is not None:
+        if isinstance(begun, ProfileHost):
+            begun.notify = notify
+        return begun
     profile = profiles.find(host)
     if profile is not None:
         return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist, notify=notify)
