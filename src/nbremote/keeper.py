@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import signal
@@ -31,7 +30,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from nbremote import paths, profiles, runners, sessions
 from nbremote.console import Console
@@ -261,27 +259,6 @@ def hold(
 # --- the background keeper of `up --detach` -------------------------------------
 
 
-def _pid_file(host: str, directory: str) -> Path:
-    name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
-    folder = paths.state_dir() / "keepers"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"{name}.pid"
-
-
-def keeper_pid(host: str, directory: str) -> int | None:
-    """The live keeper of a session, checked by its lock rather than trusted from the file."""
-    path = _pid_file(host, directory)
-    try:
-        with path.open() as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return int(handle.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def spawn(host: str, directory: str) -> None:
     """Start the background keeper for a detached session (it exits if one runs)."""
     log_path = paths.state_dir() / "keeper.log"
@@ -303,12 +280,12 @@ def stop(host: str, directory: str, wait: float = 5.0) -> None:
 def _stop_all(host: str, directories: list[str], wait: float = 5.0) -> list[str]:
     """The keepers of these sessions ended, all signalled before any is waited for; the
     directories whose keeper was running."""
-    running = [(d, pid) for d in directories if (pid := keeper_pid(host, d)) is not None]
+    running = [(d, pid) for d in directories if (pid := sessions.keeper_pid(host, d)) is not None]
     for _, pid in running:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(keeper_pid(host, d) is not None for d, _ in running):
+    while time.monotonic() < deadline and any(sessions.keeper_pid(host, d) is not None for d, _ in running):
         time.sleep(0.01)
     return [d for d, _ in running]
 
@@ -359,7 +336,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s keeper[%(process)d] {session}: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # 0600 like every file of ours, though the folder is 0700 already.
-    with os.fdopen(os.open(_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+") as handle:
+    with os.fdopen(
+        os.open(sessions.keeper_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+"
+    ) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from nbremote import addresses, agentlink, paths, profiles, reach, sshfiles
+from nbremote import addresses, agentlink, paths, profiles, reach, sessions, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
@@ -255,7 +255,10 @@ _begun: dict[tuple[str, float, bool], Host] = {}
 def begin_login_for(host: str, *, timeout: float, interactive: bool) -> Place:
     """The place `up HOST` will ask place_for for, its login begun now."""
     place = place_for(host, timeout=timeout, interactive=interactive, persist=True)
-    if isinstance(place, Host):
+    # A background keeper may be logging in to this host's master too: two logins at once
+    # end each other's master (keeper.pause). `up` stops those keepers before its own login,
+    # which it begins itself then, once the CLI is imported.
+    if isinstance(place, Host) and not sessions.keeper_running(host):
         place.begin_login()
         _begun[(host, timeout, interactive)] = place
     return place

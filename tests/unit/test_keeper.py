@@ -361,7 +361,7 @@ def running_keepers(request):
             "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.seek(0); f.truncate()\n"
             "f.write(str(os.getpid())); f.flush(); print('ready', flush=True); time.sleep(60)"
         )
-        path = str(keeper._pid_file(host, directory))
+        path = str(sessions.keeper_pid_file(host, directory))
         proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline() == "ready\n"
         procs[(host, directory)] = proc
