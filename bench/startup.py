@@ -8,7 +8,10 @@ round, so a machine that gets busier or quieter mid-run weighs on both alike. Me
 
 - `nbremote --version`: Python start, the CLI's imports, click's parsing;
 - `nbremote up -- -oProxyCommand=x`: the same for `up` up to its first check of the host
-  (refused at the edge, nothing connects), i.e. the start-up of `up` before any network.
+  (refused at the edge, nothing connects), i.e. the start-up of `up` before any network;
+- `nbremote -v up HOST`, to its first ssh: from the start to the moment its log says it runs
+  the login's ssh (HOST is a closed port on this machine's loopback, so that login fails at
+  once); the time a cold or warm `up` loses to the client before its login begins.
 
 Prints medians (ms) per command and tree and the after/before ratio; no network, no root.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"--version": ["--version"], "up (refused at the edge)": ["up", "--", "-oProxyCommand=x"]}
+FIRST_SSH = "up HOST, to its first ssh"
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -50,6 +54,26 @@ def once(tree: Path, args: list[str], env: dict[str, str]) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - began
+
+
+def first_ssh(tree: Path, env: dict[str, str]) -> float:
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbremote", "-v", "up", "ssh://nobody@127.0.0.1:9", "--no-browser", "--timeout", "1"],
+        env={**env, "PYTHONPATH": str(tree / "src")},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = None
+    for line in process.stderr:
+        if seen is None and "nbremote.ssh: run ssh" in line:
+            seen = time.perf_counter() - began
+    process.wait()
+    assert seen is not None, "no ssh in the log of `nbremote -v up`"
+    return seen
 
 
 def main() -> None:
@@ -82,9 +106,11 @@ def main() -> None:
             for name, args in COMMANDS.items():
                 for label, tree in order:
                     times.setdefault((name, label), []).append(once(tree, args, env))
+            for label, tree in order:
+                times.setdefault((FIRST_SSH, label), []).append(first_ssh(tree, env))
     print(f"{opts.rounds} interleaved rounds; before = {opts.before}, after = {opts.after}; median ms")
     print(f"{'command':28} {'before':>8} {'after':>8} {'after/before':>13}")
-    for name in COMMANDS:
+    for name in [*COMMANDS, FIRST_SSH]:
         before = statistics.median(times[(name, "before")]) * 1000
         after = statistics.median(times[(name, "after")]) * 1000
         print(f"{name:28} {before:8.0f} {after:8.0f} {after / before:13.2f}")

@@ -1,3 +1,3 @@
-from nbremote.cli import main
+from nbremote.entry import main
 
 main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import sys
@@ -24,7 +23,7 @@ from nbremote import (
     sessions,
     slurm,
 )
-from nbremote.console import Console
+from nbremote.console import Console, log_steps
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
 from nbremote.remote import Host, place_for
@@ -75,9 +74,7 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """
     ctx.obj = {"debug": debug}
     if verbose or debug:
-        logging.basicConfig(
-            level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
-        )
+        log_steps()
 
 
 @cli.command()
@@ -153,6 +150,11 @@ def up(
     if extra and (not host or runner.name == "slurm"):
         raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True, notify=console.done)
+    paused = (
+        keeper.pause(place.host, directory, logging_in=not place.connection.may_have_master(), holding=not detach)
+        if isinstance(place, Host)
+        else []
+    )
     # The login runs while the rest of `up` gets ready; a cold `up` waits on it first.
     place.begin_login()
     try:
@@ -169,7 +171,10 @@ def up(
         result = session.up(place, runner, opts, console)
     except BaseException:
         place.abandon_login()
+        keeper.resume(place.host, paused)
         raise
+    # The other sessions' keepers go on over this master; this one's, unless `up` holds it itself.
+    keeper.resume(place.host, [d for d in paused if d != directory])
     for remote, local in extra:
         added = forwards.add(place, forwards.session_for(place.host, directory), remote, local, timeout=timeout)
         console.done(f"localhost:{added.local_port} → {place.label}:{remote}", added.seconds)

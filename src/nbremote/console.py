@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import threading
 import time
@@ -16,6 +17,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, TextIO
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+def log_steps() -> None:
+    """-v and --debug: each step to stderr, on a clock from the process's start."""
+    logging.basicConfig(
+        level=logging.DEBUG, stream=sys.stderr, format="[%(relativeCreated)7.0f ms] %(name)s: %(message)s"
+    )
 
 
 def _open_in_browser(url: str) -> bool:

@@ -5,9 +5,9 @@ to give up on a dead path; so the keeper probes the whole path instead (one
 GET of /api/status through the forward, every second). After two failed
 probes it drops the master and logs in again, racing the profile's addresses
 anew (the laptop may have moved from the home LAN to a café: the WAN address
-wins then), with a 1 s connect timeout and a pause that starts at 0.25 s and
-doubles up to 1 s; so the tunnel is back within about a second plus one login
-of the network returning. Open browser tabs carry on because the local port
+wins then), with a 1 s connect timeout (10 s through a relay, whose hop logs in
+first) and a pause that starts at 0.25 s and doubles up to 1 s; so the tunnel is
+back within about a second plus one login of the network returning. Open browser tabs carry on because the local port
 does not change.
 
 It runs inside a foreground `nbremote up`, or for `up --detach` as a small
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import signal
@@ -32,7 +31,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from nbremote import nodelogin, paths, profiles, runners, sessions
 from nbremote.console import Console
@@ -282,27 +280,6 @@ def hold(
 # --- the background keeper of `up --detach` -------------------------------------
 
 
-def _pid_file(host: str, directory: str) -> Path:
-    name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
-    folder = paths.state_dir() / "keepers"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"{name}.pid"
-
-
-def keeper_pid(host: str, directory: str) -> int | None:
-    """The live keeper of a session, checked by its lock rather than trusted from the file."""
-    path = _pid_file(host, directory)
-    try:
-        with path.open() as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return int(handle.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def spawn(host: str, directory: str) -> None:
     """Start the background keeper for a detached session (it exits if one runs)."""
     log_path = paths.state_dir() / "keeper.log"
@@ -318,14 +295,39 @@ def spawn(host: str, directory: str) -> None:
 
 
 def stop(host: str, directory: str, wait: float = 5.0) -> None:
-    pid = keeper_pid(host, directory)
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGTERM)
+    _stop_all(host, [directory], wait)
+
+
+def _stop_all(host: str, directories: list[str], wait: float = 5.0) -> list[str]:
+    """The keepers of these sessions ended, all signalled before any is waited for; the
+    directories whose keeper was running."""
+    running = [(d, pid) for d in directories if (pid := sessions.keeper_pid(host, d)) is not None]
+    for _, pid in running:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and keeper_pid(host, directory) is not None:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and any(sessions.keeper_pid(host, d) is not None for d, _ in running):
+        time.sleep(0.01)
+    return [d for d, _ in running]
+
+
+def pause(host: str, directory: str, *, logging_in: bool, holding: bool) -> list[str]:
+    """Stop the background keepers that would fight this `up` over the host's one master.
+
+    While `up` logs in, every keeper of the host may be rebuilding that same master
+    (the masters were ended, or the network dropped): two logins at once leave one
+    of them without its control socket, and a keeper's clean-up (close) ends the
+    master `up` has just opened ("Failed to connect to new control master", or
+    "local port … is busy" when the keeper's forward holds the port). A foreground
+    `up` keeps its own session's tunnel, so that session's keeper stops too. Returns
+    the directories whose keepers stopped; `resume` starts them again."""
+    directories = [r.dir for r in sessions.for_host(host) if logging_in or (holding and r.dir == directory)]
+    return _stop_all(host, directories)
+
+
+def resume(host: str, directories: list[str]) -> None:
+    for directory in directories:
+        spawn(host, directory)
 
 
 def _serve(record: SessionRecord) -> None:
@@ -355,7 +357,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s keeper[%(process)d] {session}: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # 0600 like every file of ours, though the folder is 0700 already.
-    with os.fdopen(os.open(_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+") as handle:
+    with os.fdopen(
+        os.open(sessions.keeper_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+"
+    ) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -52,7 +52,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the same parser, before it joined the standard library
     import tomli as tomllib
-from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
+from nbremote.addresses import Address, Relay, added_at, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -409,10 +409,11 @@ def save(profiles: dict[str, Profile], path: Path | None = None) -> None:
 
 
 def replace_addresses(
-    name: str, changes: list[tuple[Address, Address]], path: Path | None = None
-) -> list[tuple[Address, Address]]:
-    """Put each change's new address in place of its old one in profile `name`, in the file as
-    it is now; the rest of the file, comments in the list included, stays byte for byte.
+    name: str, changes: list[tuple[Address | None, Address]], path: Path | None = None
+) -> list[tuple[Address | None, Address]]:
+    """Put each change's new address in place of its old one in profile `name` (old None: added
+    after the LAN entries), in the file as it is now; the rest of the file, comments in the
+    list included, stays byte for byte.
 
     Returns the changes made: one whose old address is no longer there (the file was
     edited meanwhile) is left out, and an unreadable file is left alone (its error shows
@@ -427,7 +428,9 @@ def replace_addresses(
 _refreshing = threading.Lock()
 
 
-def _replace(name: str, changes: list[tuple[Address, Address]], path: Path) -> list[tuple[Address, Address]]:
+def _replace(
+    name: str, changes: list[tuple[Address | None, Address]], path: Path
+) -> list[tuple[Address | None, Address]]:
     import tomlkit  # the round-trip parser only writes (see dumps)
 
     try:
@@ -437,10 +440,13 @@ def _replace(name: str, changes: list[tuple[Address, Address]], path: Path) -> l
         return []
     doc = tomlkit.parse(text)
     listed = doc["hosts"][name]["addresses"] if name in doc.get("hosts", {}) else []
-    made = []
+    made: list[tuple[Address | None, Address]] = []
     for old, new in changes:
         shown = [str(a) for a in listed]
-        if str(old) in shown:
+        if old is None and str(new) not in shown:
+            listed.insert(added_at([parse_address(a) for a in shown]), str(new))
+            made.append((old, new))
+        elif old is not None and str(old) in shown:
             listed[shown.index(str(old))] = str(new)
             made.append((old, new))
     if made:

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from nbremote import addresses, agentlink, paths, profiles, reach, sshfiles
+from nbremote import addresses, agentlink, paths, profiles, reach, sessions, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
@@ -165,7 +165,7 @@ class ProfileHost(Host):
         self.label = self.host = profile.name
         self.interactive = interactive
         self.notify = notify
-        self.renumbered: list[tuple[Address, Address]] = []  # what this session changed in the profile
+        self.renumbered: list[tuple[Address | None, Address]] = []  # what this session changed in the profile
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
             profile,
@@ -231,8 +231,7 @@ class ProfileHost(Host):
             return
         if not made:
             return
-        new = dict(made)
-        self.profile = replace(self.profile, addresses=tuple(new.get(a, a) for a in self.profile.addresses))
+        self.profile = replace(self.profile, addresses=addresses.applied(self.profile.addresses, made))
         assert isinstance(self.connection, reach.PathConnection)
         self.connection.renumbered(self.profile, made)
         self.renumbered += made
@@ -248,6 +247,30 @@ class ProfileHost(Host):
                 log.warning("%s", message)
 
 
+# Logins begun before the CLI was imported (entry.py), by what place_for was asked: `up`'s
+# own place_for takes its one, so its login is the one `up` waits on.
+_begun: dict[tuple[str, float, bool], Host] = {}
+
+
+def begin_login_for(host: str, *, timeout: float, interactive: bool) -> Place:
+    """The place `up HOST` will ask place_for for, its login begun now."""
+    place = place_for(host, timeout=timeout, interactive=interactive, persist=True)
+    # A background keeper may be logging in to this host's master too: two logins at once
+    # end each other's master (keeper.pause). `up` stops those keepers before its own login,
+    # which it begins itself then, once the CLI is imported.
+    if isinstance(place, Host) and not sessions.keeper_running(host):
+        place.begin_login()
+        _begun[(host, timeout, interactive)] = place
+    return place
+
+
+def abandon_unclaimed(place: Place) -> None:
+    """End the login begun by begin_login_for when the command never took it (it refused
+    its arguments first)."""
+    if any(begun is place for begun in _begun.values()):
+        place.abandon_login()
+
+
 def place_for(
     host: str | None,
     *,
@@ -259,6 +282,11 @@ def place_for(
     """notify(text) hears of a change the server's report made in the host's profile."""
     if not host:
         return ThisMachine()
+    begun = _begun.pop((host, timeout, interactive), None) if persist else None
+    if begun is not None:
+        if isinstance(begun, ProfileHost):
+            begun.notify = notify
+        return begun
     profile = profiles.find(host)
     if profile is not None:
         return ProfileHost(profile, timeout=timeout, interactive=interactive, persist=persist, notify=notify)

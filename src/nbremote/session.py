@@ -389,7 +389,7 @@ def ls(place: Place, runner: Runner, *, timeout: float, show_token: bool = False
     records = {r.remote_dir: r for r in sessions.for_host(place.host) if r.runner == runner.name}
     servers = []
     for row, record in runner.listing(place, records, show_token, timeout):
-        row["keeper_pid"] = keeper.keeper_pid(record.host, record.dir) if record else None
+        row["keeper_pid"] = sessions.keeper_pid(record.host, record.dir) if record else None
         row["forwards"] = (
             [{"local_port": local, "remote_port": remote} for local, remote in record.forwards] if record else []
         )

@@ -9,8 +9,12 @@ with `hop`, through the laptop's ssh to the node to the node's loopback.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 from dataclasses import asdict, dataclass
+
+from pathlib import Path
 
 from nbremote import paths
 
@@ -82,3 +86,30 @@ def remove(records: list[SessionRecord]) -> None:
     for record in records:
         current.pop(record.key, None)
     _save_all(current)
+
+
+def keeper_pid_file(host: str, directory: str) -> Path:
+    """Where the background keeper of a session (`up --detach`) writes its pid, under its lock."""
+    name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
+    folder = paths.state_dir() / "keepers"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{name}.pid"
+
+
+def keeper_pid(host: str, directory: str) -> int | None:
+    """The live keeper of a session, checked by its lock rather than trusted from the file."""
+    path = keeper_pid_file(host, directory)
+    try:
+        with path.open() as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return int(handle.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def keeper_running(host: str) -> bool:
+    """Whether a background keeper of any of the host's sessions is alive."""
+    return any(keeper_pid(host, r.dir) is not None for r in for_host(host))

@@ -64,7 +64,7 @@ def test_the_artifacts_carry_the_version_and_the_agent(dists):
     assert sorted(n.rsplit("/", 1)[1] for n in wheel if n.startswith("nbremote/agent/")) == AGENT_SOURCES
     assert "nbremote/__main__.py" in wheel
     entry_points = zipfile.ZipFile(dists["wheel"]).read(f"nbremote-{version}.dist-info/entry_points.txt").decode()
-    assert "nbremote = nbremote.cli:main" in entry_points
+    assert "nbremote = nbremote.entry:main" in entry_points
     with tarfile.open(dists["sdist"]) as sdist:
         names = sdist.getnames()
     prefix = f"nbremote-{version}/src/nbremote/agent/"
