@@ -21,6 +21,16 @@ no added latency). Each repetition, interleaved, measures:
 Between repetitions the job is cancelled (`nbremote down`) and the queue is
 empty. Target: nbremote within Jupyter's start-up + 1 s of Slurm's start time.
 Raw samples go to OUT/slurm.json and a table to stdout.
+
+    sudo /opt/nbremote-lab/venv/bin/python bench/slurm_bench.py --node-login [--reps 5]
+
+compares instead, on the cluster whose compute node is a host of its own with
+pam_slurm_adopt (slurmlab.py's node_host), `nbremote up --slurm` with node login
+(Jupyter on the node's loopback, the laptop's ssh to the node through the login
+node) against the same without (`node_login = "no"`: Jupyter on NodeAddr), each
+to its first 200 through the tunnel: two profiles for the same login node that
+differ only in node_login, interleaved, their order swapped every repetition.
+Raw samples go to OUT/slurm_node_login.json.
 """
 
 from __future__ import annotations
@@ -129,11 +139,78 @@ def nbremote_up(lab, port: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def nbremote_up_host(lab, host: str, port: int) -> float:
+    argv = lab.nbremote_argv(
+        "up", host, "--slurm", "--time=10", "--port", str(port), "--no-browser", "--detach", "--json"
+    )
+    done = lab.laptop_exec(
+        [str(netlab.LAB_PYTHON), "-c", UP_AND_POLL, json.dumps(argv), str(port)],
+        env=lab.nbremote_env(None),
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["first_200"])
+
+
+def node_login(args) -> int:
+    workdir = Path("/tmp") / f"nbremote-slurm-bench-{int(time.time())}"
+    lab = netlab.Lab.build(workdir, lock_timeout=1200)
+    samples: dict[str, list[float]] = {"yes": [], "no": []}
+    try:
+        cluster = slurmlab.SlurmCluster.start(lab, node_host=True)
+        hosts = lab.user(netlab.LAPTOP_USER).home / ".config" / "nbremote" / "hosts.toml"
+        for mode in samples:
+            added = lab.nbremote("add", f"c{mode}", "--address", netlab.SERVER_ADDR, "--user", netlab.ALICE)
+            if added.returncode != 0:
+                raise RuntimeError(added.stderr)
+            hosts.write_text(
+                hosts.read_text().replace(
+                    f"[hosts.c{mode}]\n", f'[hosts.c{mode}]\nscheduler = "slurm"\nnode_login = "{mode}"\n'
+                )
+            )
+        slurm_start(lab)  # the first job after slurmd registers pays for Slurm's own warm-up
+        cluster.wait_empty()
+        for rep in range(args.reps):
+            for mode in ("yes", "no") if rep % 2 == 0 else ("no", "yes"):
+                samples[mode].append(nbremote_up_host(lab, f"c{mode}", 18000 + rep))
+                down = lab.nbremote("down", f"c{mode}")
+                if down.returncode != 0:
+                    raise RuntimeError(down.stderr)
+                cluster.wait_empty()
+                lab.cleanup_between_tests()
+            print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()), flush=True)
+        cluster.stop()
+    finally:
+        lab.teardown()
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = [a / b for a, b in zip(samples["yes"], samples["no"])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "slurm_node_login.json").write_text(
+        json.dumps({"samples": samples, "median": med, "ratios": ratios}, indent=1)
+    )
+    print("\n| what | median | min | max |\n|---|---:|---:|---:|")
+    for key, label in (
+        ("yes", "`up --slurm` with node login (Jupyter on the node's loopback)"),
+        ("no", '`up --slurm` with node_login = "no" (Jupyter on NodeAddr)'),
+    ):
+        v = samples[key]
+        print(f"| {label} | {med[key]:.2f} s | {min(v):.2f} s | {max(v):.2f} s |")
+    print(f"\nratio with / without, per repetition: {', '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"median ratio {statistics.median(ratios):.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--node-login", action="store_true", help="compare up with and without ssh to the node (pam_slurm_adopt)"
+    )
     args = parser.parse_args()
+    if args.node_login:
+        return node_login(args)
     workdir = Path("/tmp") / f"nbremote-slurm-bench-{int(time.time())}"
     lab = netlab.Lab.build(workdir, lock_timeout=1200)
     samples = {"slurm": [], "jupyter": [], "nbremote": [], "nbremote_exit": []}

@@ -174,18 +174,28 @@ def ip_version(host: str) -> int | None:
         return None
 
 
-def refreshed(current: tuple[Address, ...], reported: list[tuple[str, str | None]]) -> list[tuple[Address, Address]]:
-    """(old, new) for each of a profile's addresses that the server's public addresses replace.
+def refreshed(
+    current: tuple[Address, ...], reported: list[tuple[str, str | None]]
+) -> list[tuple[Address | None, Address]]:
+    """(old, new) for each of a profile's addresses that the server's public addresses replace,
+    and (None, new) for one they add.
 
     reported: (address, the one before it or None), each a public_ip. An address replaces
     the profile's one IP literal of its kind (WAN for IPv4, IPv6), keeping that entry's
     port (the router's external port); with several of that kind, only the one the server
     says it had before. Host names (a DNS name that follows the address), LAN, VPN and
-    relay entries are never touched, nor is anything when the address is there already."""
+    relay entries are never touched, nor is anything when the address is there already,
+    or another the server reports of its kind (a box may have two global IPv6 addresses).
+    A profile with no IPv6 entry gains the first global IPv6 address the server reports,
+    after its LAN entries (the invite's order), on the port of its first LAN entry: IPv6
+    reaches sshd itself, with no port forward, on the port it listens on at home."""
     hosts = [a.host for a in current]
-    changes: list[tuple[Address, Address]] = []
+    changes: list[tuple[Address | None, Address]] = []
     for address, previous in reported:
         if address in hosts:
+            continue
+        alike = [a for a, _ in reported if ip_version(a) == ip_version(address) and kind(a) == kind(address)]
+        if any(a in hosts for a in alike):
             continue
         same = [
             i
@@ -198,4 +208,25 @@ def refreshed(current: tuple[Address, ...], reported: list[tuple[str, str | None
             old = current[same[0]]
             hosts[same[0]] = address
             changes.append((old, Address(address, old.port)))
+        elif not same and kind(address) == "IPv6":
+            lan = next((a for a in current if a.via is None and kind(a.host) == "LAN"), None)
+            hosts.append(address)
+            changes.append((None, Address(address, lan.port if lan else None)))
     return changes
+
+
+def added_at(current: list[Address]) -> int:
+    """Where an address the server reports goes in a profile's list: after its LAN entries."""
+    lan = [i for i, a in enumerate(current) if a.via is None and kind(a.host) == "LAN"]
+    return lan[-1] + 1 if lan else 0
+
+
+def applied(current: tuple[Address, ...], changes: list[tuple[Address | None, Address]]) -> tuple[Address, ...]:
+    """The profile's addresses with refreshed's changes made, as hosts.toml gets them."""
+    result = list(current)
+    for old, new in changes:
+        if old is None:
+            result.insert(added_at(result), new)
+        elif old in result:
+            result[result.index(old)] = new
+    return tuple(result)

@@ -153,6 +153,11 @@ def up(
     if extra and (not host or runner.name == "slurm"):
         raise click.UsageError("--forward needs a HOST that runs Jupyter itself (not this machine, not Slurm)")
     place = place_for(host, timeout=timeout, interactive=_interactive(), persist=True, notify=console.done)
+    paused = (
+        keeper.pause(place.host, directory, logging_in=not place.connection.may_have_master(), holding=not detach)
+        if isinstance(place, Host)
+        else []
+    )
     # The login runs while the rest of `up` gets ready; a cold `up` waits on it first.
     place.begin_login()
     try:
@@ -169,7 +174,10 @@ def up(
         result = session.up(place, runner, opts, console)
     except BaseException:
         place.abandon_login()
+        keeper.resume(place.host, paused)
         raise
+    # The other sessions' keepers go on over this master; this one's, unless `up` holds it itself.
+    keeper.resume(place.host, [d for d in paused if d != directory])
     for remote, local in extra:
         from nbremote import forwards
 

@@ -5,15 +5,16 @@ to give up on a dead path; so the keeper probes the whole path instead (one
 GET of /api/status through the forward, every second). After two failed
 probes it drops the master and logs in again, racing the profile's addresses
 anew (the laptop may have moved from the home LAN to a café: the WAN address
-wins then), with a 1 s connect timeout and a pause that starts at 0.25 s and
-doubles up to 1 s; so the tunnel is back within about a second plus one login
-of the network returning. Open browser tabs carry on because the local port
+wins then), with a 1 s connect timeout (10 s through a relay, whose hop logs in
+first) and a pause that starts at 0.25 s and doubles up to 1 s; so the tunnel is
+back within about a second plus one login of the network returning. Open browser tabs carry on because the local port
 does not change.
 
 It runs inside a foreground `nbremote up`, or for `up --detach` as a small
 background process per session (`python -m nbremote.keeper HOST DIR`) that
 `nbremote down` stops. It keeps every session alike: for one in a Slurm job
-the forward goes through the login node to the compute node, and when Jupyter
+the forward goes through the login node to the compute node (or through the
+laptop's ssh to the node, logged in again after the login node), and when Jupyter
 no longer answers through a rebuilt tunnel the runner says why (the job hit
 its time limit, was cancelled, its node failed): said once, then it stops.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import signal
 import subprocess
@@ -30,9 +30,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from nbremote import logs, paths, profiles, runners, sessions
+from nbremote import logs, nodelogin, paths, profiles, runners, sessions
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.localnet import probe
@@ -73,13 +72,18 @@ class Tunnel:
     token: str
     addr: str = "127.0.0.1"  # the forward's destination seen from the host: its loopback, or a compute node
     extra: tuple[tuple[int, int], ...] = ()  # (local, remote) ports of the host's loopback, `nbremote forward`
+    hop: str | None = None  # a compute node logged in to through the host: addr is seen from there
 
     @classmethod
     def of(cls, place: Host, record: SessionRecord) -> Tunnel:
-        return cls(place, record.local_port, record.remote_port, record.token, record.addr, record.forwards)
+        return cls(place, record.local_port, record.remote_port, record.token, record.addr, record.forwards, record.hop)
 
     def forward(self) -> None:
-        self.place.connection.forward(self.local_port, self.remote_port, self.addr)
+        """Put the forwards back through the live master (and the node's, logged in to first)."""
+        carrier = nodelogin.link(self.place, self.hop)
+        if self.hop is not None and not carrier.master_alive():
+            carrier.open_master(connect_timeout=CONNECT_TIMEOUT)  # the node's key pinned when `up` began
+        carrier.forward(self.local_port, self.remote_port, self.addr)
         for local, remote in self.extra:
             try:
                 self.place.connection.forward(local, remote, "127.0.0.1")
@@ -87,9 +91,15 @@ class Tunnel:
                 log.warning("localhost:%d → %s:%d not put back: %s", local, self.place.label, remote, exc.message)
 
     def cancel(self) -> None:
-        self.place.connection.cancel(self.local_port, self.remote_port, self.addr)
+        nodelogin.link(self.place, self.hop).cancel(self.local_port, self.remote_port, self.addr)
         for local, remote in self.extra:
             self.place.connection.cancel(local, remote, "127.0.0.1")
+
+    def close(self) -> None:
+        """End the masters, the node's first: it holds the local port, and its way runs through the other."""
+        if self.hop is not None:
+            nodelogin.link(self.place, self.hop).close()
+        self.place.connection.close()
 
 
 class Keeper:
@@ -148,7 +158,7 @@ class Keeper:
         attempt = 0
         was = f" via {self.via}" if self.via else ""
         self.announce(f"lost the connection to {place.label}{was}; reconnecting")
-        conn.close()  # the dead master still holds the local port
+        self.tunnel.close()  # the dead master still holds the local port
         while True:
             attempt += 1
             self.report(f"reconnecting (attempt {attempt}, {self.clock() - began:.0f} s)…")
@@ -159,7 +169,15 @@ class Keeper:
                 self.tunnel.forward()
             except (NbremoteError, subprocess.TimeoutExpired) as exc:
                 log.info("attempt %d failed: %s", attempt, getattr(exc, "message", exc))
-                conn.close()
+                # The login node answers but its compute node does not take the login: once the
+                # job has ended, pam_slurm_adopt refuses it for good, which the runner can tell.
+                gone = None
+                if self.tunnel.hop is not None and conn.master_alive():
+                    with contextlib.suppress(NbremoteError, subprocess.TimeoutExpired):
+                        gone = self.ended()
+                if gone is not None:
+                    raise gone from None
+                self.tunnel.close()
                 # An attempt that timed out has waited already: a fresh SYN then goes out
                 # every CONNECT_TIMEOUT, so the path is found within that of its return.
                 self.sleep(max(0.0, backoff(attempt) - (self.clock() - tried)))
@@ -246,9 +264,10 @@ def hold(
         console.end_status()
         stop = f"nbremote down {record.host}" if record.host else "nbremote down"
         if isinstance(place, Host):
-            Tunnel.of(place, sessions.find(record.host, record.dir) or record).cancel()
+            tunnel = Tunnel.of(place, sessions.find(record.host, record.dir) or record)
+            tunnel.cancel()
             if created_master:
-                place.connection.close()
+                tunnel.close()
             console.note(f"stopped forwarding; {runner.left_running(record, place.label, stop)}")
         else:
             console.note(runner.left_running(record, place.label, stop))
@@ -258,27 +277,6 @@ def hold(
 
 
 # --- the background keeper of `up --detach` -------------------------------------
-
-
-def _pid_file(host: str, directory: str) -> Path:
-    name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
-    folder = paths.state_dir() / "keepers"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"{name}.pid"
-
-
-def keeper_pid(host: str, directory: str) -> int | None:
-    """The live keeper of a session, checked by its lock rather than trusted from the file."""
-    path = _pid_file(host, directory)
-    try:
-        with path.open() as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return int(handle.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def spawn(host: str, directory: str) -> None:
@@ -296,14 +294,39 @@ def spawn(host: str, directory: str) -> None:
 
 
 def stop(host: str, directory: str, wait: float = 5.0) -> None:
-    pid = keeper_pid(host, directory)
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGTERM)
+    _stop_all(host, [directory], wait)
+
+
+def _stop_all(host: str, directories: list[str], wait: float = 5.0) -> list[str]:
+    """The keepers of these sessions ended, all signalled before any is waited for; the
+    directories whose keeper was running."""
+    running = [(d, pid) for d in directories if (pid := sessions.keeper_pid(host, d)) is not None]
+    for _, pid in running:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and keeper_pid(host, directory) is not None:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and any(sessions.keeper_pid(host, d) is not None for d, _ in running):
+        time.sleep(0.01)
+    return [d for d, _ in running]
+
+
+def pause(host: str, directory: str, *, logging_in: bool, holding: bool) -> list[str]:
+    """Stop the background keepers that would fight this `up` over the host's one master.
+
+    While `up` logs in, every keeper of the host may be rebuilding that same master
+    (the masters were ended, or the network dropped): two logins at once leave one
+    of them without its control socket, and a keeper's clean-up (close) ends the
+    master `up` has just opened ("Failed to connect to new control master", or
+    "local port … is busy" when the keeper's forward holds the port). A foreground
+    `up` keeps its own session's tunnel, so that session's keeper stops too. Returns
+    the directories whose keepers stopped; `resume` starts them again."""
+    directories = [r.dir for r in sessions.for_host(host) if logging_in or (holding and r.dir == directory)]
+    return _stop_all(host, directories)
+
+
+def resume(host: str, directories: list[str]) -> None:
+    for directory in directories:
+        spawn(host, directory)
 
 
 def _serve(record: SessionRecord) -> None:
@@ -335,7 +358,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s keeper[%(process)d] {session}: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # 0600 like every file of ours, though the folder is 0700 already.
-    with os.fdopen(os.open(_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+") as handle:
+    with os.fdopen(
+        os.open(sessions.keeper_pid_file(host, directory), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+"
+    ) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

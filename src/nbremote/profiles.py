@@ -17,6 +17,7 @@
     [hosts.cluster]                                       # a Slurm cluster's login node
     addresses = ["login.hpc.example.org"]
     scheduler = "slurm"                                   # up and run submit batch jobs
+    node_login = "auto"                                   # ssh to the job's node: auto, yes or no
 
     [hosts.cluster.slurm]                                 # default batch options; --slurm overrides
     partition = "gpu"
@@ -46,7 +47,7 @@ from pathlib import Path
 
 from nbremote import paths, slurmopts
 
-from nbremote.addresses import Address, Relay, check_port, parse_address, parse_relay
+from nbremote.addresses import Address, Relay, added_at, check_port, parse_address, parse_relay
 from nbremote.agentlink import MODES
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
 # slashes, wildcards or shell metacharacters.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
-HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm", "relay", "tunnel"}
+HOST_KEYS = {"addresses", "user", "port", "key", "up", "scheduler", "slurm", "node_login", "relay", "tunnel"}
+NODE_LOGIN = ("auto", "yes", "no")  # nodelogin.py says what each does
 UP_KEYS = {"dir", "env", "mode", "port", "keep_output"}
 
 
@@ -84,6 +86,7 @@ class Profile:
     scheduler: str | None = None
     slurm_table: dict[str, object] = field(default_factory=dict, hash=False)  # as written, for dumps()
     slurm: tuple[str, ...] = ()  # the same as sbatch options
+    node_login: str | None = None  # NODE_LOGIN: whether `up` tries ssh to its Slurm job's node
     relay: Relay | None = None
     tunnel: int | None = None  # the relay's loopback port that leads to this host's sshd
 
@@ -225,6 +228,9 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
         raise _bad(
             path, text, table, "scheduler", f"scheduler {scheduler!r} is not one of {', '.join(slurmopts.SCHEDULERS)}"
         )
+    node_login = doc.get("node_login")
+    if node_login is not None and node_login not in NODE_LOGIN:
+        raise _bad(path, text, table, "node_login", f"node_login {node_login!r} is not one of {', '.join(NODE_LOGIN)}")
     slurm_doc = doc.get("slurm", {})
     if not isinstance(slurm_doc, dict):
         raise _bad(path, text, table, "slurm", "slurm must be a table")
@@ -259,6 +265,7 @@ def _profile(name: str, doc: object, path: Path, text: str) -> Profile:
             dir=up_doc.get("dir"), env=up_doc.get("env"), mode=mode, port=local_port, keep_output=keep_output
         ),
         scheduler=scheduler,
+        node_login=node_login,
         slurm_table=dict(slurm_doc),
         slurm=slurm,
     )
@@ -357,6 +364,7 @@ def _write_profile(table: Table, p: Profile, new: bool) -> None:
     _set(table, "port", p.port, keep_default=None if new else 22)
     _set(table, "key", p.key)
     _set(table, "scheduler", p.scheduler)
+    _set(table, "node_login", p.node_login)
     _set(table, "relay", None if p.relay is None else str(p.relay))
     _set(table, "tunnel", p.tunnel)
     _sub(table, "up", vars(p.up))
@@ -410,10 +418,11 @@ def save(profiles: dict[str, Profile], path: Path | None = None) -> None:
 
 
 def replace_addresses(
-    name: str, changes: list[tuple[Address, Address]], path: Path | None = None
-) -> list[tuple[Address, Address]]:
-    """Put each change's new address in place of its old one in profile `name`, in the file as
-    it is now; the rest of the file, comments in the list included, stays byte for byte.
+    name: str, changes: list[tuple[Address | None, Address]], path: Path | None = None
+) -> list[tuple[Address | None, Address]]:
+    """Put each change's new address in place of its old one in profile `name` (old None: added
+    after the LAN entries), in the file as it is now; the rest of the file, comments in the
+    list included, stays byte for byte.
 
     Returns the changes made: one whose old address is no longer there (the file was
     edited meanwhile) is left out, and an unreadable file is left alone (its error shows
@@ -428,7 +437,9 @@ def replace_addresses(
 _refreshing = threading.Lock()
 
 
-def _replace(name: str, changes: list[tuple[Address, Address]], path: Path) -> list[tuple[Address, Address]]:
+def _replace(
+    name: str, changes: list[tuple[Address | None, Address]], path: Path
+) -> list[tuple[Address | None, Address]]:
     import tomlkit  # the round-trip parser only writes (see dumps)
 
     try:
@@ -438,10 +449,13 @@ def _replace(name: str, changes: list[tuple[Address, Address]], path: Path) -> l
         return []
     doc = tomlkit.parse(text)
     listed = doc["hosts"][name]["addresses"] if name in doc.get("hosts", {}) else []
-    made = []
+    made: list[tuple[Address | None, Address]] = []
     for old, new in changes:
         shown = [str(a) for a in listed]
-        if str(old) in shown:
+        if old is None and str(new) not in shown:
+            listed.insert(added_at([parse_address(a) for a in shown]), str(new))
+            made.append((old, new))
+        elif old is not None and str(old) in shown:
             listed[shown.index(str(old))] = str(new)
             made.append((old, new))
     if made:

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 log = logs.get(__name__)
 
 STAGGER = 0.25
+# ssh's ConnectTimeout also bounds the wait for the server's banner, which through a relay comes
+# only after the hop's own whole login: at a 100 ms RTT that is 1.6 s, past the keeper's 1 s, and
+# every rebuild through the relay would time out. The hop bounds reaching the relay itself
+# (sshfiles.proxy_command's ConnectTimeout=5); this is for its login and the box's answer.
+RELAY_CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,9 @@ def ways_text(ways: list[dict[str, Any]], now: float) -> str:
     return " · ".join(f"{w['kind']} {w['address']} ({ago(w['answered'], now)})" for w in ways)
 
 
-def renumbered_text(name: str, old: Address, new: Address) -> str:
+def renumbered_text(name: str, old: Address | None, new: Address) -> str:
+    if old is None:
+        return f"{name}'s {kind_of(new)} address added: {new} (from the server)"
     return f"{name}'s {kind_of(new)} address changed: {old} → {new} (from the server)"
 
 
@@ -106,9 +113,9 @@ def forget_answers(name: str) -> None:
         paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
 
 
-def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) -> list[tuple[Address, Address]]:
+def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) -> list[tuple[Address | None, Address]]:
     """Put the server's public addresses (from its agent's hello) in the profile, in hosts.toml:
-    the (old, new) addresses changed. Safe because only the host whose pinned key this
+    the (old, new) addresses changed, old None for one added. Safe because only the host whose pinned key this
     session proved can report them, and a new address is used with that pinned key only."""
     changes = addresses.refreshed(profile.addresses, list(reported))
     if not changes:  # every agent call of every command gets here: no file is read for nothing
@@ -117,7 +124,7 @@ def take_public(profile: Profile, reported: tuple[tuple[str, str | None], ...]) 
     records = answered()
     seen = records.get(profile.name, {})
     # The old address's last answer would stay behind forever: no profile lists it now.
-    dropped = [seen.pop(str(old.with_port(profile.port)), None) for old, _ in made]
+    dropped = [seen.pop(str(old.with_port(profile.port)), None) for old, _ in made if old is not None]
     if any(when is not None for when in dropped):
         paths.write_private(paths.state_dir() / "answered.json", json.dumps(records, indent=1))
     return made
@@ -159,8 +166,11 @@ def race(
     results: queue.Queue[tuple[int, int, str]] = queue.Queue()
     attempts: list[_Attempt] = []
     failures: dict[int, str] = {}
+    timeouts = [
+        connect_timeout if a.via is None else max(connect_timeout, RELAY_CONNECT_TIMEOUT) for a, _ in candidates
+    ]
     began = clock()
-    deadline = began + connect_timeout + 10  # a login that hangs after connecting
+    deadline = began + max(timeouts, default=connect_timeout) + 10  # a login that hangs after connecting
     winner = None
 
     def wait_for(attempt: _Attempt) -> None:
@@ -173,7 +183,7 @@ def race(
             due = began + started * stagger
             if started < len(candidates) and (clock() >= due or len(failures) == started):
                 conn = candidates[started][1]
-                attempt = _Attempt(started, conn, conn.start_master(connect_timeout))
+                attempt = _Attempt(started, conn, conn.start_master(timeouts[started]))
                 attempts.append(attempt)
                 threading.Thread(target=wait_for, args=(attempt,), daemon=True).start()
                 continue
@@ -295,11 +305,17 @@ class PathConnection:
         self._active: Connection | None = None
         self._fallback = by_name.get(preferred or "", self.candidates[0][1])
 
-    def renumbered(self, profile: Profile, changes: list[tuple[Address, Address]]) -> None:
+    def renumbered(self, profile: Profile, changes: list[tuple[Address | None, Address]]) -> None:
         """The profile with its new addresses: a later race (the keeper's) tries them instead.
         The connection in use stays as it is: it works."""
         self.profile = profile
         for old, new in changes:
+            if old is None:
+                at = addresses.added_at([a for a, _ in self.candidates])
+                self.candidates.insert(
+                    at, (new.with_port(profile.port), self._connection(new.with_port(profile.port), True))
+                )
+                continue
             for i, (address, conn) in enumerate(self.candidates):
                 if address == old.with_port(profile.port) and conn is not self._active:
                     self.candidates[i] = (

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import replace
 
-from nbremote import addresses, agentlink, logs, paths, profiles, reach, sshfiles
+from nbremote import addresses, agentlink, logs, paths, profiles, reach, sessions, sshfiles
 from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
@@ -167,7 +167,7 @@ class ProfileHost(Host):
         self.label = self.host = profile.name
         self.interactive = interactive
         self.notify = notify
-        self.renumbered: list[tuple[Address, Address]] = []  # what this session changed in the profile
+        self.renumbered: list[tuple[Address | None, Address]] = []  # what this session changed in the profile
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
             profile,
@@ -233,8 +233,7 @@ class ProfileHost(Host):
             return
         if not made:
             return
-        new = dict(made)
-        self.profile = replace(self.profile, addresses=tuple(new.get(a, a) for a in self.profile.addresses))
+        self.profile = replace(self.profile, addresses=addresses.applied(self.profile.addresses, made))
         assert isinstance(self.connection, reach.PathConnection)
         self.connection.renumbered(self.profile, made)
         self.renumbered += made
@@ -258,7 +257,10 @@ _begun: dict[tuple[str, float, bool], Host] = {}
 def begin_login_for(host: str, *, timeout: float, interactive: bool) -> Place:
     """The place `up HOST` will ask place_for for, its login begun now."""
     place = place_for(host, timeout=timeout, interactive=interactive, persist=True)
-    if isinstance(place, Host):
+    # A background keeper may be logging in to this host's master too: two logins at once
+    # end each other's master (keeper.pause). `up` stops those keepers before its own login,
+    # which it begins itself then, once the CLI is imported.
+    if isinstance(place, Host) and not sessions.keeper_running(host):
         place.begin_login()
         _begun[(host, timeout, interactive)] = place
     return place

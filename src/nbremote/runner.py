@@ -41,6 +41,7 @@ class Served:
     pid: int  # 0 where the runner knows no process id (a batch job)
     reused: bool
     addr: str = "127.0.0.1"  # where the forward goes, seen from the place: its loopback, or a compute node
+    hop: str | None = None  # a compute node the laptop logs in to, through the place: addr is seen from there
     job_id: str | None = None
     node: str | None = None
     where: str = ""  # where Jupyter runs, for messages: the host's label or the compute node

@@ -12,7 +12,7 @@ def for_up(host: str | None, slurm_text: str | None) -> Runner:
     """Slurm when --slurm is given, the profile names it, or a Slurm session there is remembered;
     its batch options are the profile's with those of --slurm replacing the same names."""
     if slurm.uses_slurm(host, slurm_text):
-        return slurm.SlurmRunner(slurm.options_for(host, slurm_text))
+        return slurm.SlurmRunner(slurm.options_for(host, slurm_text), slurm.node_login_for(host))
     return HostRunner()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from nbremote import keeper, logs, sessions
+from nbremote import keeper, logs, nodelogin, sessions
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import Poller, choose_local_port, port_free, probe
@@ -72,19 +72,20 @@ class _Forwarder:
     def __init__(self, place: Place, local_port: int):
         self.place = place
         self.local_port = local_port
-        self.remote: tuple[int | str, str] | None = None
+        self.remote: tuple[int | str, str, str | None] | None = None
 
-    def to(self, remote_port: int | str, addr: str) -> None:
-        if self.remote == (remote_port, addr):
+    def to(self, remote_port: int | str, addr: str, hop: str | None = None) -> None:
+        if self.remote == (remote_port, addr, hop):
             return
         self.undo()
         if isinstance(self.place, Host):
-            self.place.connection.forward(self.local_port, remote_port, addr)
-        self.remote = (remote_port, addr)
+            nodelogin.link(self.place, hop).forward(self.local_port, remote_port, addr)
+        self.remote = (remote_port, addr, hop)
 
     def undo(self) -> None:
         if self.remote is not None and isinstance(self.place, Host):
-            self.place.connection.cancel(self.local_port, self.remote[0], self.remote[1])
+            port, addr, hop = self.remote
+            nodelogin.link(self.place, hop).cancel(self.local_port, port, addr)
         self.remote = None
 
 
@@ -130,6 +131,7 @@ def _from_record(record: SessionRecord, place: Place) -> Served:
         pid=record.pid,
         reused=True,
         addr=record.addr,
+        hop=record.hop,
         job_id=record.job_id,
         node=record.node,
         where=place.label,
@@ -218,6 +220,7 @@ def _finish(
         addr=served.addr,
         job_id=served.job_id,
         node=served.node,
+        hop=served.hop,
         forwards=extra,
     )
     sessions.save(record)
@@ -243,7 +246,7 @@ def _local_port(place: Place, opts: UpOptions, previous: SessionRecord | None, h
         and previous is not None
         and opts.port in (None, previous.local_port)
         and not port_free(previous.local_port)
-        and place.connection.cancel(previous.local_port, previous.remote_port, previous.addr)
+        and nodelogin.link(place, previous.hop).cancel(previous.local_port, previous.remote_port, previous.addr)
     ):
         # The port was held by this master's own forward to the old server: the same port
         # again keeps the browser's tabs, once the forward goes to the server found now.
@@ -318,7 +321,7 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         )
         served = runner.start(place, request, console, progress, started)
         if local_port:
-            forwarder.to(served.port, served.addr)
+            forwarder.to(served.port, served.addr, served.hop)
         port = local_port or served.port
         assert isinstance(port, int), "a Unix socket is served only through a forward (refused above)"
         address = "127.0.0.1" if local_port else served.addr
@@ -366,10 +369,15 @@ def down(
     if isinstance(place, Host):
         for record in mine:
             keeper.stop(record.host, record.dir)  # or it would put the forward back
-            place.connection.cancel(record.local_port, record.remote_port, record.addr)
+            nodelogin.link(place, record.hop).cancel(record.local_port, record.remote_port, record.addr)
             for local, remote in record.forwards:
                 place.connection.cancel(local, remote)
     sessions.remove(mine)
+    if isinstance(place, Host):
+        # A node master carries every session of jobs on that node: it goes with the last of them.
+        left = {r.hop for r in sessions.for_host(place.host)}
+        for hop in {r.hop for r in mine if r.hop is not None} - left:
+            nodelogin.link(place, hop).close()
     if isinstance(place, Host) and not sessions.for_host(place.host):
         runner.release(place)
     return stopped
@@ -380,7 +388,7 @@ def ls(place: Place, runner: Runner, *, timeout: float, show_token: bool = False
     records = {r.remote_dir: r for r in sessions.for_host(place.host) if r.runner == runner.name}
     servers = []
     for row, record in runner.listing(place, records, show_token, timeout):
-        row["keeper_pid"] = keeper.keeper_pid(record.host, record.dir) if record else None
+        row["keeper_pid"] = sessions.keeper_pid(record.host, record.dir) if record else None
         row["forwards"] = (
             [{"local_port": local, "remote_port": remote} for local, remote in record.forwards] if record else []
         )

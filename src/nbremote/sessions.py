@@ -3,13 +3,18 @@
 One JSON file, 0600 in the private state dir (it holds tokens, so a later
 `up` can reattach in a couple of round trips without asking the agent). A
 session in a Slurm job is a record like any other: its runner is "slurm", and
-its forward goes through the login node to the compute node's address.
+its forward goes through the login node to the compute node's address, or,
+with `hop`, through the laptop's ssh to the node to the node's loopback.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 from dataclasses import asdict, dataclass
+
+from pathlib import Path
 
 from nbremote import paths
 
@@ -29,6 +34,7 @@ class SessionRecord:
     addr: str = "127.0.0.1"  # where the forward goes, seen from the host: its loopback, or a compute node
     job_id: str | None = None  # the batch job holding Jupyter, for a scheduler's runner
     node: str | None = None  # the compute node it runs on
+    hop: str | None = None  # the node's address, when the forward goes through the laptop's ssh to it
     # More ports of the host's loopback forwarded beside Jupyter (`nbremote forward`), as
     # (local port, remote port); the keeper puts them back with Jupyter's.
     forwards: tuple[tuple[int, int], ...] = ()
@@ -80,3 +86,30 @@ def remove(records: list[SessionRecord]) -> None:
     for record in records:
         current.pop(record.key, None)
     _save_all(current)
+
+
+def keeper_pid_file(host: str, directory: str) -> Path:
+    """Where the background keeper of a session (`up --detach`) writes its pid, under its lock."""
+    name = hashlib.sha256(f"{host}\0{directory}".encode()).hexdigest()[:16]
+    folder = paths.state_dir() / "keepers"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{name}.pid"
+
+
+def keeper_pid(host: str, directory: str) -> int | None:
+    """The live keeper of a session, checked by its lock rather than trusted from the file."""
+    path = keeper_pid_file(host, directory)
+    try:
+        with path.open() as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return int(handle.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def keeper_running(host: str) -> bool:
+    """Whether a background keeper of any of the host's sessions is alive."""
+    return any(keeper_pid(host, r.dir) is not None for r in for_host(host))

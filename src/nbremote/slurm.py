@@ -2,11 +2,13 @@
 
 The agent on the login node submits the job and reports its state while it
 waits (nbremote/agent/slurm.py); here the replies are checked and become a
-session like any other (session.py): its forward goes through the login
-node's master to the compute node's Jupyter (`ssh -O forward -L
-PORT:NODE_ADDR:JUPYTER_PORT`), the laptop remembers it in its session records,
-and the keeper rebuilds that forward after an outage and asks here whether the
-job has ended when Jupyter no longer answers.
+session like any other (session.py). Where the laptop may ssh to the node
+(nodelogin.py), Jupyter listens on the node's loopback and the forward goes
+through that ssh (`-L PORT:127.0.0.1:JUPYTER_PORT`); else through the login
+node's master to the node's address (`-L PORT:NODE_ADDR:JUPYTER_PORT`). The
+laptop remembers it in its session records, and the keeper rebuilds that path
+after an outage and asks here whether the job has ended when Jupyter no longer
+answers.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nbremote import profiles, sessions, slurmopts
+from nbremote import nodelogin, profiles, sessions, slurmopts
 from nbremote.console import Console
 from nbremote.durations import duration
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.ssh import Connection
 from nbremote.remote import Host, Place
 from nbremote.runner import Progress, Served, StartRequest
 from nbremote.tables import table
@@ -55,6 +58,12 @@ def options_for(host: str | None, slurm_text: str | None) -> list[str]:
     return slurmopts.merge(defaults, slurmopts.parse(slurm_text) if slurm_text is not None else [])
 
 
+def node_login_for(host: str | None) -> str:
+    """The profile's node_login ("auto" without one): whether the laptop tries ssh to the node."""
+    profile = profiles.find(host) if host else None
+    return profile.node_login if profile is not None and profile.node_login else "auto"
+
+
 @dataclass(frozen=True)
 class Server:
     dir: str
@@ -62,8 +71,10 @@ class Server:
     job_id: str
     token: str
     node: str
-    addr: str
+    addr: str  # the node's NodeAddr
     port: int
+    loopback: bool = False  # Jupyter listens on the node's loopback: reached by ssh to the node
+    host_keys: tuple[str, ...] = ()  # the node's, as the job read them there
 
 
 def _bad(where: str, what: str) -> NbremoteError:
@@ -85,7 +96,33 @@ def parse_server(doc: object, where: str) -> Server:
         raise _bad(where, "port")
     if not isinstance(directory, str) or mode not in MODES:
         raise _bad(where, "server")
-    return Server(dir=directory, mode=mode, job_id=job_id, token=token, node=node, addr=addr, port=port)
+    listen, keys = doc.get("listen", "node"), doc.get("host_keys", [])
+    if listen not in ("loopback", "node") or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _bad(where, "listener")
+    return Server(
+        dir=directory,
+        mode=mode,
+        job_id=job_id,
+        token=token,
+        node=node,
+        addr=addr,
+        port=port,
+        loopback=listen == "loopback",
+        host_keys=tuple(keys),
+    )
+
+
+def parse_question(doc: dict[str, object], where: str) -> tuple[str, str, str, list[str]]:
+    """A job's "node" event (it waits to hear whether ssh to its node works): job id, node,
+    address, host keys."""
+    job_id, node, addr, keys = doc.get("job_id"), doc.get("node"), doc.get("addr"), doc.get("host_keys")
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise _bad(where, "Slurm job id")
+    if not isinstance(addr, str) or not _ADDR.fullmatch(addr) or not isinstance(node, str) or not node:
+        raise _bad(where, "node address")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _bad(where, "host key")
+    return job_id, node, addr, keys
 
 
 def _num(value: object) -> int | None:
@@ -162,8 +199,38 @@ class SlurmRunner:
     # Its result shows the job's GPUs and time left, which only Slurm knows: the agent is asked.
     reattach_from_record = False
 
-    def __init__(self, options: list[str] | None = None):
+    def __init__(self, options: list[str] | None = None, node_login: str = "auto"):
         self.options = options or []  # sbatch options; only a new job uses them
+        self.node_login = node_login  # nodelogin.NODE_LOGIN: whether to try ssh to the job's node
+        self.hop: Connection | None = None  # the laptop's ssh to the node, once it logged in
+
+    def _answer(self, place: Place, request: StartRequest, doc: dict[str, object], console: Console) -> None:
+        """The job waits to hear whether the laptop can ssh to its node before it starts Jupyter
+        (on loopback if so): try, and tell it. A refusal falls back to the node's address under
+        "auto"; under "yes", or when the node shows a key the job did not report (someone else
+        may answer there), it is an error and the waiting job is cancelled."""
+        job_id, node, addr, keys = parse_question(doc, place.label)
+        listen = "node"
+        if self.node_login != "no" and isinstance(place, Host):
+            began = time.monotonic()
+            try:
+                self.hop = nodelogin.log_in(place, node=node, addr=addr, keys=keys, job_id=job_id)
+                listen = "loopback"
+                console.done(f"logged in to {node} through {place.label}", time.monotonic() - began)
+            except NbremoteError as exc:
+                if self.node_login == "yes" or exc.exit_code == ExitCode.HOST_KEY:
+                    place.agent(hello_timeout=request.timeout + 10).request(
+                        "slurm_down", {"dir": request.dir, "all": False}, timeout=120
+                    )
+                    exc.details = [*exc.details, f"Slurm job {job_id} is cancelled: it waited for that login"]
+                    raise
+                console.warn(
+                    f"{node} refused ssh from this laptop ({exc.message}): Jupyter listens on its "
+                    f'cluster address {addr} instead (node_login = "no" in the profile skips this try)'
+                )
+        place.agent(hello_timeout=request.timeout + 10).request(
+            "slurm_listen", {"dir": request.dir, "job_id": job_id, "listen": listen}, timeout=60
+        )
 
     def start(self, place: Place, request: StartRequest, console: Console, progress: Progress, began: float) -> Served:
         def on_event(name: str, data: dict[str, object]) -> None:
@@ -183,6 +250,8 @@ class SlurmRunner:
                     f"{left_text(job)}); starting Jupyter",
                     time.monotonic() - began,
                 )
+            elif name == "node":
+                self._answer(place, request, data, console)
 
         reply = place.agent(hello_timeout=request.timeout + 10).request(
             "slurm_up",
@@ -192,6 +261,7 @@ class SlurmRunner:
                 "env": request.env,
                 "options": self.options,
                 "timeout": request.start_timeout,
+                "node_login": self.node_login,
             },
             on_event=on_event,
             timeout=None,
@@ -207,6 +277,10 @@ class SlurmRunner:
         )
         if isinstance(place, Host) and not place.connection.master_alive():
             place.connect()  # a `down` meanwhile let the master go: a queued job's wait outlived it
+        if server.loopback and isinstance(place, Host) and self.hop is None:
+            # A job that asked an earlier `up`: its Jupyter is on the node's loopback already.
+            keys = list(server.host_keys)
+            self.hop = nodelogin.log_in(place, node=server.node, addr=server.addr, keys=keys, job_id=server.job_id)
         low = job["time_left"] is not None and job["time_left"] < LOW_TIME
         return Served(
             dir=server.dir,
@@ -215,7 +289,8 @@ class SlurmRunner:
             token=server.token,
             pid=0,
             reused=reused,
-            addr=server.addr,
+            addr="127.0.0.1" if server.loopback else server.addr,
+            hop=server.addr if server.loopback else None,
             job_id=server.job_id,
             node=server.node,
             where=server.node,
@@ -224,8 +299,9 @@ class SlurmRunner:
                 "scheduler": "slurm",
                 "job_id": server.job_id,
                 "node": server.node,
-                "remote_addr": server.addr,
+                "remote_addr": "127.0.0.1" if server.loopback else server.addr,
                 "remote_port": server.port,
+                "node_login": server.loopback,
                 "dir": server.dir,
                 "mode": server.mode,
                 "gpus": job["gpus"],
@@ -278,6 +354,8 @@ class SlurmRunner:
         return f"Slurm job {record.job_id} on {record.node}"
 
     def route(self, place: Place, served: Served) -> str:
+        if served.hop is not None:
+            return f"{place.label} → {served.node} (ssh) → 127.0.0.1:{served.port}"
         return f"{place.label} → {served.node}:{served.port}"
 
     def left_running(self, record: SessionRecord, label: str, stop: str) -> str:

@@ -31,6 +31,16 @@ log = logs.get(__name__)
 _DESTINATION = re.compile(r"^(?:[^\s@/\\'\"`$;&|<>()]+@)?[A-Za-z0-9_.:%\[\]-]+\Z")
 
 
+# `ssh -G` names (lower case) of the settings that say who logs in, and how.
+_IDENTITY = {
+    "user": "User",
+    "identityfile": "IdentityFile",
+    "certificatefile": "CertificateFile",
+    "identitiesonly": "IdentitiesOnly",
+    "identityagent": "IdentityAgent",
+}
+
+
 @dataclass(frozen=True)
 class Target:
     """A host as the user named it, reduced to what ssh takes."""
@@ -169,6 +179,32 @@ class Connection:
     def ssh_argv(self, args: list[str]) -> list[str]:
         """Plain ssh (a shell, or ARGS as ssh joins them) through the live master."""
         return ["ssh", "-o", "ControlMaster=no", *self._options(), "--", self.target.destination, *args]
+
+    def proxy_argv(self, host: str, port: int) -> list[str]:
+        """ssh that carries one TCP connection to host:port through this live master (`-W`): a
+        ProxyCommand to a host behind this one with no second login here. BatchMode: were the
+        master gone, no password prompt may appear where no one reads it."""
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return [
+            "ssh",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "BatchMode=yes",
+            *self._options(),
+            "-W",
+            where,
+            "--",
+            self.target.destination,
+        ]
+
+    def identity_options(self) -> tuple[tuple[str, str], ...]:
+        """The user and keys this target logs in with, read from `ssh -G` (no connection): a host
+        behind it (a cluster's compute node) takes the same."""
+        argv = ["ssh", "-G", *self._options(), "--", self.target.destination]
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=ssh_env())
+        lines = [line.partition(" ") for line in done.stdout.splitlines()]
+        return tuple((_IDENTITY[key], value) for key, _, value in lines if key in _IDENTITY)
 
     def _control(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", *self._options(), *args, "--", self.target.destination]

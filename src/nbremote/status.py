@@ -52,7 +52,7 @@ class HostStatus:
             "path": self.path,
             "kind": self.kind,
             "addresses": self.ways,
-            "renumbered": [{"old": str(old), "new": str(new)} for old, new in self.renumbered],
+            "renumbered": [{"old": None if old is None else str(old), "new": str(new)} for old, new in self.renumbered],
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 1),
             "seconds": round(self.seconds, 3),
             "machine": self.machine,

@@ -28,15 +28,23 @@ the server takes a global address in it, and the router's forward chain lets
 in from the WAN only what is established or what miniupnpd's pinholes allow
 (UPnP IGD v2 WANIPv6FirewallControl, which miniupnpd serves on the LAN)::
 
-    server netns  eth1 2001:db8:77:1::2/64 ── lan0 2001:db8:77:1::1/64, fe80::1  router netns
-                  default via fe80::1                 wan0 2001:db8:0:1::1/64
-                                                        │  (the café routes 2001:db8:77::/48 to it)
-    café netns    eth0 2001:db8:0:1::10/64  ────────────┘
+    server netns  eth1 3ffe:0:77:1::2/64 ── lan0 3ffe:0:77:1::1/64, fe80::1  router netns
+                  default via fe80::1              wan0 3ffe:0:0:1::1/64
+                                                     │  (the café routes 3ffe:0:77::/48 to it)
+    café netns    eth0 3ffe:0:0:1::10/64  ───────────┘
 
-2001:db8::/32 is the documentation range: miniupnpd accepts it for pinholes
-(it refuses reserved external addresses for IPv4 only), and the root namespace
-gets a blackhole route for it while the home exists, as netlab does for IPv4:
-this machine has IPv6 of its own, and a mistaken command there must not leave.
+3ffe::/16, not the documentation range 2001:db8::/32: the server reports only
+addresses the internet can route (addresses.public_ip, Python's is_global), and
+2001:db8:: is not one, so a lab on it would never see the box's IPv6 reported
+and the café's profile would never learn it, where a real home's would. The lab
+must be no kinder than the world, and the production check no looser than it
+is; so the lab takes a prefix that is global to that check. 3ffe::/16 was the
+6bone's, returned to IANA in 2006 and assigned to no one since: nothing real
+answers there, and the lab is an island of namespaces anyway (no link to the
+root namespace), where the root namespace also gets a blackhole route for it
+while the home exists, as netlab does for IPv4: this machine may have IPv6 of
+its own, and a mistaken command there must not leave. miniupnpd opens pinholes
+for it as for any global prefix.
 
 The /25 is more specific than the lab's 192.168.77.0/24 on eth0, so the
 laptop (192.168.77.10) is still reached directly. With laptop_uplink the
@@ -67,10 +75,10 @@ CAFE_WIFI, LAPTOP_WIFI = "11.22.33.65", "11.22.33.66"  # a /26 inside the blackh
 CAFE_RELAY_SIDE, RELAY_ADDR = "11.22.33.129", "11.22.33.130"  # another /26 of it
 WAN_ADDR = ROUTER_WAN
 ECHO_URL = f"http://{CAFE_ADDR}/ip"
-V6_NET = "2001:db8::/32"  # blackholed in the root namespace while an IPv6 home exists
-ROUTER_LAN6, ROUTER_LINK6, SERVER_V6 = "2001:db8:77:1::1", "fe80::1", "2001:db8:77:1::2"
-ROUTER_WAN6, CAFE_V6 = "2001:db8:0:1::1", "2001:db8:0:1::10"
-HOME_PREFIX6 = "2001:db8:77::/48"  # what the provider routes to the router
+V6_NET = "3ffe::/16"  # global to addresses.public_ip (see above); blackholed in the root namespace meanwhile
+ROUTER_LAN6, ROUTER_LINK6, SERVER_V6 = "3ffe:0:77:1::1", "fe80::1", "3ffe:0:77:1::2"
+ROUTER_WAN6, CAFE_V6 = "3ffe:0:0:1::1", "3ffe:0:0:1::10"
+HOME_PREFIX6 = "3ffe:0:77::/48"  # what the provider routes to the router
 
 ROUTER_RULES = """
 table inet filter {

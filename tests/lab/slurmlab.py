@@ -22,9 +22,11 @@ makes the compute node a machine of its own, as on a cluster whose users may ssh
 to the node running their job: a network namespace joined to the login node (the
 server's) by a veth (NODE_ADDR, Slurm's NodeAddr), where slurmd runs, and a mount
 namespace of its own whose /etc/pam.d/sshd ends its account stack with
-`pam_slurm_adopt.so` (Debian's libpam-slurm-adopt); its sshd (own ed25519 host
-key, node_host_key()) listens on NODE_ADDR:22. PrologFlags=contain gives each job
-the extern step pam_slurm_adopt adopts a login into.
+`pam_slurm_adopt.so` (Debian's libpam-slurm-adopt) and whose /etc/ssh is its own:
+its sshd (sshd_config there, own ed25519 host key at /etc/ssh/ssh_host_ed25519_key,
+node_host_key()) listens on NODE_ADDR:22, as a real node's would, so a job there
+reads the node's host key where it reads it on a cluster. PrologFlags=contain gives
+each job the extern step pam_slurm_adopt adopts a login into.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class SlurmCluster:
         self.node_host = node_host
         self.node_ns = f"nbr-node-{lab.server_ns.split('-', 2)[2]}"
         self.node_mnt = root / "node.mnt"
+        self.node_etc_ssh = root / "node-etc-ssh"  # the node's /etc/ssh
 
     @classmethod
     def start(cls, lab, node_host: bool = False) -> "SlurmCluster":
@@ -175,7 +178,7 @@ class SlurmCluster:
             self._root(["/usr/sbin/slurmd", "-N", NODE])
         self._wait(self._node_idle, f"node {NODE} to be idle", seconds=30)
         if self.node_host:
-            self._node(["/usr/sbin/sshd", "-f", "/run/slurm/node-sshd/sshd_config", "-E", "/run/slurm/node-sshd.log"])
+            self._node(["/usr/sbin/sshd", "-E", "/run/slurm/node-sshd.log"])
             self._wait(lambda: (self.state / "node-sshd.pid").exists(), "the node's sshd")
 
     # --- the node as a host of its own -----------------------------------------
@@ -216,11 +219,12 @@ class SlurmCluster:
             (pam / "sshd").read_text()
             + f"account required pam_slurm_adopt.so nodename={NODE} action_adopt_failure=allow\n"
         )
-        sshd_dir = self.state / "node-sshd"
-        sshd_dir.mkdir()
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sshd_dir / "host_key")])
-        (sshd_dir / "sshd_config").write_text(
-            f"ListenAddress {NODE_ADDR}\nPort 22\nHostKey /run/slurm/node-sshd/host_key\nUsePAM yes\n"
+        etc_ssh = self.node_etc_ssh
+        etc_ssh.mkdir(mode=0o755)
+        os.chmod(etc_ssh, 0o755)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(etc_ssh / "ssh_host_ed25519_key")])
+        (etc_ssh / "sshd_config").write_text(
+            f"ListenAddress {NODE_ADDR}\nPort 22\nHostKey /etc/ssh/ssh_host_ed25519_key\nUsePAM yes\n"
             "KbdInteractiveAuthentication no\nPasswordAuthentication no\nPidFile /run/slurm/node-sshd.pid\n"
             "AllowTcpForwarding yes\nSubsystem sftp internal-sftp\n"
         )
@@ -229,7 +233,7 @@ class SlurmCluster:
         self.node_mnt.touch()
         _run(["unshare", f"--mount={self.node_mnt}", "--propagation", "private", "true"])
         binds = ((self.lab.server_run, "/run"), (self.root / "etc-slurm", "/etc/slurm"))
-        binds += ((self.root / "etc-munge", "/etc/munge"), (pam, "/etc/pam.d"))
+        binds += ((self.root / "etc-munge", "/etc/munge"), (pam, "/etc/pam.d"), (etc_ssh, "/etc/ssh"))
         script = "umount -R /run/netns 2>/dev/null; " + " && ".join(
             f"mount --bind {shlex.quote(str(src))} {dst}" for src, dst in binds
         )
@@ -237,7 +241,7 @@ class SlurmCluster:
 
     def node_host_key(self) -> str:
         """The node's public host key, as a known_hosts line would hold it after the host name."""
-        return " ".join((self.state / "node-sshd" / "host_key.pub").read_text().split()[:2])
+        return " ".join((self.node_etc_ssh / "ssh_host_ed25519_key.pub").read_text().split()[:2])
 
     def _node_idle(self) -> bool:
         done = self.lab.server_exec(["sinfo", "-h", "-n", NODE, "-o", "%t"])

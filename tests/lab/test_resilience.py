@@ -110,3 +110,24 @@ def test_down_stops_the_keeper_and_leaves_no_process_on_either_side(lab):
     assert wait_until(lambda: not lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER]).stdout.strip())
     assert wait_until(lambda: not lab.server_exec(["pgrep", "-u", ALICE]).stdout.strip())
     assert result["pid"] not in alice_pids(lab, "jupyter-lab")
+
+
+def test_a_cold_up_of_a_detached_session_replaces_its_keeper_instead_of_racing_it(lab):
+    """The masters ended under a detached session: its keeper would log in again while this
+    `up` does, and its clean-up would end the master `up` just opened (seen at 100 ms)."""
+    up_json(lab, "server")
+
+    def keeper() -> int | None:
+        return json.loads(lab.nbremote("ls", "server", "--json").stdout)["servers"][0]["keeper_pid"]
+
+    assert wait_until(keeper)
+    first = keeper()
+    masters = lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-x", "ssh"]).stdout.split()
+    lab.laptop_exec(["kill", "-TERM", *masters])
+    result = up_json(lab, "server")
+    assert wait_until(lambda: keeper() not in (None, first)), "the old keeper was left running"
+    keepers = lab.laptop_exec(["pgrep", "-u", netlab.LAPTOP_USER, "-f", "nbremote.keeper"]).stdout.split()
+    assert keepers == [str(keeper())]
+    processes = lab.laptop_exec(["pgrep", "-a", "-u", netlab.LAPTOP_USER, "-x", "ssh"]).stdout
+    assert len([line for line in processes.splitlines() if " -N -f " in line]) == 1, processes  # one master
+    assert _status_through(lab, result) == 200

@@ -4,12 +4,16 @@ imported: its tables are click's own, whatever it accepts click parses to the sa
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbremote import cli, entry, remote
+from nbremote import cli, entry, remote, sessions
+from nbremote.sessions import SessionRecord
 
 
 def _options(command: click.Command) -> dict[str, bool]:
@@ -121,3 +125,24 @@ def test_a_login_up_never_took_is_ended(no_login):
     assert other is not begun
     remote.abandon_unclaimed(begun)
     assert no_login == ["begin", "abandon"]
+
+
+def test_no_early_login_while_a_keeper_of_the_host_may_be_logging_in(no_login):
+    """Two logins at once end each other's master: `up` stops the keeper first, then logs in."""
+    sessions.save(SessionRecord("me@gpubox", "~", "/home/me", 8890, 38119, "t" * 32, 1, "lab", 0.0))
+    holder = (
+        "import fcntl, os, sys, time\n"
+        "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    path = str(sessions.keeper_pid_file("me@gpubox", "~"))
+    keeper = subprocess.Popen([sys.executable, "-c", holder, path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert keeper.stdout is not None and keeper.stdout.readline() == "ready\n"
+        begun = remote.begin_login_for("me@gpubox", timeout=10.0, interactive=False)
+        assert remote.place_for("me@gpubox", timeout=10.0, interactive=False, persist=True) is not begun
+        remote.abandon_unclaimed(begun)
+        assert no_login == []
+    finally:
+        keeper.kill()
+        keeper.wait()

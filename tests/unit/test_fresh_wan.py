@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nbremote import agentlink, profiles, reach, sshfiles, status
+from nbremote import addresses, agentlink, profiles, reach, sshfiles, status
 from nbremote.addresses import Address, Relay, public_ip, refreshed
 from nbremote.agent import protocol
 from nbremote.remote import ProfileHost
@@ -143,6 +143,7 @@ def test_parse_hello_takes_public_addresses_and_drops_every_other_report():
 
 def test_the_agent_reports_the_newest_wan_record(isolated, monkeypatch, tmp_path):
     monkeypatch.setenv("NBREMOTE_STATE_DIR", str(tmp_path / "root"))
+    monkeypatch.setattr(protocol, "global_ipv6", lambda: [])  # this machine's own, if it has any
     assert protocol.public_addresses() == []
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "wan-ip.json").write_text(json.dumps({"address": "11.22.33.1", "at": 100.0}))
@@ -218,3 +219,66 @@ def test_status_says_the_path_its_kind_each_way_in_and_a_change():
     doc = result.to_json()
     assert doc["kind"] == "WAN" and doc["addresses"][0]["kind"] == "LAN"
     assert doc["renumbered"] == [{"old": "11.22.33.1:22022", "new": f"{NEW}:22022"}]
+
+
+# --- the box's global IPv6 address, reported beside the WAN address ---------------------------
+
+IF_INET6 = """\
+00000000000000000000000000000001 01 80 10 80       lo
+3ffe0000007700010000000000000002 02 40 00 80     eth1
+3ffe00000077000102115afffe3b1c2d 02 40 00 01     eth1
+3ffe0000007700010000000000000003 02 40 00 20     eth1
+3ffe0000007700010000000000000004 02 40 00 40     eth1
+fd000000000000000000000000000002 04 40 00 80     eth0
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+20010db8000000000000000000000005 03 40 00 80     eth2
+2a001450400100000000000000000005 03 40 00 80     eth2
+2a001450400100000000000000000006 03 40 00 80     eth2
+garbage line
+"""
+
+
+def test_the_agent_reads_the_global_ipv6_addresses_from_the_kernel_and_skips_the_rest(tmp_path, monkeypatch):
+    path = tmp_path / "if_inet6"
+    path.write_text(IF_INET6)
+    # Not loopback, a temporary (01), deprecated (20) or tentative (40) one, a ULA or link-local one;
+    # the documentation range is global unicast here, and the laptop's public_ip drops it.
+    assert protocol.global_ipv6(str(path)) == ["3ffe:0:77:1::2", "2001:db8::5"]
+    assert protocol.global_ipv6(str(tmp_path / "absent")) == []
+    monkeypatch.setenv("NBREMOTE_STATE_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(protocol, "global_ipv6", lambda: ["3ffe:0:77:1::2"])
+    assert protocol.public_addresses() == [{"address": "3ffe:0:77:1::2"}]
+
+
+V6 = "2a00:1450:4001::5"
+
+
+def test_refreshed_adds_the_first_ipv6_address_after_the_lan_entries_on_the_lan_port():
+    current = (LAN, WAN, Address("gpubox.example.org", 22022))
+    assert refreshed(current, [(NEW, None), (V6, None), ("2a00:1450:4001::6", None)]) == [
+        (WAN, Address(NEW, 22022)),
+        (None, Address(V6, 22222)),
+    ]
+    assert addresses.applied(current, [(None, Address(V6, 22222))]) == (LAN, Address(V6, 22222)) + current[1:]
+    assert refreshed((WAN,), [(V6, None)]) == [(None, Address(V6, None))]
+    # The box has two: the one the profile has is kept, the other never replaces it.
+    assert refreshed((LAN, Address(V6, 22222)), [("2a00:1450:4001::6", None), (V6, None)]) == []
+
+
+def test_an_added_ipv6_address_goes_in_the_file_after_the_lan_entry_comments_and_all(isolated):
+    told: list[str] = []
+    place = _place(told)
+    place._take_public(agentlink.parse_hello(hello([{"address": V6, "at": time.time()}])))
+    assert told == [f"gpubox's IPv6 address added: [{V6}]:22222 (from the server)"]
+    assert profiles.profiles_path().read_text() == HOSTS.replace(
+        '"192.168.1.112:22222",  # at home\n', f'"192.168.1.112:22222",  # at home\n  "[{V6}]:22222",\n'
+    )
+    assert profiles.load()["gpubox"].addresses[1] == Address(V6, 22222)
+    assert [str(a) for a, _ in place.connection.candidates][1] == f"[{V6}]:22222"
+    assert place.renumbered == [(None, Address(V6, 22222))]
+    place._take_public(agentlink.parse_hello(hello([{"address": V6, "at": time.time()}])))
+    assert len(told) == 1 and profiles.profiles_path().read_text().count(V6) == 1
+    doc = status.HostStatus(
+        host="gpubox", label="gpubox", reachable=True, seconds=0.3, renumbered=place.renumbered
+    ).to_json()
+    assert doc["renumbered"] == [{"old": None, "new": f"[{V6}]:22222"}]

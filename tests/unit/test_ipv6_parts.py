@@ -12,7 +12,7 @@ import pytest
 from nbremote import invite
 from nbremote.addresses import Address
 from nbremote.reach import Reached
-from nbremote.server import netinfo, steps, upnp
+from nbremote.server import firewall, netinfo, steps, upnp
 
 
 @pytest.mark.parametrize(
@@ -102,8 +102,6 @@ def test_a_refused_pinhole_says_why_and_what_to_do():
 
 @pytest.mark.parametrize("setting, said", [(b"IPV6=no\n", True), (b'IPV6="yes"\n', False)])
 def test_ufw_without_ipv6_is_named_where_the_box_has_global_ipv6(tmp_path, monkeypatch, setting, said):
-    from nbremote.server import firewall
-
     (tmp_path / "default").mkdir()
     (tmp_path / "default" / "ufw").write_bytes(setting)
     monkeypatch.setattr(firewall.netinfo, "global_ipv6", lambda: [("2001:db8:77:1::2", "eth1")])
@@ -125,3 +123,59 @@ def test_the_pinhole_record_keeps_what_unexpose_needs_and_goes_with_the_last(tmp
     assert not (tmp_path / "pinholes.json").exists()
     (tmp_path / "pinholes.json").write_text("[1, 2]")  # not ours: no record
     assert record.all() == {}
+
+
+# --- `server check`'s IPv6 rows -------------------------------------------------------------
+
+
+class Ip6tables:
+    """iptables-save for both families from rulesets held here (the argv seam of Iptables)."""
+
+    def __init__(self, v4: str, v6: str | None) -> None:
+        self.rules = {"iptables": v4, "ip6tables": v6}
+
+    def __call__(self, argv, *, input=None, **_):
+        tool = argv[0].rpartition("-")[0]
+        text = self.rules[tool]
+        return subprocess.CompletedProcess(argv, 0 if text is not None else 1, text or "", "")
+
+
+def _chain(port: int, family: int) -> str:
+    return firewall.with_chain("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", (port,), family)
+
+
+def test_the_ipv6_firewall_row_says_whether_ssh_comes_in_over_ipv6_as_over_ipv4(monkeypatch, tmp_path):
+    monkeypatch.setattr(firewall.system, "which", lambda name: f"/usr/sbin/{name}")
+    both = firewall.Iptables(etc=tmp_path, run=Ip6tables(_chain(22222, 4), _chain(22222, 6)))
+    monkeypatch.setattr(firewall, "default_backends", lambda: [both])
+    assert firewall.ipv6_row(True, {22222}) == firewall.Check(
+        "ipv6 firewall", firewall.PASS, "iptables: allow 22222/tcp over IPv6 as over IPv4"
+    )
+    v4_only = firewall.Iptables(etc=tmp_path, run=Ip6tables(_chain(22222, 4), "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"))
+    monkeypatch.setattr(firewall, "default_backends", lambda: [v4_only])
+    row = firewall.ipv6_row(True, {22222})
+    assert row.status == firewall.FAIL and row.fix == firewall.rootcmd.command("server", "firewall")
+    assert (
+        row.detail == "iptables: ip6tables has no nbremote rule for 22222/tcp: ssh over IPv6 is left to the rules there"
+    )
+    moved = firewall.ipv6_row(True, {2200})  # sshd moved since: no rule for its port
+    assert moved.status == firewall.WARN and "no nbremote rule for ssh" in moved.detail
+    assert firewall.ipv6_row(False, {22222}).status == firewall.SKIP
+
+
+def test_the_ipv6_firewall_row_names_ufws_ipv6_switch(monkeypatch, tmp_path):
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "ufw").write_bytes(b"IPV6=no\n")
+    monkeypatch.setattr(firewall.netinfo, "global_ipv6", lambda: [("3ffe:0:77:1::2", "eth1")])
+    ufw = firewall.Ufw(etc=tmp_path)
+    monkeypatch.setattr(ufw, "active_port", lambda: 22222)
+    monkeypatch.setattr(firewall, "default_backends", lambda: [ufw])
+    monkeypatch.setattr(ufw, "is_supported", lambda: True)
+    row = firewall.ipv6_row(True, {22222})
+    assert row.status == firewall.FAIL and "drops all IPv6, so ssh over IPv6 cannot come in" in row.detail
+    assert row.fix == "IPV6=yes in /etc/default/ufw, then `sudo ufw reload`"
+
+
+def test_check_has_no_ipv6_rows_where_the_box_has_no_global_ipv6(monkeypatch):
+    monkeypatch.setattr(steps.netinfo, "global_ipv6", lambda: [])
+    assert steps.ipv6_checks(True, {22222}, 1.0) == []

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
-from nbremote import keeper
+from nbremote import keeper, sessions
 from nbremote.addresses import Address
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
@@ -344,3 +345,52 @@ def test_hold_of_a_slurm_session_names_the_job_and_ends_with_the_jobs_end(monkey
     assert "\r● serving http://127.0.0.1:8890/lab · Slurm job 81 on node1 · 0 min 00 s\x1b[K" in text
     assert text.endswith("\r\x1b[K")  # the status line is gone before the error is printed
     assert ("forward", LOCAL, REMOTE, "10.0.0.7") in conn.calls
+
+
+# --- `up` stops the keepers that would fight it over the master --------------------------
+
+
+@pytest.fixture
+def running_keepers(request):
+    """Processes holding each session's keeper lock as a keeper does, by (host, dir)."""
+    procs = {}
+    for host, directory in [("gpubox", "~"), ("gpubox", "/data"), ("other", "~")]:
+        sessions.save(SessionRecord(host, directory, "/home/a", LOCAL, REMOTE, "t" * 32, 1, "lab", 0.0))
+        code = (
+            "import fcntl, os, sys, time\n"
+            "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.seek(0); f.truncate()\n"
+            "f.write(str(os.getpid())); f.flush(); print('ready', flush=True); time.sleep(60)"
+        )
+        path = str(sessions.keeper_pid_file(host, directory))
+        proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "ready\n"
+        procs[(host, directory)] = proc
+    yield procs
+    for proc in procs.values():
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def _alive(procs) -> list[tuple[str, str]]:
+    return sorted(key for key, proc in procs.items() if proc.poll() is None)
+
+
+def test_an_up_that_logs_in_stops_every_keeper_of_its_host_and_says_which(running_keepers, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(keeper, "spawn", lambda host, directory: spawned.append((host, directory)))
+    paused = keeper.pause("gpubox", "~", logging_in=True, holding=False)
+    assert sorted(paused) == ["/data", "~"]
+    assert _alive(running_keepers) == [("other", "~")]
+    keeper.resume("gpubox", paused)
+    assert sorted(spawned) == [("gpubox", "/data"), ("gpubox", "~")]
+
+
+def test_a_foreground_up_over_a_live_master_stops_only_its_sessions_keeper(running_keepers):
+    assert keeper.pause("gpubox", "~", logging_in=False, holding=True) == ["~"]
+    assert _alive(running_keepers) == [("gpubox", "/data"), ("other", "~")]
+
+
+def test_a_detached_up_over_a_live_master_leaves_every_keeper_running(running_keepers):
+    assert keeper.pause("gpubox", "~", logging_in=False, holding=False) == []
+    assert _alive(running_keepers) == [("gpubox", "/data"), ("gpubox", "~"), ("other", "~")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nbremote import reach
-from nbremote.addresses import Address
+from nbremote.addresses import Address, Relay
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.ssh import Target
 
@@ -47,6 +47,7 @@ class FakeConnection:
         self.clock = clock
 
     def start_master(self, connect_timeout):
+        self.connect_timeout = connect_timeout
         self.started_at = self.clock.now if self.clock else None
         script = f"sleep {self.seconds}; echo {self.stderr!r} >&2; exit {self.code}"
         self.proc = subprocess.Popen(["sh", "-c", script], stderr=subprocess.PIPE, text=True)
@@ -81,6 +82,18 @@ def test_preferred_address_wins_when_it_works_and_the_next_never_starts():
     index, _ = reach.race(_candidates(first, second), connect_timeout=5, stagger=0.25)
     assert index == 0
     assert second.proc is None
+
+
+def test_a_relay_path_gets_time_for_the_hops_login_within_its_connect_timeout():
+    """The keeper races with a 1 s connect timeout; through a relay ssh waits for the box's
+    banner with it, and that comes after the hop's whole login (1.6 s at 100 ms)."""
+    refused, hop = FakeConnection(0.0, code=255, stderr="Connection refused"), FakeConnection(0.0)
+    candidates = [
+        (Address("10.0.0.1", 22), refused),
+        (Address("127.0.0.1", 2222, Relay("bob", "vps.example.org")), hop),
+    ]
+    assert reach.race(candidates, connect_timeout=1, stagger=0.25)[0] == 1
+    assert refused.connect_timeout == 1 and hop.connect_timeout == reach.RELAY_CONNECT_TIMEOUT
 
 
 def test_a_fast_failure_starts_the_next_at_once():

@@ -124,7 +124,7 @@ def test_keep_renews_at_half_the_lease():
     renewed = []
     upnp.keep(router, 22222, 22, 600, sleep=slept.append, rounds=3, also=lambda: renewed.append(len(router.added)))
     assert slept == [300, 300, 300] and router.added == [(22222, 22, 600)] * 3
-    assert renewed == [1, 2, 3]  # the IPv6 pinholes after each mapping
+    assert renewed == [0, 1, 2]  # the IPv6 pinholes before each mapping, whatever becomes of it
 
 
 class FlakyRouter(FakeRouter):
@@ -137,9 +137,20 @@ class FlakyRouter(FakeRouter):
 
 
 def test_keep_tries_a_refused_renewal_again_at_the_next_period():
-    router, slept, errors, renewed = FlakyRouter(), [], [], []
-    upnp.keep(router, 22222, 22, 4, sleep=slept.append, rounds=2, on_renew=renewed.append, on_error=errors.append)
+    router, slept, errors, renewed, pinholes = FlakyRouter(), [], [], [], []
+    upnp.keep(
+        router,
+        22222,
+        22,
+        4,
+        sleep=slept.append,
+        rounds=2,
+        on_renew=renewed.append,
+        on_error=errors.append,
+        also=lambda: pinholes.append(len(router.added)),
+    )
     assert slept == [2, 2, 2] and len(router.added) == 3 and renewed == [1, 2]
+    assert pinholes == [0, 1, 2]  # renewed in the period whose mapping was refused too
     assert [e.message for e in errors] == ["the router refused to forward WAN port 22222"]
     with pytest.raises(NbremoteError):  # without on_error, a refusal ends keep
         upnp.keep(FlakyRouter(), 22222, 22, 4, sleep=slept.append, rounds=2)

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 from clirun import run_main
 
-from nbremote import profiles, slurm, slurmopts
+from nbremote import nodelogin, profiles, slurm, slurmopts
+from nbremote.agent import launcher
 from nbremote.agent import slurm as agent_slurm
 from nbremote.agent.protocol import module_source
 from nbremote.errors import ExitCode, NbremoteError
@@ -35,6 +36,7 @@ def test_jupyter_script_execs_the_launcher_with_every_path_quoted():
         "/home/a/my dir",
         "/home/a/.local/state/nbremote/slurm/k.token",
         "/home/a/.local/state/nbremote/slurm/k.ready",
+        "no",
     ]
     assert "#SBATCH" not in script  # options travel on sbatch's command line, as a list
 
@@ -43,6 +45,49 @@ def test_jupyter_script_as_root_allows_root_and_is_a_pure_function():
     args = ("/p", "/j", "/d", "/t", "/r")
     assert agent_slurm.render_jupyter_script(*args, allow_root=True).rstrip().endswith(" --allow-root")
     assert agent_slurm.render_jupyter_script(*args) == agent_slurm.render_jupyter_script(*args)
+
+
+def test_jupyter_script_passes_node_login_to_the_launcher():
+    script = agent_slurm.render_jupyter_script("/p", "/j", "/d", "/t", "/r.ready", node_login="auto")
+    assert shlex.split(script.split("\nexec ", 1)[1])[3:] == ["/j", "/d", "/t", "/r.ready", "auto"]
+
+
+# --- the launcher's view of its node ----------------------------------------------------------
+
+ADOPT = "account    required     pam_slurm_adopt.so action_adopt_failure=allow\n"
+
+
+@pytest.mark.parametrize(
+    "sshd, other, adopts",
+    [
+        ("@include common-account\n" + ADOPT, "", True),  # Debian, appended to sshd's own stack
+        ("@include common-account\n", ADOPT, True),  # in a file sshd's stack includes
+        ("account include password-auth\n", ADOPT, True),  # Red Hat's include
+        ("-account sufficient pam_slurm_adopt.so\n", "", True),  # optional, as some sites write it
+        ("@include common-account\n# " + ADOPT, "# " + ADOPT, False),  # commented out
+        ("@include common-account\n", "", False),
+        ("@include ../../etc/shadow\n", "", False),  # only names in the same folder are read
+    ],
+)
+def test_the_launcher_asks_only_where_the_nodes_sshd_runs_pam_slurm_adopt(tmp_path, sshd, other, adopts):
+    (tmp_path / "sshd").write_text(sshd)
+    for name in ("common-account", "password-auth"):
+        (tmp_path / name).write_text(other)
+    assert launcher.adopts_logins(str(tmp_path / "sshd")) is adopts
+
+
+def test_no_pam_file_is_no_node_login(tmp_path):
+    assert launcher.adopts_logins(str(tmp_path / "sshd")) is False
+
+
+def test_the_launcher_reports_the_nodes_public_host_keys_only(tmp_path):
+    blob = "AAAAC3NzaC1lZDI1NTE5AAAAIHXk7hbIk6N0h/3sKtoLQ2s7Xc5EN2O3a5bGxUSM2n1G"
+    (tmp_path / "ssh_host_ed25519_key.pub").write_text(f"ssh-ed25519 {blob} root@node07\n")
+    (tmp_path / "ssh_host_ecdsa_key.pub").write_text("ecdsa-sha2-nistp256 AAAA$(id) root@x\n")  # not a key
+    (tmp_path / "ssh_host_rsa_key.pub").write_text("")
+    (tmp_path / "ssh_host_ed25519_key").write_text("PRIVATE")  # not matched by the pattern
+    assert launcher.host_keys(str(tmp_path / "ssh_host_*_key.pub")) == [f"ssh-ed25519 {blob}"]
+    assert launcher.side_file("/s/KEY.ready", "listen") == "/s/KEY.listen"
 
 
 def test_the_launcher_never_takes_the_token_on_its_command_line():
@@ -205,9 +250,9 @@ extra = ["--qos=normal", "--constraint=a100"]
 
 def test_profile_with_a_scheduler_and_batch_options(tmp_path):
     path = tmp_path / "hosts.toml"
-    path.write_text(CLUSTER)
+    path.write_text(CLUSTER.replace('scheduler = "slurm"\n', 'scheduler = "slurm"\nnode_login = "yes"\n'))
     profile = profiles.load(path)["cluster"]
-    assert profile.scheduler == "slurm"
+    assert profile.scheduler == "slurm" and profile.node_login == "yes"
     assert profile.slurm == (
         "--partition=gpu",
         "--time=2:00:00",
@@ -226,6 +271,12 @@ def test_profile_with_a_scheduler_and_batch_options(tmp_path):
     "change, line, message",
     [
         (('scheduler = "slurm"', 'scheduler = "pbs"'), 4, "scheduler 'pbs' is not one of slurm"),
+        (('scheduler = "slurm"', 'scheduler = "slurm"\nnode_login = true'), 5, "node_login True is not one of"),
+        (
+            ('scheduler = "slurm"', 'scheduler = "slurm"\nnode_login = "always"'),
+            5,
+            "node_login 'always' is not one of auto, yes, no",
+        ),
         (("cpus = 4", "cpus = [4]"), 10, "cpus must be a string or a number"),
         (('mem = "16G"', 'memory = "16G"'), 11, "unknown key 'memory'"),
         (('"--qos=normal"', '"--output=x"'), 13, "nbremote sets --output itself"),
@@ -321,6 +372,77 @@ def test_a_bad_server_from_the_agent_is_refused(doc, what):
         slurm.parse_server(good | doc, "cluster")
     assert caught.value.message == f"the agent on cluster sent an invalid {what}"
     assert caught.value.exit_code == ExitCode.AGENT_FAILED
+
+
+def test_a_server_on_the_nodes_loopback_comes_with_the_keys_to_pin():
+    good = {"token": "a" * 48, "job_id": "81", "addr": "10.0.0.7", "node": "gpu07", "port": 41234, "dir": "/h"}
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHXk7hbIk6N0h"
+    server = slurm.parse_server(good | {"mode": "lab", "listen": "loopback", "host_keys": [key]}, "cluster")
+    assert server.loopback and server.host_keys == (key,) and server.addr == "10.0.0.7"
+    assert not slurm.parse_server(good | {"mode": "lab"}, "cluster").loopback  # an older job's ready file
+    for bad in ({"listen": "0.0.0.0"}, {"host_keys": "ssh-ed25519 AAAA"}, {"host_keys": [1]}):
+        with pytest.raises(NbremoteError) as caught:
+            slurm.parse_server(good | {"mode": "lab"} | bad, "cluster")
+        assert caught.value.message == "the agent on cluster sent an invalid listener"
+
+
+@pytest.mark.parametrize(
+    "doc, what",
+    [
+        ({"job_id": None}, "Slurm job id"),
+        ({"addr": "-oProxyCommand=x"}, "node address"),
+        ({"node": ""}, "node address"),
+        ({"host_keys": None}, "host key"),
+    ],
+)
+def test_a_bad_question_from_a_job_is_refused(doc, what):
+    good = {"job_id": "81", "node": "gpu07", "addr": "10.0.0.7", "host_keys": []}
+    with pytest.raises(NbremoteError) as caught:
+        slurm.parse_question(good | doc, "cluster")
+    assert caught.value.message == f"the agent on cluster sent an invalid {what}"
+
+
+# --- the laptop's ssh to the node ---------------------------------------------------------------
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHXk7hbIk6N0h/3sKtoLQ2s7Xc5EN2O3a5bGxUSM2n1G"
+
+
+def test_the_keys_the_job_read_are_pinned_alone_in_a_private_file(isolated):
+    nodelogin.pin("cluster", "gpu07", "10.0.0.7", [KEY, "ssh-ed25519 AAAA x\nevil.example ssh-rsa AAAA"], "81")
+    path = nodelogin.known_hosts_path("cluster", "10.0.0.7")
+    assert path.read_text() == f"nbremote-node.10.0.0.7 {KEY}\n"  # a line smuggling a second entry is dropped
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert nodelogin.known_hosts_path("other", "10.0.0.7") != path  # one file per cluster and node
+
+
+def test_no_key_to_pin_is_a_clear_error_and_pins_nothing(isolated):
+    with pytest.raises(NbremoteError) as caught:
+        nodelogin.pin("cluster", "gpu07", "10.0.0.7", ["not a key"], "81")
+    assert caught.value.message == (
+        "Slurm job 81 found no host key of compute node gpu07 to pin "
+        "(none readable in /etc/ssh/ssh_host_*_key.pub there)"
+    )
+    assert caught.value.exit_code == ExitCode.HOST_KEY and 'node_login = "no"' in caught.value.hint
+    assert not nodelogin.known_hosts_path("cluster", "10.0.0.7").exists()
+
+
+def test_the_node_is_reached_through_the_login_master_with_its_key_pinned(isolated):
+    from nbremote.remote import Host
+    from nbremote.ssh import parse_target
+
+    place = Host(parse_target("alice@login.example.org"), timeout=5, interactive=False, persist=True)
+    conn = nodelogin.connection(place, "10.0.0.7", label="gpu07")
+    options = dict(conn.target.options)
+    assert conn.target.destination == "10.0.0.7" and conn.batch
+    assert options["User"] == "alice" and options["Port"] == "22"
+    assert options["HostKeyAlias"] == "nbremote-node.10.0.0.7" and options["StrictHostKeyChecking"] == "yes"
+    assert options["UserKnownHostsFile"] == str(nodelogin.known_hosts_path(place.host, "10.0.0.7"))
+    assert options["GlobalKnownHostsFile"] == "/dev/null"
+    proxy = shlex.split(options["ProxyCommand"])
+    assert proxy[:5] == ["ssh", "-o", "ControlMaster=no", "-o", "BatchMode=yes"]
+    assert f"ControlPath={place.connection.control_path}" in proxy  # the login's master: no second login
+    assert proxy[-4:] == ["-W", "10.0.0.7:22", "--", "alice@login.example.org"]
+    assert conn.control_path != place.connection.control_path
 
 
 # --- bad input on the command line: refused before anything runs ---------------------------

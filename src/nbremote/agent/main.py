@@ -25,6 +25,7 @@ OP_MODULES = {
     "slurm_up": "slurm",
     "slurm_down": "slurm",
     "slurm_ls": "slurm",
+    "slurm_listen": "slurm",
     "kernel_check": "kernels",
     "kernel_start": "kernels",
     "kernel_signal": "kernels",
@@ -52,10 +53,15 @@ def handler_for(op: str) -> Handler | None:
             "kill": jobs.op_kill,
             "status": jobs.op_status,
         }
-    elif op in ("slurm_up", "slurm_down", "slurm_ls"):
+    elif op in ("slurm_up", "slurm_down", "slurm_ls", "slurm_listen"):
         from . import slurm
 
-        handlers = {"slurm_up": slurm.op_slurm_up, "slurm_down": slurm.op_slurm_down, "slurm_ls": slurm.op_slurm_ls}
+        handlers = {
+            "slurm_up": slurm.op_slurm_up,
+            "slurm_down": slurm.op_slurm_down,
+            "slurm_ls": slurm.op_slurm_ls,
+            "slurm_listen": slurm.op_slurm_listen,
+        }
     elif op in ("kernel_check", "kernel_start", "kernel_signal", "kernel_stop"):
         from . import kernels
 

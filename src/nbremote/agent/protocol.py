@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import sys
 import threading
 
@@ -103,9 +104,10 @@ def _wan_records() -> list[str]:
 
 
 def public_addresses() -> list[Doc]:
-    """The server's public address as last recorded, newest record first: it rides on every
-    hello, so the laptop keeps its profile's WAN address fresh at no extra round trip.
-    The laptop checks it (a public address, nothing else) and trusts it only because
+    """The server's public addresses: its WAN address as last recorded (the newest record),
+    then its global IPv6 addresses. They ride on every hello, so the laptop keeps its
+    profile's WAN and IPv6 entries fresh at no extra round trip.
+    The laptop checks them (public addresses, nothing else) and trusts them only because
     this channel is the host whose key it pinned."""
     found = []
     for path in _wan_records():
@@ -124,7 +126,33 @@ def public_addresses() -> list[Doc]:
                 }
             )
     found.sort(key=lambda d: -d["at"])
-    return found[:1]
+    return found[:1] + [{"address": a} for a in global_ipv6()]
+
+
+def global_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
+    """The box's global IPv6 addresses (2000::/3), which reach it with no port forward: read
+    from the kernel's list, as `ip -6 addr show scope global` would say them, with no
+    process to start on every hello. None where the file is missing (not Linux, no IPv6)."""
+    found: list[str] = []
+    try:
+        with open(path) as handle:
+            lines = handle.read(65536).splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        # address (32 hex digits), interface index, prefix length, scope (00: global), flags, name
+        fields = line.split()
+        try:
+            raw, flags = bytes.fromhex(fields[0]), int(fields[4], 16)
+        except (IndexError, ValueError):
+            continue
+        # Not temporary (01: privacy extensions replace those within a day, a profile would keep
+        # a dead one), refused (08), deprecated (20) or tentative (40).
+        if fields[3] == "00" and len(raw) == 16 and raw[0] >> 5 == 1 and not flags & 0x69:
+            address = socket.inet_ntop(socket.AF_INET6, raw)
+            if address not in found:
+                found.append(address)
+    return found[:2]
 
 
 PING_WAIT = 30.0  # seconds the final line waits for stdin to end; the client ends it at once

@@ -3,11 +3,13 @@
 Slurm does everything a scheduler does: this module writes a batch script,
 submits it with `sbatch --parsable`, and asks `scontrol show job` what became
 of it. Jupyter never runs on the login node: the batch script starts it on the
-compute node Slurm picked, listening only on the address Slurm knows that node
-by (its NodeAddr, which is how the login node reaches it), on a port picked
-there, with the token in a 0600 file. Once Jupyter answers, the script writes
-node, address, port and token to a 0600 ready file; the client then forwards
-a local port through the login node to that address.
+compute node Slurm picked, on a port picked there, with the token in a 0600
+file. Once Jupyter answers, the script writes node, address, port and token to
+a 0600 ready file; the client then forwards a local port to it. Where the
+laptop may ssh to the node (the profile's node_login, launcher.py), Jupyter
+listens on the node's loopback and the forward goes through the laptop's own
+ssh to the node; else on the address Slurm knows the node by (its NodeAddr,
+which is how the login node reaches it), through the login node.
 
 Files, beside the agent's other state (0700 directories, 0600 files; a
 cluster's home directory is shared by its login and compute nodes):
@@ -15,6 +17,9 @@ cluster's home directory is shared by its login and compute nodes):
     slurm/KEY.json    the job nbremote submitted for a directory
     slurm/KEY.token   Jupyter's token (JUPYTER_TOKEN_FILE, never on a command line)
     slurm/KEY.sh      the batch script
+    slurm/KEY.node    the node's host keys, written by the batch script before Jupyter starts
+                      when it waits to hear whether the laptop's ssh to the node works
+    slurm/KEY.listen  that answer ("loopback" or "node"), written for the laptop (op_slurm_listen)
     slurm/KEY.ready   written by the batch script once Jupyter answers
     slurm/KEY.out     the job's output (Jupyter's log)
 
@@ -61,17 +66,25 @@ ACTIVE = (
 POLL_FILE = 0.05  # the ready file is local (or NFS) and cheap to look at
 POLL_SLURM = 1.0  # scontrol asks slurmctld: about once a second is polite on a busy cluster
 STOP_WAIT = 60.0
+NODE_LOGIN = ("auto", "yes", "no")
+LISTEN = ("loopback", "node")
 
 
 def render_jupyter_script(
-    python: str, jupyter_program: str, directory: str, token_file: str, ready_file: str, allow_root: bool = False
+    python: str,
+    jupyter_program: str,
+    directory: str,
+    token_file: str,
+    ready_file: str,
+    node_login: str = "no",
+    allow_root: bool = False,
 ) -> str:
     """The batch script of a Jupyter job: a pure function of its inputs.
 
     Batch options go on sbatch's command line, not in #SBATCH lines, where a
     value with a space would need quoting Slurm does not offer.
     """
-    argv = [python, "-c", module_source("launcher"), jupyter_program, directory, token_file, ready_file]
+    argv = [python, "-c", module_source("launcher"), jupyter_program, directory, token_file, ready_file, node_login]
     if allow_root:
         argv.append("--allow-root")
     return (
@@ -247,7 +260,8 @@ def cancel(job_id: str, wait: float = STOP_WAIT) -> str:
 
 def _paths(key: str) -> dict[str, str]:
     folder = state.private_dir("slurm")
-    return {ext: os.path.join(folder, key + "." + ext) for ext in ("json", "token", "sh", "ready", "out")}
+    exts = ("json", "token", "sh", "node", "listen", "ready", "out")
+    return {ext: os.path.join(folder, key + "." + ext) for ext in exts}
 
 
 def _load(key: str) -> Doc | None:
@@ -271,6 +285,22 @@ def _ready(record: Doc) -> Doc | None:
     return doc
 
 
+def _asking(record: Doc) -> Doc | None:
+    """The job's question, while it waits to hear whether the laptop's ssh to its node works."""
+    paths = _paths(record["key"])
+    doc = state.read_object(paths["node"])
+    if doc is None or doc.get("job_id") != record["job_id"] or os.path.exists(paths["listen"]):
+        return None
+    keys = doc.get("host_keys")
+    return {
+        "job_id": record["job_id"],
+        "node": doc.get("node"),
+        "addr": doc.get("addr"),
+        "host_keys": keys if isinstance(keys, list) else [],
+        "node_login": record.get("node_login", "no"),
+    }
+
+
 def _tail(path: str) -> list[str]:
     return jupyter._log_tail(path, 0)
 
@@ -284,14 +314,18 @@ def _server(record: Doc, ready: Doc) -> Doc:
         "node": ready["node"],
         "addr": ready["addr"],
         "port": ready["port"],
+        "listen": ready.get("listen", "node"),
+        "host_keys": ready.get("host_keys", []),
         "submitted": record["submitted"],
     }
 
 
-def _submit_jupyter(key: str, directory: str, mode: str, env_spec: str | None, options: list[str]) -> Doc:
+def _submit_jupyter(
+    key: str, directory: str, mode: str, env_spec: str | None, options: list[str], node_login: str
+) -> Doc:
     program = jupyter.resolve_jupyter(mode, env_spec)
     paths = _paths(key)
-    for stale in ("ready", "out"):
+    for stale in ("node", "listen", "ready", "out"):
         try:
             os.unlink(paths[stale])
         except FileNotFoundError:
@@ -304,7 +338,13 @@ def _submit_jupyter(key: str, directory: str, mode: str, env_spec: str | None, o
     state.write_private(
         paths["sh"],
         render_jupyter_script(
-            sys.executable, program, directory, paths["token"], paths["ready"], allow_root=os.geteuid() == 0
+            sys.executable,
+            program,
+            directory,
+            paths["token"],
+            paths["ready"],
+            node_login=node_login,
+            allow_root=os.geteuid() == 0,
         ),
     )
     env = dict(os.environ)
@@ -320,6 +360,7 @@ def _submit_jupyter(key: str, directory: str, mode: str, env_spec: str | None, o
         "job_id": job_id,
         "token": token,
         "options": list(options),
+        "node_login": node_login,
         "ready": paths["ready"],
         "out": paths["out"],
         "submitted": time.time(),
@@ -334,10 +375,16 @@ def _wait_ready(channel: Channel, record: Doc, start_timeout: float) -> Doc:
     shown: tuple[str, str | None, str | None] | None = None
     running_since: float | None = None
     next_ask = 0.0
+    asked = False
     while True:
         ready = _ready(record)
         if ready is not None:
             return ready
+        question = None if asked else _asking(record)
+        if question is not None:
+            # The laptop tries its ssh to the node now and answers with op_slurm_listen.
+            asked = True
+            channel.event("node", **question)
         if time.monotonic() >= next_ask:
             next_ask = time.monotonic() + POLL_SLURM
             info = job_info(job_id)
@@ -383,11 +430,19 @@ def _ended_early(record: Doc, doc: Doc) -> None:
 
 
 def op_slurm_up(
-    channel: Channel, dir: Any = None, mode: Any = "lab", env: Any = None, options: Any = None, timeout: Any = 90
+    channel: Channel,
+    dir: Any = None,
+    mode: Any = "lab",
+    env: Any = None,
+    options: Any = None,
+    timeout: Any = 90,
+    node_login: Any = "no",
 ) -> Doc:
     options = [] if options is None else options
     if mode not in jupyter.MODES:
         raise AgentError("bad_request", "mode must be one of %s" % ", ".join(jupyter.MODES))
+    if node_login not in NODE_LOGIN:
+        raise AgentError("bad_request", "node_login must be one of %s" % ", ".join(NODE_LOGIN))
     if not isinstance(options, list) or not all(isinstance(o, str) and o.startswith("--") for o in options):
         raise AgentError("bad_request", "options must be a list of --name=value strings")
     require_slurm()
@@ -405,11 +460,28 @@ def op_slurm_up(
                 _forget(key)
                 record = None
         if record is None:
-            record = _submit_jupyter(key, directory, mode, env, options)
+            record = _submit_jupyter(key, directory, mode, env, options, node_login)
             channel.event("submitted", job_id=record["job_id"])
     ready = _wait_ready(channel, record, float(timeout))
     info = describe(record["job_id"], job_info(record["job_id"]))
     return {"reused": reused, "server": _server(record, ready), "job": info}
+
+
+def op_slurm_listen(channel: Channel, dir: Any = None, job_id: Any = None, listen: Any = None) -> Doc:
+    """The laptop's answer to a job that asked (the "node" event): where Jupyter is to listen."""
+    if listen not in LISTEN:
+        raise AgentError("bad_request", "listen must be one of %s" % ", ".join(LISTEN))
+    key = state.key_for(jupyter.resolve_directory(dir))
+    with state.locked():
+        record = _load(key)
+        if record is None or record["job_id"] != job_id:
+            raise AgentError(
+                "slurm_failed",
+                "Slurm job %s is no longer nbremote's job for %s" % (job_id, dir),
+                hint="`nbremote up` again finds or submits the job",
+            )
+        state.write_private(_paths(key)["listen"], listen)
+    return {"listen": listen}
 
 
 def _records(dir: object, all: object) -> list[Doc]:

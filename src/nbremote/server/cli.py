@@ -219,9 +219,15 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
         lease = 3600
     # The router that took the mapping renews it: a second discovery could outlast a short lease.
     router = steps.router_or_none(console, timeout, igd) if keep else None
-    doc = steps.run_expose(console, external_port=external_port, lease=lease, igd=igd, timeout=timeout, router=router)
+    doc = steps.run_expose(
+        console, external_port=external_port, lease=lease, igd=igd, timeout=timeout, router=router, keep=keep
+    )
     if as_json:
         console.emit_json(doc)
+    if keep and not doc.get("mapped") and any(p["opened"] for p in doc["pinholes"]):
+        console.note("renewing the IPv6 pinholes at half their lease; Ctrl-C stops renewing")
+        steps.keep_pinholes(console, doc["pinholes"], timeout)
+        return
     if keep and doc.get("mapped"):
         router = router or steps.router_or_none(console, timeout, igd)  # it answered run_expose's second look
         if router is None:
@@ -244,7 +250,7 @@ def expose(external_port, lease, keep, igd, timeout, as_json) -> None:
             lease,
             on_renew=renewed,
             on_error=failed,
-            also=lambda: steps.renew_pinholes(doc["pinholes"], timeout),
+            also=lambda: steps.renew_pinholes(console, doc["pinholes"], timeout),
         )
 
 

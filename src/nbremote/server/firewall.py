@@ -90,6 +90,10 @@ class Backend(Protocol):
 
     def remove(self) -> Outcome: ...
 
+    def ipv6_gap(self, port: int) -> str | None:
+        """Why ssh on `port` cannot come in over IPv6 as over IPv4, or None when it can."""
+        ...
+
 
 class Nftables:
     """Our own `inet nbremote` table, live and in /etc/nftables.conf (loaded at boot)."""
@@ -135,6 +139,9 @@ class Nftables:
         return Outcome(
             self.name, True, f"allow {port}/tcp, drop other inbound (table inet {TABLE}, saved in {self.conf})"
         )
+
+    def ipv6_gap(self, port: int) -> str | None:
+        return None  # an inet table: the same rules for both families
 
     def remove(self) -> Outcome:
         text = self._conf_text()
@@ -216,6 +223,9 @@ class Ufw:
             self._ufw("default", "deny", "incoming")
         mine = "" if port not in theirs else f" (your own ufw rule already allows {port}/tcp)"
         return Outcome(self.name, True, f"allow {port}/tcp, deny other inbound (ufw){mine}{self._ipv6_note()}")
+
+    def ipv6_gap(self, port: int) -> str | None:
+        return self._ipv6_note().removeprefix("; ") or None
 
     def _ipv6_note(self) -> str:
         """ufw with IPV6=no drops all IPv6 but loopback: say so where this machine has global IPv6."""
@@ -374,6 +384,13 @@ class Iptables:
         match = re.search(r"--dport (\d+) -j ACCEPT", "\n".join(chain_rules(self._save("iptables"))))
         return int(match.group(1)) if match else None
 
+    def ipv6_gap(self, port: int) -> str | None:
+        if 6 not in [family for family, _, _ in self._families()]:
+            return "ip6tables is missing here: IPv6 is not filtered by nbremote's rules (nor let in by them)"
+        if f"--dport {port} -j ACCEPT" not in "\n".join(chain_rules(self._save("ip6tables"))):
+            return f"ip6tables has no nbremote rule for {port}/tcp: ssh over IPv6 is left to the rules there"
+        return None
+
     def preview(self, port: int) -> str:
         return (
             f"*filter\n:{CHAIN} - [0:0]\n-A INPUT -j {CHAIN}\n"
@@ -507,3 +524,27 @@ def check_rows(root: bool, ssh_ports: set[int]) -> list[Check]:
             )
         ]
     return [Check("firewall", PASS, f"{backend.name}: allow {port}/tcp, drop other inbound")]
+
+
+def ipv6_row(root: bool, ssh_ports: set[int]) -> Check:
+    """Whether this machine's firewall lets ssh in over IPv6 as over IPv4 (asked where it has a
+    global IPv6 address: there no NAT stands in front, only firewalls)."""
+    if not root:
+        return Check("ipv6 firewall", SKIP, "reading the ruleset needs root", rootcmd.command("server", "check"))
+    try:
+        backend = choose()
+    except NbremoteError:
+        return Check("ipv6 firewall", WARN, "no firewall tool here: ssh comes in over IPv6, as does every other port")
+    port = backend.active_port()
+    if port is None or port not in ssh_ports:
+        return Check(
+            "ipv6 firewall",
+            WARN,
+            f"{backend.name}: no nbremote rule for ssh; over IPv6 it is up to the rules there",
+            rootcmd.command("server", "firewall"),
+        )
+    gap = backend.ipv6_gap(port)
+    if gap:
+        fix = "IPV6=yes in /etc/default/ufw, then `sudo ufw reload`" if backend.name == "ufw" else None
+        return Check("ipv6 firewall", FAIL, f"{backend.name}: {gap}", fix or rootcmd.command("server", "firewall"))
+    return Check("ipv6 firewall", PASS, f"{backend.name}: allow {port}/tcp over IPv6 as over IPv4")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +53,7 @@ def collect_checks(timeout: float) -> list[checks.Check]:
         wan = netinfo.WanRecord(state_dir() / "wan-ip.json").last()
     mapping = router.mapping_for(ssh_ports(sshd, root)) if router else None
     rows += checks.network_checks(netinfo.lan_addresses(), wan, mapping, router.name if router else None)
+    rows += checks.safe(lambda: ipv6_checks(root, ssh_ports(sshd, root), timeout), "ipv6")
     if router and router.wan_address:
         nat = netinfo.nat_in_front(router.wan_address, netinfo.WanRecord(state_dir() / "wan-ip.json").last())
         rows.append(
@@ -63,6 +65,59 @@ def collect_checks(timeout: float) -> list[checks.Check]:
             )
         )
     return rows
+
+
+def ipv6_checks(root: bool, ports: set[int], timeout: float) -> list[checks.Check]:
+    """Where this machine has a global IPv6 address: the address, whether its firewall lets ssh
+    in over IPv6, and whether the router's IPv6 firewall has the pinhole `expose` opened."""
+    found = netinfo.global_ipv6()
+    if not found:
+        return []
+    rows = [checks.Check("ipv6 address", checks.PASS, f"{address} ({interface})") for address, interface in found]
+    rows.append(firewall.ipv6_row(root, ports))
+    record = PinholeRecord(state_dir() / "pinholes.json")
+    return rows + [pinhole_row(address, interface, ports, record, timeout) for address, interface in found]
+
+
+def pinhole_row(address: str, interface: str, ports: set[int], record: PinholeRecord, timeout: float) -> checks.Check:
+    """The router's pinhole to [address]:ssh, asked without changing it (GetPinholePackets)."""
+    name = "ipv6 pinhole"
+    port = min(ports)
+    expose = rootcmd.command("server", "expose", "--keep")
+    entry = record.all().get(address)
+    try:
+        if entry is None or int(entry.get("port", 0)) not in ports:
+            service = upnp.find_firewall6(address, interface, timeout)
+            if service is None:
+                return checks.Check(
+                    name,
+                    checks.WARN,
+                    f"the router offers no IPv6 pinholes: [{address}]:{port} answers from outside only if "
+                    "the router's IPv6 firewall lets it in",
+                    f"in the router's page (IPv6 firewall), allow TCP port {port} to {address}",
+                )
+            enabled, _ = service.status(timeout)
+            if not enabled:
+                return checks.Check(
+                    name, checks.PASS, f"the router's IPv6 firewall is off: [{address}]:{port} comes in"
+                )
+            return checks.Check(
+                name, checks.WARN, f"no pinhole to [{address}]:{port} in the router's IPv6 firewall", expose
+            )
+        record.firewall(address).packets(int(entry["id"]), timeout)
+    except upnp.UpnpFault as fault:
+        if fault.code not in upnp.PINHOLE_GONE:
+            return checks.Check(name, checks.WARN, f"the router's answer about [{address}]:{port}: {fault}", expose)
+        gone = f"pinhole {entry['id']}" if entry else "the pinhole"
+        return checks.Check(
+            name,
+            checks.WARN,
+            f"{gone} to [{address}]:{port} is gone (its lease ended, or the router restarted)",
+            expose,
+        )
+    except upnp.ANSWER_ERRORS as exc:
+        return checks.Check(name, checks.WARN, f"the router did not answer about [{address}]:{port} ({exc})", expose)
+    return checks.Check(name, checks.PASS, f"pinhole {entry['id']} lets in [{address}]:{entry['port']}")
 
 
 def ssh_ports(sshd: Sshd, root: bool) -> set[int]:
@@ -211,11 +266,11 @@ def router_or_none(console: Console, timeout: float, url: str | None = None):
         return None
 
 
-def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None, router=None) -> dict:
+def run_expose(console: Console, *, external_port, lease, igd, timeout, port=None, router=None, keep=False) -> dict:
     """router: one found already (`expose --keep` renews through it), else one is looked for."""
     port = sshd_port(port)
     external = external_port or port
-    pinholes = expose_ipv6(console, port, lease, timeout)
+    pinholes = expose_ipv6(console, port, lease, timeout, kept=keep)
     router = router or router_or_none(console, timeout, igd)
     if router is None:
         lan = netinfo.lan_addresses()
@@ -253,10 +308,11 @@ def pinhole_lease(lease: int) -> int:
     return min(lease, upnp.PINHOLE_LEASE_MAX) if lease else upnp.PINHOLE_LEASE_MAX
 
 
-def expose_ipv6(console: Console, port: int, lease: int, timeout: float) -> list[dict]:
+def expose_ipv6(console: Console, port: int, lease: int, timeout: float, *, kept: bool = False) -> list[dict]:
     """An IPv6 pinhole to sshd for each global IPv6 address of this machine, where the router
     offers them. A router that offers none, or refuses, changes nothing: it is said, with what
-    to do, and the IPv4 forward still goes ahead."""
+    to do, and the IPv4 forward still goes ahead. kept: `expose --keep` renews them; else
+    each ends with its lease (a day at most), and the note says what renews it."""
     opened = []
     record = PinholeRecord(state_dir() / "pinholes.json")
     for address, interface in netinfo.global_ipv6():
@@ -294,15 +350,52 @@ def expose_ipv6(console: Console, port: int, lease: int, timeout: float) -> list
         console.done(
             f"router's IPv6 firewall lets in [{address}]:{port} (pinhole {unique_id}, lease {entry['lease']} s)"
         )
+    leases = [entry["lease"] for entry in opened if entry["opened"]]
+    if leases and not kept:
+        # Unlike an IPv4 mapping, a pinhole cannot be asked for until removed (IGD v2).
+        console.note(
+            f"the router closes the IPv6 pinhole after {min(leases)} s: `{rootcmd.command('server', 'expose', '--keep')}` "
+            "renews it (keep it running: a systemd unit, tmux)"
+        )
     return opened
 
 
-def renew_pinholes(pinholes: list[dict], timeout: float) -> None:
-    """`expose --keep`: the same AddPinhole again renews each lease (the router keeps its id)."""
+def renew_pinholes(console: Console, pinholes: list[dict], timeout: float) -> None:
+    """`expose --keep`: each pinhole's lease renewed (UpdatePinhole), or the pinhole opened
+    again where the router no longer has it (its lease ended, the router restarted). A router
+    that refuses or does not answer is said, and asked again at the next period."""
+    record = PinholeRecord(state_dir() / "pinholes.json")
     for entry in pinholes:
-        if entry.get("opened"):
-            firewall = PinholeRecord(state_dir() / "pinholes.json").firewall(entry["address"])
-            firewall.add(entry["port"], entry["lease"], timeout)
+        if not entry.get("opened"):
+            continue
+        address, port = entry["address"], entry["port"]
+        try:
+            firewall = record.firewall(address)
+            try:
+                firewall.update(int(entry["id"]), entry["lease"], timeout)
+            except upnp.UpnpFault as fault:
+                if fault.code not in upnp.PINHOLE_GONE:
+                    raise
+                entry["id"] = firewall.add(port, entry["lease"], timeout)
+                record.add(address, port, entry["id"], firewall.control_url, firewall.interface)
+                console.warn(f"the router had dropped the IPv6 pinhole to [{address}]:{port}: opened again")
+        except upnp.UpnpFault as fault:
+            console.warn(f"{pinhole_renewal_failed(address, port, entry['lease'])} ({fault})")
+        except upnp.ANSWER_ERRORS as exc:
+            console.warn(f"{pinhole_renewal_failed(address, port, entry['lease'])} (no answer: {exc})")
+
+
+def pinhole_renewal_failed(address: str, port: int, lease: int) -> str:
+    return f"the IPv6 pinhole to [{address}]:{port} was not renewed: it ends within {lease} s unless the next try works"
+
+
+def keep_pinholes(console: Console, pinholes: list[dict], timeout: float) -> None:
+    """`expose --keep` with pinholes but no IPv4 mapping to renew beside them (no UPnP for
+    IPv4, or a forward set by hand): the pinholes alone, at half their lease, until Ctrl-C."""
+    lease = min(entry["lease"] for entry in pinholes if entry.get("opened"))
+    while True:
+        time.sleep(max(1.0, lease / 2))
+        renew_pinholes(console, pinholes, timeout)
 
 
 class PinholeRecord:
@@ -349,7 +442,7 @@ def unexpose_ipv6(console: Console, timeout: float) -> bool:
         try:
             record.firewall(address).delete(int(entry["id"]), timeout)
         except upnp.UpnpFault as fault:
-            if fault.code != 704:  # already gone (its lease ended): nothing left to close
+            if fault.code not in upnp.PINHOLE_GONE:  # already gone (its lease ended): nothing left to close
                 raise NbremoteError(
                     f"the router refused to close the IPv6 pinhole to [{address}]:{entry['port']}",
                     details=[str(fault)],

@@ -128,11 +128,13 @@ def keep(
     on_error: Callable[[NbremoteError], None] | None = None,
 ) -> None:
     """Renew the mapping at half its lease, forever (or `rounds` times); `also` renews the rest
-    (the IPv6 pinholes, whose leases are the same or shorter). A refused renewal raises, or
+    (the IPv6 pinholes, whose leases are the same or shorter), whether or not the mapping's
+    renewal went through: a pinhole is a way in of its own. A refused renewal raises, or
     with on_error is passed to it and tried again at the next period."""
     done = 0
     while rounds is None or done < rounds:
         sleep(max(1.0, lease / 2))
+        also()
         try:
             router.add(external, internal, lease)
         except NbremoteError as exc:
@@ -140,7 +142,6 @@ def keep(
                 raise
             on_error(exc)
             continue
-        also()
         done += 1
         on_renew(done)
 
@@ -170,6 +171,10 @@ _PINHOLE_ERRORS = {
     703: "the router's settings allow no inbound pinholes",
     704: "no such pinhole",
 }
+# IGD v2 says 704 NoSuchEntry for a UniqueID the router no longer has (the lease ran out, it
+# restarted); miniupnpd 2.3.1 says 402 Invalid Args for Update/Delete/GetPinholePackets then
+# (seen in the lab). Our arguments are always well-formed numbers, so either means gone.
+PINHOLE_GONE = (704, 402)
 
 
 # A router that does not answer, or answers what is not SOAP.
@@ -241,6 +246,14 @@ class Firewall6:
             timeout,
         )
         return int(got["UniqueID"])
+
+    def update(self, unique_id: int, lease: int, timeout: float) -> None:
+        """A new lease for a pinhole, from now (IGD v2's renewal); a PINHOLE_GONE fault when it is gone."""
+        self._call("UpdatePinhole", {"UniqueID": str(unique_id), "NewLeaseTime": str(lease)}, timeout)
+
+    def packets(self, unique_id: int, timeout: float) -> int:
+        """The packets a pinhole let in: asking changes nothing, and a PINHOLE_GONE fault says it is gone."""
+        return int(self._call("GetPinholePackets", {"UniqueID": str(unique_id)}, timeout)["PinholePackets"])
 
     def delete(self, unique_id: int, timeout: float) -> None:
         self._call("DeletePinhole", {"UniqueID": str(unique_id)}, timeout)
