@@ -153,6 +153,15 @@ def nbremote_up_host(lab, host: str, port: int) -> float:
     return float(json.loads(done.stdout.strip().splitlines()[-1])["first_200"])
 
 
+def end_rep(lab, cluster, host: str) -> None:
+    """`down HOST`, then the cluster and the lab as the next rep needs them."""
+    down = lab.nbremote("down", host)
+    if down.returncode != 0:
+        raise RuntimeError(down.stderr)
+    cluster.wait_empty()
+    lab.cleanup_between_tests()
+
+
 def node_login(args) -> int:
     workdir = Path("/tmp") / f"nbremote-slurm-bench-{int(time.time())}"
     lab = netlab.Lab.build(workdir, lock_timeout=1200)
@@ -174,11 +183,7 @@ def node_login(args) -> int:
         for rep in range(args.reps):
             for mode in ("yes", "no") if rep % 2 == 0 else ("no", "yes"):
                 samples[mode].append(nbremote_up_host(lab, f"c{mode}", 18000 + rep))
-                down = lab.nbremote("down", f"c{mode}")
-                if down.returncode != 0:
-                    raise RuntimeError(down.stderr)
-                cluster.wait_empty()
-                lab.cleanup_between_tests()
+                end_rep(lab, cluster, f"c{mode}")
             print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()), flush=True)
         cluster.stop()
     finally:
@@ -225,11 +230,7 @@ def main() -> int:
             up = nbremote_up(lab, 18000 + rep)
             samples["nbremote"].append(up["first_200"])
             samples["nbremote_exit"].append(up["exited"])
-            down = lab.nbremote("down", "server")
-            if down.returncode != 0:
-                raise RuntimeError(down.stderr)
-            cluster.wait_empty()
-            lab.cleanup_between_tests()
+            end_rep(lab, cluster, "server")
             print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()), flush=True)
         cluster.stop()
     finally:
