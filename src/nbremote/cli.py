@@ -21,11 +21,12 @@ from nbremote import (
     sessions,
     slurm,
 )
-from nbremote.console import Console
+from nbremote.console import Console, interrupted
 from nbremote.durations import ago
 from nbremote.errors import ExitCode, NbremoteError, exit_code_table
 from nbremote.logs import log_steps
 from nbremote.remote import Host, place_for
+from nbremote.runner import uses_slurm
 from nbremote.ssh import parse_target
 from nbremote.tables import table
 
@@ -136,14 +137,21 @@ def up(
     login node and Jupyter runs in a batch job on a compute node.
     """
     console = Console.for_terminal(json_mode=as_json)
-    defaults = profiles.up_defaults(host)
-    directory = directory if directory is not None else defaults.dir or "~"
-    mode = (defaults.mode or "lab") if lab is None else ("lab" if lab else "notebook")
+    opts = session.options_for(
+        host,
+        directory=directory,
+        lab=lab,
+        env=env,
+        port=port,
+        timeout=timeout,
+        socket=use_socket,
+        keep_output=keep_output,
+    )
+    directory = opts.dir
     runner = runners.for_up(host, slurm_text)
     if use_socket and runner.name == "slurm":
         raise click.UsageError("--socket is for a server of its own: a Slurm job's Jupyter is on a compute node")
-    keep = bool(defaults.keep_output if keep_output is None else keep_output)
-    if keep and runner.name == "slurm":
+    if opts.keep_output and runner.name == "slurm":
         raise click.UsageError("--keep-output is not available for a Slurm job's Jupyter yet")
     extra: list[tuple[int, int | None]] = []
     if forward_specs:
@@ -161,16 +169,6 @@ def up(
     # The login runs while the rest of `up` gets ready; a cold `up` waits on it first.
     place.begin_login()
     try:
-        opts = session.UpOptions(
-            host=host,
-            dir=directory,
-            mode=mode,
-            env=env or defaults.env,
-            port=port or defaults.port,
-            timeout=timeout,
-            socket=use_socket,
-            keep_output=keep,
-        )
         result = session.up(place, runner, opts, console)
     except BaseException:
         place.abandon_login()
@@ -205,10 +203,8 @@ def up(
 
 
 def _show_url(result: session.UpResult, as_json: bool, no_browser: bool, console: Console) -> None:
-    if as_json:
-        console.emit_json(result.to_json())
-    else:
-        console.result(f"  {result.url}")
+    if not result.shown:
+        session.show_url(result, console, as_json=as_json)
     if not no_browser:
         opened = console.open_browser(result.url)
         console.note("(opened in your browser)" if opened else "no browser found: open the URL above yourself")
@@ -336,7 +332,7 @@ def run(host, command, name, directory, env, follow, slurm_text, as_json, timeou
     from nbremote import status
 
     console = Console.for_terminal(json_mode=as_json)
-    options = slurm.options_for(host, slurm_text) if slurm.uses_slurm(host, slurm_text) else None
+    options = slurm.options_for(host, slurm_text) if uses_slurm(host, slurm_text) else None
     job = jobs.run(
         host=host,
         argv=list(command),
@@ -896,8 +892,7 @@ def main(argv: list[str] | None = None) -> None:
             Console(json_mode=True).emit_json(NbremoteError(exc.format_message(), exit_code=code).to_json())
         sys.exit(code)
     except (KeyboardInterrupt, click.Abort):
-        click.echo("✗ interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        interrupted()
     except NbremoteError as exc:
         if debug:
             raise

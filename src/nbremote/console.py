@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from nbremote.errors import ExitCode
+
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Callable, Iterator, TextIO
@@ -25,6 +27,12 @@ def _open_in_browser(url: str) -> bool:
     import webbrowser  # only `up` opens a browser: keep it out of every command's start-up
 
     return webbrowser.open(url)
+
+
+def interrupted() -> None:
+    """Ctrl-C: said in one line, no traceback."""
+    print("✗ interrupted", file=sys.stderr, flush=True)
+    sys.exit(ExitCode.INTERRUPTED)
 
 
 @dataclass

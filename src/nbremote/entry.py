@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from nbremote.remote import Place
+
 # The options of the group (before the command) and of `up`, as click parses them: True for
 # one that takes a value. tests/unit/test_entry.py holds these tables to cli.cli's and
 # cli.up's parameters, so the scan cannot drift from the parser.
@@ -37,16 +41,25 @@ _NOT_SURE = {"-h", "--help", "--version", "--socket", "--keep-output", "--forwar
 
 
 class Up:
-    """What the scan found in `up`'s arguments: enough to begin its login."""
+    """What the scan found in `up`'s arguments: enough to begin its login, and to reattach to a
+    live session (session.reattach_early) with the options click will give `up`."""
 
     def __init__(self, host: str, timeout: float, verbose: bool):
         self.host = host
         self.timeout = timeout
         self.verbose = verbose
+        # up's parameters by click's names, as click sets them: the last of a repeated option wins.
+        self.directory: str | None = None
+        self.lab: bool | None = None
+        self.env: str | None = None
+        self.port: int | None = None
+        self.keep_output: bool | None = None
+        self.detach = False
+        self.as_json = False
 
 
 def scan(args: list[str]) -> Up | None:
-    """HOST, --timeout and -v of `nbremote [-v|--debug] up HOST [OPTIONS]`, when every word is
+    """HOST and the options of `nbremote [-v|--debug] up HOST [OPTIONS]`, when every word is
     one the scan knows and click will accept them; None otherwise."""
     verbose = False
     words = iter(args)
@@ -59,7 +72,8 @@ def scan(args: list[str]) -> Up | None:
     else:
         return None
     host: str | None = None
-    timeout = 10.0  # cli.up's default, which test_entry.py checks
+    values: dict[str, str] = {}
+    flags: list[str] = []
     for word in words:
         name, eq, value = word.partition("=") if word.startswith("--") else (word, "", "")
         if name in _NOT_SURE or name == "--":
@@ -72,21 +86,31 @@ def scan(args: list[str]) -> Up | None:
         takes_value = UP_OPTIONS.get(name)
         if takes_value is None or (eq and not takes_value):
             return None
-        if takes_value:
-            if not eq:
-                following = next(words, None)  # click takes the next word whatever it looks like
-                if following is None:
-                    return None
-                value = following
-            if name == "--timeout" or name == "--port":
-                number = _number(name, value)
-                if number is None:
-                    return None
-                if name == "--timeout":
-                    timeout = number
+        if not takes_value:
+            flags.append(name)
+            continue
+        if not eq:
+            following = next(words, None)  # click takes the next word whatever it looks like
+            if following is None:
+                return None
+            value = following
+        if (name == "--timeout" or name == "--port") and _number(name, value) is None:
+            return None
+        values[name] = value
     if host is None:
         return None
-    return Up(host, timeout, verbose)
+    found = Up(host, float(values.get("--timeout", 10.0)), verbose)  # 10: cli.up's default (test_entry.py)
+    found.directory = values.get("--dir")
+    found.env = values.get("--env")
+    found.port = int(values["--port"]) if "--port" in values else None
+    for flag in flags:
+        if flag in ("--lab", "--notebook"):
+            found.lab = flag == "--lab"
+        elif flag == "--no-keep-output":
+            found.keep_output = False
+    found.detach = "--detach" in flags
+    found.as_json = "--json" in flags
+    return found
 
 
 def _number(name: str, value: str) -> float | None:
@@ -98,6 +122,30 @@ def _number(name: str, value: str) -> float | None:
     if name == "--timeout":
         return number if number >= 1 else None
     return number if 1 <= number <= 65535 else None
+
+
+def _reattach(found: Up, place: Place) -> None:
+    """Put a live session back (session.reattach_early) before the CLI is imported: its URL is
+    printed once the forward answers with the token, and the CLI's `up` then goes on from its
+    result (the browser, the keeper) as it would from its own."""
+    from nbremote import session
+    from nbremote.console import Console
+    from nbremote.onhost import HostRunner
+    from nbremote.runner import uses_slurm
+
+    opts = session.options_for(
+        found.host,
+        directory=found.directory,
+        lab=found.lab,
+        env=found.env,
+        port=found.port,
+        timeout=found.timeout,
+        socket=False,
+        keep_output=found.keep_output,
+    )
+    if not uses_slurm(found.host, None):  # a Slurm job's result asks its agent (SlurmRunner)
+        console = Console.for_terminal(json_mode=found.as_json)
+        session.reattach_early(place, HostRunner(), opts, console, as_json=found.as_json)
 
 
 def main() -> None:
@@ -115,8 +163,15 @@ def main() -> None:
 
         try:
             place = remote.begin_login_for(found.host, timeout=found.timeout, interactive=sys.stdin.isatty())
+            # The place `up` will take: a live session there can be reattached now.
+            if remote.awaits_up(place):
+                _reattach(found, place)
         except NbremoteError:
-            place = None  # a HOST or profile file the CLI will refuse, with its usual message
+            pass  # a HOST, profile file or option the CLI will refuse, with its usual message
+        except KeyboardInterrupt:
+            from nbremote.console import interrupted
+
+            interrupted()
     try:
         from nbremote import cli
 

@@ -37,8 +37,11 @@ from nbremote.errors import NbremoteError
 from nbremote.localnet import probe
 from nbremote.reach import Reached
 from nbremote.remote import Host, Place, ProfileHost, place_for
-from nbremote.runner import Runner
 from nbremote.sessions import SessionRecord
+
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from nbremote.runner import Runner
 
 log = logs.get(__name__)
 

@@ -9,7 +9,7 @@ from nbremote.agentlink import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, Place, ThisMachine
-from nbremote.runner import Progress, Served, StartRequest
+from nbremote.runner import Served, StartRequest
 from nbremote.servers import (
     MAX_SERVERS,
     ServerInfo,
@@ -20,6 +20,10 @@ from nbremote.servers import (
     url_for,
 )
 from nbremote.sessions import SessionRecord
+
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from nbremote.runner import Progress
 
 
 def served_from(server: ServerInfo, *, reused: bool, replaced: int | None, where: str) -> Served:

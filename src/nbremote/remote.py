@@ -266,10 +266,15 @@ def begin_login_for(host: str, *, timeout: float, interactive: bool) -> Place:
     return place
 
 
+def awaits_up(place: Place) -> bool:
+    """Whether `up`'s place_for will take this place (begin_login_for kept it for `up`)."""
+    return any(begun is place for begun in _begun.values())
+
+
 def abandon_unclaimed(place: Place) -> None:
     """End the login begun by begin_login_for when the command never took it (it refused
     its arguments first)."""
-    if any(begun is place for begun in _begun.values()):
+    if awaits_up(place):
         place.abandon_login()
 
 

@@ -11,12 +11,25 @@ Another scheduler is one more Runner; nothing else changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
-
+from nbremote import profiles, sessions
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, Place
 from nbremote.sessions import SessionRecord
+
+SLURM = "slurm"  # the name of the Slurm runner (slurm.py), in session records
+
+
+def uses_slurm(host: str | None, slurm_text: str | None) -> bool:
+    """Slurm when the command asks for it, the profile names it, or a Slurm session there is remembered."""
+    if slurm_text is not None:
+        return True
+    if not host:
+        return False
+    profile = profiles.find(host)
+    if profile is not None and profile.scheduler == SLURM:
+        return True
+    return any(r.runner == SLURM for r in sessions.for_host(host))
 
 
 @dataclass(frozen=True)
@@ -49,50 +62,56 @@ class Served:
     warnings: tuple[str, ...] = ()  # shown once the URL is ready
 
 
-class Progress(Protocol):
-    """What a runner tells the session while its agent call runs."""
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    # Protocols are for mypy alone: `up`'s start-up (entry.py's reattach) has no use for typing.
+    from typing import Protocol
 
-    def contact(self) -> None:
-        """The agent answered: the login is done."""
+    class Progress(Protocol):
+        """What a runner tells the session while its agent call runs."""
 
-    def forward_to(self, port: int | str, addr: str) -> None:
-        """Jupyter's port is known before it answers: the forward can go up now."""
+        def contact(self) -> None:
+            """The agent answered: the login is done."""
 
-    def poll_with(self, token: str) -> None:
-        """Jupyter's token is known before it answers: a poll through the forward can start now,
-        so its first answer proves the URL."""
+        def forward_to(self, port: int | str, addr: str) -> None:
+            """Jupyter's port is known before it answers: the forward can go up now."""
 
+        def poll_with(self, token: str) -> None:
+            """Jupyter's token is known before it answers: a poll through the forward can start now,
+            so its first answer proves the URL."""
 
-class Runner(Protocol):
-    name: str  # remembered in each session record ("host", "slurm")
-    # Whether a remembered session can be reattached from the laptop's record alone (a forward
-    # and one probe): a runner whose result shows what only the server knows asks the agent.
-    reattach_from_record: bool
+    class Runner(Protocol):
+        name: str  # remembered in each session record ("host", "slurm")
+        # Whether a remembered session can be reattached from the laptop's record alone (a forward
+        # and one probe): a runner whose result shows what only the server knows asks the agent.
+        reattach_from_record: bool
 
-    def start(self, place: Place, request: StartRequest, console: Console, progress: Progress, began: float) -> Served:
-        """Start Jupyter, or find the one running for request.dir; report through console."""
+        def start(
+            self, place: Place, request: StartRequest, console: Console, progress: Progress, began: float
+        ) -> Served:
+            """Start Jupyter, or find the one running for request.dir; report through console."""
 
-    def stop(
-        self, place: Place, directory: str, all_dirs: bool, console: Console, timeout: float
-    ) -> list[dict[str, object]]:
-        """Stop the server(s); each item names the server's "dir"."""
+        def stop(
+            self, place: Place, directory: str, all_dirs: bool, console: Console, timeout: float
+        ) -> list[dict[str, object]]:
+            """Stop the server(s); each item names the server's "dir"."""
 
-    def listing(
-        self, place: Place, records: dict[str, SessionRecord], show_token: bool, timeout: float
-    ) -> list[tuple[dict[str, object], SessionRecord | None]]:
-        """The servers there, each with the laptop's record of it (by its remote dir), if any."""
+        def listing(
+            self, place: Place, records: dict[str, SessionRecord], show_token: bool, timeout: float
+        ) -> list[tuple[dict[str, object], SessionRecord | None]]:
+            """The servers there, each with the laptop's record of it (by its remote dir), if any."""
 
-    def ended(self, place: Place, record: SessionRecord) -> NbremoteError | None:
-        """Why the session's Jupyter is gone for good, when the runner can tell; else None."""
+        def ended(self, place: Place, record: SessionRecord) -> NbremoteError | None:
+            """Why the session's Jupyter is gone for good, when the runner can tell; else None."""
 
-    def serving(self, record: SessionRecord) -> str:
-        """What the status line of a held session names besides its URL ("" for nothing)."""
+        def serving(self, record: SessionRecord) -> str:
+            """What the status line of a held session names besides its URL ("" for nothing)."""
 
-    def route(self, place: Place, served: Served) -> str:
-        """Where the forward leads, after `localhost:PORT → `."""
+        def route(self, place: Place, served: Served) -> str:
+            """Where the forward leads, after `localhost:PORT → `."""
 
-    def left_running(self, record: SessionRecord, label: str, stop: str) -> str:
-        """What keeps running when the foreground `up` ends, and the command `stop` that ends it."""
+        def left_running(self, record: SessionRecord, label: str, stop: str) -> str:
+            """What keeps running when the foreground `up` ends, and the command `stop` that ends it."""
 
-    def release(self, place: Host) -> None:
-        """Let the connection go once `down` left no session using it."""
+        def release(self, place: Host) -> None:
+            """Let the connection go once `down` left no session using it."""

@@ -14,17 +14,21 @@ plain results; they never print a result themselves and never exit.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from nbremote import keeper, logs, nodelogin, sessions
+from nbremote import logs, nodelogin, profiles, sessions
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import Poller, choose_local_port, port_free, probe
 from nbremote.remote import Host, Place, ProfileHost, ThisMachine
-from nbremote.runner import Runner, Served, StartRequest
+from nbremote.runner import Served, StartRequest
 from nbremote.agentlink import MODES
 from nbremote.servers import url_for, validate_text
 from nbremote.sessions import SessionRecord
+
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from nbremote.runner import Runner
 
 log = logs.get(__name__)
 
@@ -42,6 +46,32 @@ class UpOptions:
     keep_output: bool = False  # cells run by the server, output kept while no browser is attached
 
 
+def options_for(
+    host: str | None,
+    *,
+    directory: str | None,
+    lab: bool | None,
+    env: str | None,
+    port: int | None,
+    timeout: float,
+    socket: bool,
+    keep_output: bool | None,
+) -> UpOptions:
+    """`up`'s options as given, the host profile's for those left out: the CLI's `up` and the
+    console script's reattach before the CLI is imported (entry.py) take them from here alike."""
+    defaults = profiles.up_defaults(host)
+    return UpOptions(
+        host=host,
+        dir=directory if directory is not None else defaults.dir or "~",
+        mode=(defaults.mode or "lab") if lab is None else ("lab" if lab else "notebook"),
+        env=env or defaults.env,
+        port=port or defaults.port,
+        timeout=timeout,
+        socket=socket,
+        keep_output=bool(defaults.keep_output if keep_output is None else keep_output),
+    )
+
+
 @dataclass(frozen=True)
 class UpResult:
     host: str | None
@@ -51,6 +81,7 @@ class UpResult:
     record: SessionRecord  # what the laptop now remembers, and the keeper keeps
     created_master: bool
     seconds: float
+    shown: bool = False  # the URL (or the --json result) is printed already: show_url did
 
     @property
     def reused(self) -> bool:
@@ -254,7 +285,64 @@ def _local_port(place: Place, opts: UpOptions, previous: SessionRecord | None, h
     return choose_local_port(opts.port, previous.local_port if previous else None)
 
 
+def _remembered(place: Place, runner: Runner, opts: UpOptions) -> SessionRecord | None:
+    """The laptop's record of this session, if `up` may put it back from the record alone."""
+    previous = sessions.find(place.host, opts.dir)
+    if previous is None or previous.runner != runner.name or not runner.reattach_from_record:
+        return None
+    # --socket asks the agent: a remembered server on a port would need a conflict check.
+    return previous if not opts.socket or isinstance(previous.remote_port, str) else None
+
+
+def _asks_agent(opts: UpOptions) -> bool:
+    """With --env or --keep-output the agent must see the request: it may be a conflict."""
+    return opts.env is not None or opts.keep_output
+
+
+def reattach_live(place: Place, runner: Runner, opts: UpOptions, console: Console, started: float) -> UpResult | None:
+    """`up` of a remembered session through a live master: its forward put back and its server
+    asked with its token, no agent call. None, having changed nothing, unless that worked: `up`
+    then goes the ordinary way. The console script runs this before the CLI is imported
+    (reattach_early); `up` runs it when that did not."""
+    validate_text(opts.dir, "directory")
+    if not isinstance(place, Host) or place.began_login or _asks_agent(opts):
+        return None
+    previous = _remembered(place, runner, opts)
+    if previous is None or opts.port not in (None, previous.local_port) or not place.connection.may_have_master():
+        return None
+    # No `-O check` first: the forward itself fails at once without a live master.
+    return _reattach_fast(place, previous, opts, console, runner, started)
+
+
+# Sessions reattached by the console script before the CLI was imported (entry.py), with the
+# options they were reattached for: `up` with the same place and options takes its result.
+_early: list[tuple[Place, UpOptions, UpResult]] = []
+
+
+def reattach_early(place: Place, runner: Runner, opts: UpOptions, console: Console, *, as_json: bool) -> bool:
+    """reattach_live, its URL shown at once (show_url), for the `up` the CLI runs next: a live
+    session's URL does not wait for the CLI's import. Whether it was reattached."""
+    result = reattach_live(place, runner, opts, console, time.monotonic())
+    if result is None:
+        return False
+    show_url(result, console, as_json=as_json)
+    _early.append((place, opts, replace(result, shown=True)))
+    return True
+
+
+def show_url(result: UpResult, console: Console, *, as_json: bool) -> None:
+    """The URL on stdout, or with --json the result as one JSON document."""
+    if as_json:
+        console.emit_json(result.to_json())
+    else:
+        console.result(f"  {result.url}")
+
+
 def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpResult:
+    for i, (early_place, early_opts, early) in enumerate(_early):
+        if early_place is place and early_opts == opts:
+            del _early[i]
+            return early
     started = time.monotonic()
     validate_text(opts.dir, "directory")
     if opts.env is not None:
@@ -265,30 +353,14 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
             hint="leave --socket out to serve this machine on a loopback port",
             exit_code=ExitCode.USAGE,
         )
+    result = reattach_live(place, runner, opts, console, started)
+    if result is not None:
+        return result
     previous = sessions.find(place.host, opts.dir)
     if previous is not None and previous.runner != runner.name:
         previous = None
-    # --socket asks the agent: a remembered server on a port would need a conflict check.
-    wanted = (
-        previous is not None
-        and runner.reattach_from_record
-        and (not opts.socket or isinstance(previous.remote_port, str))
-    )
-    # With --env or --keep-output the agent must see the request: it may be a conflict.
-    asks_agent = opts.env is not None or opts.keep_output
-    if (
-        isinstance(place, Host)
-        and wanted
-        and previous is not None
-        and opts.port in (None, previous.local_port)
-        and not asks_agent
-        and not place.began_login
-        and place.connection.may_have_master()
-    ):
-        # No `-O check` first: the forward itself fails at once without a live master.
-        result = _reattach_fast(place, previous, opts, console, runner, started)
-        if result is not None:
-            return result
+    wanted = _remembered(place, runner, opts) is not None
+    asks_agent = _asks_agent(opts)
     had_master = isinstance(place, Host) and place.master_before()
     local_port = _local_port(place, opts, previous, had_master)
     forwarder = _Forwarder(place, local_port)
@@ -367,6 +439,8 @@ def down(
     stopped_dirs = {s.get("dir") for s in stopped}
     mine += [r for r in ours if r.remote_dir in stopped_dirs and r not in mine]
     if isinstance(place, Host):
+        from nbremote import keeper  # `up`, reattached before the CLI is imported, has no use for it
+
         for record in mine:
             keeper.stop(record.host, record.dir)  # or it would put the forward back
             nodelogin.link(place, record.hop).cancel(record.local_port, record.remote_port, record.addr)

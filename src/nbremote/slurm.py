@@ -18,16 +18,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nbremote import nodelogin, profiles, sessions, slurmopts
+from nbremote import nodelogin, profiles, slurmopts
 from nbremote.console import Console
 from nbremote.durations import duration
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.ssh import Connection
 from nbremote.remote import Host, Place
-from nbremote.runner import Progress, Served, StartRequest
+from nbremote.runner import SLURM, Served, StartRequest
 from nbremote.tables import table
 from nbremote.agentlink import MODES
 from nbremote.sessions import SessionRecord
+
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from nbremote.runner import Progress
 
 _TOKEN = re.compile(r"^[A-Za-z0-9]{16,128}$")
 _JOB_ID = re.compile(r"^\d{1,12}$")
@@ -37,18 +41,6 @@ LOW_TIME = 600  # seconds left under which ls, status and up warn
 
 def _command(*words: str | None) -> str:
     return "`nbremote " + " ".join(w for w in words if w) + "`"
-
-
-def uses_slurm(host: str | None, slurm_text: str | None) -> bool:
-    """Slurm when the command asks for it, the profile names it, or a Slurm session there is remembered."""
-    if slurm_text is not None:
-        return True
-    if not host:
-        return False
-    profile = profiles.find(host)
-    if profile is not None and profile.scheduler == "slurm":
-        return True
-    return any(r.runner == SlurmRunner.name for r in sessions.for_host(host))
 
 
 def options_for(host: str | None, slurm_text: str | None) -> list[str]:
@@ -195,7 +187,7 @@ def render_ls(servers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 class SlurmRunner:
     """Jupyter in a batch job: `sbatch` on the login node, the forward through it to the node."""
 
-    name = "slurm"
+    name = SLURM
     # Its result shows the job's GPUs and time left, which only Slurm knows: the agent is asked.
     reattach_from_record = False
 

@@ -167,3 +167,31 @@ def test_up_after_the_master_died_reattaches_to_the_same_jupyter(lab):
     lab.kill_user_processes(LAPTOP_USER)  # the master and its forward die; Jupyter must not
     second = up_json(lab, "server")
     assert (second["reused"], second["pid"], second["local_port"]) == (True, first["pid"], first["local_port"])
+
+
+def test_up_over_a_live_master_shows_its_url_before_the_cli_is_imported(lab):
+    """The master is up and the session remembered (its keeper stopped, as after a foreground
+    `up` ended with the master kept): the console script reattaches before it imports the CLI,
+    and prints what `up` prints, the URL a token-checked answer through the forward proves."""
+    first = up_json(lab, "server")
+    keeper = json.loads(lab.nbremote("ls", "server", "--json").stdout)["servers"][0]["keeper_pid"]
+    lab.laptop_exec(["kill", str(keeper)])
+    assert wait_until(lambda: not json.loads(lab.nbremote("ls", "server", "--json").stdout)["servers"][0]["keeper_pid"])
+    spec = f"127.0.0.1:{first['local_port']}:127.0.0.1:{first['remote_port']}"
+    for sock in Path(f"/tmp/nbremote-{lab.user(LAPTOP_USER).uid}").glob("*"):
+        lab.laptop_exec(["ssh", "-o", f"ControlPath={sock}", "-O", "cancel", "-L", spec, "server"])
+    # Python logs each import to stderr as it happens: the order of the lines is the order of events.
+    done = lab.nbremote("up", "server", "--no-browser", "--detach", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"  {first['url']}\n"
+    shown = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert re.fullmatch(
+        rf"✓ Jupyter already running in {re.escape(first['dir'])} on server \(pid {first['pid']}\)  \d+\.\d\d s",
+        shown[0],
+    )
+    assert shown[1:] == ["  the notebook keeps running; `nbremote down server` stops it."]
+    lines = done.stderr.splitlines()
+    click_at = next(i for i, line in enumerate(lines) if re.search(r"\|\s+click$", line))
+    assert lines.index(shown[0]) < click_at
+    status = laptop_probe(lab, "status", f"http://127.0.0.1:{first['local_port']}", token_of(first["url"]))
+    assert status == {"with_token": 200, "without_token": 403}

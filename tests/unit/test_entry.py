@@ -55,6 +55,22 @@ def test_up_host_is_found(args, host, timeout, verbose):
     assert (found.host, found.timeout, found.verbose) == (host, timeout, verbose)
 
 
+def test_up_options_are_found_as_click_sets_them():
+    found = entry.scan(
+        ["up", "box", "--dir", "a", "--dir=b", "--lab", "--notebook", "--env", "t", "--port=9", "--json"]
+    )
+    assert found is not None
+    assert (found.directory, found.lab, found.env, found.port, found.as_json) == ("b", False, "t", 9, True)
+    assert (found.keep_output, found.detach) == (None, False)
+    found = entry.scan(["up", "box", "--no-keep-output", "--detach"])
+    assert found is not None and (found.keep_output, found.detach, found.lab, found.directory) == (
+        False,
+        True,
+        None,
+        None,
+    )
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -85,7 +101,23 @@ def test_what_the_scan_is_not_sure_of_goes_to_the_cli_alone(args):
 
 
 WORDS = st.sampled_from(
-    [*entry.GROUP_OPTIONS, *entry.UP_OPTIONS, "up", "gpubox", "me@box", "--", "-", "", "8888", "0", "2.5", "--port=9"]
+    [
+        *entry.GROUP_OPTIONS,
+        *entry.UP_OPTIONS,
+        "up",
+        "gpubox",
+        "me@box",
+        "--",
+        "-",
+        "",
+        "8888",
+        "0",
+        "2.5",
+        "--port=9",
+        "--dir=proj",
+        "--env=",
+        "--lab=x",
+    ]
 )
 
 
@@ -99,6 +131,16 @@ def test_whatever_the_scan_accepts_click_parses_to_the_same_host_and_timeout(arg
     assert group.params["verbose"] or group.params["debug"] or not found.verbose
     up = cli.up.make_context("up", args[at + 1 :], parent=group)
     assert (up.params["host"], up.params["timeout"]) == (found.host, found.timeout)
+    # The options the early reattach builds `up`'s with (session.options_for), as click gives them.
+    assert (
+        up.params["directory"],
+        up.params["lab"],
+        up.params["env"],
+        up.params["port"],
+        up.params["keep_output"],
+        up.params["detach"],
+        up.params["as_json"],
+    ) == (found.directory, found.lab, found.env, found.port, found.keep_output, found.detach, found.as_json)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import threading
 from dataclasses import dataclass, field
 
@@ -208,6 +209,12 @@ def world():
     return World()
 
 
+@pytest.fixture(autouse=True)
+def no_early_reattach(monkeypatch):
+    """Each test starts with no session reattached before the CLI (session.reattach_early)."""
+    monkeypatch.setattr(session, "_early", [])
+
+
 @pytest.fixture
 def cleanup():
     conns: list[Connection] = []
@@ -267,6 +274,87 @@ def test_a_live_master_and_a_remembered_server_need_no_agent(world, cleanup):
     assert runner.started == []
     assert (result.local_port, result.reused, result.created_master) == (port, True, False)
     assert "✓ Jupyter already running in /home/me/proj on gpubox (pid 4242)" in err.getvalue()
+
+
+def test_reattached_before_the_cli_the_url_is_shown_at_once_and_up_goes_on_from_there(world, cleanup):
+    """The console script's early path (entry.py): the same reattach, its URL printed before
+    the CLI is imported; `up` with that place and those options then takes its result."""
+    port = any_free_port()
+    remember(port)
+    world.servers[("127.0.0.1", REMOTE)] = TOKEN
+    conn = Connection(world, alive=True)
+    cleanup.append(conn)
+    place, runner = host(conn), Runner(world)
+    stdout, err = io.StringIO(), io.StringIO()
+    assert session.reattach_early(place, runner, opts(), Console(out=stdout, err=err), as_json=False)
+    url = f"http://127.0.0.1:{port}/lab?token={TOKEN}"
+    assert stdout.getvalue() == f"  {url}\n"
+    assert err.getvalue().startswith("✓ Jupyter already running in /home/me/proj on gpubox (pid 4242)  ")
+    assert conn.calls == [("forward", port, REMOTE, "127.0.0.1")]
+    later, later_err = console()
+    result = session.up(place, runner, opts(), later)
+    assert (result.url, result.shown, result.reused, result.created_master) == (url, True, True, False)
+    assert later_err.getvalue() == "" and len(conn.calls) == 1 and runner.started == []
+    assert sessions.find("gpubox", "proj") == result.record
+    # Taken once: another `up` in the same process reattaches by itself.
+    assert not session.up(place, runner, opts(), later).shown and len(conn.calls) == 2
+
+
+def test_an_early_reattach_is_not_taken_for_other_options_or_another_place(world, cleanup):
+    port = any_free_port()
+    remember(port)
+    world.servers[("127.0.0.1", REMOTE)] = TOKEN
+    conn = Connection(world, alive=True)
+    cleanup.append(conn)
+    place, runner = host(conn), Runner(world)
+    assert session.reattach_early(place, runner, opts(), Console(out=io.StringIO(), err=io.StringIO()), as_json=False)
+    out, _ = console()
+    assert not session.up(place, runner, opts(mode="notebook"), out).shown
+    assert not session.up(host(conn), runner, opts(), out).shown
+    assert session.up(place, runner, opts(), out).shown
+
+
+def test_an_early_reattach_with_json_prints_the_result_once(world, cleanup):
+    port = any_free_port()
+    remember(port)
+    world.servers[("127.0.0.1", REMOTE)] = TOKEN
+    conn = Connection(world, alive=True)
+    cleanup.append(conn)
+    stdout, err = io.StringIO(), io.StringIO()
+    place = host(conn)
+    assert session.reattach_early(
+        place, Runner(world), opts(), Console(out=stdout, err=err, json_mode=True), as_json=True
+    )
+    doc = json.loads(stdout.getvalue())
+    assert (doc["local_port"], doc["reused"], doc["pid"]) == (port, True, 4242) and err.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "why, record, alive, changes",
+    [
+        ("nothing remembered", None, True, {}),
+        ("no master", {}, False, {}),
+        ("another local port asked for", {}, True, {"port": 1}),
+        ("--env: the agent must see it", {}, True, {"env": "torch"}),
+        ("keep_output: the agent must see it", {}, True, {"keep_output": True}),
+        ("a Slurm job's session", {"runner": "slurm"}, True, {}),
+        ("a server that no longer answers to its token", {"token": OLD_TOKEN}, True, {}),
+    ],
+)
+def test_no_early_reattach_when_it_is_not_a_sure_thing(world, cleanup, why, record, alive, changes):
+    port = any_free_port()
+    if record is not None:
+        remember(port, **record)
+    world.servers[("127.0.0.1", REMOTE)] = TOKEN
+    conn = Connection(world, alive=alive)
+    cleanup.append(conn)
+    stdout, err = io.StringIO(), io.StringIO()
+    before = sessions.load_all()
+    assert not session.reattach_early(
+        host(conn), Runner(world), opts(**changes), Console(out=stdout, err=err), as_json=False
+    ), why
+    assert stdout.getvalue() == err.getvalue() == "" and conn.forwards == {} and session._early == []
+    assert sessions.load_all() == before
 
 
 def test_a_remembered_server_that_is_gone_is_started_again_on_the_same_port(world, cleanup):
