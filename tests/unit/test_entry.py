@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbremote import cli, entry, remote, sessions
+from nbremote import cli, entry, remote, session, sessions
 from nbremote.sessions import SessionRecord
 
 
@@ -188,3 +188,41 @@ def test_no_early_login_while_a_keeper_of_the_host_may_be_logging_in(no_login):
     finally:
         keeper.kill()
         keeper.wait()
+
+
+@pytest.fixture
+def reattaches(monkeypatch):
+    """session.reattach_early's calls from the console script, recorded instead of run."""
+    calls: list[tuple[object, str, session.UpOptions, bool]] = []
+
+    def record(place, runner, opts, console, *, as_json):
+        calls.append((place, runner.name, opts, as_json))
+        return False
+
+    monkeypatch.setattr(session, "reattach_early", record)
+    return calls
+
+
+def test_the_early_reattach_asks_with_the_options_up_builds_from_the_profile(isolated, reattaches):
+    path = isolated.root / "config" / "nbremote" / "hosts.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        '[hosts.gpubox]\naddresses = ["192.168.1.112"]\n[hosts.gpubox.up]\ndir = "proj"\nmode = "notebook"\n'
+    )
+    found = entry.scan(["up", "gpubox", "--json", "--timeout", "3"])
+    assert found is not None
+    place = object()
+    entry._reattach(found, place)  # type: ignore[arg-type]
+    want = session.options_for(
+        "gpubox", directory=None, lab=None, env=None, port=None, timeout=3.0, socket=False, keep_output=None
+    )
+    assert reattaches == [(place, "host", want, True)]
+    assert (want.dir, want.mode) == ("proj", "notebook")
+
+
+def test_no_early_reattach_of_a_host_whose_sessions_are_slurm_jobs(reattaches):
+    sessions.save(SessionRecord("cluster", "~", "/home/me", 8890, 38119, "t" * 32, 0, "lab", 0.0, runner="slurm"))
+    found = entry.scan(["up", "cluster"])
+    assert found is not None
+    entry._reattach(found, object())  # type: ignore[arg-type]
+    assert reattaches == []
