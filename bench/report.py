@@ -134,6 +134,16 @@ def targets(R: Results) -> tuple[str, list[str]]:
                     wm <= bound,
                 )
             )
+        urls = [s["t_url"] for s in b["samples"].get("nbremote warm+master", []) if s.get("t_url") is not None]
+        if urls and r is not None:
+            bound = 2 * r + 0.1
+            checks.append(
+                (
+                    "warm+master to the printed URL ≤ 2 RTT + 0.1 s",
+                    f"{fmt_t(med(urls))} s ≤ 2×{r * 1000:.1f} ms + 0.1 = {fmt_t(bound)} s",
+                    med(urls) <= bound,
+                )
+            )
         if None not in (w, r, login):
             bound = login + 2 * r + 0.1
             checks.append(

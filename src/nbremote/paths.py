@@ -93,14 +93,34 @@ def runtime_dir() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
         return _private(Path(xdg) / "nbremote")
-    import tempfile  # imported where used: kept out of `up HOST`'s start-up
+    return _private(Path(temp_root()) / f"nbremote-{os.getuid()}")
 
-    return _private(Path(tempfile.gettempdir()) / f"nbremote-{os.getuid()}")
+
+def temp_root() -> str:
+    """The folder tempfile.gettempdir() chooses (TMPDIR, TEMP or TMP, else /tmp, /var/tmp,
+    /usr/tmp, else the working directory: the first one a file can be made in), without
+    importing tempfile (with shutil and random), which `up` would pay before its first ssh."""
+    for candidate in [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]:
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return os.path.abspath(candidate)
+    return os.getcwd()
 
 
 def write_private(path: Path, text: str) -> None:
     """Atomic replace, mode 0600 from creation on (the file may hold tokens)."""
     atomic_write(path, text.encode(), mode=0o600)
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new 0600 file `.NAME.RANDOM.nbremote-tmp` in path's folder, as tempfile.mkstemp makes
+    one (O_EXCL, no link followed), without importing tempfile (with shutil and random), which
+    `up` would pay before it prints a live session's URL."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.nbremote-tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write(
@@ -119,9 +139,7 @@ def atomic_write(
         gid = st.st_gid if gid is None else gid
     except FileNotFoundError:
         mode = 0o644 if mode is None else mode
-    import tempfile  # imported where used: kept out of `up HOST`'s start-up
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nbremote-tmp", dir=path.parent)
+    fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

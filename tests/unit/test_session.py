@@ -334,12 +334,10 @@ def test_runtime_dir_refuses_a_directory_of_another_user(isolated):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_runtime_dir_fallback_in_tmp_refuses_another_users_directory(isolated, monkeypatch, tmp_path):
-    import tempfile
-
     shared_tmp = tmp_path / "shared-tmp"
     shared_tmp.mkdir(mode=0o1777)
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))
+    monkeypatch.setenv("TMPDIR", str(shared_tmp))
     taken = shared_tmp / f"nbremote-{os.getuid()}"
     taken.mkdir()
     os.chown(taken, 65534, 65534)

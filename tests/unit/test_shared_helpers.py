@@ -57,6 +57,44 @@ def test_atomic_write_keeps_mode_and_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "fresh"]
 
 
+def test_an_atomic_write_never_opens_a_temporary_name_that_exists(tmp_path, monkeypatch):
+    """The temporary file is made with O_EXCL under a random name: a name taken is passed over."""
+    tmp_path = tmp_path / "state"
+    tmp_path.mkdir()
+    target = tmp_path / "sessions.json"
+    taken = tmp_path / f".sessions.json.{'00' * 6}.nbremote-tmp"
+    taken.write_text("someone else's")
+    draws = iter([b"\0" * 6, b"\1" * 6])
+    monkeypatch.setattr(paths.os, "urandom", lambda n: next(draws))
+    paths.atomic_write(target, b"{}", mode=0o600)
+    assert target.read_bytes() == b"{}" and taken.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken.name, "sessions.json"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"TMPDIR": "{tmp}/t"},
+        {"TMPDIR": "{tmp}/missing", "TMP": "{tmp}/t"},
+        {"TMPDIR": "", "TEMP": "{tmp}/t/../t"},
+        {"TMPDIR": "{tmp}/read-only"},  # passed over unless root, who may write there: alike
+    ],
+)
+def test_the_temporary_root_is_the_one_tempfile_chooses(tmp_path, monkeypatch, env):
+    """Control sockets stay where they were before paths stopped importing tempfile for them."""
+    import tempfile
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "read-only").mkdir(mode=0o500)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # its cache: chosen again from this environment
+    assert paths.temp_root() == tempfile.gettempdir()
+
+
 def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     tmp_path = tmp_path / "etc"
     tmp_path.mkdir()
