@@ -28,12 +28,15 @@ from pathlib import Path
 
 from nbremote import paths
 from nbremote.errors import ExitCode, NbremoteError
-from nbremote.reach import PathConnection
 from nbremote.remote import Host
 from nbremote.ssh import Connection, Target
 
 SSH_PORT = 22
 # A public key as known_hosts holds it after the host name: its type and base64 blob.
+TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
+if TYPE_CHECKING:
+    from nbremote.reach import PathConnection
+
 KEY_LINE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp[0-9]+|sk-[A-Za-z0-9@.-]+) [A-Za-z0-9+/]+={0,2}\Z")
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import replace
 
-from nbremote import addresses, agentlink, logs, paths, profiles, reach, sessions, sshfiles
+from nbremote import addresses, agentlink, logs, paths, profiles, sessions
 from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
@@ -21,6 +21,8 @@ from nbremote.ssh import Connection, Target, parse_target
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any, Callable
+
+    from nbremote import reach
 
 log = logs.get(__name__)
 
@@ -168,6 +170,9 @@ class ProfileHost(Host):
         self.interactive = interactive
         self.notify = notify
         self.renumbered: list[tuple[Address | None, Address]] = []  # what this session changed in the profile
+        # Imported here: a plain ssh host (and `up`'s reattach before the CLI) has no use for them.
+        from nbremote import reach, sshfiles
+
         recent = profiles.last_paths().get(profile.name)
         self.connection = reach.PathConnection(
             profile,
@@ -181,6 +186,8 @@ class ProfileHost(Host):
         )
 
     def _remember(self, reached: reach.Reached) -> None:
+        from nbremote import reach, sshfiles
+
         reach.record_answer(self.profile.name, reached.address, time.time())
         profiles.record_path(
             self.profile.name,
@@ -198,6 +205,8 @@ class ProfileHost(Host):
             log.warning("not updating %s: %s", sshfiles.our_config_path(), exc.message)
 
     def path(self, rtt_s: float | None = None) -> dict[str, Any]:
+        from nbremote import reach
+
         assert isinstance(self.connection, reach.PathConnection)
         address = self.connection.active_address()
         reached = self.connection.reached
@@ -223,6 +232,8 @@ class ProfileHost(Host):
         return call
 
     def _take_public(self, hello: agentlink.Hello) -> None:
+        from nbremote import reach, sshfiles
+
         """The server's public addresses into the profile, whichever path this session took."""
         if not hello.public:
             return
