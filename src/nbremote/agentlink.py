@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from nbremote import logs
 from nbremote.addresses import public_ip
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.servertext import clean_text
 
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)
 if TYPE_CHECKING:
-    from typing import IO, Any, Callable, TypeGuard
+    from typing import IO, Any, Callable
 
 log = logs.get(__name__)
 
@@ -43,13 +44,11 @@ log = logs.get(__name__)
 # the agent, stdlib only and shipped alone, cannot import from here (tests/unit/test_agentlink.py).
 PROTOCOL_VERSION = 1
 HELLO_KEY = "nbremote_agent"
-MODES = ("lab", "notebook")
 NO_PYTHON_EXIT = 97
 # The server is not trusted to be sane: a reply line (a job's log chunk is ~88 KiB) and
 # the noise a login shell may print before the hello are bounded, as is any text shown.
 MAX_LINE = 4 * 1024 * 1024
 MAX_NOISE = 1024 * 1024
-MAX_MESSAGE = 2000
 MAX_DETAILS = 20
 MAX_STDERR = 64 * 1024
 
@@ -177,25 +176,6 @@ class Hello:
 
 _VERSION = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,4}")
 _HASH = re.compile(r"[0-9a-f]{12}")
-# C0 and C1 controls, DEL, and the bidirectional overrides that make text read
-# differently from what it is: a server's text may reach the terminal, never these.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def clean_text(value: object, limit: int = MAX_MESSAGE) -> str:
-    """A server's free text (an error message, a GPU's name) made safe to print: one line, bounded."""
-    text = _UNSAFE.sub("\ufffd", value if isinstance(value, str) else str(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def is_safe_text(value: object, limit: int = 4096) -> TypeGuard[str]:
-    """A name or path from the server that is used as is: a non-empty string, bounded, no controls."""
-    return isinstance(value, str) and 0 < len(value) <= limit and not _UNSAFE.search(value)
-
-
-def is_server_path(value: object) -> TypeGuard[str]:
-    """An absolute path on the server (the agent resolves every directory it reports)."""
-    return is_safe_text(value) and value.startswith("/")
 
 
 def parse_hello(line: str) -> Hello | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nbremote import sessions
-from nbremote.agentlink import clean_text
+from nbremote.servertext import clean_text
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import any_free_port, port_free
 from nbremote.remote import Host, Place

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from nbremote import jobcache
-from nbremote.agentlink import is_safe_text, is_server_path
+from nbremote.servertext import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.remote import Host, place_for

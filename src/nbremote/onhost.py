@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from nbremote.agentlink import is_safe_text, is_server_path
+from nbremote.servertext import is_safe_text, is_server_path
 from nbremote.console import Console
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, Place, ThisMachine

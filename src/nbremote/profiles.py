@@ -48,7 +48,7 @@ from pathlib import Path
 from nbremote import paths, slurmopts
 
 from nbremote.addresses import Address, Relay, added_at, check_port, parse_address, parse_relay
-from nbremote.agentlink import MODES
+from nbremote.servers import MODES
 from nbremote.errors import ExitCode, NbremoteError
 
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import replace
 
-from nbremote import addresses, agentlink, logs, paths, profiles, sessions
+from nbremote import addresses, logs, paths, profiles, sessions
 from nbremote.addresses import Address
 from nbremote.errors import NbremoteError
 from nbremote.ssh import Connection, Target, parse_target
@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing's own, without importing typing at run time (myp
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-    from nbremote import reach
+    from nbremote import agentlink, reach
 
 log = logs.get(__name__)
 
@@ -48,6 +48,8 @@ class ThisMachine(Place):
     host = ""
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
+        from nbremote import agentlink  # the agent is packed only for a call: `up`'s reattach has no use for it
+
         env = dict(os.environ)
         # `nbremote` run from a venv without activating it: its jupyter is beside python.
         bindir = os.path.dirname(sys.executable)
@@ -138,6 +140,8 @@ class Host(Place):
         }
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
+        from nbremote import agentlink  # the agent is packed only for a call: `up`'s reattach has no use for it
+
         # While a person may be typing a password, only ssh's own timeouts apply.
         return agentlink.AgentCall(
             self._agent_argv,
@@ -147,6 +151,8 @@ class Host(Place):
         )
 
     def _agent_argv(self, request: str) -> list[str]:
+        from nbremote import agentlink
+
         argv = self.connection.command_argv(agentlink.remote_command(request))  # packed while the login runs
         if self._login is not None:
             self.connect()
@@ -226,6 +232,8 @@ class ProfileHost(Host):
         return self.connection.open_master()
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
+        from nbremote import agentlink  # noqa: F401  imported while the login runs, not after it
+
         self.connect()
         call = super().agent(hello_timeout)
         call.on_hello = self._take_public

@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nbremote.agentlink import MODES, clean_text, is_server_path
 from nbremote.errors import ExitCode, NbremoteError
+from nbremote.servertext import clean_text, is_server_path
+
+MODES = ("lab", "notebook")  # the Jupyter UIs `up` opens; the agent knows the same two
 
 URL_PATH = {"lab": "/lab", "notebook": "/tree"}
 _TOKEN = re.compile(r"^[A-Za-z0-9]{16,128}$")

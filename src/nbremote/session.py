@@ -22,8 +22,7 @@ from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import Poller, choose_local_port, port_free, probe
 from nbremote.remote import Host, Place, ProfileHost, ThisMachine
 from nbremote.runner import Served, StartRequest
-from nbremote.agentlink import MODES
-from nbremote.servers import url_for, validate_text
+from nbremote.servers import MODES, url_for, validate_text
 from nbremote.sessions import SessionRecord
 
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)

@@ -26,7 +26,7 @@ from nbremote.ssh import Connection
 from nbremote.remote import Host, Place
 from nbremote.runner import SLURM, Served, StartRequest
 from nbremote.tables import table
-from nbremote.agentlink import MODES
+from nbremote.servers import MODES
 from nbremote.sessions import SessionRecord
 
 TYPE_CHECKING = False  # typing's own, without importing typing at run time (mypy knows the name)

@@ -15,7 +15,7 @@ from nbremote import jobcache
 from nbremote import jobs as jobs_core
 from nbremote import slurm
 from nbremote import profiles, reach, sessions
-from nbremote.agentlink import clean_text, is_server_path
+from nbremote.servertext import clean_text, is_server_path
 from nbremote.durations import duration
 from nbremote.errors import NbremoteError
 from nbremote.remote import Host, ProfileHost, place_for

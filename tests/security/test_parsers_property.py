@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nbremote import addresses, agentlink, invite, jobs, profiles, servers, ssh
+from nbremote import addresses, agentlink, invite, jobs, profiles, servers, servertext, ssh
 from nbremote.agent import protocol
 from nbremote.errors import NbremoteError
 
@@ -195,7 +195,7 @@ def test_job_documents(changes):
 def test_agent_errors(error):
     exc = agentlink._agent_error(error, "gpubox")
     for text in [exc.message, exc.hint or "", *exc.details]:
-        assert not _UNSAFE.search(text) and len(text) <= agentlink.MAX_MESSAGE + 20
+        assert not _UNSAFE.search(text) and len(text) <= servertext.MAX_MESSAGE + 20
     assert len(exc.details) <= agentlink.MAX_DETAILS
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from nbremote import agentlink
+from nbremote import agentlink, servertext
 from nbremote.agentlink import AgentCall
 from nbremote.errors import ExitCode, NbremoteError
 
@@ -75,8 +75,8 @@ def test_deeply_nested_json_is_an_error_not_a_crash():
     ],
 )
 def test_server_text_is_cleaned_before_it_is_shown(text, shown):
-    assert agentlink.clean_text(text) == shown
+    assert servertext.clean_text(text) == shown
 
 
 def test_server_text_is_bounded():
-    assert agentlink.clean_text("x" * 5000) == "x" * (agentlink.MAX_MESSAGE - 1) + "…"
+    assert servertext.clean_text("x" * 5000) == "x" * (servertext.MAX_MESSAGE - 1) + "…"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nbremote import agentlink
+from nbremote import agentlink, servers
 from nbremote.agent.main import OP_MODULES, handler_for
 from nbremote.agentlink import BOOTSTRAP, AgentCall, Hello, parse_hello
 from nbremote.errors import ExitCode, NbremoteError
@@ -423,5 +423,5 @@ def test_the_clients_protocol_constants_are_the_agents():
 
     assert agentlink.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
     assert agentlink.HELLO_KEY == protocol.HELLO_KEY
-    assert agentlink.MODES == jupyter.MODES
+    assert servers.MODES == jupyter.MODES
     assert agentlink.parse_hello(json.dumps(protocol.hello("0123456789ab"))) is not None

@@ -92,7 +92,7 @@ def cycles() -> list[set[str]]:
 def test_the_graph_is_read():
     assert {"nbremote.agent.protocol", "nbremote.agent.jobs", "sys"} <= imports("nbremote.agent.main")
     assert {"nbremote.server.sshd", "nbremote.verdicts"} <= imports("nbremote.server.checks")
-    assert "nbremote.agentlink" in imports("nbremote.profiles")
+    assert "nbremote.servers" in imports("nbremote.profiles")
 
 
 def test_no_import_cycles():
