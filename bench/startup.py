@@ -17,6 +17,12 @@ round, so a machine that gets busier or quieter mid-run weighs on both alike. Me
   which `up HOST` without it no longer does, so this is the start-up that a plain `up HOST`
   pays before its first ssh (less the scan of its arguments and the ssh's own start).
 
+- `nbremote -v up HOST` with a remembered session and a control socket, to its `ssh -O forward`:
+  the start-up a warm `up` with a live master pays before it puts the forward back (its URL
+  follows two round trips later). The session record and the control path stand in for them
+  (a plain file where the socket would be: the forward fails at once and `up` goes on to a
+  login that is refused), so only the client's own time is measured.
+
 Prints medians (ms) per command and tree and the after/before ratio; no network, no root.
 """
 
@@ -34,7 +40,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"--version": ["--version"], "up (refused at the edge)": ["up", "--", "-oProxyCommand=x"]}
+HOST = "ssh://nobody@127.0.0.1:9"  # a closed port: a login fails at once
 FIRST_SSH = "up HOST, to its first ssh"
+FORWARD = "up HOST, live master, to -O forward"
 BEFORE_LOGIN = "up HOST's imports, no -v"
 # What nbremote.entry imported before remote.begin_login_for at adc0d55 (when the scan finds
 # `up HOST`), the same for both trees; later ones import console after the login begins, so
@@ -65,10 +73,29 @@ def once(tree: Path, args: list[str], env: dict[str, str], *, code: str | None =
     return time.perf_counter() - began
 
 
-def first_ssh(tree: Path, env: dict[str, str]) -> float:
+def live_master(tree: Path, env: dict[str, str]) -> None:
+    """A session of HOST remembered, and something at the path of its master's control socket."""
+    code = (
+        "import json, sys\n"
+        "from nbremote import paths, sessions\n"
+        "from nbremote.ssh import Connection, parse_target\n"
+        "host = sys.argv[1]\n"
+        "sessions.save(sessions.SessionRecord(host, '~', '/home/me', 18888, 38119, 't' * 32, 4242, 'lab', 0.0))\n"
+        "conn = Connection(parse_target(host), control_dir=paths.runtime_dir(), timeout=1, batch=True, persist=True)\n"
+        "conn.control_path.write_text('')\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, HOST],
+        env={**env, "PYTHONPATH": str(tree / "src")},
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def first_ssh(tree: Path, env: dict[str, str], needle: str = "nbremote.ssh: run ssh") -> float:
     began = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "nbremote", "-v", "up", "ssh://nobody@127.0.0.1:9", "--no-browser", "--timeout", "1"],
+        [sys.executable, "-m", "nbremote", "-v", "up", HOST, "--no-browser", "--timeout", "1"],
         env={**env, "PYTHONPATH": str(tree / "src")},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -78,7 +105,7 @@ def first_ssh(tree: Path, env: dict[str, str]) -> float:
     assert process.stderr is not None
     seen = None
     for line in process.stderr:
-        if seen is None and "nbremote.ssh: run ssh" in line:
+        if seen is None and needle in line:
             seen = time.perf_counter() - began
     process.wait()
     assert seen is not None, "no ssh in the log of `nbremote -v up`"
@@ -119,12 +146,17 @@ def main() -> None:
                 times.setdefault((FIRST_SSH, label), []).append(first_ssh(tree, env))
             for label, tree in order:
                 times.setdefault((BEFORE_LOGIN, label), []).append(once(tree, [], env, code=BEFORE_LOGIN_CODE))
+            for label, tree in order:
+                live_master(tree, env)
+                times.setdefault((FORWARD, label), []).append(first_ssh(tree, env, "-O forward"))
+                # Forgotten again, so the other rows find no session, as before this row was measured.
+                (Path(env["XDG_STATE_HOME"]) / "nbremote" / "sessions.json").unlink()
     print(f"{opts.rounds} interleaved rounds; before = {opts.before}, after = {opts.after}; median ms")
-    print(f"{'command':28} {'before':>8} {'after':>8} {'after/before':>13}")
-    for name in [*COMMANDS, FIRST_SSH, BEFORE_LOGIN]:
+    print(f"{'command':36} {'before':>8} {'after':>8} {'after/before':>13}")
+    for name in [*COMMANDS, FIRST_SSH, BEFORE_LOGIN, FORWARD]:
         before = statistics.median(times[(name, "before")]) * 1000
         after = statistics.median(times[(name, "after")]) * 1000
-        print(f"{name:28} {before:8.0f} {after:8.0f} {after / before:13.2f}")
+        print(f"{name:36} {before:8.0f} {after:8.0f} {after / before:13.2f}")
 
 
 if __name__ == "__main__":
