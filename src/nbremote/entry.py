@@ -158,6 +158,10 @@ def main() -> None:
             from nbremote.logs import log_steps
 
             log_steps()  # before the imports below: its clock starts when logging is imported
+        from nbremote import early
+
+        # A live session's forward, begun while the modules that decide on it are imported.
+        early.begin(args[args.index("up") + 1 :])
         from nbremote import remote
         from nbremote.errors import NbremoteError
 
@@ -172,6 +176,8 @@ def main() -> None:
             from nbremote.console import interrupted
 
             interrupted()
+        finally:
+            early.settle()
     try:
         from nbremote import cli
 

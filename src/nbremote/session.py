@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from nbremote import logs, nodelogin, profiles, sessions
+from nbremote import early, logs, nodelogin, profiles, sessions
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import Poller, choose_local_port, port_free, probe
@@ -254,6 +254,14 @@ def _finish(
         forwards=extra,
     )
     sessions.save(record)
+    if early.words is not None and isinstance(place, Host) and served.hop is None and not _asks_agent(opts):
+        # The next `up` with the console script's words may begin this forward before its
+        # import (early.py).
+        early.hint(
+            place.connection.forward_argv(local_port, served.port, served.addr),
+            place.connection.control_path,
+            sessions.keeper_pid_file(place.host, opts.dir),
+        )
     # Without a forward (this machine), the browser goes to Jupyter's own address.
     address = "127.0.0.1" if isinstance(place, Host) else served.addr
     return UpResult(
@@ -338,10 +346,10 @@ def show_url(result: UpResult, console: Console, *, as_json: bool) -> None:
 
 
 def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpResult:
-    for i, (early_place, early_opts, early) in enumerate(_early):
+    for i, (early_place, early_opts, taken) in enumerate(_early):
         if early_place is place and early_opts == opts:
             del _early[i]
-            return early
+            return taken
     started = time.monotonic()
     validate_text(opts.dir, "directory")
     if opts.env is not None:

@@ -9,14 +9,13 @@ with `hop`, through the laptop's ssh to the node to the node's loopback.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from dataclasses import asdict, dataclass
 
 from pathlib import Path
 
-from nbremote import paths
+from nbremote import early, paths
 
 
 @dataclass(frozen=True)
@@ -98,16 +97,7 @@ def keeper_pid_file(host: str, directory: str) -> Path:
 
 def keeper_pid(host: str, directory: str) -> int | None:
     """The live keeper of a session, checked by its lock rather than trusted from the file."""
-    path = keeper_pid_file(host, directory)
-    try:
-        with path.open() as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return int(handle.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-    return None
+    return early.held_pid(keeper_pid_file(host, directory))
 
 
 def keeper_running(host: str) -> bool:

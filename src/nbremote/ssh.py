@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nbremote import logs
+from nbremote import early, logs
 from nbremote.errors import ExitCode, NbremoteError
 
 log = logs.get(__name__)
@@ -206,8 +206,13 @@ class Connection:
         lines = [line.partition(" ") for line in done.stdout.splitlines()]
         return tuple((_IDENTITY[key], value) for key, _, value in lines if key in _IDENTITY)
 
+    def _control_argv(self, *args: str) -> list[str]:
+        return ["ssh", *self._options(), *args, "--", self.target.destination]
+
     def _control(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = ["ssh", *self._options(), *args, "--", self.target.destination]
+        return self._run_control(self._control_argv(*args))
+
+    def _run_control(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         log.debug("run %s", " ".join(argv))
         return subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=self.timeout + 5, env=ssh_env()
@@ -222,8 +227,13 @@ class Connection:
             return False
         return self._control("-O", "check").returncode == 0
 
+    def forward_argv(self, local_port: int, remote_port: int | str, remote_host: str = "127.0.0.1") -> list[str]:
+        return self._control_argv("-O", "forward", "-L", _spec(local_port, remote_port, remote_host))
+
     def forward(self, local_port: int, remote_port: int | str, remote_host: str = "127.0.0.1") -> None:
-        done = self._control("-O", "forward", "-L", _spec(local_port, remote_port, remote_host))
+        argv = self.forward_argv(local_port, remote_port, remote_host)
+        # The console script may have begun this very forward before the client's import.
+        done = early.claim(argv) or self._run_control(argv)
         if done.returncode != 0:
             raise NbremoteError(
                 f"local port {local_port} is busy",
