@@ -21,7 +21,9 @@ round, so a machine that gets busier or quieter mid-run weighs on both alike. Me
   the start-up a warm `up` with a live master pays before it puts the forward back (its URL
   follows two round trips later). The session record and the control path stand in for them
   (a plain file where the socket would be: the forward fails at once and `up` goes on to a
-  login that is refused), so only the client's own time is measured.
+  login that is refused), so only the client's own time is measured. From a95324f on, the
+  forward `up` remembers for its words (nbremote/early.py) stands in too: that tree begins the
+  forward before its modules are imported.
 
 Prints medians (ms) per command and tree and the after/before ratio; no network, no root.
 """
@@ -83,6 +85,14 @@ def live_master(tree: Path, env: dict[str, str]) -> None:
         "sessions.save(sessions.SessionRecord(host, '~', '/home/me', 18888, 38119, 't' * 32, 4242, 'lab', 0.0))\n"
         "conn = Connection(parse_target(host), control_dir=paths.runtime_dir(), timeout=1, batch=True, persist=True)\n"
         "conn.control_path.write_text('')\n"
+        "try:\n"
+        "    from nbremote import early\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:  # the forward up remembers for the words first_ssh gives it (a95324f and later)\n"
+        "    early.words = [host, '--no-browser', '--timeout', '1']\n"
+        "    argv = conn.forward_argv(18888, 38119, '127.0.0.1')\n"
+        "    early.hint(argv, conn.control_path, sessions.keeper_pid_file(host, '~'))\n"
     )
     subprocess.run(
         [sys.executable, "-c", code, HOST],
