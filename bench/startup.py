@@ -92,7 +92,9 @@ def live_master(tree: Path, env: dict[str, str]) -> None:
         "else:  # the forward up remembers for the words first_ssh gives it (a95324f and later)\n"
         "    early.words = [host, '--no-browser', '--timeout', '1']\n"
         "    argv = conn.forward_argv(18888, 38119, '127.0.0.1')\n"
-        "    early.hint(argv, conn.control_path, sessions.keeper_pid_file(host, '~'))\n"
+        "    record = sessions.find(host, '~')\n"
+        "    fields = sessions.fields_of(record, 'token', 'local_port', 'remote_port', 'addr')\n"
+        "    early.hint(argv, conn.control_path, sessions.keeper_pid_file(host, '~'), fields)\n"
     )
     subprocess.run(
         [sys.executable, "-c", code, HOST],

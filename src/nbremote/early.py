@@ -4,7 +4,7 @@ than that ssh's own run).
 
 `up` remembers, for the words it was given, the forward it put up through a master and what
 must hold for it to be put back the same way: the master's control socket there, no keeper of
-the session alive (`hint`). The next `up` with those words begins that very argv at once
+the session alive, the session's record as it was (`hint`). The next `up` with those words begins that very argv at once
 (`begin`); ssh.Connection.forward takes it (`claim`) when the ordinary path asks for the same
 argv, so the decision stays `up`'s own (session.reattach_live). A forward that path did not
 ask for is cancelled (`settle`) before the CLI goes on."""
@@ -46,11 +46,25 @@ def _hint_path(up_words: list[str]) -> Path:
     return paths.runtime_dir() / f"forward-{name}.json"
 
 
-def hint(argv: list[str], control_path: Path, keeper_pid_file: Path) -> None:
-    """Remember the forward this command's words put up (see the module's text)."""
+def hint(
+    argv: list[str], control_path: Path, keeper_pid_file: Path, record: tuple[Path, str, dict[str, object]]
+) -> None:
+    """Remember the forward this command's words put up (see the module's text); record: the
+    records' file, the session's key there and the fields of its record the forward was made
+    from (a record changed or removed since, by `down` or another `up`, begins nothing)."""
     if words is None:
         return
-    text = json.dumps({"argv": argv, "control": str(control_path), "keeper": str(keeper_pid_file)})
+    records, key, fields = record
+    text = json.dumps(
+        {
+            "argv": argv,
+            "control": str(control_path),
+            "keeper": str(keeper_pid_file),
+            "records": str(records),
+            "key": key,
+            "fields": fields,
+        }
+    )
     try:
         paths.write_private(_hint_path(words), text)
     except (OSError, NbremoteError) as exc:  # the next `up` takes the ordinary path
@@ -65,7 +79,11 @@ def begin(up_words: list[str]) -> None:
     try:
         remembered = json.loads(_hint_path(up_words).read_text())
         argv, control, keeper = remembered["argv"], remembered["control"], remembered["keeper"]
-    except (OSError, ValueError, KeyError, TypeError, NbremoteError):
+        current = json.loads(Path(remembered["records"]).read_text()).get(remembered["key"])
+        fields = remembered["fields"]
+        if not isinstance(current, dict) or any(current.get(name) != value for name, value in fields.items()):
+            return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NbremoteError):
         return
     if not isinstance(argv, list) or not os.path.exists(control) or held_pid(keeper) is not None:
         return

@@ -261,6 +261,7 @@ def _finish(
             place.connection.forward_argv(local_port, served.port, served.addr),
             place.connection.control_path,
             sessions.keeper_pid_file(place.host, opts.dir),
+            sessions.fields_of(record, "token", "local_port", "remote_port", "addr"),
         )
     # Without a forward (this machine), the browser goes to Jupyter's own address.
     address = "127.0.0.1" if isinstance(place, Host) else served.addr

@@ -80,6 +80,12 @@ def save(record: SessionRecord) -> None:
     _save_all(records)
 
 
+def fields_of(record: SessionRecord, *names: str) -> tuple[Path, str, dict[str, object]]:
+    """The records' file, the record's key there and these fields as the file holds them."""
+    saved = asdict(record)
+    return paths.state_file(NAME), record.key, {name: saved[name] for name in names}
+
+
 def remove(records: list[SessionRecord]) -> None:
     current = load_all()
     for record in records:
