@@ -6,7 +6,8 @@ than that ssh's own run).
 must hold for it to be put back the same way: the master's control socket there, no keeper of
 the session alive, the session's record as it was (`hint`). The next `up` with those words begins that very argv at once
 (`begin`); ssh.Connection.forward takes it (`claim`) when the ordinary path asks for the same
-argv, so the decision stays `up`'s own (session.reattach_live). A forward that path did not
+argv, so the decision stays `up`'s own (session.reattach_live); the one GET with the token that
+followed the forward here stands for its first probe (`answered`). A forward that path did not
 ask for is cancelled (`settle`) before the CLI goes on."""
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
-from nbremote import logs, paths
+from nbremote import localnet, logs, paths
 from nbremote.errors import NbremoteError
 
 log = logs.get(__name__)
 
 # The words after `up` when the console script ran this command (entry.main), else None.
 words: list[str] | None = None
-_begun: tuple[list[str], subprocess.Popen[str]] | None = None
+_begun: _Begun | None = None  # begun, not yet taken
+_taken: _Begun | None = None  # taken by ssh.Connection.forward, its GET's answer not yet asked
+# The one GET's wait: a server slower than this is asked again by the ordinary path.
+ANSWER_TIMEOUT = 1.0
 
 
 def held_pid(path: Path | str) -> int | None:
@@ -95,30 +100,67 @@ def begin(up_words: list[str]) -> None:
         )
     except OSError:
         return  # no ssh: the ordinary path says so
-    _begun = (argv, process)
+    _begun = _Begun(argv, process, current.get("local_port"), current.get("token"))
 
 
 def claim(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
     """The begun forward's outcome, when it is this argv."""
-    global _begun
-    if _begun is None or _begun[0] != argv:
+    global _begun, _taken
+    if _begun is None or _begun.argv != argv:
         return None
-    process = _begun[1]
-    _begun = None
-    out, err = process.communicate()
-    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+    _taken, _begun = _begun, None
+    return _taken.outcome()
+
+
+def answered(port: int, token: str) -> bool:
+    """Whether the server answered the taken forward's one GET with this token (a 200 through
+    that very forward), as localnet.probe would have asked next."""
+    global _taken
+    taken, _taken = _taken, None
+    return taken is not None and (taken.port, taken.token) == (port, token) and taken.answer()
 
 
 def settle() -> None:
     """Cancel a begun forward that `up` did not take: its decision was another."""
-    global _begun
-    if _begun is None:
+    global _begun, _taken
+    begun, _begun, _taken = _begun, None, None
+    if begun is None or begun.outcome().returncode != 0:
         return
-    argv, process = _begun
-    _begun = None
-    process.communicate()
-    if process.returncode == 0:
-        at = argv.index("-O") + 1  # ssh -O forward -L SPEC: the same with -O cancel
-        cancel = [*argv[:at], "cancel", *argv[at + 1 :]]
-        log.debug("run %s", " ".join(cancel))
-        subprocess.run(cancel, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    begun.answer()  # its GET finished before the forward goes
+    argv = begun.argv
+    at = argv.index("-O") + 1  # ssh -O forward -L SPEC: the same with -O cancel
+    cancel = [*argv[:at], "cancel", *argv[at + 1 :]]
+    log.debug("run %s", " ".join(cancel))
+    subprocess.run(cancel, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+
+
+class _Begun:
+    """The forward's ssh, waited for in a thread that then sends the session's server one GET
+    with its token through it: the ssh and the GET's two round trips overlap the import."""
+
+    def __init__(self, argv: list[str], process: subprocess.Popen[str], port: object, token: object):
+        self.argv = argv
+        self.port, self.token = port, token
+        self._done: subprocess.CompletedProcess[str] | None = None
+        self._answered = False
+        self._forwarded = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _run(self, process: subprocess.Popen[str]) -> None:
+        out, err = process.communicate()
+        self._done = subprocess.CompletedProcess(self.argv, process.returncode, out, err)
+        self._forwarded.set()
+        # Only once the forward is up: its success proves the port is this master's, so the
+        # token goes to that server and nowhere else (as session._reattach_fast).
+        if process.returncode == 0 and isinstance(self.port, int) and isinstance(self.token, str):
+            self._answered = localnet.status_of("127.0.0.1", self.port, self.token, ANSWER_TIMEOUT) == 200
+
+    def outcome(self) -> subprocess.CompletedProcess[str]:
+        self._forwarded.wait()
+        assert self._done is not None
+        return self._done
+
+    def answer(self) -> bool:
+        self._thread.join()
+        return self._answered

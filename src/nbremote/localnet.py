@@ -44,7 +44,7 @@ def choose_local_port(requested: int | None, previous: int | None) -> int:
     return any_free_port()
 
 
-def _status_of(host: str, port: int, token: str, timeout: float) -> int | None:
+def status_of(host: str, port: int, token: str, timeout: float) -> int | None:
     """One GET /api/status; the HTTP status, or None when nothing answered.
 
     A raw socket, not http.client: importing that (email, its parsers) cost `up` with a
@@ -75,7 +75,7 @@ def probe(
 ) -> bool:
     """True once Jupyter answers /api/status with this token on local port (or on host:port)."""
     while True:
-        if _status_of(host, port, token, max(0.5, deadline - clock())) == 200:
+        if status_of(host, port, token, max(0.5, deadline - clock())) == 200:
             return True
         if clock() >= deadline:
             return False
@@ -105,7 +105,7 @@ class Poller:
 
     def _attempt(self) -> None:
         try:
-            if not self._stopped.is_set() and _status_of(self.host, self.port, self.token, 5.0) == 200:
+            if not self._stopped.is_set() and status_of(self.host, self.port, self.token, 5.0) == 200:
                 self.answered.set()
         finally:
             self._slots.release()

@@ -190,7 +190,8 @@ def _reattach_fast(
         conn.forward(previous.local_port, previous.remote_port, previous.addr)
     except NbremoteError:
         return None
-    if not probe(previous.local_port, previous.token, time.monotonic() + opts.timeout):
+    answered = early.answered(previous.local_port, previous.token)  # asked through a forward begun early
+    if not answered and not probe(previous.local_port, previous.token, time.monotonic() + opts.timeout):
         conn.cancel(previous.local_port, previous.remote_port, previous.addr)
         return None
     return _resumed(place, previous, opts, console, runner, started, created_master=False)

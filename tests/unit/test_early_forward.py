@@ -7,6 +7,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,52 @@ def test_connection_forward_takes_the_begun_forwards_refusal(tmp_path):
     with pytest.raises(NbremoteError, match="local port 18888 is busy"):
         conn.forward(18888, 38119)
     assert early._begun is None
+
+
+def _status_server(status: int) -> tuple[int, list[bytes]]:
+    """A loopback port that answers one request with this HTTP status (a stand-in for Jupyter
+    behind the forward), and the requests it read."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                seen.append(conn.recv(4096))
+                conn.sendall(f"HTTP/1.1 {status} X\r\n\r\n".encode())
+
+    threading.Thread(target=answer, daemon=True).start()
+    return server.getsockname()[1], seen
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), [(200, 0, True), (403, 0, False), (200, 255, False)])
+def test_the_begun_forward_asks_the_server_once_with_the_token(tmp_path, status, code, expected):
+    port, seen = _status_server(status)
+    record = SessionRecord("gpubox", "~", "/home/me", port, 38119, "t" * 32, 4242, "lab", 0.0)
+    sessions.save(record)
+    argv = _ssh_standin(tmp_path / "ssh.log", code)
+    early.words = WORDS
+    early.hint(argv, tmp_path, sessions.keeper_pid_file("gpubox", "~"), sessions.fields_of(record, "token"))
+    early.begin(list(WORDS))
+    assert early.claim(argv) is not None
+    assert early.answered(port, "t" * 32) is expected
+    assert early.answered(port, "t" * 32) is False  # asked once
+    if code == 0:
+        assert b"Authorization: token " + b"t" * 32 in seen[0]
+    else:  # a refused forward proves nothing about the port: no token sent
+        assert seen == []
+
+
+def test_another_session_is_not_answered_for(tmp_path):
+    port, _ = _status_server(200)
+    record = SessionRecord("gpubox", "~", "/home/me", port, 38119, "t" * 32, 4242, "lab", 0.0)
+    sessions.save(record)
+    argv = _ssh_standin(tmp_path / "ssh.log")
+    early.words = WORDS
+    early.hint(argv, tmp_path, sessions.keeper_pid_file("gpubox", "~"), sessions.fields_of(record, "token"))
+    early.begin(list(WORDS))
+    assert early.claim(argv) is not None
+    assert early.answered(port, "u" * 32) is False
