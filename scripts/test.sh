@@ -41,29 +41,30 @@ keep=/opt/nbremote-lab/keep-output
 chmod -R a+rX /opt/nbremote-lab
 "$venv/bin/python" scripts/audit.py requirements/lock.txt
 
-# With paths or node ids among the arguments, pytest runs just those.
+# With paths or node ids among the arguments, or a -m of the caller's, one pytest runs them.
 for arg in "$@"; do
-    if [ -e "${arg%%::*}" ]; then
+    if [ -e "${arg%%::*}" ] || [[ "$arg" == -m* ]]; then
         exec "$venv/bin/python" -m pytest "$@"
     fi
 done
 
-# The whole suite: the lab (tests/lab and tests/security: one machine-wide lab, which mostly
-# waits on the network, sshd, Jupyter and Slurm) and, beside it, every other suite (CPU work).
-# The others run at the lowest priority, so the lab's timing checks see the machine as when
-# alone. Each prints its own report (the others' after the lab's); the run fails if either does.
+# The whole suite: the tests marked `lab` (tests/lab, and those of tests/security that use the
+# lab: one machine-wide lab, which mostly waits on the network, sshd, Jupyter and Slurm) and,
+# beside them, every other test (CPU work), at the lowest priority so that the lab's timing
+# checks see the machine as when alone. Each pytest prints its own report (the others' after
+# the lab's); the run fails if either does.
 # A `&` job of a non-interactive shell starts with SIGINT ignored and its children inherit
 # that: env --default-signal=INT gives it back, or the tests that press Ctrl-C in a child
 # (tests/agent/test_docs_output_here.py) would wait for an exit that never comes.
 others_log=$(mktemp)
-env --default-signal=INT nice -n 19 "$venv/bin/python" -m pytest "$@" --ignore=tests/lab --ignore=tests/security \
+env --default-signal=INT nice -n 19 "$venv/bin/python" -m pytest "$@" --ignore=tests/lab -m "not lab" \
     >"$others_log" 2>&1 &
 others=$!
 trap 'kill "$others" 2>/dev/null; rm -f "$others_log"' EXIT
 lab_rc=0
-"$venv/bin/python" -m pytest "$@" tests/lab tests/security || lab_rc=$?
+"$venv/bin/python" -m pytest "$@" tests/lab tests/security -m lab || lab_rc=$?
 others_rc=0
 wait "$others" || others_rc=$?
-echo "=== every suite but tests/lab and tests/security, run beside them ==="
+echo "=== every test not marked lab, run beside them ==="
 cat "$others_log"
 exit $((lab_rc ? lab_rc : others_rc))
