@@ -41,10 +41,11 @@ keep=/opt/nbremote-lab/keep-output
 chmod -R a+rX /opt/nbremote-lab
 "$venv/bin/python" scripts/audit.py requirements/lock.txt
 
+# Every pytest below gets SIGINT at its default (see the note on the `&` job below).
 # With paths or node ids among the arguments, or a -m of the caller's, one pytest runs them.
 for arg in "$@"; do
     if [ -e "${arg%%::*}" ] || [[ "$arg" == -m* ]]; then
-        exec "$venv/bin/python" -m pytest "$@"
+        exec env --default-signal=INT "$venv/bin/python" -m pytest "$@"
     fi
 done
 
@@ -54,17 +55,19 @@ done
 # checks see the machine as when alone. Each pytest prints its own report (the others' after
 # the lab's); the run fails if either does.
 # A `&` job of a non-interactive shell starts with SIGINT ignored and its children inherit
-# that: env --default-signal=INT gives it back, or the tests that press Ctrl-C in a child
-# (tests/agent/test_docs_output_here.py) would wait for an exit that never comes.
+# that, as does everything under a script run as one: env --default-signal=INT gives it
+# back, or the tests that press Ctrl-C in a child (test_docs_output_here.py, test_up.py…)
+# would wait for an exit that never comes.
 others_log=$(mktemp)
 env --default-signal=INT nice -n 19 "$venv/bin/python" -m pytest "$@" --ignore=tests/lab -m "not lab" \
     >"$others_log" 2>&1 &
 others=$!
 trap 'kill "$others" 2>/dev/null; rm -f "$others_log"' EXIT
 lab_rc=0
-"$venv/bin/python" -m pytest "$@" tests/lab tests/security -m lab || lab_rc=$?
+env --default-signal=INT "$venv/bin/python" -m pytest "$@" tests/lab tests/security -m lab || lab_rc=$?
 others_rc=0
 wait "$others" || others_rc=$?
+trap 'rm -f "$others_log"' EXIT  # it has ended: its pid may be another process's now
 echo "=== every test not marked lab, run beside them ==="
 cat "$others_log"
 exit $((lab_rc ? lab_rc : others_rc))

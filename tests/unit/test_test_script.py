@@ -40,5 +40,8 @@ def test_every_other_suite_runs_beside_the_lab_with_ctrl_c_working():
     assert "env --default-signal=INT" in beside
     # Split by the lab marker: the tests of tests/security that need no lab run beside it too.
     assert '--ignore=tests/lab -m "not lab"' in beside
-    assert re.search(r'^"\$venv/bin/python" -m pytest "\$@" tests/lab tests/security -m lab ', joined, re.M)
+    assert re.search(
+        r'^env --default-signal=INT "\$venv/bin/python" -m pytest "\$@" tests/lab tests/security -m lab ', joined, re.M
+    )
+    assert 'exec env --default-signal=INT "$venv/bin/python" -m pytest "$@"' in joined
     assert 'wait "$others"' in joined and "exit $((lab_rc ? lab_rc : others_rc))" in joined
