@@ -243,3 +243,10 @@ def test_laptop_runs_the_package_from_the_src_copy(lab):
     assert r.stdout.strip().startswith(str(lab.src_copy))
     # The laptop user can't write it (root-owned copy), nor read /root.
     assert lab.laptop_exec(["touch", str(lab.src_copy / "x")]).returncode != 0
+    # It has its bytecode, as an installed package has: each command would compile its imports otherwise.
+    r = lab.laptop_exec(
+        [str(netlab.LAB_PYTHON), "-c", "import os, nbremote.cli as m; print(os.path.isfile(m.__cached__))"],
+        env=lab.nbremote_env(),
+    )
+    assert r.stdout.strip() == "True", r.stderr
+
