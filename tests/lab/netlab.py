@@ -878,6 +878,25 @@ class Lab:
                 raise LabError(f"sshd started but {self.sshd_pidfile} has no live pid")
         return pid
 
+    def kill_sshd(self) -> int:
+        """SIGKILL the server's sshd, the listener and every session, as a crash of the service
+        does; returns how many processes were killed. Only those in the server's network
+        namespace: `pkill -x sshd` would also kill every other sshd on this machine, its own
+        included, since namespaces of the network do not hide processes."""
+
+        def sshds() -> list[int]:
+            found = []
+            for pid in _netns_pids(self.server_ns):
+                try:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if comm == "sshd" and _pid_alive(pid):
+                    found.append(pid)
+            return found
+
+        return _kill_until_gone(sshds, f"sshd in {self.server_ns}")
+
     def reload_sshd(self) -> None:
         """SIGHUP sshd (as a real admin would) and wait until it listens again."""
         pid = self.ensure_sshd()

@@ -250,3 +250,21 @@ def test_laptop_runs_the_package_from_the_src_copy(lab):
     )
     assert r.stdout.strip() == "True", r.stderr
 
+
+def test_kill_sshd_kills_the_servers_sshd_and_no_other(lab, tmp_path):
+    # A process named sshd outside the lab, as this machine's own sshd would be.
+    bystander_exe = tmp_path / "sshd"
+    bystander_exe.write_bytes(Path("/bin/sleep").read_bytes())
+    bystander_exe.chmod(0o755)
+    bystander = subprocess.Popen([str(bystander_exe), "60"])
+    try:
+        assert lab.ssh("true").returncode == 0
+        assert lab.kill_sshd() >= 1
+        assert lab.sshd_pid() is None
+        assert lab.ssh("true").returncode == 255
+        assert bystander.poll() is None, "an sshd outside the server's namespace was killed"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    lab.ensure_sshd()
+    assert lab.ssh("true").returncode == 0
