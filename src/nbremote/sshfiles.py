@@ -299,7 +299,7 @@ def probe_hop(proxy: str, address: Address, timeout: float) -> str:
     return done.stderr
 
 
-def scan_via(address: Address, timeout: float) -> Scan:
+def scan_via(address: Address, timeout: float, key: str | None = None) -> Scan:
     """The host key behind a relay: ssh-keyscan cannot hop, so one key exchange with no login.
 
     The key is written to a throw-away known_hosts (accept-new) and read back;
@@ -327,7 +327,7 @@ def scan_via(address: Address, timeout: float) -> Scan:
             "-o",
             "ControlPath=none",
             "-o",
-            f"ProxyCommand={proxy_command(address.via, None)}",
+            f"ProxyCommand={proxy_command(address.via, key)}",  # the key `add --key` was given logs in to the relay
             "-p",
             str(address.port),
             "--",
@@ -353,11 +353,11 @@ def scan_via(address: Address, timeout: float) -> Scan:
     return Scan(address, [], reason or (lines[-1] if lines else "no ssh server answered"))
 
 
-def scan_all(addresses: list[Address], timeout: float) -> list[Scan]:
+def scan_all(addresses: list[Address], timeout: float, key: str | None = None) -> list[Scan]:
     from concurrent.futures import ThreadPoolExecutor  # it imports logging: see nbremote.logs
 
     with ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
-        return list(pool.map(lambda a: scan_via(a, timeout) if a.via else keyscan(a, timeout), addresses))
+        return list(pool.map(lambda a: scan_via(a, timeout, key) if a.via else keyscan(a, timeout), addresses))
 
 
 # --- the user's key --------------------------------------------------------------

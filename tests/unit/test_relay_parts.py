@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -255,6 +256,21 @@ def test_the_hop_through_the_relay_pins_the_box_and_keeps_the_relay_key_apart(is
 )
 def test_relay_reason(stderr, reason, isolated):
     assert sshfiles.relay_reason(stderr, BOB, 2222) == reason
+
+
+def test_the_host_key_scan_through_a_relay_logs_in_there_with_the_given_key(isolated, monkeypatch):
+    ran = []
+
+    def run(argv, **kw):
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 255, "", "bob@vps.example.org: Permission denied (publickey).")
+
+    monkeypatch.setattr(sshfiles.subprocess, "run", run)
+    scan = sshfiles.scan_via(Address("127.0.0.1", 2222, BOB), 2, "/home/me/.ssh/work_key")
+    assert scan.keys == [] and scan.error == "the relay vps.example.org refused bob's key"
+    [argv] = ran
+    hop = shlex.split(next(a for a in argv if a.startswith("ProxyCommand="))[len("ProxyCommand=") :])
+    assert ["-i", "/home/me/.ssh/work_key"] == hop[hop.index("-i") : hop.index("-i") + 2]
 
 
 def test_a_refusing_relay_is_unreachable_not_a_login_to_retry_with_a_password(isolated):
