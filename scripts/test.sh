@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # apt does not start daemons here (and must not on a dev machine): the lab starts its own sshd.
+# systemd-container: tests/lab/test_ddns_timer.py boots systemd in systemd-nspawn (tests/lab/systemdlab.py).
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
     sshpass iptables ufw miniupnpd miniupnpd-nftables slurm-wlm munge libpam-slurm-adopt \
-    bind9 bind9-dnsutils \
+    bind9 bind9-dnsutils systemd-container \
     sudo zsh fish >/dev/null  # sudo: the root hints are run through it; zsh, fish: the completion scripts
 
 # Chromium for the browser tests: Debian's package where apt has one. Ubuntu has it only
