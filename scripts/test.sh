@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # apt does not start daemons here (and must not on a dev machine): the lab starts its own sshd.
+# systemd-container: tests/lab/test_ddns_timer.py boots systemd in systemd-nspawn (tests/lab/systemdlab.py).
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \
     sshpass iptables ufw miniupnpd miniupnpd-nftables slurm-wlm munge libpam-slurm-adopt \
-    bind9 bind9-dnsutils \
+    bind9 bind9-dnsutils systemd-container \
     sudo zsh fish >/dev/null  # sudo: the root hints are run through it; zsh, fish: the completion scripts
 
 # Chromium for the browser tests: Debian's package where apt has one. Ubuntu has it only
@@ -41,4 +42,33 @@ keep=/opt/nbremote-lab/keep-output
 chmod -R a+rX /opt/nbremote-lab
 "$venv/bin/python" scripts/audit.py requirements/lock.txt
 
-exec "$venv/bin/python" -m pytest "$@"
+# Every pytest below gets SIGINT at its default (see the note on the `&` job below).
+# With paths or node ids among the arguments, or a -m of the caller's, one pytest runs them.
+for arg in "$@"; do
+    if [ -e "${arg%%::*}" ] || [[ "$arg" == -m* ]]; then
+        exec env --default-signal=INT "$venv/bin/python" -m pytest "$@"
+    fi
+done
+
+# The whole suite: the tests marked `lab` (tests/lab, and those of tests/security that use the
+# lab: one machine-wide lab, which mostly waits on the network, sshd, Jupyter and Slurm) and,
+# beside them, every other test (CPU work), at the lowest priority so that the lab's timing
+# checks see the machine as when alone. Each pytest prints its own report (the others' after
+# the lab's); the run fails if either does.
+# A `&` job of a non-interactive shell starts with SIGINT ignored and its children inherit
+# that, as does everything under a script run as one: env --default-signal=INT gives it
+# back, or the tests that press Ctrl-C in a child (test_docs_output_here.py, test_up.py…)
+# would wait for an exit that never comes.
+others_log=$(mktemp)
+env --default-signal=INT nice -n 19 "$venv/bin/python" -m pytest "$@" --ignore=tests/lab -m "not lab" \
+    >"$others_log" 2>&1 &
+others=$!
+trap 'kill "$others" 2>/dev/null; rm -f "$others_log"' EXIT
+lab_rc=0
+env --default-signal=INT "$venv/bin/python" -m pytest "$@" tests/lab tests/security -m lab || lab_rc=$?
+others_rc=0
+wait "$others" || others_rc=$?
+trap 'rm -f "$others_log"' EXIT  # it has ended: its pid may be another process's now
+echo "=== every test not marked lab, run beside them ==="
+cat "$others_log"
+exit $((lab_rc ? lab_rc : others_rc))

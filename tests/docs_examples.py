@@ -58,6 +58,16 @@ def normalise(line: str, home: str, address: str | None = None) -> str:
     return " ".join(line.split())
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """Whether pid ignores SIGINT, from the SigIgn mask in /proc (bit N-1 is signal N)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            mask = next(line.split()[1] for line in status if line.startswith("SigIgn:"))
+    except OSError:  # already gone: what it printed tells the rest
+        return False
+    return bool(int(mask, 16) >> (signal.SIGINT - 1) & 1)
+
+
 def run_step(popen: Callable[[list[str]], subprocess.Popen], command: str) -> list[str]:
     """What `command` prints, stdout and stderr together; popen starts `nbremote ARGS` in a session of
     its own with text pipes. A foreground `up` gets Ctrl-C (shown as `^C`) once it has printed its
@@ -69,6 +79,11 @@ def run_step(popen: Callable[[list[str]], subprocess.Popen], command: str) -> li
     lines: list[str] = []
     try:
         if foreground:
+            assert not _ignores_sigint(proc.pid), (
+                "the command ignores SIGINT, so Ctrl-C cannot stop it: pytest was started with SIGINT ignored "
+                "(as a shell script's `&` job is) and its children inherit that; start it with "
+                "`env --default-signal=INT`, as scripts/test.sh does"
+            )
             for line in proc.stdout:
                 lines.append(line.rstrip("\n"))
                 if CTRL_C_HINT in line:

@@ -432,7 +432,7 @@ def add(
     wait = parsed.wait if parsed else None
 
     with console.progress(f"looking for {profile.name}"):
-        scans = sshfiles.scan_all(profile.endpoints(), timeout)
+        scans = sshfiles.scan_all(profile.endpoints(), timeout, profile.key)
     answered = [s for s in scans if s.keys]
     if not answered:
         raise NbremoteError(

@@ -149,6 +149,7 @@ class _Attempt:
     index: int
     conn: Connection
     proc: subprocess.Popen[str]
+    hop: bool = False  # the login to the relay of candidate `index`, not the box's
 
 
 def race(
@@ -157,50 +158,89 @@ def race(
     connect_timeout: float,
     stagger: float = STAGGER,
     clock: Callable[[], float] = time.monotonic,
+    hops: dict[int, Connection] | None = None,
+    warm: bool = False,
 ) -> tuple[int, float]:
     """Index of the first candidate whose master login completes, and seconds taken.
+
+    hops: {index of a relay path: its master to the relay}. The box's login through a relay
+    goes through that master (`-W` over it: one round trip, no second key exchange), so a
+    relay path whose master is not up logs in to the relay first, then to the box. warm:
+    that login to the relay starts with the race (the last connection went through the
+    relay), not at the relay path's turn, so the direct addresses' stagger steps hide it;
+    the box's login through it still waits for its turn. A master to the relay this race
+    started is ended unless the relay path won.
 
     Raises the most useful failure when none does: one that reached sshd (a
     refused login, a changed host key) over "cannot reach".
     """
-    results: queue.Queue[tuple[int, int, str]] = queue.Queue()
+    hops = hops or {}
+    results: queue.Queue[tuple[_Attempt, int, str]] = queue.Queue()
     attempts: list[_Attempt] = []
     failures: dict[int, str] = {}
+    hop_done: dict[int, tuple[int, str]] = {}  # the relay logins this race finished: (exit code, stderr)
     timeouts = [
         connect_timeout if a.via is None else max(connect_timeout, RELAY_CONNECT_TIMEOUT) for a, _ in candidates
     ]
     began = clock()
     deadline = began + max(timeouts, default=connect_timeout) + 10  # a login that hangs after connecting
     winner = None
+    turn = 0  # candidates whose turn has come, in order
 
     def wait_for(attempt: _Attempt) -> None:
         _, err = attempt.proc.communicate()
-        results.put((attempt.index, attempt.proc.returncode, err))
+        results.put((attempt, attempt.proc.returncode, err))
+
+    def start(index: int, conn: Connection, timeout: float, hop: bool = False) -> None:
+        attempt = _Attempt(index, conn, conn.start_master(timeout), hop)
+        attempts.append(attempt)
+        threading.Thread(target=wait_for, args=(attempt,), daemon=True).start()
+
+    def hop_running(index: int) -> bool:
+        return any(a.hop and a.index == index for a in attempts) and index not in hop_done
+
+    def take_turn(index: int) -> None:
+        hop = hops.get(index)
+        if hop is None or index in hop_done and hop_done[index][0] == 0 or hop.master_alive():
+            start(index, candidates[index][1], timeouts[index])
+        elif index in hop_done:
+            failures[index] = hop_done[index][1]  # the relay refused or did not answer: no box login
+        elif not hop_running(index):
+            start(index, hop, hop.timeout, hop=True)
 
     try:
+        if warm:
+            for index, hop in hops.items():
+                if index > 0 and not hop.master_alive():
+                    start(index, hop, hop.timeout, hop=True)
         while winner is None and len(failures) < len(candidates):
-            started = len(attempts)
-            due = began + started * stagger
-            if started < len(candidates) and (clock() >= due or len(failures) == started):
-                conn = candidates[started][1]
-                attempt = _Attempt(started, conn, conn.start_master(timeouts[started]))
-                attempts.append(attempt)
-                threading.Thread(target=wait_for, args=(attempt,), daemon=True).start()
+            due = began + turn * stagger
+            if turn < len(candidates) and (clock() >= due or len(failures) == turn):
+                take_turn(turn)
+                turn += 1
                 continue
-            until = (due if started < len(candidates) else deadline) - clock()
+            until = (due if turn < len(candidates) else deadline) - clock()
             if clock() >= deadline:
                 break
             try:
-                index, code, err = results.get(timeout=max(0.0, min(until, deadline - clock())))
+                attempt, code, err = results.get(timeout=max(0.0, min(until, deadline - clock())))
             except queue.Empty:
                 continue
-            if code == 0:
+            index = attempt.index
+            if attempt.hop:
+                hop_done[index] = (code, err)
+                if code != 0:
+                    log.debug("the relay of %s failed: %s", candidates[index][0], err.strip())
+                if index < turn:  # its turn came while it logged in: the box's login now, or its failure
+                    take_turn(index)
+            elif code == 0:
                 winner = index
             else:
                 failures[index] = err
                 log.debug("%s failed: %s", candidates[index][0], err.strip())
     finally:
         for attempt in attempts:
+            # A login to the relay stays only under the box's login through it that won.
             if attempt.index != winner:
                 if attempt.proc.poll() is None:
                     attempt.proc.kill()
@@ -304,6 +344,8 @@ class PathConnection:
         by_name = {str(a): c for a, c in self.candidates}
         self._active: Connection | None = None
         self._fallback = by_name.get(preferred or "", self.candidates[0][1])
+        # Last time through the relay: likely again (the laptop is still away), so its login starts at once.
+        self.warm = any(a.via is not None and str(a) == preferred for a, _ in self.candidates)
 
     def renumbered(self, profile: Profile, changes: list[tuple[Address | None, Address]]) -> None:
         """The profile with its new addresses: a later race (the keeper's) tries them instead.
@@ -346,7 +388,14 @@ class PathConnection:
     def open_master(self, connect_timeout: float | None = None) -> Reached:
         timeout = connect_timeout or self.timeout
         try:
-            index, seconds = race(self.candidates, connect_timeout=timeout, stagger=self.stagger)
+            hops = {
+                i: sshfiles.relay_master(a.via, self.profile.key)
+                for i, (a, _) in enumerate(self.candidates)
+                if a.via is not None
+            }
+            index, seconds = race(
+                self.candidates, connect_timeout=timeout, stagger=self.stagger, hops=hops, warm=self.warm
+            )
         except LoginRefused as exc:
             if not (self.interactive and exc.exit_code == ExitCode.AUTH_FAILED):
                 raise

@@ -24,7 +24,7 @@ from nbremote import logs, paths, profiles
 from nbremote.addresses import Address, Relay
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.profiles import LastPath, Profile
-from nbremote.ssh import ssh_env
+from nbremote.ssh import Connection, Target, ssh_env
 
 log = logs.get(__name__)
 
@@ -125,7 +125,14 @@ def connection_options(profile: Profile, address: Address) -> tuple[tuple[str, s
     ]
     if address.via is not None:
         options.append(("ProxyCommand", proxy_command(address.via, profile.key)))
+    elif profile.relay is not None:
+        # Once `up` went through the relay, our ssh_config's Host block for this name carries the
+        # hop, and ssh would take it for this direct address too (the LAN tried through the relay).
+        options.append(("ProxyCommand", "none"))
     return tuple(options)
+
+
+RELAY_TIMEOUT = 5  # reaching the relay itself; reach.RELAY_CONNECT_TIMEOUT bounds the box's answer through it
 
 
 def proxy_command(relay: Relay, key: str | None) -> str:
@@ -140,16 +147,37 @@ def proxy_command(relay: Relay, key: str | None) -> str:
         "-o",
         "BatchMode=yes",
         "-o",
-        "ConnectTimeout=5",
+        f"ConnectTimeout={RELAY_TIMEOUT}",
         "-o",
         "StrictHostKeyChecking=accept-new",
         "-o",
         f"UserKnownHostsFile={relay_known_hosts_path()}",
+        # Through the laptop's master to the relay when one is up (reach.race opens it),
+        # else a login of its own, as before there was one.
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        f"ControlPath={relay_master(relay, key).control_path}",
     ]
     if key:
         argv += ["-i", key]
     argv += ["-p", str(relay.port), "-l", relay.user, "-W", "%h:%p", "--", relay.host]
     return shlex.join(argv)
+
+
+def relay_master(relay: Relay, key: str | None) -> Connection:
+    """The laptop's one login to a relay (as that account, with that key), kept as a master:
+    every hop through the relay is then a channel in it (`-W`, one round trip, no second key
+    exchange). Not persistent: it lasts while a box's connection goes through it, and 60 s more."""
+    options = [
+        ("User", relay.user),
+        ("StrictHostKeyChecking", "accept-new"),
+        ("UserKnownHostsFile", str(relay_known_hosts_path())),
+    ]
+    if key:
+        options.append(("IdentityFile", key))
+    target = Target(label=f"the relay {relay}", destination=relay.host, port=relay.port, options=tuple(options))
+    return Connection(target, control_dir=paths.runtime_dir(), timeout=RELAY_TIMEOUT, batch=True, persist=False)
 
 
 def render_config(all_profiles: dict[str, Profile], last: dict[str, LastPath]) -> str:
@@ -259,6 +287,8 @@ def relay_reason(stderr: str, relay: Relay, tunnel: int | None) -> str | None:
 def probe_hop(proxy: str, address: Address, timeout: float) -> str:
     """What the hop to a relay says on its own (its stderr), for an error message."""
     argv = [arg.replace("%h", address.host).replace("%p", str(address.port)) for arg in shlex.split(proxy)]
+    # Its own login, not a channel in a master to the relay, whose words go to no one (first value wins).
+    argv[1:1] = ["-o", "ControlPath=none"]
     log.debug("run %s", shlex.join(argv))
     try:
         done = subprocess.run(
@@ -269,7 +299,7 @@ def probe_hop(proxy: str, address: Address, timeout: float) -> str:
     return done.stderr
 
 
-def scan_via(address: Address, timeout: float) -> Scan:
+def scan_via(address: Address, timeout: float, key: str | None = None) -> Scan:
     """The host key behind a relay: ssh-keyscan cannot hop, so one key exchange with no login.
 
     The key is written to a throw-away known_hosts (accept-new) and read back;
@@ -297,7 +327,7 @@ def scan_via(address: Address, timeout: float) -> Scan:
             "-o",
             "ControlPath=none",
             "-o",
-            f"ProxyCommand={proxy_command(address.via, None)}",
+            f"ProxyCommand={proxy_command(address.via, key)}",  # the key `add --key` was given logs in to the relay
             "-p",
             str(address.port),
             "--",
@@ -323,11 +353,11 @@ def scan_via(address: Address, timeout: float) -> Scan:
     return Scan(address, [], reason or (lines[-1] if lines else "no ssh server answered"))
 
 
-def scan_all(addresses: list[Address], timeout: float) -> list[Scan]:
+def scan_all(addresses: list[Address], timeout: float, key: str | None = None) -> list[Scan]:
     from concurrent.futures import ThreadPoolExecutor  # it imports logging: see nbremote.logs
 
     with ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
-        return list(pool.map(lambda a: scan_via(a, timeout) if a.via else keyscan(a, timeout), addresses))
+        return list(pool.map(lambda a: scan_via(a, timeout, key) if a.via else keyscan(a, timeout), addresses))
 
 
 # --- the user's key --------------------------------------------------------------

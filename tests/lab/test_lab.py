@@ -243,3 +243,28 @@ def test_laptop_runs_the_package_from_the_src_copy(lab):
     assert r.stdout.strip().startswith(str(lab.src_copy))
     # The laptop user can't write it (root-owned copy), nor read /root.
     assert lab.laptop_exec(["touch", str(lab.src_copy / "x")]).returncode != 0
+    # It has its bytecode, as an installed package has: each command would compile its imports otherwise.
+    r = lab.laptop_exec(
+        [str(netlab.LAB_PYTHON), "-c", "import os, nbremote.cli as m; print(os.path.isfile(m.__cached__))"],
+        env=lab.nbremote_env(),
+    )
+    assert r.stdout.strip() == "True", r.stderr
+
+
+def test_kill_sshd_kills_the_servers_sshd_and_no_other(lab, tmp_path):
+    # A process named sshd outside the lab, as this machine's own sshd would be.
+    bystander_exe = tmp_path / "sshd"
+    bystander_exe.write_bytes(Path("/bin/sleep").read_bytes())
+    bystander_exe.chmod(0o755)
+    bystander = subprocess.Popen([str(bystander_exe), "60"])
+    try:
+        assert lab.ssh("true").returncode == 0
+        assert lab.kill_sshd() >= 1
+        assert lab.sshd_pid() is None
+        assert lab.ssh("true").returncode == 255
+        assert bystander.poll() is None, "an sshd outside the server's namespace was killed"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    lab.ensure_sshd()
+    assert lab.ssh("true").returncode == 0

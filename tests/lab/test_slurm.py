@@ -285,8 +285,8 @@ def test_slurm_30_s_outage_and_a_new_laptop_address_the_tunnel_returns_and_the_j
 def test_slurm_login_sshd_restart_the_keeper_reconnects(lab, cluster):
     result = up_json(lab, "--slurm", "--time=10")
     assert _status_through(lab, result) == 200
-    lab.server_exec(["pkill", "-KILL", "-x", "sshd"])  # the listener and every session
-    assert wait_until(lambda: lab.sshd_pid() is None, 5)
+    lab.kill_sshd()  # the listener and every session
+    assert lab.sshd_pid() is None
     lab.ensure_sshd()
     _back(lab, result)
     assert cluster.squeue() == [result["job_id"]]

@@ -35,7 +35,8 @@ def world(isolated, tmp_path, monkeypatch):
     _public(tmp_path / "id")
     answers = {"scans": {}, "installed": False, "install_calls": 0}
 
-    def scan_all(addresses, timeout):
+    def scan_all(addresses, timeout, key=None):
+        answers["scan_key"] = key
         return [answers["scans"].get(a) or sshfiles.Scan(a, [], "Connection refused") for a in addresses]
 
     def install_key(profile, address, pins, key, timeout, console, wait=None):
@@ -77,6 +78,14 @@ def test_first_use_pins_the_key_it_showed_and_writes_everything(world):
     assert saved.endpoints() == [address] and saved.user == "alice" and saved.key == str(world["key"])
     assert world["host_key"][1] in sshfiles.known_hosts_path().read_text()
     assert sshfiles.include_line() in sshfiles.user_config_path().read_text()
+
+
+def test_the_scan_logs_in_to_a_relay_with_the_key_add_was_given(world):
+    """The host key behind a relay is read through a hop to it: a login there, with --key."""
+    address = Address("10.0.0.7", 22)
+    world["answers"]["scans"][address] = sshfiles.Scan(address, [world["host_key"]])
+    _add(world, addresses=("10.0.0.7",))
+    assert world["answers"]["scan_key"] == str(world["key"])
 
 
 def test_a_key_not_trusted_changes_nothing(world):

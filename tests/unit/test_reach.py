@@ -177,3 +177,95 @@ def test_a_refused_login_beats_an_unreachable_address():
         reach.race(_candidates(FakeConnection(0, 255), auth), connect_timeout=5, stagger=0.05)
     assert caught.value.exit_code == ExitCode.AUTH_FAILED
     assert caught.value.index == 1
+
+
+# --- a relay path: the login to the relay, then the box's through it ------------------------
+
+VIA = Relay("bob", "vps.example.org")
+
+
+class FakeHop(FakeConnection):
+    """The laptop's master to the relay: start_master logs in (a sleep), close ends it."""
+
+    timeout = 5
+
+    def __init__(self, seconds: float, tmp_path: Path, code: int = 0, stderr: str = "", **kw):
+        super().__init__(seconds, code, stderr, **kw)
+        self.control_path = tmp_path / "relay-master"
+        self.alive, self.closed = False, 0
+
+    def master_alive(self):
+        return self.alive
+
+    def start_master(self, connect_timeout):
+        if self.code == 0:
+            self.control_path.touch()  # ssh -f makes its socket before it goes to the background
+        return super().start_master(connect_timeout)
+
+    def close(self):
+        self.closed += 1
+        self.control_path.unlink()
+
+
+def _via_relay(first: FakeConnection, box: FakeConnection):
+    return [(Address("192.168.1.112", 22), first), (Address("127.0.0.1", 2222, VIA), box)]
+
+
+def test_a_relay_path_logs_in_to_the_relay_then_to_the_box_through_it_and_keeps_that_login(tmp_path):
+    clock = StepClock()
+    refused = FakeConnection(0.0, code=255, stderr="Connection refused", clock=clock)
+    hop, box = FakeHop(0.2, tmp_path, clock=clock), FakeConnection(0.05, clock=clock)
+    index, _ = reach.race(_via_relay(refused, box), connect_timeout=5, stagger=5, clock=clock, hops={1: hop})
+    assert index == 1
+    assert hop.started_at is not None and box.started_at > hop.started_at  # not before the relay's login ended
+    assert hop.connect_timeout == hop.timeout  # reaching the relay; the box's answer through it has longer
+    assert box.connect_timeout == reach.RELAY_CONNECT_TIMEOUT
+    assert hop.closed == 0 and hop.control_path.exists()  # the box's connection goes through it
+
+
+def test_a_live_master_to_the_relay_is_used_at_once(tmp_path):
+    refused = FakeConnection(0.0, code=255, stderr="Connection refused")
+    hop, box = FakeHop(0.0, tmp_path), FakeConnection(0.0)
+    hop.alive = True
+    assert reach.race(_via_relay(refused, box), connect_timeout=5, stagger=5, hops={1: hop})[0] == 1
+    assert hop.proc is None  # no second login to the relay
+
+
+def test_warm_starts_the_relays_login_with_the_race_and_the_box_login_at_its_turn(tmp_path):
+    """From the café the LAN address never answers: its stagger step hides the relay's login."""
+    clock = StepClock()
+    dead = FakeConnection(30, clock=clock)
+    hop, box = FakeHop(0.05, tmp_path, clock=clock), FakeConnection(0.05, clock=clock)
+    candidates = _via_relay(dead, box)
+    index, _ = reach.race(candidates, connect_timeout=5, stagger=0.5, clock=clock, hops={1: hop}, warm=True)
+    assert index == 1
+    assert hop.started_at <= 2 * StepClock.STEP  # with the race, before the LAN address's step ran out
+    began = StepClock.STEP
+    # The box's login at the relay path's turn (the relay's login ended in between: a few more readings).
+    assert 0.5 <= box.started_at - began < 0.5 + 6 * StepClock.STEP
+    assert dead.proc.poll() is not None and hop.closed == 0
+
+
+def test_a_warm_relay_login_is_ended_when_a_direct_address_wins(tmp_path):
+    """At home after a café: the LAN answers, and no login to the relay is left behind."""
+    lan, hop, box = FakeConnection(0.3), FakeHop(0.0, tmp_path), FakeConnection(0.0)
+    assert reach.race(_via_relay(lan, box), connect_timeout=5, stagger=5, hops={1: hop}, warm=True)[0] == 0
+    assert hop.proc is not None and hop.closed == 1 and box.proc is None
+
+
+def test_without_warm_the_relay_is_not_logged_in_to_while_a_direct_address_wins(tmp_path):
+    lan, hop, box = FakeConnection(0.1), FakeHop(0.0, tmp_path), FakeConnection(0.0)
+    assert reach.race(_via_relay(lan, box), connect_timeout=5, stagger=5, hops={1: hop})[0] == 0
+    assert hop.proc is None and box.proc is None
+
+
+def test_a_relay_that_refuses_the_key_is_the_reason_and_the_box_is_not_tried(tmp_path):
+    refused = FakeConnection(0.0, code=255, stderr="Connection refused")
+    hop = FakeHop(0.0, tmp_path, code=255, stderr="bob@vps.example.org: Permission denied (publickey).")
+    box = FakeConnection(0.0)
+    with pytest.raises(NbremoteError) as caught:
+        reach.race(_via_relay(refused, box), connect_timeout=5, stagger=5, hops={1: hop}, warm=True)
+    assert box.proc is None
+    assert caught.value.exit_code == ExitCode.UNREACHABLE
+    reason = "127.0.0.1:2222 via bob@vps.example.org (the relay vps.example.org refused bob's key; never answered)"
+    assert reason in caught.value.details[0]

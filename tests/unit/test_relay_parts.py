@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -210,9 +211,21 @@ def test_the_hop_through_the_relay_pins_the_box_and_keeps_the_relay_key_apart(is
     assert ["-p", "2022", "-l", "bob"] == hop[hop.index("-p") : hop.index("-p") + 4]
     assert f"UserKnownHostsFile={sshfiles.relay_known_hosts_path()}" in hop
     assert ["-i", "/home/me/.ssh/id_ed25519"] == hop[hop.index("-i") : hop.index("-i") + 2]
-    assert "ProxyCommand" not in dict(sshfiles.connection_options(box, box.endpoints()[0]))
+    # Never the relay's hop for a direct address, which our ssh_config's Host block for the
+    # name carries once `up` went through the relay (and ssh would take it from there).
+    assert dict(sshfiles.connection_options(box, box.endpoints()[0]))["ProxyCommand"] == "none"
+    assert "ProxyCommand" not in dict(sshfiles.connection_options(_box(), _box().endpoints()[0]))
+    # Through the laptop's one master to the relay when it is up, never making one itself.
+    master = sshfiles.relay_master(BOB, "/home/me/.ssh/id_ed25519")
+    assert ["-o", "ControlMaster=no", "-o", f"ControlPath={master.control_path}"] == hop[9:13]
+    assert master.control_path != sshfiles.relay_master(BOB, None).control_path  # another key, another login
+    argv = master.master_argv()
+    assert argv[-4:] == ["-N", "-f", "--", "vps.example.org"] and "ControlPersist=60" in argv
+    for option in ("User=bob", f"UserKnownHostsFile={sshfiles.relay_known_hosts_path()}", "BatchMode=yes"):
+        assert option in argv
+    assert ["-p", "2022"] == argv[argv.index("-p") : argv.index("-p") + 2]
     config = sshfiles.render_config({"box": box}, {})
-    assert "ProxyCommand" not in config  # plain `ssh box` takes the first address until `up` used the relay
+    assert "ProxyCommand none" in config  # plain `ssh box` takes the first address until `up` used the relay
 
 
 @pytest.mark.parametrize(
@@ -243,6 +256,21 @@ def test_the_hop_through_the_relay_pins_the_box_and_keeps_the_relay_key_apart(is
 )
 def test_relay_reason(stderr, reason, isolated):
     assert sshfiles.relay_reason(stderr, BOB, 2222) == reason
+
+
+def test_the_host_key_scan_through_a_relay_logs_in_there_with_the_given_key(isolated, monkeypatch):
+    ran = []
+
+    def run(argv, **kw):
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 255, "", "bob@vps.example.org: Permission denied (publickey).")
+
+    monkeypatch.setattr(sshfiles.subprocess, "run", run)
+    scan = sshfiles.scan_via(Address("127.0.0.1", 2222, BOB), 2, "/home/me/.ssh/work_key")
+    assert scan.keys == [] and scan.error == "the relay vps.example.org refused bob's key"
+    [argv] = ran
+    hop = shlex.split(next(a for a in argv if a.startswith("ProxyCommand="))[len("ProxyCommand=") :])
+    assert ["-i", "/home/me/.ssh/work_key"] == hop[hop.index("-i") : hop.index("-i") + 2]
 
 
 def test_a_refusing_relay_is_unreachable_not_a_login_to_retry_with_a_password(isolated):

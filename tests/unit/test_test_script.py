@@ -31,3 +31,17 @@ def test_chromium_comes_from_apt_where_it_is_a_package_else_from_playwright():
 
 def test_apt_lists_are_fetched_first():
     assert SCRIPT.index("apt-get update") < SCRIPT.index("apt-get install")
+
+
+def test_every_other_suite_runs_beside_the_lab_with_ctrl_c_working():
+    joined = SCRIPT.replace("\\\n", " ")
+    [beside] = [line for line in joined.splitlines() if line.rstrip().endswith("&") and "pytest" in line]
+    # A `&` job of a script ignores SIGINT, and so would every `up` a test presses Ctrl-C in.
+    assert "env --default-signal=INT" in beside
+    # Split by the lab marker: the tests of tests/security that need no lab run beside it too.
+    assert '--ignore=tests/lab -m "not lab"' in beside
+    assert re.search(
+        r'^env --default-signal=INT "\$venv/bin/python" -m pytest "\$@" tests/lab tests/security -m lab ', joined, re.M
+    )
+    assert 'exec env --default-signal=INT "$venv/bin/python" -m pytest "$@"' in joined
+    assert 'wait "$others"' in joined and "exit $((lab_rc ? lab_rc : others_rc))" in joined
