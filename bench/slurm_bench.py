@@ -125,21 +125,7 @@ def jupyter_start(lab) -> float:
     )
 
 
-def nbremote_up(lab, port: int) -> dict:
-    argv = lab.nbremote_argv(
-        "up", "server", "--slurm", "--time=10", "--port", str(port), "--no-browser", "--detach", "--json"
-    )
-    done = lab.laptop_exec(
-        [str(netlab.LAB_PYTHON), "-c", UP_AND_POLL, json.dumps(argv), str(port)],
-        env=lab.nbremote_env(None),
-        timeout=300,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def nbremote_up_host(lab, host: str, port: int) -> float:
+def nbremote_up(lab, port: int, host: str = "server") -> dict:
     argv = lab.nbremote_argv(
         "up", host, "--slurm", "--time=10", "--port", str(port), "--no-browser", "--detach", "--json"
     )
@@ -150,7 +136,7 @@ def nbremote_up_host(lab, host: str, port: int) -> float:
     )
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["first_200"])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def end_rep(lab, cluster, host: str) -> None:
@@ -182,7 +168,7 @@ def node_login(args) -> int:
         cluster.wait_empty()
         for rep in range(args.reps):
             for mode in ("yes", "no") if rep % 2 == 0 else ("no", "yes"):
-                samples[mode].append(nbremote_up_host(lab, f"c{mode}", 18000 + rep))
+                samples[mode].append(float(nbremote_up(lab, 18000 + rep, f"c{mode}")["first_200"]))
                 end_rep(lab, cluster, f"c{mode}")
             print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()), flush=True)
         cluster.stop()

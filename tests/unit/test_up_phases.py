@@ -276,14 +276,21 @@ def test_a_live_master_and_a_remembered_server_need_no_agent(world, cleanup):
     assert "✓ Jupyter already running in /home/me/proj on gpubox (pid 4242)" in err.getvalue()
 
 
-def test_reattached_before_the_cli_the_url_is_shown_at_once_and_up_goes_on_from_there(world, cleanup):
-    """The console script's early path (entry.py): the same reattach, its URL printed before
-    the CLI is imported; `up` with that place and those options then takes its result."""
+@pytest.fixture
+def live(world, cleanup):
+    """A remembered server that answers its token, over a live master: (local port, connection)."""
     port = any_free_port()
     remember(port)
     world.servers[("127.0.0.1", REMOTE)] = TOKEN
     conn = Connection(world, alive=True)
     cleanup.append(conn)
+    return port, conn
+
+
+def test_reattached_before_the_cli_the_url_is_shown_at_once_and_up_goes_on_from_there(world, live):
+    """The console script's early path (entry.py): the same reattach, its URL printed before
+    the CLI is imported; `up` with that place and those options then takes its result."""
+    port, conn = live
     place, runner = host(conn), Runner(world)
     stdout, err = io.StringIO(), io.StringIO()
     assert session.reattach_early(place, runner, opts(), Console(out=stdout, err=err), as_json=False)
@@ -300,12 +307,8 @@ def test_reattached_before_the_cli_the_url_is_shown_at_once_and_up_goes_on_from_
     assert not session.up(place, runner, opts(), later).shown and len(conn.calls) == 2
 
 
-def test_an_early_reattach_is_not_taken_for_other_options_or_another_place(world, cleanup):
-    port = any_free_port()
-    remember(port)
-    world.servers[("127.0.0.1", REMOTE)] = TOKEN
-    conn = Connection(world, alive=True)
-    cleanup.append(conn)
+def test_an_early_reattach_is_not_taken_for_other_options_or_another_place(world, live):
+    port, conn = live
     place, runner = host(conn), Runner(world)
     assert session.reattach_early(place, runner, opts(), Console(out=io.StringIO(), err=io.StringIO()), as_json=False)
     out, _ = console()
@@ -314,12 +317,8 @@ def test_an_early_reattach_is_not_taken_for_other_options_or_another_place(world
     assert session.up(place, runner, opts(), out).shown
 
 
-def test_an_early_reattach_with_json_prints_the_result_once(world, cleanup):
-    port = any_free_port()
-    remember(port)
-    world.servers[("127.0.0.1", REMOTE)] = TOKEN
-    conn = Connection(world, alive=True)
-    cleanup.append(conn)
+def test_an_early_reattach_with_json_prints_the_result_once(world, live):
+    port, conn = live
     stdout, err = io.StringIO(), io.StringIO()
     place = host(conn)
     assert session.reattach_early(
