@@ -310,10 +310,12 @@ class AgentCall:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         timeout: float | None = 120.0,
         ping: bool = False,
+        on_contact: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """The op's result. With ping, also time one round trip over the same channel
         (into ``round_trip``): a line on the agent's stdin once it says hello, answered
-        while the op runs."""
+        while the op runs. on_contact() hears the hello first: the login is done and the
+        agent runs."""
         doc: dict[str, Any] = {"id": 1, "op": op, "args": args}
         if ping:
             doc["ping"] = True
@@ -333,7 +335,7 @@ class AgentCall:
         err_thread.start()
         answered = False
         try:
-            result = self._read(process, out, err, err_thread, on_event, timeout)
+            result = self._read(process, out, err, err_thread, on_event, timeout, on_contact)
             answered = True
             return result
         finally:
@@ -366,6 +368,7 @@ class AgentCall:
         err_thread: threading.Thread,
         on_event: Callable[[str, dict[str, Any]], None] | None,
         timeout: float | None,
+        on_contact: Callable[[], None] | None,
     ) -> dict[str, Any]:
         started = time.monotonic()
         hello = None
@@ -397,6 +400,8 @@ class AgentCall:
                     log.debug("agent %s, python %s", hello.hash, hello.python)
                     if process.stdin is not None:
                         pinged = self._ping(process)
+                    if on_contact is not None:
+                        on_contact()
                     if self.on_hello is not None:
                         self.on_hello(hello)
                     continue

@@ -55,7 +55,6 @@ class HostRunner:
     def start(self, place: Place, request: StartRequest, console: Console, progress: Progress, began: float) -> Served:
         def on_event(name: str, data: dict[str, object]) -> None:
             if name == "starting":
-                progress.contact()
                 port = data.get("port") if data.get("sock") is None else data.get("sock")
                 if is_server_path(port) or (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
                     # Forward while Jupyter is still starting: the tunnel is ready when it is.
@@ -81,10 +80,10 @@ class HostRunner:
                 },
                 on_event=on_event,
                 timeout=request.start_timeout + 30,
+                on_contact=progress.contact,
             )
         server = parse_server(reply.get("server"), place.label)
         reused = reply.get("reused") is True
-        progress.contact()
         what = "JupyterLab" if server.mode == "lab" else "Jupyter Notebook"
         if reused:
             console.done(f"{what} already running in {server.dir} (pid {server.pid})", time.monotonic() - began)

@@ -17,7 +17,7 @@ import queue
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nbremote import addresses, durations, logs, paths, profiles, sshfiles
@@ -333,6 +333,7 @@ class PathConnection:
         self.stagger = stagger
         self.on_reached = on_reached
         self.reached: Reached | None = None
+        self._timing: _Timing | None = None  # the round trip of the last login, being timed
 
         def connection(address: Address, batch: bool) -> Connection:
             target = Target(label=profile.name, destination=profile.name, options=options_for(profile, address))
@@ -385,7 +386,11 @@ class PathConnection:
                 return True
         return False
 
-    def open_master(self, connect_timeout: float | None = None) -> Reached:
+    def open_master(self, connect_timeout: float | None = None, *, settle: bool = True) -> Reached:
+        """Race the addresses and keep the winner's master. Then one round trip over it is timed
+        and the path recorded (on_reached): at once, or with settle=False in a thread beside
+        what the caller does next (its agent call need not wait for a second ssh), until
+        settled() takes it."""
         timeout = connect_timeout or self.timeout
         try:
             hops = {
@@ -408,14 +413,19 @@ class PathConnection:
             seconds = time.monotonic() - began
         address, conn = self.candidates[index]
         self._active = conn
-        try:
-            rtt = conn.round_trip()
-        except (NbremoteError, subprocess.TimeoutExpired):
-            rtt = None
-        self.reached = Reached(address, seconds, rtt)
-        log.debug("reached %s via %s", self.profile.name, self.reached.describe())
-        if self.on_reached is not None:
-            self.on_reached(self.reached)
+        self.reached = reached = Reached(address, seconds, None)
+        self._timing = _Timing(conn)
+        return (self.settled() or reached) if settle else reached
+
+    def settled(self) -> Reached | None:
+        """The path of the last login with its round trip, recorded (on_reached) once it is
+        known; None before any login of this connection."""
+        timing, self._timing = self._timing, None
+        if timing is not None and self.reached is not None:
+            self.reached = replace(self.reached, rtt_s=timing.seconds())
+            log.debug("reached %s via %s", self.profile.name, self.reached.describe())
+            if self.on_reached is not None:
+                self.on_reached(self.reached)
         return self.reached
 
     def close(self) -> None:
@@ -426,3 +436,22 @@ class PathConnection:
     def __getattr__(self, name: str) -> Any:
         # forward, cancel, command_argv, failure, endpoint, … of the address in use.
         return getattr(self._current(), name)
+
+
+class _Timing:
+    """One round trip over a new master, timed in a thread."""
+
+    def __init__(self, conn: Connection):
+        self._seconds: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, conn: Connection) -> None:
+        try:
+            self._seconds = conn.round_trip()
+        except (NbremoteError, subprocess.TimeoutExpired):
+            pass
+
+    def seconds(self) -> float | None:
+        self._thread.join()
+        return self._seconds

@@ -111,13 +111,19 @@ class Host(Place):
         if self.began_login:
             self.connection.close()
 
-    def connect(self) -> reach.Reached | None:
+    def connect(self, settle: bool = True) -> reach.Reached | None:
         """Log in now (the agent call would otherwise log in itself), or wait for the login
-        begun already; a profile says by which path."""
+        begun already; a profile says by which path (settle=False: before its round trip is
+        timed, see `via`)."""
         if self._login is not None:
             login, self._login = self._login, None
             return login.result()
         return self._log_in()
+
+    def via(self) -> str:
+        """How this command's login reached the host, for "connected to HOST…" ("" for a plain
+        ssh destination: ssh alone knows)."""
+        return ""
 
     def _log_in(self) -> reach.Reached | None:
         return self.connection.open_master()
@@ -162,6 +168,8 @@ class Host(Place):
 class ProfileHost(Host):
     """A host profile: its connection races the profile's addresses (reach.PathConnection)."""
 
+    connection: reach.PathConnection
+
     def __init__(
         self,
         profile: profiles.Profile,
@@ -176,6 +184,7 @@ class ProfileHost(Host):
         self.interactive = interactive
         self.notify = notify
         self.renumbered: list[tuple[Address | None, Address]] = []  # what this session changed in the profile
+        self.logged_in = False  # this command's own race won (its path is this command's to record)
         # Imported here: a plain ssh host (and `up`'s reattach before the CLI) has no use for them.
         from nbremote import reach, sshfiles
 
@@ -213,9 +222,8 @@ class ProfileHost(Host):
     def path(self, rtt_s: float | None = None) -> dict[str, Any]:
         from nbremote import reach
 
-        assert isinstance(self.connection, reach.PathConnection)
         address = self.connection.active_address()
-        reached = self.connection.reached
+        reached = self.connection.settled()
         if rtt_s is None and reached is not None and reached.address == address:
             rtt_s = reached.rtt_s
         return {
@@ -226,15 +234,26 @@ class ProfileHost(Host):
         }
 
     def _log_in(self) -> reach.Reached | None:
-        """Race the addresses unless a master is up already (then None)."""
+        """Race the addresses unless a master is up already (then None). The round trip over
+        the new master is timed beside what follows (the agent call): `connect` settles it."""
         if self.connection.master_alive():
             return None
-        return self.connection.open_master()
+        self.logged_in = True
+        return self.connection.open_master(settle=False)
+
+    def connect(self, settle: bool = True) -> reach.Reached | None:
+        reached = super().connect()
+        return self.connection.settled() if settle and reached is not None else reached
+
+    def via(self) -> str:
+        reached = self.connection.settled() if self.logged_in else None
+        return f" via {reached.describe()}" if reached is not None else ""
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         from nbremote import agentlink  # noqa: F401  imported while the login runs, not after it
 
-        self.connect()
+        if self._login is not None or not self.logged_in:
+            self.connect(settle=False)  # the race decides which address the agent's ssh takes
         call = super().agent(hello_timeout)
         call.on_hello = self._take_public
         return call
@@ -253,7 +272,6 @@ class ProfileHost(Host):
         if not made:
             return
         self.profile = replace(self.profile, addresses=addresses.applied(self.profile.addresses, made))
-        assert isinstance(self.connection, reach.PathConnection)
         self.connection.renumbered(self.profile, made)
         self.renumbered += made
         try:

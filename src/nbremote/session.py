@@ -20,7 +20,7 @@ from nbremote import early, logs, nodelogin, profiles, sessions
 from nbremote.console import Console
 from nbremote.errors import ExitCode, NbremoteError
 from nbremote.localnet import Poller, choose_local_port, port_free, probe
-from nbremote.remote import Host, Place, ProfileHost, ThisMachine
+from nbremote.remote import Host, Place, ThisMachine
 from nbremote.runner import Served, StartRequest
 from nbremote.servers import MODES, url_for, validate_text
 from nbremote.sessions import SessionRecord
@@ -129,7 +129,8 @@ class _Progress:
 
     def contact(self) -> None:
         if not self.connected:
-            self.console.done(f"connected to {self.place.label}", time.monotonic() - self.began)
+            via = self.place.via() if isinstance(self.place, Host) else ""
+            self.console.done(f"connected to {self.place.label}{via}", time.monotonic() - self.began)
             self.connected = True
 
     def forward_to(self, port: int | str, addr: str) -> None:
@@ -378,19 +379,16 @@ def up(place: Place, runner: Runner, opts: UpOptions, console: Console) -> UpRes
         previous if wanted and previous is not None and local_port == previous.local_port and not asks_agent else None
     )
     try:
-        if isinstance(place, Host) and not had_master and (remembered or isinstance(place, ProfileHost)):
+        if isinstance(place, Host) and not had_master and remembered is not None:
             began = time.monotonic()
-            reached = place.connect()
+            place.connect(settle=False)
             login = time.monotonic() - began
-            via = f" via {reached.describe()}" if reached is not None else ""
-            console.done(f"connected to {place.label}{via}", time.monotonic() - started)
-            progress.connected = True
-            if remembered is not None:
-                # The laptop remembers this session: put its forward back and ask the server
-                # there with its token. A dead one costs at most about one login's time more.
-                forwarder.to(remembered.remote_port, remembered.addr)
-                if probe(local_port, remembered.token, time.monotonic() + max(0.3, login)):
-                    return _resumed(place, remembered, opts, console, runner, started, created_master=True)
+            # The laptop remembers this session: put its forward back and ask the server
+            # there with its token. A dead one costs at most about one login's time more.
+            forwarder.to(remembered.remote_port, remembered.addr)
+            if probe(local_port, remembered.token, time.monotonic() + max(0.3, login)):
+                progress.contact()
+                return _resumed(place, remembered, opts, console, runner, started, created_master=True)
         request = StartRequest(
             dir=opts.dir,
             mode=opts.mode,

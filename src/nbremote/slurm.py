@@ -256,8 +256,9 @@ class SlurmRunner:
                 "node_login": self.node_login,
             },
             on_event=on_event,
-            timeout=None,
-        )  # no limit while the job is queued
+            timeout=None,  # no limit while the job is queued
+            on_contact=progress.contact,
+        )
         server = parse_server(reply.get("server"), place.label)
         job = clean_job(reply.get("job"))
         reused = reply.get("reused") is True

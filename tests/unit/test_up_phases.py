@@ -60,9 +60,12 @@ class Connection:
     def master_alive(self) -> bool:
         return self.alive
 
-    def open_master(self, connect_timeout: float | None = None) -> Reached | None:
+    def open_master(self, connect_timeout: float | None = None, *, settle: bool = True) -> Reached | None:
         self.calls.append("login")
         self.alive = True
+        return self.reached
+
+    def settled(self) -> Reached | None:
         return self.reached
 
     def forward(self, local_port: int, remote_port: int | str, remote_host: str = "127.0.0.1") -> None:
@@ -414,7 +417,7 @@ class _RefusedLogin(Connection):
     def failure(self, stderr: str) -> NbremoteError:
         return NbremoteError(stderr)
 
-    def open_master(self, connect_timeout: float | None = None) -> Reached | None:
+    def open_master(self, connect_timeout: float | None = None, *, settle: bool = True) -> Reached | None:
         self.calls.append("login")
         raise NbremoteError("gpubox refused the login", exit_code=ExitCode.AUTH_FAILED)
 
