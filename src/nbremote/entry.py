@@ -54,7 +54,6 @@ class Up:
         self.env: str | None = None
         self.port: int | None = None
         self.keep_output: bool | None = None
-        self.detach = False
         self.as_json = False
 
 
@@ -108,7 +107,6 @@ def scan(args: list[str]) -> Up | None:
             found.lab = flag == "--lab"
         elif flag == "--no-keep-output":
             found.keep_output = False
-    found.detach = "--detach" in flags
     found.as_json = "--json" in flags
     return found
 

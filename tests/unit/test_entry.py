@@ -61,14 +61,9 @@ def test_up_options_are_found_as_click_sets_them():
     )
     assert found is not None
     assert (found.directory, found.lab, found.env, found.port, found.as_json) == ("b", False, "t", 9, True)
-    assert (found.keep_output, found.detach) == (None, False)
+    assert found.keep_output is None
     found = entry.scan(["up", "box", "--no-keep-output", "--detach"])
-    assert found is not None and (found.keep_output, found.detach, found.lab, found.directory) == (
-        False,
-        True,
-        None,
-        None,
-    )
+    assert found is not None and (found.keep_output, found.lab, found.directory) == (False, None, None)
 
 
 @pytest.mark.parametrize(
@@ -138,9 +133,8 @@ def test_whatever_the_scan_accepts_click_parses_to_the_same_host_and_timeout(arg
         up.params["env"],
         up.params["port"],
         up.params["keep_output"],
-        up.params["detach"],
         up.params["as_json"],
-    ) == (found.directory, found.lab, found.env, found.port, found.keep_output, found.detach, found.as_json)
+    ) == (found.directory, found.lab, found.env, found.port, found.keep_output, found.as_json)
 
 
 @pytest.fixture
