@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logs.get(__name__)
 
 
+# How long `up` with a live master waits for a remembered server to answer through it.
+LIVE_ANSWER_WAIT = 2.0
+
+
 @dataclass(frozen=True)
 class UpOptions:
     host: str | None
@@ -192,7 +196,10 @@ def _reattach_fast(
     except NbremoteError:
         return None
     answered = early.answered(previous.local_port, previous.token)  # asked through a forward begun early
-    if not answered and not probe(previous.local_port, previous.token, time.monotonic() + opts.timeout):
+    # A live server answers within a few round trips of the master; one that is gone never
+    # does, and the agent (which asks it on the server) is then the quicker way to a new one.
+    wait = min(opts.timeout, LIVE_ANSWER_WAIT)
+    if not answered and not probe(previous.local_port, previous.token, time.monotonic() + wait):
         conn.cancel(previous.local_port, previous.remote_port, previous.addr)
         return None
     return _resumed(place, previous, opts, console, runner, started, created_master=False)

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -370,6 +371,20 @@ def test_a_remembered_server_that_is_gone_is_started_again_on_the_same_port(worl
     assert runner.started == ["proj"]
     assert result.local_port == port and result.url.endswith(TOKEN)
     assert ("cancel", port, REMOTE, "127.0.0.1") in conn.calls
+
+
+def test_with_a_live_master_a_gone_server_costs_a_short_wait_not_the_timeout(world, cleanup, monkeypatch):
+    monkeypatch.setattr(session, "LIVE_ANSWER_WAIT", 0.2)
+    port = any_free_port()
+    remember(port)  # nothing answers at the forward's far end any more
+    conn = Connection(world, alive=True)
+    cleanup.append(conn)
+    runner = Runner(world)
+    out, _ = console()
+    began = time.monotonic()
+    result = session.up(host(conn), runner, opts(timeout=30), out)
+    assert runner.started == ["proj"] and result.local_port == port and result.url.endswith(TOKEN)
+    assert time.monotonic() - began < 10  # the agent was asked after LIVE_ANSWER_WAIT, not --timeout's 30 s
 
 
 def test_a_profile_logs_in_and_reattaches_by_the_remembered_forward(world, cleanup):
