@@ -7,7 +7,7 @@ refusal is checked against the whole zone (a transfer, serial included) and the
 state folder: nothing changed.
 
 `server ddns --install-timer` runs under a real systemd 252. PID 1 of this machine
-is not systemd, so the box there is a container (tests/lab/systemdlab.py): systemd
+is not systemd, so the box for it is a container (tests/lab/systemdlab.py): systemd
 booted by systemd-nspawn on an overlay of this machine's root, every write kept in
 the test's folder, in the lab's server network namespace. nbremote is installed in
 it as pipx would (/usr/local/bin). The timer's first check comes 30 s after boot
