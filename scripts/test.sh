@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # apt does not start daemons here (and must not on a dev machine): the lab starts its own sshd.
-# systemd-container: tests/lab/test_ddns_timer.py boots systemd in systemd-nspawn (tests/lab/systemdlab.py).
+# systemd-container: tests/lab/test_ddns.py boots systemd in systemd-nspawn (tests/lab/systemdlab.py).
 apt-get install -y -qq --no-install-recommends \
     openssh-server openssh-client sshpass tmux iproute2 nftables procps psmisc \
     python3 python3-venv ca-certificates \

@@ -2,6 +2,7 @@
 
     cluster = SlurmCluster.start(lab)    # munged, slurmctld, slurmd (Debian's packages)
     cluster.squeue()                     # the job ids Slurm still lists
+    cluster.restart_controller()         # slurmctld stopped and started, its jobs kept
     cluster.cancel_all()                 # between tests
     cluster.stop()
 
@@ -289,26 +290,38 @@ class SlurmCluster:
             self._root(["scancel", "--full", "--partition", PARTITION])
             self.wait_empty()
 
+    def _terminate(self, pidfile: str) -> None:
+        """SIGTERM to the daemon whose pid is in the server's /run/PIDFILE, and up to 10 s for it to end."""
+        path = self.lab.server_run / pidfile
+        try:
+            pid = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                        break
+            except OSError:
+                break
+            time.sleep(0.05)
+
+    def restart_controller(self) -> None:
+        """Stop slurmctld (SIGTERM: it saves its state) and start it again, as an admin's restart
+        does: the jobs run on under slurmd and the new slurmctld takes them back from its state.
+        Its checks of time limits then come 30, 60, 90… s after this call."""
+        self._terminate("slurmctld.pid")
+        self._root(["/usr/sbin/slurmctld"])
+        self._wait(lambda: self.lab.server_exec(["squeue", "-h"]).returncode == 0, "slurmctld to answer again")
+
     def stop(self) -> None:
         for pidfile in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
-            path = self.lab.server_run / pidfile
-            try:
-                pid = int(path.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-                try:
-                    with open(f"/proc/{pid}/stat") as f:
-                        if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
-                            break
-                except OSError:
-                    break
-                time.sleep(0.05)
+            self._terminate(pidfile)
         if self.node_host:
             _kill_until_gone(lambda: _netns_pids(self.node_ns), f"processes in {self.node_ns}")
             _run(["umount", str(self.node_mnt)], check=False)

@@ -337,7 +337,8 @@ def test_an_invite_from_another_server_is_refused(lab, fresh):
 
 def test_ctrl_c_while_the_laptop_waits_for_the_server(lab, fresh):
     fresh.home.stop_miniupnpd()  # the router stays silent: init's finish takes --timeout
-    init = Init(lab, fresh, "--timeout", "15")
+    # 8 s: the laptop is still waiting when Ctrl-C comes, a second after the key login.
+    init = Init(lab, fresh, "--timeout", "8")
     try:
         line = init.invite()
         laptop = lab.laptop_popen(
