@@ -246,8 +246,12 @@ class ProfileHost(Host):
         return self.connection.settled() if settle and reached is not None else reached
 
     def via(self) -> str:
-        reached = self.connection.settled() if self.logged_in else None
+        reached = self._settled()
         return f" via {reached.describe()}" if reached is not None else ""
+
+    def _settled(self) -> reach.Reached | None:
+        """This command's login with its round trip, its path recorded (None: a master was up)."""
+        return self.connection.settled() if self.logged_in else None
 
     def agent(self, hello_timeout: float | None) -> agentlink.AgentCall:
         from nbremote import agentlink  # noqa: F401  imported while the login runs, not after it
@@ -259,9 +263,11 @@ class ProfileHost(Host):
         return call
 
     def _take_public(self, hello: agentlink.Hello) -> None:
+        """The server's public addresses into the profile, whichever path this session took;
+        first, the path of this command's login (every command that asks the agent records it)."""
         from nbremote import reach, sshfiles
 
-        """The server's public addresses into the profile, whichever path this session took."""
+        self._settled()
         if not hello.public:
             return
         try:

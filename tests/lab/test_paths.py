@@ -140,6 +140,14 @@ def test_up_goes_via_lan_at_home_and_via_wan_from_the_cafe(lab, home, gpubox):
     down = home.cafe_laptop([*lab.nbremote_argv("down", "gpubox")], env=lab.nbremote_env(), timeout=60)
     assert down.returncode == 0, down.stderr
 
+    # Back home, a command other than `up` that asks the agent records its login's path too,
+    # round trip and all (timed beside the agent's call).
+    close_masters(lab)
+    listed = lab.nbremote("jobs", "gpubox")
+    assert listed.returncode == 0, listed.stderr
+    path = last_path(lab, "gpubox")
+    assert path["kind"] == "LAN" and (path["rtt_ms"] or 0) > 0, path
+
 
 def test_a_blackholed_lan_address_falls_back_to_wan_within_one_stagger_step(lab, home, gpubox, blackhole_lan):
     done = lab.nbremote("up", "gpubox", "--no-browser", "--detach", timeout=120)
