@@ -266,20 +266,6 @@ def test_an_early_token_that_never_answers_is_an_error_and_nothing_is_kept(world
     assert conn.forwards == {} and sessions.find("gpubox", "proj") is None
 
 
-def test_a_live_master_and_a_remembered_server_need_no_agent(world, cleanup):
-    port = any_free_port()
-    remember(port)
-    world.servers[("127.0.0.1", REMOTE)] = TOKEN
-    conn = Connection(world, alive=True)
-    cleanup.append(conn)
-    runner = Runner(world)
-    out, err = console()
-    result = session.up(host(conn), runner, opts(), out)
-    assert runner.started == []
-    assert (result.local_port, result.reused, result.created_master) == (port, True, False)
-    assert "✓ Jupyter already running in /home/me/proj on gpubox (pid 4242)" in err.getvalue()
-
-
 @pytest.fixture
 def live(world, cleanup):
     """A remembered server that answers its token, over a live master: (local port, connection)."""
@@ -289,6 +275,16 @@ def live(world, cleanup):
     conn = Connection(world, alive=True)
     cleanup.append(conn)
     return port, conn
+
+
+def test_a_live_master_and_a_remembered_server_need_no_agent(world, live):
+    port, conn = live
+    runner = Runner(world)
+    out, err = console()
+    result = session.up(host(conn), runner, opts(), out)
+    assert runner.started == []
+    assert (result.local_port, result.reused, result.created_master) == (port, True, False)
+    assert "✓ Jupyter already running in /home/me/proj on gpubox (pid 4242)" in err.getvalue()
 
 
 def test_reattached_before_the_cli_the_url_is_shown_at_once_and_up_goes_on_from_there(world, live):
